@@ -1,0 +1,37 @@
+# ziphalp: `make train` and `make test` set everything up on a fresh machine.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+BOARD  ?= icebreaker
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup iverilog train test bitstream lint clean
+
+setup: $(STAMP) iverilog
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $@
+
+iverilog:
+	@command -v iverilog >/dev/null || { \
+	  echo "installing Icarus Verilog from Debian"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq iverilog; }
+
+train: setup
+	$(BIN)/ziphalp train diabetes --board sim --out results/train
+
+test: setup
+	$(BIN)/python -m pytest -n auto
+
+bitstream: setup
+	$(BIN)/python -m ziphalp.hw.build $(BOARD)
+
+lint: setup
+	$(BIN)/ruff check hw host sim tests
+
+clean:
+	rm -rf build results .pytest_cache

@@ -1,0 +1,1 @@
+"""ziphalp host: data, quantisation, the board driver, the training loop and the CLI."""

@@ -1,0 +1,1 @@
+"""ziphalp gateware: the SGD engine, the link, and board top levels (Amaranth)."""

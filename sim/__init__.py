@@ -1,0 +1,1 @@
+"""ziphalp simulation: the golden model, cocotb benches and the simulated board."""
