@@ -31,7 +31,7 @@ import zlib
 from dataclasses import asdict, dataclass
 
 __all__ = [
-    "QFormat", "CODE", "LABEL", "SIGMA_FRAC", "SHIFT_MAX", "EngineParams",
+    "QFormat", "CODE", "LABEL", "SIGMA_FRAC", "SHIFT_MAX", "EngineParams", "BOARD_PARAMS",
 ]
 
 
@@ -190,3 +190,13 @@ class EngineParams:
         from .protocol import VERSION
         text = repr(sorted(asdict(self).items())) + f"/protocol{VERSION}"
         return zlib.crc32(text.encode())
+
+
+#: The engine each supported board is built with. The simulated board runs the
+#: same parameters as the iCEBreaker, so what trains in simulation fits the board.
+BOARD_PARAMS: dict[str, EngineParams] = {
+    "icebreaker": EngineParams(beat_bits=32, max_features=512, max_batch=16,
+                               model_bits=32, model_frac=24, frame_bytes=1024,
+                               clock_hz=48_000_000),
+}
+BOARD_PARAMS["sim"] = BOARD_PARAMS["icebreaker"]
