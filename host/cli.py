@@ -1,2 +1,146 @@
-def main():
-    print("hi")
+"""The ``ziphalp`` command line.
+
+It parses arguments, calls :func:`ziphalp.host.train.train`, prints the loss of
+each epoch next to the float64 optimum and writes the outputs. A user error
+ends with one line ``ziphalp: error: ...`` on stderr and exit status 2 (usage or
+data) or 1 (board or output), never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from importlib.metadata import PackageNotFoundError, version
+
+from tqdm import tqdm
+from ziphalp.hw.params import BOARD_PARAMS
+
+from .data import BUNDLED, DataError
+from .driver import BoardError
+from .train import DEFAULTS, EpochRecord, SettingsError, TrainResult, train
+
+__all__ = ["main", "parser"]
+
+EXIT_BOARD = 1
+EXIT_USAGE = 2
+
+
+def _version() -> str:
+    try:
+        return version("ziphalp")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
+    """The argument parser of ``ziphalp``."""
+    top = argparse.ArgumentParser(
+        prog="ziphalp",
+        description="Low-precision SGD training of linear models on small FPGAs.")
+    top.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = commands.add_parser(
+        "train", help="train a least-squares model on a board or the simulated board",
+        description="Train a least-squares model with 8-bit stochastically rounded "
+                    "features on the engine, and report the training loss of each "
+                    "epoch next to the float64 optimum. Features and label are "
+                    "normalised to [-1, 1]; losses are in those units.")
+    p.add_argument("data", metavar="DATA",
+                   help="a CSV file (optional header row; label the last column unless "
+                        "--label), a LIBSVM/svmlight file (.svm, .libsvm, .svmlight), or "
+                        f"a bundled data set: {', '.join(sorted(BUNDLED))}")
+    p.add_argument("--board", choices=sorted(BOARD_PARAMS), default="sim",
+                   help="board to train on (default: %(default)s, the simulated board)")
+    p.add_argument("--port", metavar="PORT",
+                   help="serial port or pyserial URL of the board, e.g. /dev/ttyUSB1; "
+                        "required for a real board")
+    p.add_argument("--epochs", type=_positive_int, default=DEFAULTS["epochs"], metavar="N",
+                   help="passes over the data (default: %(default)s)")
+    p.add_argument("--step", type=float, default=DEFAULTS["step"], metavar="S",
+                   help="SGD step size, rounded to the nearest power of two 2**-k "
+                        "(default: %(default)g)")
+    p.add_argument("--batch", type=_positive_int, default=DEFAULTS["batch"], metavar="B",
+                   help="mini-batch size; gradients are summed over a batch "
+                        "(default: %(default)s)")
+    p.add_argument("--seed", type=int, default=DEFAULTS["seed"], metavar="N",
+                   help="seed of the stochastic rounding and shuffling (default: %(default)s)")
+    p.add_argument("--rounding", choices=["stochastic", "nearest"], default="stochastic",
+                   help="rounding of the feature codes (default: %(default)s)")
+    p.add_argument("--out", metavar="DIR",
+                   help="write model.json, history.json and loss.png into DIR "
+                        "(default: write nothing)")
+    p.add_argument("--label", metavar="COL",
+                   help="CSV label column, by header name or index (default: the last)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return top
+
+
+def _ratio(loss: float, optimum: float | None) -> str:
+    return f"{loss / optimum:.4f} x optimum" if optimum else "no optimum"
+
+
+def _print_epoch(record: EpochRecord, epochs: int, optimum: float | None) -> None:
+    best = f"{optimum:.6g}" if optimum is not None else "n/a"
+    tqdm.write(f"epoch {record.epoch:>{len(str(epochs))}}/{epochs}  loss {record.loss:.6g}  "
+               f"optimum {best}  ({_ratio(record.loss, optimum)})  {record.cycles} cycles")
+
+
+def _summary(result: TrainResult) -> str:
+    cycles = sum(r.cycles for r in result.history)
+    samples = sum(r.samples for r in result.history)
+    seconds = sum(r.seconds for r in result.history)
+    per_sample = f"{cycles / samples:.2f}" if samples else "n/a"
+    return (f"final loss {result.loss:.6g} = {_ratio(result.loss, result.optimum_loss)} "
+            f"after {len(result.history)} epochs on {result.board}: {cycles} engine cycles "
+            f"({per_sample} per sample), {seconds:.2f} s")
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str,
+                  lineno: int, file: object = None, line: str | None = None) -> None:
+    tqdm.write(f"ziphalp: warning: {message}", file=sys.stderr)
+
+
+def _run(args: argparse.Namespace) -> None:
+    from .report import write_outputs
+
+    def on_epoch(result: TrainResult, record: EpochRecord) -> None:
+        _print_epoch(record, args.epochs, result.optimum_loss)
+
+    result = train(args.data, board=args.board, port=args.port, epochs=args.epochs,
+                   step=args.step, batch=args.batch, seed=args.seed, label=args.label,
+                   stochastic=args.rounding == "stochastic", progress=not args.no_progress,
+                   on_epoch=on_epoch)
+    print(_summary(result))
+    if args.out is not None:
+        for path in write_outputs(result, args.out):
+            print(f"wrote {path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``ziphalp`` command line; return the exit status."""
+    args = parser().parse_args(argv)
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            _run(args)
+    except (DataError, SettingsError) as e:
+        print(f"ziphalp: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except (BoardError, OSError) as e:
+        print(f"ziphalp: error: {e}", file=sys.stderr)
+        return EXIT_BOARD
+    except KeyboardInterrupt:
+        print("ziphalp: interrupted", file=sys.stderr)
+        return 130
+    return 0

@@ -48,7 +48,7 @@ def control_signature(p: EngineParams) -> Signature:
         "start": Out(1),
         "idle": In(1),
         "model_word": Out(range(p.words)),
-        "model_lane": Out(range(p.lanes)),
+        "model_lane": Out(range(max(2, p.lanes))),   # never zero bits wide
         "model_read": Out(1),
         "model_rdata": In(signed(p.model_bits)),
         "model_write": Out(1),

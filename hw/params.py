@@ -130,11 +130,14 @@ class EngineParams:
             fail(f"max_features must be 1..65535, not {self.max_features}")
         if not 1 <= self.max_batch <= 65535:
             fail(f"max_batch must be 1..65535, not {self.max_batch}")
-        if not 16 <= self.model_bits <= 40:
-            fail(f"model_bits must be 16..40, not {self.model_bits}")
+        if not 16 <= self.model_bits <= 32:   # the link carries weights as int32
+            fail(f"model_bits must be 16..32, not {self.model_bits}")
         if not LABEL.frac - CODE.frac <= self.model_frac <= self.model_bits - 2:
             fail(f"model_frac must be {LABEL.frac - CODE.frac}..{self.model_bits - 2}, "
                  f"not {self.model_frac}")
+        if self.residual_bits > 63:
+            fail(f"model_bits {self.model_bits} with max_features {self.max_features} needs a "
+                 f"{self.residual_bits}-bit residual; at most 63 bits are supported")
         if self.frame_bytes % (self.beat_bits // 8) or not 64 <= self.frame_bytes <= 65535:
             fail(f"frame_bytes must be a multiple of {self.beat_bits // 8} from 64 to 65535, "
                  f"not {self.frame_bytes}")

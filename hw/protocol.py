@@ -151,7 +151,7 @@ class Identity:
     build_id: int
 
     @classmethod
-    def unpack(cls, payload: bytes) -> "Identity":
+    def unpack(cls, payload: bytes) -> Identity:
         if len(payload) != IDENTIFY_FORMAT.size:
             raise ValueError(f"IDENTIFY reply has {len(payload)} bytes, "
                              f"expected {IDENTIFY_FORMAT.size}")
@@ -180,7 +180,7 @@ class Counters:
     frames_bad: int
 
     @classmethod
-    def unpack(cls, payload: bytes) -> "Counters":
+    def unpack(cls, payload: bytes) -> Counters:
         if len(payload) != STATUS_FORMAT.size:
             raise ValueError(f"STATUS reply has {len(payload)} bytes, "
                              f"expected {STATUS_FORMAT.size}")

@@ -1,0 +1,218 @@
+"""The board driver: commands of :mod:`ziphalp.hw.protocol` over a serial link.
+
+:class:`Board` opens any pyserial port URL, a real port such as ``/dev/ttyUSB1``
+or the simulated board's ``socket://127.0.0.1:PORT``, with the same call, and
+must not know which one it talks to. Each command sends one request frame and
+waits for its reply; every failure becomes a :class:`BoardError`.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from types import TracebackType
+from typing import Self
+
+import numpy as np
+import serial
+from ziphalp.hw import protocol
+from ziphalp.hw.params import CODE, EngineParams
+from ziphalp.hw.protocol import Command, Status
+
+__all__ = ["BAUDRATE", "Board", "BoardError"]
+
+#: Line rate of the UART link.
+BAUDRATE = 3_000_000
+#: Bytes of one model weight on the wire (int32).
+WEIGHT_BYTES = 4
+
+
+class BoardError(Exception):
+    """The board cannot be reached, or it refused or garbled a command."""
+
+
+class Board:
+    """A board running the ziphalp engine, reached through a serial port.
+
+    Parameters
+    ----------
+    url : str
+        A pyserial port name or URL (``/dev/ttyUSB1``, ``socket://host:port``).
+    timeout : float
+        Seconds to wait for each reply.
+
+    Raises
+    ------
+    BoardError
+        The port cannot be opened.
+    """
+
+    def __init__(self, url: str, *, timeout: float = 5.0):
+        self.url = url
+        self.timeout = timeout
+        self._identity: protocol.Identity | None = None
+        try:
+            self._port = serial.serial_for_url(url, baudrate=BAUDRATE, timeout=timeout)
+        except (serial.SerialException, ValueError, OSError) as e:
+            raise BoardError(f"no board on {url}: {e}") from None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the port."""
+        self._port.close()
+
+    # --- commands --------------------------------------------------------------------
+
+    def identify(self) -> protocol.Identity:
+        """Ask the board for its engine parameters; check the protocol version."""
+        payload = self._command(Command.IDENTIFY)
+        try:
+            identity = protocol.Identity.unpack(payload)
+        except ValueError as e:
+            raise BoardError(f"IDENTIFY: malformed reply from {self.url}: {e}") from None
+        if identity.version != protocol.VERSION:
+            raise BoardError(f"the board on {self.url} speaks protocol version "
+                             f"{identity.version}; this host speaks {protocol.VERSION}")
+        if identity.code_bits != CODE.bits:
+            raise BoardError(f"the board on {self.url} uses {identity.code_bits}-bit codes; "
+                             f"this host packs {CODE.bits}-bit codes")
+        self._identity = identity
+        return identity
+
+    @property
+    def identity(self) -> protocol.Identity:
+        """The board's identity (``identify()`` is called on first use)."""
+        return self._identity if self._identity is not None else self.identify()
+
+    @property
+    def params(self) -> EngineParams:
+        """The engine parameters the board reports, as :class:`EngineParams`."""
+        i = self.identity
+        try:
+            return EngineParams(beat_bits=i.beat_bits, lanes=i.lanes,
+                                max_features=i.max_features, max_batch=i.max_batch,
+                                model_bits=i.model_bits, model_frac=i.model_frac,
+                                frame_bytes=i.frame_bytes, clock_hz=i.clock_hz)
+        except ValueError as e:
+            raise BoardError(f"the board on {self.url} reports impossible parameters: "
+                             f"{e}") from None
+
+    def configure(self, features: int, batch: int, shift: int) -> None:
+        """Set d, the mini-batch size and the step shift; clear the batch position."""
+        try:
+            payload = protocol.CONFIGURE_FORMAT.pack(features, batch, shift)
+        except struct.error as e:
+            raise BoardError(f"CONFIGURE: argument out of range: {e}") from None
+        self._expect_empty(Command.CONFIGURE, payload)
+
+    def load_model(self, start: int, weights: np.ndarray) -> None:
+        """Write model weights (int32) from index ``start``, in as many requests as needed.
+
+        Weight ``j`` is lane ``j % lanes`` of model word ``j // lanes``; each request
+        carries whole words and fits ``frame_bytes``.
+        """
+        weights = np.asarray(weights)
+        if weights.size and (weights.min() < -2**31 or weights.max() >= 2**31):
+            raise BoardError("LOAD_MODEL: weights do not fit the 32-bit wire format")
+        data = weights.astype("<i4")
+        per_request = self._per_request(protocol.MODEL_HEADER_FORMAT.size)
+        for i in range(0, len(data), per_request):
+            header = protocol.MODEL_HEADER_FORMAT.pack(start + i, 0)
+            self._expect_empty(Command.LOAD_MODEL,
+                               header + data[i:i + per_request].tobytes())
+
+    def read_model(self, start: int, count: int) -> np.ndarray:
+        """Read ``count`` model weights from index ``start`` as int64.
+
+        Split into several requests when one reply would exceed ``frame_bytes``.
+        """
+        per_request = self._per_request(0)
+        parts = []
+        for i in range(0, count, per_request):
+            n = min(per_request, count - i)
+            reply = self._command(Command.READ_MODEL,
+                                  protocol.MODEL_HEADER_FORMAT.pack(start + i, n))
+            if len(reply) != n * WEIGHT_BYTES:
+                raise BoardError(f"READ_MODEL: reply of {len(reply)} bytes from {self.url}, "
+                                 f"expected {n * WEIGHT_BYTES}")
+            parts.append(np.frombuffer(reply, "<i4"))
+        return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+
+    def stream(self, frame: bytes, flush: bool = False) -> None:
+        """Send one frame of whole beats; ``flush`` ends the mini-batch at its end."""
+        self._expect_empty(Command.STREAM_FLUSH if flush else Command.STREAM, frame)
+
+    def status(self, clear: bool = False) -> protocol.Counters:
+        """Read the counters and sticky flags; ``clear`` resets them after reading."""
+        reply = self._command(Command.STATUS, bytes([1 if clear else 0]))
+        try:
+            return protocol.Counters.unpack(reply)
+        except ValueError as e:
+            raise BoardError(f"STATUS: malformed reply from {self.url}: {e}") from None
+
+    # --- framing ---------------------------------------------------------------------
+
+    def _per_request(self, header: int) -> int:
+        """Weights per model request: fits a frame, whole model words (rows of lanes)."""
+        identity = self.identity
+        weights = (identity.frame_bytes - header) // WEIGHT_BYTES
+        return max(1, weights // identity.lanes) * identity.lanes
+
+    def _expect_empty(self, cmd: Command, payload: bytes) -> None:
+        reply = self._command(cmd, payload)
+        if reply:
+            raise BoardError(f"{cmd.name}: unexpected {len(reply)}-byte reply from {self.url}")
+
+    def _command(self, cmd: Command, payload: bytes = b"") -> bytes:
+        """Send one request and return the payload of its reply."""
+        try:
+            self._port.reset_input_buffer()
+            self._port.write(protocol.encode_request(cmd, payload))
+            self._port.flush()
+            return self._reply(cmd)
+        except serial.SerialException as e:
+            raise BoardError(f"{cmd.name}: link to {self.url} failed: {e}") from None
+
+    def _read(self, cmd: Command, count: int, deadline: float, started: bool = True) -> bytes:
+        data = b""
+        while len(data) < count:
+            if time.monotonic() > deadline:
+                break
+            chunk = self._port.read(count - len(data))
+            if not chunk:
+                break
+            data += chunk
+        if len(data) < count:
+            what = "incomplete reply" if started or data else "no reply"
+            raise BoardError(f"{cmd.name}: {what} from the board on {self.url} "
+                             f"(waited {self.timeout:g} s)")
+        return data
+
+    def _reply(self, cmd: Command) -> bytes:
+        deadline = time.monotonic() + self.timeout
+        window = self._read(cmd, len(protocol.SYNC), deadline, started=False)
+        while window != protocol.SYNC:
+            window = window[1:] + self._read(cmd, 1, deadline)
+        header = self._read(cmd, 4, deadline)
+        echo, status, length = struct.unpack("<BBH", header)
+        rest = self._read(cmd, length + 2, deadline)
+        payload, (crc,) = rest[:-2], struct.unpack("<H", rest[-2:])
+        if crc != protocol.crc16(header + payload):
+            raise BoardError(f"{cmd.name}: corrupt reply from {self.url} (CRC mismatch)")
+        if echo != cmd:
+            raise BoardError(f"{cmd.name}: reply from {self.url} is for command 0x{echo:02x}")
+        try:
+            status = Status(status)
+        except ValueError:
+            raise BoardError(f"{cmd.name}: unknown status 0x{status:02x} "
+                             f"from {self.url}") from None
+        if status != Status.OK:
+            raise BoardError(f"{cmd.name} refused by the board on {self.url}: "
+                             f"{status.name} ({status.describe()})")
+        return payload

@@ -1,0 +1,179 @@
+"""Output files of a training run: model.json, history.json and loss.png.
+
+Every file is written atomically (a temporary file in the same folder, then
+``os.replace``): a crash never leaves a half-written output.
+
+history.json (format ``ziphalp-history/1``), a format scripts can rely on::
+
+    {
+      "format": "ziphalp-history/1",
+      "dataset": str,             # bundled name or file path
+      "n": int, "d": int,         # samples; features without the bias
+      "loss_function": "squared", # f(w) = 1/(2n) ||X w - y||^2 on normalised data
+      "optimum_loss": float|null, # float64 least-squares optimum of f (null if none)
+      "final_loss": float,        # loss of the last epoch
+      "board": str,               # "sim" or "icebreaker"
+      "engine": {...},            # what IDENTIFY reported (beat_bits, lanes, ...,
+                                  #   clock_hz, build_id) plus "model_format"
+      "settings": {"epochs", "step", "shift", "batch", "seed", "rounding", "shuffle"},
+      "epochs": [{"epoch": int,     # 1-based
+                  "loss": float,    # f of the model read back after the epoch
+                  "cycles": int,    # engine clock cycles spent in the epoch
+                  "seconds": float, # wall time of the epoch on the host
+                  "samples": int,   # samples the board counted
+                  "overflow": bool, # a model update saturated
+                  "clipped": bool}, # a scaled residual saturated
+                 ...]
+    }
+
+The loss is in normalised units (features and label in [-1, 1]).
+model.json holds the model in the user's original units and in normalised
+units, the raw fixed-point words with their format, and the engine.
+This module does not train and does not talk to a board.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from ziphalp.hw.params import CODE
+
+from .quantize import words_to_coefficients
+from .train import TrainResult
+
+__all__ = ["HISTORY_FORMAT", "MODEL_FORMAT", "history", "model", "write_atomic",
+           "write_outputs"]
+
+HISTORY_FORMAT = "ziphalp-history/1"
+MODEL_FORMAT = "ziphalp-model/1"
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and ``os.replace``."""
+    path = Path(path)
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0o022)
+    os.umask(umask)
+    try:
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp creates 0600; give a normal file's mode
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def _engine(result: TrainResult) -> dict:
+    engine = dataclasses.asdict(result.identity)
+    engine["model_format"] = str(result.params.model)
+    engine["code_format"] = str(CODE)
+    return engine
+
+
+def history(result: TrainResult) -> dict:
+    """The ``ziphalp-history/1`` document of a training run."""
+    return {
+        "format": HISTORY_FORMAT,
+        "dataset": result.dataset.name,
+        "n": result.dataset.n,
+        "d": result.dataset.d,
+        "loss_function": "squared",
+        "optimum_loss": result.optimum_loss,
+        "final_loss": result.loss,
+        "board": result.board,
+        "engine": _engine(result),
+        "settings": dict(result.settings),
+        "epochs": [dataclasses.asdict(record) for record in result.history],
+    }
+
+
+def model(result: TrainResult) -> dict:
+    """The ``ziphalp-model/1`` document: the final model in every unit."""
+    dataset, data = result.dataset, result.data
+    coef, intercept = result.original_units()
+    beta = result.coefficients
+    return {
+        "format": MODEL_FORMAT,
+        "dataset": dataset.name,
+        "label": dataset.label_name,
+        "features": dataset.feature_names,
+        "original_units": {
+            "coefficients": dict(zip(dataset.feature_names, map(float, coef), strict=True)),
+            "intercept": intercept,
+        },
+        "normalised_units": {
+            "coefficients": [float(b) for b in beta[:-1]],
+            "intercept": float(beta[-1]),
+            "feature_scale": data.feature_map.scale.tolist(),
+            "feature_offset": data.feature_map.offset.tolist(),
+            "label_scale": float(data.label_map.scale),
+            "label_offset": float(data.label_map.offset),
+            "note": "normalised = scale * original + offset",
+        },
+        "fixed_point": {
+            "format": str(result.params.model),
+            "words": [int(w) for w in result.words],
+            "coefficient_per_lsb": float(words_to_coefficients(1, result.params)),
+            "note": "normalised coefficient = word * coefficient_per_lsb",
+        },
+        "optimum": None if result.optimum is None else {
+            "coefficients": dict(zip(dataset.feature_names,
+                                       map(float, data.to_original(result.optimum)[0]),
+                                       strict=True)),
+            "intercept": data.to_original(result.optimum)[1],
+            "loss": result.optimum_loss,
+            "note": "float64 least squares, original units",
+        },
+        "engine": _engine(result),
+        "settings": dict(result.settings),
+    }
+
+
+def _plot(result: TrainResult) -> bytes:
+    figure = Figure(figsize=(6.4, 4.0), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    epochs = [r.epoch for r in result.history]
+    axes.plot(epochs, [r.loss for r in result.history], marker="o", markersize=3,
+              label=f"ziphalp ({result.board})")
+    if result.optimum_loss is not None:
+        axes.axhline(result.optimum_loss, linestyle="--", color="black",
+                     label="float64 optimum")
+    axes.set_yscale("log")
+    axes.set_xlabel("epoch")
+    axes.set_ylabel("training loss (normalised units)")
+    axes.set_title(f"least squares on {Path(result.dataset.name).name}")
+    axes.legend()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120)
+    return buffer.getvalue()
+
+
+def write_outputs(result: TrainResult, out: str | Path) -> list[Path]:
+    """Write model.json, history.json and loss.png into ``out`` (created if needed).
+
+    Returns
+    -------
+    list of Path
+        The files written.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {
+        out / "model.json": (json.dumps(model(result), indent=2) + "\n").encode(),
+        out / "history.json": (json.dumps(history(result), indent=2) + "\n").encode(),
+        out / "loss.png": _plot(result),
+    }
+    for path, data in files.items():
+        write_atomic(path, data)
+    return list(files)

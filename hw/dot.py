@@ -1,0 +1,87 @@
+"""Dot-product lanes: ``sum_j w_j c_j`` over the beats of one sample.
+
+``lanes`` multipliers (model word x feature code), a pipelined adder tree and an
+accumulator that restarts on a sample's first beat. Fixed latency, no stalls:
+the engine feeds one beat per cycle at most and delays its own tags by the same
+``latency``. Model words arrive straight from block RAM, codes from a register.
+"""
+
+from amaranth import Module, Signal, signed
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+
+from .adder_tree import AdderTree
+from .params import CODE, EngineParams
+
+__all__ = ["DotProduct"]
+
+
+class DotProduct(wiring.Component):
+    """Accumulates ``sum_k weights[k] * codes[k]`` over the beats ``first`` .. ``last``.
+
+    Attributes
+    ----------
+    weights, codes : In
+        One beat: ``lanes`` model words and ``lanes`` codes (unused lanes zero).
+    valid, first, last : In(1)
+        The beat is valid / opens a sample / closes a sample.
+    tag : In(tag_bits)
+        Carried alongside, appears on ``tag_out`` with ``done``.
+    dot : Out(signed(params.dot_bits))
+        The exact dot product, valid while ``done``.
+    done : Out(1)
+        One cycle, ``latency`` cycles after a ``last`` beat.
+    """
+
+    def __init__(self, params: EngineParams, tag_bits: int):
+        self.params = params
+        self._tree = AdderTree(params.model_bits + CODE.bits, params.lanes)
+        #: cycles from a beat on the inputs to ``done``
+        self.latency = 2 + self._tree.latency
+        super().__init__({
+            "weights": In(data.ArrayLayout(signed(params.model_bits), params.lanes)),
+            "codes": In(data.ArrayLayout(signed(CODE.bits), params.lanes)),
+            "valid": In(1),
+            "first": In(1),
+            "last": In(1),
+            "tag": In(tag_bits),
+            "dot": Out(signed(params.dot_bits)),
+            "done": Out(1),
+            "tag_out": Out(tag_bits),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        p = self.params
+        m.submodules.tree = tree = self._tree
+
+        # Stage 1: one registered product per lane. `keep` stops synthesis from
+        # merging two DSP products into one SB_MAC16 (a known iCE40 mapping trap).
+        for k in range(p.lanes):
+            prod = Signal(signed(p.model_bits + CODE.bits), name=f"prod{k}",
+                          attrs={"keep": 1})
+            m.d.sync += prod.eq(self.weights[k] * self.codes[k])
+            m.d.comb += tree.inputs[k].eq(prod)
+
+        # Control bits travel with the data: 1 cycle for the product, then the tree.
+        ctl_layout = data.StructLayout({"valid": 1, "first": 1, "last": 1,
+                                        "tag": len(self.tag)})
+        ctl = Signal(ctl_layout)
+        m.d.sync += [ctl.valid.eq(self.valid), ctl.first.eq(self.first),
+                     ctl.last.eq(self.last), ctl.tag.eq(self.tag)]
+        for i in range(tree.latency):
+            nxt = Signal(ctl_layout, name=f"ctl_tree{i}")
+            m.d.sync += nxt.eq(ctl)
+            ctl = nxt
+
+        # Stage 3: accumulate over the sample.
+        acc = Signal(signed(p.dot_bits))
+        with m.If(ctl.valid & ctl.first):
+            m.d.sync += acc.eq(tree.sum)
+        with m.Elif(ctl.valid):
+            m.d.sync += acc.eq(acc + tree.sum)
+        done = Signal()
+        tag = Signal(len(self.tag))
+        m.d.sync += [done.eq(ctl.valid & ctl.last), tag.eq(ctl.tag)]
+        m.d.comb += [self.dot.eq(acc), self.done.eq(done), self.tag_out.eq(tag)]
+        return m

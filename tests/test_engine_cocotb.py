@@ -1,0 +1,101 @@
+"""Runs the cocotb engine bench (sim/cocotb_engine.py) on Icarus over random builds.
+
+Ten engine builds (beat width, lanes, maximum d, maximum batch, model format)
+times five run-time cases each (d including d not a multiple of the lanes, B,
+step shift, initial model, labels, frames with and without flush, random
+bubbles) give 50 configurations, every one compared bit for bit with the golden
+model. Cases without bubbles also check cycles per sample against
+``ceil(d / lanes) + SGDEngine.batch_end_gap`` (plus one drain). Each build has its own directory
+so ``pytest -n auto`` is safe.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+from ziphalp.hw.params import EngineParams
+
+pytestmark = pytest.mark.skipif(shutil.which("iverilog") is None,
+                                reason="Icarus Verilog (iverilog) is not installed")
+
+BUILDS = [
+    dict(beat_bits=32, max_features=37, max_batch=4),
+    dict(beat_bits=32, lanes=3, max_features=20, max_batch=3),
+    dict(beat_bits=16, max_features=9, max_batch=1),
+    dict(beat_bits=64, max_features=70, max_batch=16),
+    dict(beat_bits=16, lanes=1, max_features=5, max_batch=2),
+    dict(beat_bits=32, max_features=12, max_batch=8, model_bits=24, model_frac=16),
+    dict(beat_bits=64, lanes=5, max_features=23, max_batch=5, model_bits=32, model_frac=30),
+    dict(beat_bits=24, max_features=1, max_batch=2, frame_bytes=1023),
+    dict(beat_bits=48, max_features=30, max_batch=7, model_bits=16, model_frac=10,
+         frame_bytes=1020),
+    dict(beat_bits=128, max_features=50, max_batch=2),
+]
+
+
+def make_cases(params: EngineParams, seed: int) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    cases = []
+    for i in range(5):
+        d = int(rng.integers(1, params.max_features + 1))
+        if i == 0 and params.max_features > params.lanes > 1:   # d not a multiple of lanes
+            while d % params.lanes == 0:
+                d = int(rng.integers(1, params.max_features + 1))
+        frames = [{"samples": int(rng.integers(1, 12)), "flush": bool(rng.random() < 0.5)}
+                  for _ in range(int(rng.integers(1, 4)))]
+        cases.append({
+            "seed": int(rng.integers(1 << 31)),
+            "features": d,
+            "batch": int(rng.integers(1, params.max_batch + 1)),
+            "shift": int(rng.choice([0, 2, 5, 8, 12, 20, 31])) if i else 6,
+            # case 1 provokes saturation: a large model and a large step
+            "model_scale": params.model_bits - 2 if i == 1 else params.model_frac - 2,
+            "label_shrink": int(rng.integers(0, 4)),
+            "bubble": 0.0 if i in (0, 4) else float(rng.choice([0.2, 0.5, 0.8])),
+            "frames": frames,
+        })
+    return cases
+
+
+@pytest.mark.parametrize("build", range(len(BUILDS)))
+def test_engine_matches_golden(build, tmp_path_factory):
+    from amaranth.back import verilog
+    from cocotb_tools.runner import get_runner
+    from ziphalp.hw.engine import SGDEngine
+
+    params = EngineParams(**BUILDS[build])
+    engine = SGDEngine(params)
+    work = tmp_path_factory.mktemp(f"engine{build}")
+    source = work / "engine.v"
+    source.write_text(verilog.convert(engine, name="engine"))
+    report = work / "report.json"
+    spec = {"params": BUILDS[build], "cases": make_cases(params, 1000 + build),
+            "report": str(report)}
+
+    runner = get_runner("icarus")
+    runner.build(sources=[source], hdl_toplevel="engine", build_dir=work / "build",
+                 timescale=("1ns", "1ps"))
+    results_xml = runner.test(
+        hdl_toplevel="engine", test_module="ziphalp.sim.cocotb_engine",
+        build_dir=work / "build", test_dir=work,
+        extra_env={"ZIPHALP_BENCH": json.dumps(spec)})
+    from cocotb_tools.check_results import get_results
+    _, failed = get_results(results_xml)
+    assert failed == 0, f"cocotb bench failed for build {BUILDS[build]} (see {work})"
+
+    results = json.loads(report.read_text())
+    assert len(results) == len(spec["cases"])
+    for r in results:
+        case = r["case"]
+        if case["bubble"] == 0.0 and r["samples"]:
+            # every sample costs at most ceil(d/K) + gap; the last one also drains
+            gap = engine.batch_end_gap
+            bound = r["samples"] * (params.words_for(case["features"]) + gap) + gap + 1
+            assert r["cycles"] <= bound, (
+                f"{r['cycles']} cycles for {r['samples']} samples exceeds "
+                f"samples * (ceil(d/K) + {gap}) + {gap + 1} = {bound} for {case}")
+    os.environ.get("ZIPHALP_KEEP_BENCH") or shutil.rmtree(work / "build", ignore_errors=True)
