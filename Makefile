@@ -22,7 +22,7 @@ iverilog:
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq iverilog; }
 
 train: setup
-	$(BIN)/ziphalp train diabetes --board sim --out results/train
+	$(BIN)/ziphalp train diabetes --board sim --epochs 30 --batch 8 --step 0.001953125 --out results/train
 
 test: setup
 	$(BIN)/python -m pytest -n auto

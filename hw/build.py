@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .params import EngineParams
+from .params import BOARD_PARAMS, EngineParams
 
 __all__ = ["BOARDS", "Board", "BuildError", "build", "main"]
 
@@ -128,9 +128,8 @@ BOARDS: dict[str, Board] = {
         description="iCEBreaker (iCE40UP5K-SG48), 12 MHz oscillator, FT2232H UART",
         platform=_icebreaker_platform,
         top=_icebreaker_top,
-        # Two lanes: a lane's dot-product (model x code) and gradient (sigma x code)
-        # products are wider than 16 bits, two SB_MAC16 each, and the UP5K has 8.
-        params=EngineParams(lanes=2, clock_hz=48_000_000),
+        # The same parameters the simulated board runs (see params.BOARD_PARAMS).
+        params=BOARD_PARAMS["icebreaker"],
         tools=_ICE40_TOOLS,
         # Map multipliers to the UltraPlus SB_MAC16 blocks.
         overrides={"synth_opts": "-dsp"},
@@ -280,7 +279,19 @@ def _mac16_registered(cell: dict) -> bool:
                 or (select == "11" and (on("PIPELINE_16x16_MULT_REG1")
                                         or on("PIPELINE_16x16_MULT_REG2"))))
 
-    return on("A_REG") and on("B_REG") and out_registered("TOP") and out_registered("BOT")
+    multiply_registered = (on("PIPELINE_16x16_MULT_REG1") or on("PIPELINE_16x16_MULT_REG2")
+                           or (on("TOP_8x8_MULT_REG") and on("BOT_8x8_MULT_REG")))
+    if not (on("A_REG") and on("B_REG") and multiply_registered):
+        return False
+    # The multiply sits between registers inside the block; an output taken from the
+    # block's accumulator adder unregistered is reported apart (see check_dsp_cells).
+    return True
+
+
+def _mac16_comb_output(cell: dict) -> bool:
+    """Whether an SB_MAC16 drives its output from its adder without the output register."""
+    params = {k: str(v) for k, v in cell.get("parameters", {}).items()}
+    return any(params.get(f"{half}OUTPUT_SELECT", "00")[-2:] == "00" for half in ("TOP", "BOT"))
 
 
 def check_dsp_cells(netlist: Path, cell_type: str) -> dict:
@@ -295,7 +306,7 @@ def check_dsp_cells(netlist: Path, cell_type: str) -> dict:
         data = json.loads(netlist.read_text())
     except (OSError, ValueError) as exc:
         raise BuildError(f"cannot read synthesised netlist {netlist}: {exc}") from None
-    cells = undefined = unregistered = 0
+    cells = undefined = unregistered = comb_output = 0
     for module in data.get("modules", {}).values():
         for cell in module.get("cells", {}).values():
             if cell.get("type") != cell_type:
@@ -306,7 +317,10 @@ def check_dsp_cells(netlist: Path, cell_type: str) -> dict:
                 undefined += 1
             if cell_type == "SB_MAC16" and not _mac16_registered(cell):
                 unregistered += 1
-    return {"cells": cells, "undefined_inputs": undefined, "unregistered": unregistered}
+            elif cell_type == "SB_MAC16" and _mac16_comb_output(cell):
+                comb_output += 1
+    return {"cells": cells, "undefined_inputs": undefined, "unregistered": unregistered,
+            "comb_output": comb_output}
 
 
 def count_driver_conflicts(log: Path) -> int:
@@ -432,6 +446,10 @@ def build(board: Board, out: Path, *, params: EngineParams | None = None,
                            f"out of them apart, so a path through one can take up to "
                            f"{into + out_of:.1f} ns plus the multiply, outside fmax_mhz")
             report["timing_caveats"] = [caveat]
+        if dsp.get("comb_output"):
+            report["notes"] = [f"{dsp['comb_output']} hard multipliers (registered on both "
+                               "sides) feed their output adder to the fabric without the "
+                               "output register"]
     report |= {
         "bitstream": bitstream.name,
         "bitstream_bytes": bitstream.stat().st_size,

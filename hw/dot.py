@@ -1,7 +1,8 @@
 """Dot-product lanes: ``sum_j w_j c_j`` over the beats of one sample.
 
-``lanes`` multipliers (model word x feature code), a pipelined adder tree and an
-accumulator that restarts on a sample's first beat. Fixed latency, no stalls:
+``lanes`` products (model word x feature code, each as DSP-sized terms from
+``multiply.py``), a pipelined adder tree over all terms and an accumulator that
+restarts on a sample's first beat. Fixed latency, no stalls:
 the engine feeds one beat per cycle at most and delays its own tags by the same
 ``latency``. Model words arrive straight from block RAM, codes from a register.
 """
@@ -11,6 +12,8 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from .adder_tree import AdderTree
+from .multiply import LATENCY as PRODUCT_LATENCY
+from .multiply import product_terms, term_count
 from .params import CODE, EngineParams
 
 __all__ = ["DotProduct"]
@@ -35,9 +38,10 @@ class DotProduct(wiring.Component):
 
     def __init__(self, params: EngineParams, tag_bits: int):
         self.params = params
-        self._tree = AdderTree(params.model_bits + CODE.bits, params.lanes)
+        self._tree = AdderTree(params.model_bits + CODE.bits,
+                               params.lanes * term_count(params.model_bits))
         #: cycles from a beat on the inputs to ``done``
-        self.latency = 2 + self._tree.latency
+        self.latency = PRODUCT_LATENCY + 1 + self._tree.latency
         super().__init__({
             "weights": In(data.ArrayLayout(signed(params.model_bits), params.lanes)),
             "codes": In(data.ArrayLayout(signed(CODE.bits), params.lanes)),
@@ -55,21 +59,20 @@ class DotProduct(wiring.Component):
         p = self.params
         m.submodules.tree = tree = self._tree
 
-        # Stage 1: one registered product per lane. `keep` stops synthesis from
-        # merging two DSP products into one SB_MAC16 (a known iCE40 mapping trap).
+        # Stage 1: each lane's product as registered DSP-sized terms (see multiply.py).
+        terms = []
         for k in range(p.lanes):
-            prod = Signal(signed(p.model_bits + CODE.bits), name=f"prod{k}",
-                          attrs={"keep": 1})
-            m.d.sync += prod.eq(self.weights[k] * self.codes[k])
-            m.d.comb += tree.inputs[k].eq(prod)
+            terms += product_terms(m, self.weights[k], self.codes[k], name=f"lane{k}")
+        for i, term in enumerate(terms):
+            m.d.comb += tree.inputs[i].eq(term)
 
-        # Control bits travel with the data: 1 cycle for the product, then the tree.
+        # Control bits travel with the data: through the products, then the tree.
         ctl_layout = data.StructLayout({"valid": 1, "first": 1, "last": 1,
                                         "tag": len(self.tag)})
         ctl = Signal(ctl_layout)
-        m.d.sync += [ctl.valid.eq(self.valid), ctl.first.eq(self.first),
+        m.d.comb += [ctl.valid.eq(self.valid), ctl.first.eq(self.first),
                      ctl.last.eq(self.last), ctl.tag.eq(self.tag)]
-        for i in range(tree.latency):
+        for i in range(PRODUCT_LATENCY + tree.latency):
             nxt = Signal(ctl_layout, name=f"ctl_tree{i}")
             m.d.sync += nxt.eq(ctl)
             ctl = nxt

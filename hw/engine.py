@@ -15,8 +15,8 @@ for the arithmetic; ``ziphalp.sim.golden`` is the bit-exact model):
   batch, stage 1 accepts feature beat ``j`` of later samples only once stage 2
   has written model word ``j``, so every sample sees the model of the previous
   batch exactly as the golden model does, whatever the bubbles. Two stage-2
-  passes start at least ``UpdateLanes.latency + 2`` cycles apart so a pass never
-  reads a gradient word the previous pass has not written yet.
+  passes start far enough apart that a pass never reads a gradient word the
+  previous pass has not written yet.
 
 Steady state: one beat per cycle while a batch fills (``n + 1`` cycles a
 sample, the label beat included, when ``n`` is at least ``UpdateLanes.latency +
@@ -74,8 +74,9 @@ class SGDEngine(wiring.Component):
         """Idle input cycles after the last beat of a batch-ending sample before the
         next sample's first feature beat is accepted: the fixed cost of a model
         update. (Dot-product input register, dot product, scaled residual, sigma
-        FIFO (2), pass start, RAM read, update lanes, write-back.)"""
-        return (self._dot.latency + self._residual.latency + self._update.latency + 5)
+        FIFO (2), pass start, RAM read, update lanes, write-back, and two for the
+        registered, one-word-early hazard check.)"""
+        return (self._dot.latency + self._residual.latency + self._update.latency + 7)
 
     def elaborate(self, platform):
         m = Module()
@@ -123,22 +124,40 @@ class SGDEngine(wiring.Component):
         s2_word = Signal(range(p.words))
         s2_sigma = Signal(signed(p.sigma.bits))
         s2_end = Signal()
-        s2_gap = Signal(range(self._update.latency + 2))
+        s2_gap = Signal(range(self._update.latency + 1))
         pending = Signal(range(INFLIGHT + 2))         # samples after last beat, before written
 
         # ============================== stage 1 ======================================
-        beat = ctrl.beats.payload
+        # A register slice on the input keeps the link's handshake off the engine's
+        # logic: `ready` towards the link is a flip-flop. (Amaranth 0.5 has no
+        # stream register slice, so it is written here: a head and a skid register.)
+        layout = ctrl.beats.payload.shape()
+        head_valid, skid_valid = Signal(), Signal()
+        head, skid = Signal(layout), Signal(layout)
+        m.d.comb += ctrl.beats.ready.eq(~skid_valid)
+        beat = head
         word = Signal(range(p.words))
         m.d.comb += word.eq(pos - 1)
-        at_label = pos == 0
-        last_beat = pos == n_words
-        model_ready = ~end_pending | (end_written > word)
-        m.d.comb += ctrl.beats.ready.eq(~clearing & Mux(
-            at_label, inflight < INFLIGHT, samples.w_rdy & model_ready))
-        take = ctrl.beats.valid & ctrl.beats.ready
+        at_label = Signal(init=1)                      # the next beat is a label beat
+        # Conditions held in registers, one cycle early and on the safe side, so the
+        # accept decision is a few gates: the next beat is the sample's last; the
+        # batch is one sample from full; the FIFO has room for two more words; and
+        # model word `pos` (one beyond the one needed) is written, or no update is due.
+        last_beat, batch_full, room, model_ready = Signal(), Signal(), Signal(), Signal()
+        m.d.sync += [room.eq(samples.level + 2 <= self.fifo_depth),
+                     model_ready.eq(~end_pending | (end_written > pos))]
+        take = head_valid & ~clearing & Mux(
+            at_label, inflight < INFLIGHT, room & model_ready)
         take_label = take & at_label
         take_word = take & ~at_label
         take_last = take_word & last_beat
+        arrive = ctrl.beats.valid & ctrl.beats.ready
+        with m.If(arrive & head_valid & ~take):
+            m.d.sync += [skid.eq(ctrl.beats.payload), skid_valid.eq(1)]
+        with m.Elif(arrive):
+            m.d.sync += [head.eq(ctrl.beats.payload), head_valid.eq(1)]
+        with m.Elif(take):
+            m.d.sync += [head.eq(skid), head_valid.eq(skid_valid), skid_valid.eq(0)]
 
         codes = Signal(data.ArrayLayout(signed(CODE.bits), K))
         for k in range(K):
@@ -147,13 +166,17 @@ class SGDEngine(wiring.Component):
         m.d.comb += [samples.w_data.eq(codes.as_value()), samples.w_en.eq(take_word)]
 
         sample_end = Signal()
-        m.d.comb += sample_end.eq((batch_pos + 1 == ctrl.batch) | flush_seen | beat.flush)
+        m.d.comb += sample_end.eq(batch_full | flush_seen | beat.flush)
         with m.If(take_label):
-            m.d.sync += [label.eq(beat.data[:LABEL.bits]), flush_seen.eq(beat.flush), pos.eq(1)]
+            m.d.sync += [label.eq(beat.data[:LABEL.bits]), flush_seen.eq(beat.flush), pos.eq(1),
+                         last_beat.eq(n_words == 1), at_label.eq(0)]
         with m.If(take_word):
-            m.d.sync += [pos.eq(Mux(last_beat, 0, pos + 1)), flush_seen.eq(flush_seen | beat.flush)]
+            m.d.sync += [pos.eq(Mux(last_beat, 0, pos + 1)), flush_seen.eq(flush_seen | beat.flush),
+                         last_beat.eq(~last_beat & (pos + 1 == n_words))]
         with m.If(take_last):
-            m.d.sync += batch_pos.eq(Mux(sample_end, 0, batch_pos + 1))
+            next_batch_pos = Mux(sample_end, 0, batch_pos + 1)
+            m.d.sync += [batch_pos.eq(next_batch_pos), at_label.eq(1),
+                         batch_full.eq(next_batch_pos + 1 == ctrl.batch)]
 
         # The model read port serves stage 1, and the link while the engine is idle.
         m.d.comb += model_dot.addr.eq(Mux(ctrl.model_read, ctrl.model_word, word))
@@ -179,45 +202,44 @@ class SGDEngine(wiring.Component):
         ]
 
         # ============================== stage 2 ======================================
+        # Pass start: at least (1 + latency - GRAD_AT) cycles after the previous one,
+        # so a gradient word is never read before the previous pass wrote it.
+        upd = self._update
         pass_start = ~s2_active & ~clearing & sigmas.r_rdy & (s2_gap == 0)
         m.d.comb += sigmas.r_en.eq(pass_start)
         with m.If(pass_start):
             m.d.sync += [
-                s2_active.eq(1), s2_word.eq(0), s2_gap.eq(self._update.latency + 1),
+                s2_active.eq(1), s2_word.eq(0), s2_gap.eq(1 + upd.latency - upd.GRAD_AT),
                 s2_sigma.eq(sigmas.r_data[:p.sigma.bits]), s2_end.eq(sigmas.r_data[-1]),
             ]
         with m.Elif(s2_gap != 0):
             m.d.sync += s2_gap.eq(s2_gap - 1)
-        issue = s2_active
+        issue = s2_active                    # pop word s2_word from the sample FIFO
         issue_last = s2_active & (s2_word == n_words - 1)
         with m.If(issue):
             m.d.sync += s2_word.eq(s2_word + 1)
         with m.If(issue_last):
             m.d.sync += s2_active.eq(0)
-        m.d.comb += [
-            samples.r_en.eq(issue),
-            grad_rd.addr.eq(s2_word),
-            model_upd.addr.eq(s2_word),
-        ]
-        # RAM data arrives one cycle after the address; codes from the FIFO now.
+        m.d.comb += samples.r_en.eq(issue)
+        # Cycle 0 of the update lanes is one cycle after the pop; word address,
+        # last-word and batch-end flags follow it down a short delay line.
+        trail = [Signal(data.StructLayout({"addr": range(p.words), "last": 1, "end": 1}),
+                        name=f"trail{i}") for i in range(upd.latency + 1)]
+        m.d.sync += [trail[0].addr.eq(s2_word), trail[0].last.eq(issue_last),
+                     trail[0].end.eq(s2_end)]
+        m.d.sync += [trail[i + 1].eq(trail[i]) for i in range(upd.latency)]
         s2_codes = Signal(K * CODE.bits)
         s2_valid = Signal()
-        s2_last = Signal()
-        s2_addr = Signal(range(p.words))
-        s2_end_d = Signal()
-        m.d.sync += [s2_codes.eq(samples.r_data), s2_valid.eq(issue), s2_last.eq(issue_last),
-                     s2_addr.eq(s2_word), s2_end_d.eq(s2_end)]
+        m.d.sync += [s2_codes.eq(samples.r_data), s2_valid.eq(issue)]
         m.d.comb += [
-            update.sigma.eq(s2_sigma), update.codes.eq(s2_codes), update.end.eq(s2_end_d),
-            update.valid.eq(s2_valid), update.grad.eq(grad_rd.data),
-            update.model.eq(model_upd.data),
+            update.sigma.eq(s2_sigma), update.codes.eq(s2_codes), update.end.eq(trail[0].end),
+            update.valid.eq(s2_valid),
+            grad_rd.addr.eq(trail[upd.GRAD_AT - 1].addr),      # data at GRAD_AT
+            model_upd.addr.eq(trail[upd.MODEL_AT - 1].addr),   # data at MODEL_AT
+            update.grad.eq(grad_rd.data), update.model.eq(model_upd.data),
         ]
-        # Write back `latency` cycles later.
-        wb_addr, wb_last, wb_end = s2_addr, s2_last, s2_end_d
-        for i in range(update.latency):
-            wb_addr, wb_last, wb_end = (self._delay(m, wb_addr, f"wb_addr{i}"),
-                                        self._delay(m, wb_last, f"wb_last{i}"),
-                                        self._delay(m, wb_end, f"wb_end{i}"))
+        wb = trail[upd.latency]
+        wb_addr, wb_last, wb_end = wb.addr, wb.last, wb.end
         write = update.valid_out
         write_model = write & wb_end
         pass_done = write & wb_last
@@ -257,15 +279,17 @@ class SGDEngine(wiring.Component):
             with m.If(residual.clipped):
                 m.d.sync += ctrl.clipped.eq(1)
 
-        m.d.comb += ctrl.idle.eq(~clearing & (pending == 0))
+        m.d.comb += ctrl.idle.eq(~clearing & (pending == 0) & ~head_valid & ~skid_valid)
 
         # ============================== clear pass ===================================
         with m.If(ctrl.start):
             m.d.sync += [
+                head_valid.eq(0), skid_valid.eq(0), at_label.eq(1),
                 clearing.eq(1), clr_word.eq(0), clr_base.eq(0), n_words.eq(0),
                 pos.eq(0), batch_pos.eq(0), flush_seen.eq(0), end_pending.eq(0),
             ]
         with m.Elif(clearing):
+            m.d.sync += batch_full.eq(ctrl.batch == 1)
             with m.If(clr_base < ctrl.features):
                 m.d.sync += [
                     n_words.eq(clr_word + 1),
@@ -275,10 +299,4 @@ class SGDEngine(wiring.Component):
             with m.If(clr_word == p.words - 1):
                 m.d.sync += clearing.eq(0)
         return m
-
-    @staticmethod
-    def _delay(m, sig, name):
-        out = Signal.like(sig, name=name)
-        m.d.sync += out.eq(sig)
-        return out
 

@@ -2,15 +2,21 @@
 
 Per lane and per beat: ``acc = g + sigma * c``. Inside a batch the gradient
 word becomes ``acc``; at the batch end the model word becomes
-``sat(w - round_shift(acc, SIGMA_FRAC))`` and the gradient word 0. Fixed
-latency, no stalls: the engine feeds words read from the gradient and model
-RAMs and writes back what comes out ``latency`` cycles later.
+``sat(w - round_shift(acc, SIGMA_FRAC))`` and the gradient word 0.
+
+Fixed latency, no stalls. To keep block-RAM words out of delay registers the
+operands arrive when they are needed: ``sigma``/``codes``/``end``/``valid`` at
+cycle 0, the gradient word ``GRAD_AT`` cycles later and the model word
+``MODEL_AT`` cycles later (the engine issues the RAM reads accordingly); the
+results appear ``latency`` cycles after cycle 0.
 """
 
 from amaranth import Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
+from .multiply import LATENCY as PRODUCT_LATENCY
+from .multiply import product_terms
 from .params import CODE, SIGMA_FRAC, EngineParams
 
 __all__ = ["UpdateLanes"]
@@ -22,10 +28,13 @@ class UpdateLanes(wiring.Component):
     Attributes
     ----------
     sigma : In(signed(params.sigma.bits)); codes : In(lanes x signed(8))
-    grad : In(lanes x signed(params.grad_bits)); model : In(lanes x signed(model_bits))
     end : In(1)
-        This pass ends a batch: update the model.
+        This pass ends a batch: the model word is to be updated.
     valid : In(1)
+    grad : In(lanes x signed(params.grad_bits))
+        The word's gradient, ``GRAD_AT`` cycles after ``valid``.
+    model : In(lanes x signed(model_bits))
+        The word's model, ``MODEL_AT`` cycles after ``valid``.
     grad_out, model_out : Out, with ``valid_out``
         ``model_out`` is the updated model word; the engine writes it only when
         the pass ends a batch.
@@ -33,7 +42,9 @@ class UpdateLanes(wiring.Component):
         High with ``valid_out`` when a model lane saturated (only at a batch end).
     """
 
-    latency = 4
+    GRAD_AT = PRODUCT_LATENCY + 1
+    MODEL_AT = PRODUCT_LATENCY + 2
+    latency = PRODUCT_LATENCY + 4
 
     def __init__(self, params: EngineParams):
         self.params = params
@@ -41,10 +52,10 @@ class UpdateLanes(wiring.Component):
         super().__init__({
             "sigma": In(signed(params.sigma.bits)),
             "codes": In(data.ArrayLayout(signed(CODE.bits), K)),
-            "grad": In(data.ArrayLayout(signed(params.grad_bits), K)),
-            "model": In(data.ArrayLayout(signed(params.model_bits), K)),
             "end": In(1),
             "valid": In(1),
+            "grad": In(data.ArrayLayout(signed(params.grad_bits), K)),
+            "model": In(data.ArrayLayout(signed(params.model_bits), K)),
             "grad_out": Out(data.ArrayLayout(signed(params.grad_bits), K)),
             "model_out": Out(data.ArrayLayout(signed(params.model_bits), K)),
             "overflow": Out(1),
@@ -54,39 +65,38 @@ class UpdateLanes(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         p = self.params
-        K, WM = p.lanes, p.model_bits
+        WM = p.model_bits
 
-        valid = Signal(3)
-        end = Signal(3)
-        m.d.sync += [valid.eq(valid << 1 | self.valid), end.eq(end << 1 | self.end)]
+        valid = Signal(self.latency - 1)
+        end = Signal(self.latency - 1)
+        m.d.sync += [valid.eq(Cat(self.valid, valid)), end.eq(Cat(self.end, end))]
+        last_valid, last_end = valid[-1], end[-1]
 
         lane_overflow = []
-        for k in range(K):
-            # cycle 1: product; grad and model words wait alongside
-            prod = Signal(signed(p.product_bits), name=f"prod{k}", attrs={"keep": 1})
-            grad1 = Signal(signed(p.grad_bits), name=f"grad1_{k}")
-            model1 = Signal(signed(WM), name=f"model1_{k}")
-            m.d.sync += [prod.eq(self.sigma * self.codes[k]),
-                         grad1.eq(self.grad[k]), model1.eq(self.model[k])]
-            # cycle 2: accumulate
+        for k in range(p.lanes):
+            # DSP products of sigma x code, PRODUCT_LATENCY cycles later
+            terms = product_terms(m, self.sigma, self.codes[k], name=f"upd{k}")
+            # the product (cycle GRAD_AT)
+            prod = Signal(signed(p.product_bits), name=f"prod{k}")
+            m.d.sync += prod.eq(sum(terms))
+            # accumulate (the gradient word arrives at GRAD_AT)
             acc = Signal(signed(p.grad_bits), name=f"acc{k}")
-            model2 = Signal(signed(WM), name=f"model2_{k}")
-            m.d.sync += [acc.eq(grad1 + prod), model2.eq(model1)]
-            # cycle 3: apply the rounded step to the model
+            m.d.sync += acc.eq(self.grad[k] + prod)
+            # apply the rounded step (the model word arrives at MODEL_AT)
             new = Signal(signed(max(WM, p.grad_bits - SIGMA_FRAC) + 2), name=f"new{k}")
-            acc3 = Signal(signed(p.grad_bits), name=f"acc3_{k}")
-            m.d.sync += [new.eq(model2 - ((acc + (1 << (SIGMA_FRAC - 1))) >> SIGMA_FRAC)),
-                         acc3.eq(acc)]
-            # cycle 4: saturate; at a batch end the gradient restarts from zero
+            acc4 = Signal(signed(p.grad_bits), name=f"acc4_{k}")
+            m.d.sync += [new.eq(self.model[k] - ((acc + (1 << (SIGMA_FRAC - 1))) >> SIGMA_FRAC)),
+                         acc4.eq(acc)]
+            # saturate; at a batch end the gradient restarts from zero
             lo, hi = -(1 << (WM - 1)), (1 << (WM - 1)) - 1
             over, under = new > hi, new < lo
             ovf = Signal(name=f"ovf{k}")
             m.d.sync += [
                 self.model_out[k].eq(Mux(over, hi, Mux(under, lo, new))),
-                self.grad_out[k].eq(Mux(end[2], 0, acc3)),
-                ovf.eq(valid[2] & end[2] & (over | under)),
+                self.grad_out[k].eq(Mux(last_end, 0, acc4)),
+                ovf.eq(last_valid & last_end & (over | under)),
             ]
             lane_overflow.append(ovf)
         m.d.comb += self.overflow.eq(Cat(*lane_overflow).any())
-        m.d.sync += self.valid_out.eq(valid[2])
+        m.d.sync += self.valid_out.eq(last_valid)
         return m

@@ -85,11 +85,12 @@ def test_train_writes_outputs(tmp_path, fake_board, capsys):
     assert (history["dataset"], history["n"], history["d"]) == ("diabetes", 442, 10)
     assert history["loss_function"] == "squared" and history["board"] == "icebreaker"
     assert history["engine"]["build_id"] == BOARD_PARAMS["icebreaker"].build_id
-    assert history["settings"]["shift"] == 8 and history["settings"]["seed"] == 3
+    assert history["settings"]["shift"] == 9 and history["settings"]["seed"] == 3
     assert [e["epoch"] for e in history["epochs"]] == [1, 2, 3, 4]
     for epoch in history["epochs"]:
         assert {"epoch", "loss", "cycles", "seconds", "samples", "overflow"} <= set(epoch)
-        assert epoch["cycles"] == 442 * 4 and epoch["seconds"] > 0   # fake: 1 cycle a beat
+        beats = 1 + BOARD_PARAMS["sim"].words_for(11)      # fake board: 1 cycle a beat
+        assert epoch["cycles"] == 442 * beats and epoch["seconds"] > 0
     data = normalise(load("diabetes"))
     assert history["optimum_loss"] == pytest.approx(
         data.loss(np.linalg.lstsq(data.features, data.labels, rcond=None)[0]), rel=1e-12)

@@ -162,8 +162,9 @@ def test_configure_stream_status(connect):
     with Board("fake://0") as board:
         board.configure(5, 2, 7)
         assert engine_config(fake.board) == (5, 2, 7)
-        board.stream(bytes(12), flush=False)
-        board.stream(bytes(12), flush=True)
+        sample = bytes((1 + fake.board.p.words_for(5)) * fake.board.p.beat_bits // 8)
+        board.stream(sample, flush=False)
+        board.stream(sample, flush=True)
         counters = board.status(clear=True)
         assert counters.samples == 2 and counters.flags & StatusFlags.CONFIGURED
         assert board.status().samples == 0
@@ -214,11 +215,12 @@ def test_training_loop_reaches_optimum(connect):
     result = train("diabetes", board="icebreaker", port="fake://0", epochs=30, seed=1,
                    progress=False, on_epoch=lambda r, record: seen.append(record.epoch))
     assert seen == list(range(1, 31))
-    assert engine_config(fake.board) == (11, 8, 8)               # 10 features + bias, defaults
+    assert engine_config(fake.board) == (11, 8, 9)               # 10 features + bias, defaults
     assert fake.board.flushes.count(True) == 30 and fake.board.flushes[-1]
     history = result.history
     assert [r.samples for r in history] == [442] * 30
-    assert all(r.cycles == 442 * 4 and not r.overflow for r in history)  # fake: 1 cycle a beat
+    beats = 1 + BOARD_PARAMS["sim"].words_for(11)
+    assert all(r.cycles == 442 * beats and not r.overflow for r in history)  # fake: 1 a beat
     # Fixed-point SGD with 8-bit stochastic codes: within 2% of the float64 optimum.
     assert result.loss < 1.02 * result.optimum_loss
     assert history[0].loss > history[-1].loss
