@@ -203,7 +203,7 @@ class EngineParams:
 #: nearly full UP5K (nextpnr reaches 26-30 MHz; see the build report).
 BOARD_PARAMS: dict[str, EngineParams] = {
     "icebreaker": EngineParams(beat_bits=16, max_features=512, max_batch=16,
-                               model_bits=32, model_frac=24, frame_bytes=1024,
+                               model_bits=32, model_frac=24, frame_bytes=4096,
                                clock_hz=24_000_000),
 }
 BOARD_PARAMS["sim"] = BOARD_PARAMS["icebreaker"]

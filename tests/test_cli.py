@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import serial
-from test_driver import FakeBoard, FakeSerial
+from fakeboard import FakeBoard, FakeSerial
 from ziphalp.host import cli, report
 from ziphalp.host.data import load, normalise
 from ziphalp.hw.params import BOARD_PARAMS

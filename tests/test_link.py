@@ -14,6 +14,7 @@ from amaranth.hdl import Cat, Module, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.sim import Simulator
+from streams import stream_put
 from ziphalp.hw.control import control_signature
 from ziphalp.hw.link import Link
 from ziphalp.hw.params import CODE, SHIFT_MAX, EngineParams
@@ -184,17 +185,8 @@ class Bench:
                 self.events = dict.fromkeys(self.events, 0)
 
     async def send(self, ctx, data, *, gaps=True, limit=5000):
-        rx = self.link.rx
         for byte in data:
-            ctx.set(rx.valid, 1)
-            ctx.set(rx.payload, byte)
-            for _ in range(limit):
-                _, _, ready = await ctx.tick().sample(rx.ready)
-                if ready:
-                    break
-            else:
-                raise AssertionError(f"request byte not taken in {limit} cycles")
-            ctx.set(rx.valid, 0)
+            await stream_put(ctx, self.link.rx, byte, limit=limit)
             if gaps and self.rng.random() < 0.2:
                 await ctx.tick().repeat(self.rng.randrange(1, 8))
 
