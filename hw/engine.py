@@ -25,6 +25,8 @@ sample, the label beat included, when ``n`` is at least ``UpdateLanes.latency +
 This module holds no protocol logic; ``ziphalp.hw.link`` drives it.
 """
 
+from types import SimpleNamespace
+
 from amaranth import Cat, Module, Mux, ResetInserter, Signal, signed, unsigned
 from amaranth.lib import data, fifo, memory, wiring
 from amaranth.lib.wiring import In
@@ -78,6 +80,14 @@ class SGDEngine(wiring.Component):
         registered, one-word-early hazard check.)"""
         return (self._dot.latency + self._residual.latency + self._update.latency + 7)
 
+    @staticmethod
+    def _read_port(m, mem, name):
+        """A read port with one cycle of latency: ``.addr`` now, ``.data`` next cycle."""
+        port = mem.read_port(domain="comb")
+        data_reg = Signal(mem.shape, name=f"{name}_data")
+        m.d.sync += data_reg.eq(port.data)
+        return SimpleNamespace(addr=port.addr, data=data_reg)
+
     def elaborate(self, platform):
         m = Module()
         p, ctrl = self.params, self.ctrl
@@ -85,14 +95,18 @@ class SGDEngine(wiring.Component):
         words_shape = range(p.words + 1)
 
         # --- storage ----------------------------------------------------------------
+        # No word is ever read in the cycle it is written (the hazard rules below), so
+        # each read is an asynchronous port into a register and the memories carry
+        # "no_rw_check": synthesis folds the register into the block RAM without
+        # emulating read-during-write in logic. Timing is that of a synchronous port.
         m.submodules.model_mem = model_mem = memory.Memory(
-            shape=unsigned(K * WM), depth=p.words, init=[])
+            shape=unsigned(K * WM), depth=p.words, init=[], attrs={"no_rw_check": 1})
         m.submodules.grad_mem = grad_mem = memory.Memory(
-            shape=unsigned(K * GB), depth=p.words, init=[])
-        model_dot = model_mem.read_port()       # stage 1 (and the link while idle)
-        model_upd = model_mem.read_port()       # stage 2 at a batch end
+            shape=unsigned(K * GB), depth=p.words, init=[], attrs={"no_rw_check": 1})
+        model_dot = self._read_port(m, model_mem, "model_dot")   # stage 1; the link when idle
+        model_upd = self._read_port(m, model_mem, "model_upd")   # stage 2 at a batch end
         model_wr = model_mem.write_port(granularity=WM)
-        grad_rd = grad_mem.read_port()
+        grad_rd = self._read_port(m, grad_mem, "grad_rd")
         grad_wr = grad_mem.write_port()
         # `start` empties the sample FIFO: a sample left half-streamed is dropped.
         samples = fifo.SyncFIFOBuffered(width=K * CODE.bits, depth=self.fifo_depth)
@@ -105,6 +119,7 @@ class SGDEngine(wiring.Component):
 
         # --- run-time geometry, derived during the clear pass -----------------------
         n_words = Signal(words_shape)                 # feature beats per sample
+        last_word = Signal(range(p.words))            # n_words - 1
         last_mask = Signal(K)                         # lanes in use in the last beat
         clearing = Signal()
         clr_word = Signal(range(p.words))
@@ -136,8 +151,7 @@ class SGDEngine(wiring.Component):
         head, skid = Signal(layout), Signal(layout)
         m.d.comb += ctrl.beats.ready.eq(~skid_valid)
         beat = head
-        word = Signal(range(p.words))
-        m.d.comb += word.eq(pos - 1)
+        word = Signal(range(p.words))                  # pos - 1, kept in a register
         at_label = Signal(init=1)                      # the next beat is a label beat
         # Conditions held in registers, one cycle early and on the safe side, so the
         # accept decision is a few gates: the next beat is the sample's last; the
@@ -169,14 +183,19 @@ class SGDEngine(wiring.Component):
         m.d.comb += sample_end.eq(batch_full | flush_seen | beat.flush)
         with m.If(take_label):
             m.d.sync += [label.eq(beat.data[:LABEL.bits]), flush_seen.eq(beat.flush), pos.eq(1),
-                         last_beat.eq(n_words == 1), at_label.eq(0)]
+                         word.eq(0), last_beat.eq(n_words == 1), at_label.eq(0)]
         with m.If(take_word):
-            m.d.sync += [pos.eq(Mux(last_beat, 0, pos + 1)), flush_seen.eq(flush_seen | beat.flush),
-                         last_beat.eq(~last_beat & (pos + 1 == n_words))]
+            m.d.sync += [pos.eq(Mux(last_beat, 0, pos + 1)), word.eq(word + 1),
+                         flush_seen.eq(flush_seen | beat.flush),
+                         last_beat.eq(~last_beat & (pos == last_word))]
+        # batch_full after this sample, both ways, ready in registers (batch_pos
+        # changes at most every other cycle: a sample has a label and a feature beat)
+        full_after_inc, full_after_reset = Signal(), Signal()
+        m.d.sync += [full_after_inc.eq(batch_pos + 2 == ctrl.batch),
+                     full_after_reset.eq(ctrl.batch == 1)]
         with m.If(take_last):
-            next_batch_pos = Mux(sample_end, 0, batch_pos + 1)
-            m.d.sync += [batch_pos.eq(next_batch_pos), at_label.eq(1),
-                         batch_full.eq(next_batch_pos + 1 == ctrl.batch)]
+            m.d.sync += [batch_pos.eq(Mux(sample_end, 0, batch_pos + 1)), at_label.eq(1),
+                         batch_full.eq(Mux(sample_end, full_after_reset, full_after_inc))]
 
         # The model read port serves stage 1, and the link while the engine is idle.
         m.d.comb += model_dot.addr.eq(Mux(ctrl.model_read, ctrl.model_word, word))
@@ -188,7 +207,7 @@ class SGDEngine(wiring.Component):
         # Dot product: the RAM answers one cycle after the beat, so delay the beat.
         tag = Signal(self._tag)
         m.d.sync += [
-            dot.codes.eq(codes), dot.valid.eq(take_word), dot.first.eq(take_word & (pos == 1)),
+            dot.codes.eq(codes), dot.valid.eq(take_word), dot.first.eq(take_word & (word == 0)),
             dot.last.eq(take_last), tag.label.eq(label), tag.end.eq(sample_end),
         ]
         m.d.comb += [dot.weights.eq(model_word_view), dot.tag.eq(tag)]
@@ -215,7 +234,7 @@ class SGDEngine(wiring.Component):
         with m.Elif(s2_gap != 0):
             m.d.sync += s2_gap.eq(s2_gap - 1)
         issue = s2_active                    # pop word s2_word from the sample FIFO
-        issue_last = s2_active & (s2_word == n_words - 1)
+        issue_last = s2_active & (s2_word == last_word)
         with m.If(issue):
             m.d.sync += s2_word.eq(s2_word + 1)
         with m.If(issue_last):
@@ -292,7 +311,7 @@ class SGDEngine(wiring.Component):
             m.d.sync += batch_full.eq(ctrl.batch == 1)
             with m.If(clr_base < ctrl.features):
                 m.d.sync += [
-                    n_words.eq(clr_word + 1),
+                    n_words.eq(clr_word + 1), last_word.eq(clr_word),
                     last_mask.eq(Cat(*[clr_base + k < ctrl.features for k in range(K)])),
                 ]
             m.d.sync += [clr_word.eq(clr_word + 1), clr_base.eq(clr_base + K)]

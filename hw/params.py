@@ -198,12 +198,12 @@ class EngineParams:
 #: The engine each supported board is built with. The simulated board runs the
 #: same parameters as the iCEBreaker, so what trains in simulation fits the board.
 #: iCEBreaker: two lanes. Each lane's model x code and sigma x code products are
-#: wider than 16 bits, two SB_MAC16 each, and the UP5K has eight. 24 MHz: the
-#: engine's stage-1 control logic does not yet close timing at 48 MHz on the
-#: nearly full UP5K (nextpnr reaches 26-30 MHz; see the build report).
+#: wider than 16 bits, two SB_MAC16 each, and the UP5K has eight. 36 MHz: the
+#: engine does not yet close timing at 48 MHz on the UP5K (nextpnr reaches about
+#: 39 MHz; the 49-bit dot-product accumulator is the critical path).
 BOARD_PARAMS: dict[str, EngineParams] = {
     "icebreaker": EngineParams(beat_bits=16, max_features=512, max_batch=16,
                                model_bits=32, model_frac=24, frame_bytes=4096,
-                               clock_hz=24_000_000),
+                               clock_hz=36_000_000),
 }
 BOARD_PARAMS["sim"] = BOARD_PARAMS["icebreaker"]

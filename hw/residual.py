@@ -6,11 +6,12 @@ One barrel shift per sample instead of one per lane: the update lanes then only
 multiply ``sigma`` by a code. Fixed latency of 4 cycles, no stalls.
 """
 
-from amaranth import Module, Mux, Signal, signed
+from amaranth import Module, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from .params import CODE, LABEL, SHIFT_MAX, SIGMA_FRAC, EngineParams
+from .saturate import saturate
 
 __all__ = ["ScaledResidual"]
 
@@ -24,7 +25,8 @@ class ScaledResidual(wiring.Component):
     Attributes
     ----------
     dot : In(signed(params.dot_bits)); label : In(signed(LABEL.bits))
-    shift : In(range(SHIFT_MAX + 1)), held while samples flow
+    shift : In(range(SHIFT_MAX + 1))
+        Held while samples flow (and for a cycle before the first one).
     valid : In(1); tag : In(tag_bits)
     sigma : Out(signed(params.sigma.bits)); clipped : Out(1)
         ``clipped`` is high with ``valid_out`` when ``sigma`` saturated.
@@ -61,16 +63,16 @@ class ScaledResidual(wiring.Component):
         tags = [Signal(len(self.tag), name=f"tag{i}") for i in range(3)]
 
         m.d.sync += residual.eq(self.dot - (self.label << align))
+        # the rounding constant: `shift` is static while samples flow, so a register
         half = Signal(width - 1)
-        m.d.comb += half.eq(1 << (self.shift + (BASE_SHIFT - 1)))
+        m.d.sync += half.eq(1 << (self.shift + (BASE_SHIFT - 1)))
         m.d.sync += rounded.eq(residual + half)
         m.d.sync += shifted.eq(rounded >> (self.shift + BASE_SHIFT))
 
-        lo, hi = p.sigma.min_int, p.sigma.max_int
-        over, under = shifted > hi, shifted < lo
+        sigma, clipped = saturate(m, shifted, p.sigma.bits, "sigma")
         m.d.sync += [
-            self.sigma.eq(Mux(over, hi, Mux(under, lo, shifted))),
-            self.clipped.eq(valid[2] & (over | under)),
+            self.sigma.eq(sigma),
+            self.clipped.eq(valid[2] & clipped),
             self.valid_out.eq(valid[2]),
             self.tag_out.eq(tags[2]),
         ]

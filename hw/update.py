@@ -18,6 +18,7 @@ from amaranth.lib.wiring import In, Out
 from .multiply import LATENCY as PRODUCT_LATENCY
 from .multiply import product_terms
 from .params import CODE, SIGMA_FRAC, EngineParams
+from .saturate import saturate
 
 __all__ = ["UpdateLanes"]
 
@@ -88,13 +89,12 @@ class UpdateLanes(wiring.Component):
             m.d.sync += [new.eq(self.model[k] - ((acc + (1 << (SIGMA_FRAC - 1))) >> SIGMA_FRAC)),
                          acc4.eq(acc)]
             # saturate; at a batch end the gradient restarts from zero
-            lo, hi = -(1 << (WM - 1)), (1 << (WM - 1)) - 1
-            over, under = new > hi, new < lo
+            word, clipped = saturate(m, new, WM, f"model{k}")
             ovf = Signal(name=f"ovf{k}")
             m.d.sync += [
-                self.model_out[k].eq(Mux(over, hi, Mux(under, lo, new))),
+                self.model_out[k].eq(word),
                 self.grad_out[k].eq(Mux(last_end, 0, acc4)),
-                ovf.eq(last_valid & last_end & (over | under)),
+                ovf.eq(last_valid & last_end & clipped),
             ]
             lane_overflow.append(ovf)
         m.d.comb += self.overflow.eq(Cat(*lane_overflow).any())
