@@ -118,8 +118,7 @@ class SGDEngine(wiring.Component):
         m.submodules.update = update = self._update
 
         # --- run-time geometry, derived during the clear pass -----------------------
-        n_words = Signal(words_shape)                 # feature beats per sample
-        last_word = Signal(range(p.words))            # n_words - 1
+        last_word = Signal(range(p.words))            # feature beats per sample, minus 1
         last_mask = Signal(K)                         # lanes in use in the last beat
         clearing = Signal()
         clr_word = Signal(range(p.words))
@@ -183,7 +182,7 @@ class SGDEngine(wiring.Component):
         m.d.comb += sample_end.eq(batch_full | flush_seen | beat.flush)
         with m.If(take_label):
             m.d.sync += [label.eq(beat.data[:LABEL.bits]), flush_seen.eq(beat.flush), pos.eq(1),
-                         word.eq(0), last_beat.eq(n_words == 1), at_label.eq(0)]
+                         word.eq(0), last_beat.eq(last_word == 0), at_label.eq(0)]
         with m.If(take_word):
             m.d.sync += [pos.eq(Mux(last_beat, 0, pos + 1)), word.eq(word + 1),
                          flush_seen.eq(flush_seen | beat.flush),
@@ -304,14 +303,14 @@ class SGDEngine(wiring.Component):
         with m.If(ctrl.start):
             m.d.sync += [
                 head_valid.eq(0), skid_valid.eq(0), at_label.eq(1),
-                clearing.eq(1), clr_word.eq(0), clr_base.eq(0), n_words.eq(0),
+                clearing.eq(1), clr_word.eq(0), clr_base.eq(0),
                 pos.eq(0), batch_pos.eq(0), flush_seen.eq(0), end_pending.eq(0),
             ]
         with m.Elif(clearing):
             m.d.sync += batch_full.eq(ctrl.batch == 1)
             with m.If(clr_base < ctrl.features):
                 m.d.sync += [
-                    n_words.eq(clr_word + 1), last_word.eq(clr_word),
+                    last_word.eq(clr_word),
                     last_mask.eq(Cat(*[clr_base + k < ctrl.features for k in range(K)])),
                 ]
             m.d.sync += [clr_word.eq(clr_word + 1), clr_base.eq(clr_base + K)]
