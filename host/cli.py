@@ -1,7 +1,8 @@
 """The ``ziphalp`` command line.
 
-It parses arguments, calls :func:`ziphalp.host.train.train`, prints the loss of
-each epoch next to the float64 optimum and writes the outputs. A user error
+It parses arguments, calls :func:`ziphalp.host.train.train`, prints the loss (and
+for classification the accuracy) of each epoch next to the float64 optimum and
+writes the outputs. A user error
 ends with one line ``ziphalp: error: ...`` on stderr and exit status 2 (usage or
 data) or 1 (board or output), never a traceback.
 """
@@ -18,7 +19,16 @@ from ziphalp.hw.params import BOARD_PARAMS
 
 from .data import BUNDLED, DataError
 from .driver import BoardError
-from .train import DEFAULTS, EpochRecord, SettingsError, TrainResult, train
+from .train import (
+    DEFAULTS,
+    LEVEL_KINDS,
+    LOSSES,
+    SAMPLINGS,
+    EpochRecord,
+    SettingsError,
+    TrainResult,
+    train,
+)
 
 __all__ = ["main", "parser"]
 
@@ -51,11 +61,13 @@ def parser() -> argparse.ArgumentParser:
     top.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = commands.add_parser(
-        "train", help="train a least-squares model on a board or the simulated board",
-        description="Train a least-squares model with 8-bit stochastically rounded "
-                    "features on the engine, and report the training loss of each "
-                    "epoch next to the float64 optimum. Features and label are "
-                    "normalised to [-1, 1]; losses are in those units.")
+        "train", help="train a linear model on a board or the simulated board",
+        description="Train a linear model (least squares, logistic regression or a "
+                    "linear SVM) on the engine with low-precision features (ZipML: "
+                    "k-bit stochastic rounding, double sampling), and report the "
+                    "training objective of each epoch next to the float64 optimum. "
+                    "Features (and a regression label) are normalised to [-1, 1]; "
+                    "losses are in those units.")
     p.add_argument("data", metavar="DATA",
                    help="a CSV file (optional header row; label the last column unless "
                         "--label), a LIBSVM/svmlight file (.svm, .libsvm, .svmlight), or "
@@ -75,8 +87,27 @@ def parser() -> argparse.ArgumentParser:
                         "(default: %(default)s)")
     p.add_argument("--seed", type=int, default=DEFAULTS["seed"], metavar="N",
                    help="seed of the stochastic rounding and shuffling (default: %(default)s)")
-    p.add_argument("--rounding", choices=["stochastic", "nearest"], default="stochastic",
-                   help="rounding of the feature codes (default: %(default)s)")
+    p.add_argument("--bits", type=_positive_int, default=DEFAULTS["bits"], metavar="K",
+                   help="feature precision: 2**K intervals between 2**K + 1 levels, K = 1..8 "
+                        "(default: %(default)s)")
+    p.add_argument("--sampling", choices=SAMPLINGS, default=DEFAULTS["sampling"],
+                   help="double: two independent stochastic samples per value (unbiased); "
+                        "single: one (biased by a hidden ridge term); nearest: deterministic "
+                        "rounding (default: %(default)s)")
+    p.add_argument("--levels", choices=LEVEL_KINDS, default=DEFAULTS["levels"],
+                   help="uniform levels over [-1, 1], or levels minimising the data's "
+                        "quantisation variance (default: %(default)s)")
+    p.add_argument("--loss", choices=LOSSES, default=DEFAULTS["loss"],
+                   help="squared (regression), logistic, hinge or squared-hinge "
+                        "(classification, labels +1/-1) (default: %(default)s)")
+    p.add_argument("--cost-pos", type=float, default=1.0, metavar="C",
+                   help="cost of the positive class, 0..3.98 in steps of 1/64 "
+                        "(default: %(default)g)")
+    p.add_argument("--cost-neg", type=float, default=1.0, metavar="C",
+                   help="cost of the negative class (default: %(default)g)")
+    p.add_argument("--l2", type=float, default=0.0, metavar="LAMBDA",
+                   help="L2 regularisation lambda/2 ||w||^2, applied as a power-of-two "
+                        "decay per batch (default: %(default)g, off)")
     p.add_argument("--out", metavar="DIR",
                    help="write model.json, history.json and loss.png into DIR "
                         "(default: write nothing)")
@@ -87,13 +118,19 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _ratio(loss: float, optimum: float | None) -> str:
-    return f"{loss / optimum:.4f} x optimum" if optimum else "no optimum"
+    if optimum is None:
+        return "no finite optimum"
+    if optimum <= 1e-9:          # e.g. the hinge loss of separable data: report the excess
+        return f"{loss - optimum:.4g} above the optimum"
+    return f"{loss / optimum:.4f} x optimum"
 
 
 def _print_epoch(record: EpochRecord, epochs: int, optimum: float | None) -> None:
     best = f"{optimum:.6g}" if optimum is not None else "n/a"
+    accuracy = f"  accuracy {record.accuracy:.4f}" if record.accuracy is not None else ""
     tqdm.write(f"epoch {record.epoch:>{len(str(epochs))}}/{epochs}  loss {record.loss:.6g}  "
-               f"optimum {best}  ({_ratio(record.loss, optimum)})  {record.cycles} cycles")
+               f"optimum {best}  ({_ratio(record.loss, optimum)}){accuracy}  "
+               f"{record.cycles} cycles")
 
 
 def _summary(result: TrainResult) -> str:
@@ -101,7 +138,10 @@ def _summary(result: TrainResult) -> str:
     samples = sum(r.samples for r in result.history)
     seconds = sum(r.seconds for r in result.history)
     per_sample = f"{cycles / samples:.2f}" if samples else "n/a"
-    return (f"final loss {result.loss:.6g} = {_ratio(result.loss, result.optimum_loss)} "
+    accuracy = result.history[-1].accuracy if result.history else None
+    accuracy = f", accuracy {accuracy:.4f}" if accuracy is not None else ""
+    return (f"final loss {result.loss:.6g} = {_ratio(result.loss, result.optimum_loss)}"
+            f"{accuracy} "
             f"after {len(result.history)} epochs on {result.board}: {cycles} engine cycles "
             f"({per_sample} per sample), {seconds:.2f} s")
 
@@ -119,7 +159,9 @@ def _run(args: argparse.Namespace) -> None:
 
     result = train(args.data, board=args.board, port=args.port, epochs=args.epochs,
                    step=args.step, batch=args.batch, seed=args.seed, label=args.label,
-                   stochastic=args.rounding == "stochastic", progress=not args.no_progress,
+                   bits=args.bits, sampling=args.sampling, levels=args.levels, loss=args.loss,
+                   costs=(args.cost_pos, args.cost_neg), l2=args.l2,
+                   progress=not args.no_progress,
                    on_epoch=on_epoch)
     print(_summary(result))
     if args.out is not None:

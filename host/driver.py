@@ -8,18 +8,20 @@ waits for its reply; every failure becomes a :class:`BoardError`.
 
 from __future__ import annotations
 
+import operator
 import struct
 import time
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Self
 
 import numpy as np
 import serial
 from ziphalp.hw import protocol
-from ziphalp.hw.params import CODE, EngineParams
+from ziphalp.hw.params import COST_BITS, L2_SHIFT_MAX, LEVEL, SHIFT_MAX, EngineParams, Loss
 from ziphalp.hw.protocol import Command, Status
 
-__all__ = ["BAUDRATE", "Board", "BoardError"]
+__all__ = ["BAUDRATE", "ArgumentError", "Board", "BoardError"]
 
 #: Line rate of the UART link.
 BAUDRATE = 3_000_000
@@ -29,6 +31,25 @@ WEIGHT_BYTES = 4
 
 class BoardError(Exception):
     """The board cannot be reached, or it refused or garbled a command."""
+
+
+class ArgumentError(BoardError, ValueError):
+    """A command's argument is out of range for the protocol or for the board.
+
+    Raised before anything is sent; it is both a :class:`BoardError` and a
+    :class:`ValueError`.
+    """
+
+
+def _integer(cmd: Command, name: str, value, low: int, high: int, where: str = "") -> int:
+    """``value`` as an int, checked to lie in ``low..high``, else :class:`ArgumentError`."""
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise ArgumentError(f"{cmd.name}: {name} must be an integer, not {value!r}") from None
+    if not low <= value <= high:
+        raise ArgumentError(f"{cmd.name}: {name} must be {low}..{high}{where}, not {value}")
+    return value
 
 
 class Board:
@@ -79,9 +100,6 @@ class Board:
         if identity.version != protocol.VERSION:
             raise BoardError(f"the board on {self.url} speaks protocol version "
                              f"{identity.version}; this host speaks {protocol.VERSION}")
-        if identity.code_bits != CODE.bits:
-            raise BoardError(f"the board on {self.url} uses {identity.code_bits}-bit codes; "
-                             f"this host packs {CODE.bits}-bit codes")
         self._identity = identity
         return identity
 
@@ -95,7 +113,7 @@ class Board:
         """The engine parameters the board reports, as :class:`EngineParams`."""
         i = self.identity
         try:
-            return EngineParams(beat_bits=i.beat_bits, lanes=i.lanes,
+            return EngineParams(beat_bits=i.beat_bits, lanes=i.lanes, max_k=i.max_k,
                                 max_features=i.max_features, max_batch=i.max_batch,
                                 model_bits=i.model_bits, model_frac=i.model_frac,
                                 frame_bytes=i.frame_bytes, clock_hz=i.clock_hz)
@@ -103,13 +121,98 @@ class Board:
             raise BoardError(f"the board on {self.url} reports impossible parameters: "
                              f"{e}") from None
 
-    def configure(self, features: int, batch: int, shift: int) -> None:
-        """Set d, the mini-batch size and the step shift; clear the batch position."""
+    @property
+    def levels_max(self) -> int:
+        """Entries of the board's largest level table, ``2**max_k + 1``."""
+        return (1 << self.identity.max_k) + 1
+
+    def configure(self, features: int, batch: int, shift: int, k: int = 8,
+                  double: bool = True, loss: Loss = Loss.SQUARED, l2_shift: int = 0,
+                  cost_pos: int = 64, cost_neg: int = 64) -> None:
+        """Set the run-time configuration; clear the gradient and the batch position.
+
+        Parameters
+        ----------
+        features : int
+            d, 1..``max_features`` of the board.
+        batch : int
+            Mini-batch size, 1..``max_batch`` of the board.
+        shift : int
+            Step size ``2**-shift``, 0..``SHIFT_MAX``.
+        k : int
+            Precision, 1..``max_k`` of the board: features are fields of ``k + 1 +
+            double`` bits over the levels ``l_0 .. l_{2**k}`` of the level table
+            (:meth:`load_levels`).
+        double : bool
+            Double sampling (a field carries two roundings of the value).
+        loss : Loss
+            The loss whose gradient the engine follows.
+        l2_shift : int
+            L2 decay ``w >> l2_shift`` subtracted at each update, 1..``L2_SHIFT_MAX``;
+            0 turns it off.
+        cost_pos, cost_neg : int
+            Cost of the positive and of the negative class, 0..255 with
+            ``COST_FRAC`` fraction bits (64 is 1.0).
+
+        Raises
+        ------
+        ArgumentError
+            An argument out of range (nothing is sent).
+        BoardError
+            The board refused the configuration or could not be reached.
+        """
+        cmd, identity = Command.CONFIGURE, self.identity
+        board = f" on the board on {self.url}"
+        features = _integer(cmd, "features", features, 1, identity.max_features, board)
+        batch = _integer(cmd, "batch", batch, 1, identity.max_batch, board)
+        shift = _integer(cmd, "shift", shift, 0, SHIFT_MAX)
+        k = _integer(cmd, "k", k, 1, identity.max_k, board)
+        if double not in (0, 1):
+            raise ArgumentError(f"CONFIGURE: double must be a bool, not {double!r}")
         try:
-            payload = protocol.CONFIGURE_FORMAT.pack(features, batch, shift)
-        except struct.error as e:
-            raise BoardError(f"CONFIGURE: argument out of range: {e}") from None
-        self._expect_empty(Command.CONFIGURE, payload)
+            loss = Loss(loss)
+        except ValueError:
+            raise ArgumentError(f"CONFIGURE: loss must be a Loss "
+                                f"({', '.join(member.name for member in Loss)}), "
+                                f"not {loss!r}") from None
+        l2_shift = _integer(cmd, "l2_shift", l2_shift, 0, L2_SHIFT_MAX)
+        cost_pos = _integer(cmd, "cost_pos", cost_pos, 0, (1 << COST_BITS) - 1)
+        cost_neg = _integer(cmd, "cost_neg", cost_neg, 0, (1 << COST_BITS) - 1)
+        mode = protocol.MODE_DOUBLE * bool(double) | int(loss) << protocol.MODE_LOSS_SHIFT
+        self._expect_empty(cmd, protocol.CONFIGURE_FORMAT.pack(
+            features, batch, shift, k, mode, l2_shift, cost_pos, cost_neg))
+
+    def load_levels(self, levels: Sequence[int] | np.ndarray) -> None:
+        """Load the level table: ``n`` ``LEVEL`` words ``l_0 .. l_{n-1}``.
+
+        A level ``l`` stands for the value ``l * 2**-LEVEL.frac`` and lies in the
+        ``LEVEL`` range (-512..511); ``2 <= n <= 2**max_k + 1`` (:attr:`levels_max`).
+        Precision ``k`` (:meth:`configure`) reads ``l_0 .. l_{2**k}``. The table is
+        kept across :meth:`configure`.
+
+        Raises
+        ------
+        ArgumentError
+            Not a list of 2..``levels_max`` integers in the ``LEVEL`` range (nothing
+            is sent).
+        BoardError
+            The board refused the table or could not be reached.
+        """
+        most = min(self.levels_max, self.identity.frame_bytes // 2)
+        array = np.asarray(levels)
+        if array.ndim != 1 or not most >= len(array) >= 2:
+            size = f"{len(array)}" if array.ndim == 1 else f"an array of shape {array.shape}"
+            raise ArgumentError(f"LOAD_LEVELS: the board on {self.url} takes 2..{most} "
+                                f"levels (max_k {self.identity.max_k}), not {size}")
+        if array.dtype.kind not in "iu":
+            raise ArgumentError(f"LOAD_LEVELS: levels must be integers ({LEVEL} words, "
+                                f"value l / {1 << LEVEL.frac}), not {array.dtype}")
+        outside = np.flatnonzero((array < LEVEL.min_int) | (array > LEVEL.max_int))
+        if outside.size:
+            i = int(outside[0])
+            raise ArgumentError(f"LOAD_LEVELS: level {i} is {int(array[i])}, outside the "
+                                f"{LEVEL} range {LEVEL.min_int}..{LEVEL.max_int}")
+        self._expect_empty(Command.LOAD_LEVELS, array.astype("<i2").tobytes())
 
     def load_model(self, start: int, weights: np.ndarray) -> None:
         """Write model weights (int32) from index ``start``, in as many requests as needed.

@@ -3,30 +3,37 @@
 Every file is written atomically (a temporary file in the same folder, then
 ``os.replace``): a crash never leaves a half-written output.
 
-history.json (format ``ziphalp-history/1``), a format scripts can rely on::
+history.json (format ``ziphalp-history/2``), a format scripts can rely on::
 
     {
-      "format": "ziphalp-history/1",
+      "format": "ziphalp-history/2",
       "dataset": str,             # bundled name or file path
+      "task": str,                # "regression" or "classification"
       "n": int, "d": int,         # samples; features without the bias
-      "loss_function": "squared", # f(w) = 1/(2n) ||X w - y||^2 on normalised data
-      "optimum_loss": float|null, # float64 least-squares optimum of f (null if none)
-      "final_loss": float,        # loss of the last epoch
-      "board": str,               # "sim" or "icebreaker"
-      "engine": {...},            # what IDENTIFY reported (beat_bits, lanes, ...,
-                                  #   clock_hz, build_id) plus "model_format"
-      "settings": {"epochs", "step", "shift", "batch", "seed", "rounding", "shuffle"},
+      "loss_function": str,       # squared | logistic | hinge | squared_hinge: the
+                                  #   objective F(w) = 1/n sum c_i l(a_i.w, b_i)
+                                  #   + l2/2 ||w||^2 on normalised data
+      "optimum_loss": float|null, # F at its float64 minimiser (null if none)
+      "final_loss": float,        # F after the last epoch
+      "board": str,               # a key of BOARD_PARAMS ("sim", "icebreaker", ...)
+      "engine": {...},            # what IDENTIFY reported (beat_bits, lanes, max_k,
+                                  #   ..., clock_hz, build_id) plus the formats
+      "levels": [float],          # the level table the board decoded
+      "quantisation_variance": float,  # mean variance per feature value on it
+      "settings": {"epochs", "step", "shift", "batch", "seed", "bits", "sampling",
+                   "levels", "loss", "costs", "l2", "l2_shift", "shuffle"},
       "epochs": [{"epoch": int,     # 1-based
-                  "loss": float,    # f of the model read back after the epoch
+                  "loss": float,    # F of the model read back after the epoch
+                  "accuracy": float|null,  # training accuracy (classification)
                   "cycles": int,    # engine clock cycles spent in the epoch
                   "seconds": float, # wall time of the epoch on the host
                   "samples": int,   # samples the board counted
                   "overflow": bool, # a model update saturated
-                  "clipped": bool}, # a scaled residual saturated
+                  "clipped": bool}, # a scaled loss derivative saturated
                  ...]
     }
 
-The loss is in normalised units (features and label in [-1, 1]).
+The loss is in normalised units (features, and a regression label, in [-1, 1]).
 model.json holds the model in the user's original units and in normalised
 units, the raw fixed-point words with their format, and the engine.
 This module does not train and does not talk to a board.
@@ -43,7 +50,7 @@ from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from ziphalp.hw.params import CODE
+from ziphalp.hw.params import LEVEL
 
 from .quantize import words_to_coefficients
 from .train import TrainResult
@@ -51,7 +58,7 @@ from .train import TrainResult
 __all__ = ["HISTORY_FORMAT", "MODEL_FORMAT", "history", "model", "write_atomic",
            "write_outputs"]
 
-HISTORY_FORMAT = "ziphalp-history/1"
+HISTORY_FORMAT = "ziphalp-history/2"
 MODEL_FORMAT = "ziphalp-model/1"
 
 
@@ -76,22 +83,25 @@ def write_atomic(path: Path, data: bytes) -> None:
 def _engine(result: TrainResult) -> dict:
     engine = dataclasses.asdict(result.identity)
     engine["model_format"] = str(result.params.model)
-    engine["code_format"] = str(CODE)
+    engine["level_format"] = str(LEVEL)
     return engine
 
 
 def history(result: TrainResult) -> dict:
-    """The ``ziphalp-history/1`` document of a training run."""
+    """The ``ziphalp-history/2`` document of a training run."""
     return {
         "format": HISTORY_FORMAT,
         "dataset": result.dataset.name,
+        "task": result.data.task,
         "n": result.dataset.n,
         "d": result.dataset.d,
-        "loss_function": "squared",
+        "loss_function": result.settings["loss"],
         "optimum_loss": result.optimum_loss,
         "final_loss": result.loss,
         "board": result.board,
         "engine": _engine(result),
+        "levels": [float(level) for level in result.levels],
+        "quantisation_variance": result.variance,
         "settings": dict(result.settings),
         "epochs": [dataclasses.asdict(record) for record in result.history],
     }
@@ -132,7 +142,8 @@ def model(result: TrainResult) -> dict:
                                        strict=True)),
             "intercept": data.to_original(result.optimum)[1],
             "loss": result.optimum_loss,
-            "note": "float64 least squares, original units",
+            "note": f"float64 minimiser of the {result.settings['loss']} objective, "
+                    "original units",
         },
         "engine": _engine(result),
         "settings": dict(result.settings),

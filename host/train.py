@@ -1,15 +1,18 @@
 """The training loop and the Python API: :func:`train`.
 
-One epoch: re-quantise the features with fresh stochastic draws, shuffle, pack,
+One epoch: quantise the features afresh onto the level table (ZipML: stochastic
+rounding with one or two samples per value, or nearest rounding), shuffle, pack,
 stream the frames to the board (the last one flushes the mini-batch), read the
 model back and the engine's cycle counter, and compute the float64 training
-loss of the model on the normalised data. The loop is the same for the
-simulated board and a real one: it only sees a port URL.
+objective (and, for classification, the accuracy) of the model on the
+normalised data. The loop is the same for the simulated board and a real one:
+it only sees a port URL.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -19,15 +22,26 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 from ziphalp.hw import protocol
-from ziphalp.hw.params import BOARD_PARAMS, EngineParams
+from ziphalp.hw.params import (
+    BOARD_PARAMS,
+    COST_BITS,
+    COST_FRAC,
+    L2_SHIFT_MAX,
+    EngineParams,
+    Loss,
+)
 from ziphalp.hw.protocol import StatusFlags
 
-from . import quantize
-from .data import DataError, Dataset, Normalised, least_squares_optimum, load, normalise
+from . import quantize, reference
+from .data import DataError, Dataset, Normalised, load, normalise
 from .driver import Board, BoardError
+from .levels import grid_levels, level_words, optimal_levels, quantisation_variance, uniform_levels
 
 __all__ = [
     "DEFAULTS",
+    "LEVEL_KINDS",
+    "LOSSES",
+    "SAMPLINGS",
     "EpochRecord",
     "SaturationWarning",
     "SettingsError",
@@ -36,23 +50,34 @@ __all__ = [
 ]
 
 #: Default settings: on diabetes they reach a loss within 2% of the optimum.
-DEFAULTS = {"epochs": 30, "step": 2.0 ** -9, "batch": 8, "seed": 0}
+DEFAULTS = {"epochs": 30, "step": 2.0 ** -9, "batch": 8, "seed": 0, "bits": 4,
+            "sampling": "double", "levels": "uniform", "loss": "squared"}
+SAMPLINGS = quantize.SAMPLINGS
+LEVEL_KINDS = ("uniform", "optimal")
+#: Loss names (``-`` spelling), in the order of the engine's ``Loss`` codes.
+LOSSES = tuple(name.replace("_", "-") for name in reference.LOSSES)
 
 
 class SettingsError(ValueError):
-    """A training setting is out of range (board, port, step, batch, epochs)."""
+    """A training setting is out of range (board, port, step, batch, epochs, ...)."""
 
 
 class SaturationWarning(UserWarning):
-    """The engine saturated a model update or a scaled residual."""
+    """The engine saturated a model update or a scaled loss derivative."""
 
 
 @dataclass(frozen=True)
 class EpochRecord:
-    """What one epoch did: the loss after it and what it cost."""
+    """What one epoch did: the objective after it and what it cost.
+
+    ``loss`` is the float64 training objective (the loss of the run, with its
+    class costs and L2 term) of the model read back; ``accuracy`` is None for
+    regression.
+    """
 
     epoch: int
     loss: float
+    accuracy: float | None
     cycles: int
     seconds: float
     samples: int
@@ -77,13 +102,19 @@ class TrainResult:
     board, url : str
         Board kind and the port URL used.
     settings : dict
-        epochs, step (the engine's), shift, batch, seed, rounding, shuffle.
+        epochs, step (the engine's), shift, batch, seed, bits, sampling, levels,
+        loss, costs (as the engine holds them), l2 (effective) and l2_shift,
+        shuffle.
+    levels : ndarray of float64, shape (2**bits + 1,)
+        The level table the board decodes (on the ``LEVEL`` grid).
+    variance : float
+        Mean quantisation variance of the features on those levels (per value).
     words : ndarray of int64, shape (d + 1,)
         Final raw model words, bias last.
     coefficients : ndarray, shape (d + 1,)
         Final model in normalised units, bias last.
     optimum : ndarray or None
-        Float64 least-squares coefficients in normalised units.
+        Float64 minimiser of the same objective, in normalised units.
     optimum_loss : float or None
     history : list of EpochRecord
     """
@@ -95,6 +126,8 @@ class TrainResult:
     board: str
     url: str
     settings: dict
+    levels: np.ndarray
+    variance: float
     words: np.ndarray
     coefficients: np.ndarray
     optimum: np.ndarray | None
@@ -103,8 +136,14 @@ class TrainResult:
 
     @property
     def loss(self) -> float:
-        """Training loss of the final model."""
-        return self.history[-1].loss if self.history else self.data.loss(self.coefficients)
+        """Training objective of the final model."""
+        return self.history[-1].loss if self.history else self.objective(self.coefficients)
+
+    def objective(self, beta: np.ndarray) -> float:
+        """The run's float64 training objective of normalised coefficients ``beta``."""
+        s = self.settings
+        return reference.objective(self.data.features, self.data.labels, beta,
+                                   s["loss"], s["costs"], s["l2"])
 
     def original_units(self) -> tuple[np.ndarray, float]:
         """Final coefficients and intercept in the user's original units."""
@@ -117,14 +156,14 @@ def _port_url(board: str, port: str | None) -> Iterator[str]:
     if port is not None:
         yield port
         return
-    if board != "sim":
+    if not board.startswith("sim"):
         raise SettingsError(f"--board {board} needs --port (the board's serial port)")
     try:
         from ziphalp.sim.board import SimBoardError, simulated_board
     except ImportError as e:
         raise BoardError(f"the simulated board is not available: {e}") from None
     try:
-        sim = simulated_board(BOARD_PARAMS["sim"])
+        sim = simulated_board(BOARD_PARAMS[board])
     except ImportError as e:
         raise BoardError(f"the simulated board is not available: {e}") from None
     try:
@@ -134,43 +173,79 @@ def _port_url(board: str, port: str | None) -> Iterator[str]:
         raise BoardError(f"simulated board: {e}") from None
 
 
-def _check_settings(board: str, epochs: int, batch: int, step: float) -> int:
+def _check_settings(board: str, epochs: int, batch: int, step: float, bits: int,
+                    sampling: str, levels: str, loss: str) -> int:
     if board not in BOARD_PARAMS:
         raise SettingsError(f"unknown board {board!r}; choose from {', '.join(BOARD_PARAMS)}")
     if epochs < 1:
         raise SettingsError(f"epochs must be at least 1, not {epochs}")
     if batch < 1:
         raise SettingsError(f"batch must be at least 1, not {batch}")
+    if not 1 <= bits <= quantize.MAX_K:
+        raise SettingsError(f"bits must be 1..{quantize.MAX_K}, not {bits}")
+    for name, value, choices in (("sampling", sampling, SAMPLINGS),
+                                 ("levels", levels, LEVEL_KINDS), ("loss", loss, LOSSES)):
+        if value not in choices:
+            raise SettingsError(f"unknown {name} {value!r}; choose from {', '.join(choices)}")
     try:
         return quantize.step_to_shift(step)
     except ValueError as e:
         raise SettingsError(str(e)) from None
 
 
-def _check_fit(name: str, d: int, batch: int, params: EngineParams, where: str) -> None:
+def _cost_word(name: str, cost: float) -> int:
+    """A class cost as the engine holds it (``COST_FRAC`` fraction bits), nearest."""
+    top = ((1 << COST_BITS) - 1) / (1 << COST_FRAC)
+    if not (math.isfinite(cost) and 0 <= cost <= top):
+        raise SettingsError(f"{name} must be 0..{top:g}, not {cost:g}")
+    return int(round(cost * (1 << COST_FRAC)))
+
+
+def _l2_shift(l2: float, step: float, batch: int) -> int:
+    """The engine's decay shift for L2 strength ``l2``: ``2**-shift ~ step * batch * l2``."""
+    if l2 == 0:
+        return 0
+    if not (math.isfinite(l2) and l2 > 0):
+        raise SettingsError(f"l2 must be a positive number or 0, not {l2:g}")
+    shift = round(-math.log2(step * batch * l2))
+    if not 1 <= shift <= L2_SHIFT_MAX:
+        raise SettingsError(f"l2 {l2:g} with step {step:g} and batch {batch} needs a decay of "
+                            f"2**-{shift} per batch; the engine decays by 2**-1 .. "
+                            f"2**-{L2_SHIFT_MAX}")
+    return shift
+
+
+def _check_fit(name: str, d: int, batch: int, bits: int, params: EngineParams,
+               where: str) -> None:
     if d + 1 > params.max_features:
         raise DataError(f"{name} has {d} features, {d + 1} with the bias; the engine on "
                         f"{where} takes at most {params.max_features}")
     if batch > params.max_batch:
         raise SettingsError(f"batch {batch} is larger than the engine's maximum "
                             f"{params.max_batch} on {where}")
+    if bits > params.max_k:
+        raise SettingsError(f"bits {bits} is more than the engine's maximum {params.max_k} "
+                            f"on {where}")
 
 
 def train(dataset: str | Path | Dataset, *, board: str = "sim", port: str | None = None,
           epochs: int = DEFAULTS["epochs"], step: float = DEFAULTS["step"],
           batch: int = DEFAULTS["batch"], seed: int = DEFAULTS["seed"],
-          label: str | int | None = None, stochastic: bool = True, shuffle: bool = True,
-          progress: bool = True, timeout: float = 5.0,
+          label: str | int | None = None, bits: int = DEFAULTS["bits"],
+          sampling: str = DEFAULTS["sampling"], levels: str = DEFAULTS["levels"],
+          loss: str = DEFAULTS["loss"], costs: tuple[float, float] = (1.0, 1.0),
+          l2: float = 0.0, shuffle: bool = True, progress: bool = True, timeout: float = 5.0,
           on_epoch: Callable[[TrainResult, EpochRecord], None] | None = None) -> TrainResult:
-    """Train a least-squares model on a board.
+    """Train a linear model on a board.
 
     Parameters
     ----------
     dataset : str, Path or Dataset
         A bundled name, a CSV/LIBSVM path (see :func:`ziphalp.host.data.load`) or
         a loaded data set.
-    board : {"sim", "icebreaker"}
-        Board kind. ``"sim"`` starts the simulated board unless ``port`` is given.
+    board : str
+        Board kind (a key of ``BOARD_PARAMS``). ``"sim"`` (and any ``"sim-..."``)
+        starts a simulated board unless ``port`` is given.
     port : str, optional
         Serial port or pyserial URL of the board; required for real boards.
     epochs : int
@@ -183,8 +258,21 @@ def train(dataset: str | Path | Dataset, *, board: str = "sim", port: str | None
         Seed of the stochastic rounding draws and the shuffling.
     label : str or int, optional
         CSV label column (name or index); default the last column.
-    stochastic : bool
-        Stochastic rounding of the feature codes (else round to nearest).
+    bits : int
+        Precision k of the features: ``2**k`` intervals between ``2**k + 1`` levels.
+    sampling : {"double", "single", "nearest"}
+        Two independent stochastic samples per value (unbiased gradient), one
+        (biased: a hidden ridge term), or deterministic rounding to the nearest level.
+    levels : {"uniform", "optimal"}
+        Uniform levels over [-1, 1], or levels minimising the data's total
+        quantisation variance (dynamic programming over the ``LEVEL`` grid).
+    loss : {"squared", "logistic", "hinge", "squared-hinge"}
+        The classification losses need labels +1/-1 (a classification data set).
+    costs : (float, float)
+        Costs of the positive and the negative class (multiples of 1/64 up to 3.98).
+    l2 : float
+        L2 strength lambda of ``lambda/2 ||w||^2``, applied as a decay of the
+        nearest power of two ``2**-l2_shift ~ step * batch * lambda`` per batch.
     shuffle : bool
         Visit the samples in a fresh random order each epoch.
     progress : bool
@@ -203,36 +291,57 @@ def train(dataset: str | Path | Dataset, *, board: str = "sim", port: str | None
     ------
     DataError, SettingsError, BoardError
     """
-    shift = _check_settings(board, epochs, batch, step)
+    shift = _check_settings(board, epochs, batch, step, bits, sampling, levels, loss)
+    cost_words = (_cost_word("the positive class cost", costs[0]),
+                  _cost_word("the negative class cost", costs[1]))
+    l2_shift = _l2_shift(l2, quantize.shift_to_step(shift), batch)
     if not isinstance(dataset, Dataset):
         dataset = load(dataset, label)
-    _check_fit(dataset.name, dataset.d, batch, BOARD_PARAMS[board], f"the {board} board")
+    if loss != "squared" and dataset.task != "classification":
+        raise DataError(f"{dataset.name} is a regression data set; the {loss} loss needs "
+                        "labels +1/-1 (a classification data set)")
+    _check_fit(dataset.name, dataset.d, batch, bits, BOARD_PARAMS[board], f"the {board} board")
     data = normalise(dataset)
     features = data.features.shape[1]
-    optimum = least_squares_optimum(data.features, data.labels)
+    if levels == "optimal":
+        table = grid_levels(optimal_levels(data.features.ravel(), bits))
+    else:
+        table = grid_levels(uniform_levels(bits))
+    step_used = quantize.shift_to_step(shift)
+    settings = {"epochs": epochs, "step": step_used, "shift": shift, "batch": batch,
+                "seed": seed, "shuffle": shuffle, "bits": bits, "sampling": sampling,
+                "levels": levels, "loss": loss.replace("-", "_"),
+                "costs": tuple(w / (1 << COST_FRAC) for w in cost_words),
+                "l2": 2.0 ** -l2_shift / (step_used * batch) if l2_shift else 0.0,
+                "l2_shift": l2_shift}
+    try:
+        optimum = reference.optimum(data.features, data.labels, settings["loss"],
+                                    settings["costs"], settings["l2"])
+    except (ValueError, RuntimeError):
+        optimum = None          # e.g. logistic loss on separable data: no finite optimum
     labels = quantize.quantize_labels(data.labels)
     rng = np.random.default_rng(seed)
-    settings = {"epochs": epochs, "step": quantize.shift_to_step(shift), "shift": shift,
-                "batch": batch, "seed": seed, "shuffle": shuffle,
-                "rounding": "stochastic" if stochastic else "nearest"}
 
     with _port_url(board, port) as url, Board(url, timeout=timeout) as link:
         identity = link.identify()
         params = link.params
-        _check_fit(dataset.name, dataset.d, batch, params, url)
-        link.configure(features, batch, shift)
+        _check_fit(dataset.name, dataset.d, batch, bits, params, url)
+        link.load_levels(level_words(table))
+        link.configure(features, batch, shift, k=bits, double=sampling == "double",
+                       loss=Loss(LOSSES.index(loss)), l2_shift=l2_shift,
+                       cost_pos=cost_words[0], cost_neg=cost_words[1])
         link.load_model(0, np.zeros(features, np.int64))
         link.status(clear=True)
-        result = TrainResult(dataset, data, identity, params, board, url, settings,
+        result = TrainResult(dataset, data, identity, params, board, url, settings, table,
+                             quantisation_variance(data.features.ravel(), table),
                              np.zeros(features, np.int64), np.zeros(features),
                              None if optimum is None else optimum[0],
-                             None if optimum is None else optimum[1])
+                             None if optimum is None else float(optimum[1]))
         with tqdm(total=epochs * dataset.n, unit="sample", disable=not progress,
                   desc="training", leave=False) as bar:
             for epoch in range(1, epochs + 1):
                 order = rng.permutation(dataset.n) if shuffle else np.arange(dataset.n)
-                record = _epoch(link, result, epoch, order, labels,
-                                rng if stochastic else None, bar)
+                record = _epoch(link, result, epoch, order, labels, rng, bar)
                 bar.set_postfix(loss=f"{record.loss:.5g}")
                 _warn(record, dataset.n, first=not any(
                     r.overflow or r.clipped for r in result.history[:-1]))
@@ -242,15 +351,16 @@ def train(dataset: str | Path | Dataset, *, board: str = "sim", port: str | None
 
 
 def _epoch(link: Board, result: TrainResult, epoch: int, order: np.ndarray,
-           labels: np.ndarray, rng: np.random.Generator | None, bar: tqdm) -> EpochRecord:
+           labels: np.ndarray, rng: np.random.Generator, bar: tqdm) -> EpochRecord:
     """Stream one epoch in ``order``, read the model back, append to the history."""
     start = time.perf_counter()
-    params, data = result.params, result.data
+    params, data, s = result.params, result.data, result.settings
     features = data.features.shape[1]
-    codes = quantize.quantize_features(data.features[order], rng)
-    stream = quantize.pack_samples(codes, labels[order], params)
-    chunks = quantize.frames(stream, params, features)
-    size = quantize.sample_bytes(params, features)
+    double = s["sampling"] == "double"
+    stream = quantize.encode_epoch(data.features[order], labels[order], result.levels,
+                                   s["bits"], s["sampling"], rng, params)
+    chunks = quantize.frames(stream, params, features, s["bits"], double)
+    size = quantize.sample_bytes(params, features, s["bits"], double)
     for i, chunk in enumerate(chunks):
         link.stream(chunk, flush=i == len(chunks) - 1)
         bar.update(len(chunk) // size)
@@ -258,8 +368,10 @@ def _epoch(link: Board, result: TrainResult, epoch: int, order: np.ndarray,
     counters = link.status(clear=True)
     seconds = time.perf_counter() - start
     beta = quantize.words_to_coefficients(words, params)
-    record = EpochRecord(epoch, data.loss(beta), counters.cycles, seconds, counters.samples,
-                         bool(counters.flags & StatusFlags.OVERFLOW),
+    accuracy = (reference.accuracy(data.features, data.labels, beta)
+                if data.task == "classification" else None)
+    record = EpochRecord(epoch, result.objective(beta), accuracy, counters.cycles, seconds,
+                         counters.samples, bool(counters.flags & StatusFlags.OVERFLOW),
                          bool(counters.flags & StatusFlags.CLIPPED))
     result.words, result.coefficients = words, beta
     result.history.append(record)
@@ -268,7 +380,7 @@ def _epoch(link: Board, result: TrainResult, epoch: int, order: np.ndarray,
 
 def _warn(record: EpochRecord, n: int, first: bool) -> None:
     if (record.overflow or record.clipped) and first:
-        what = "model update" if record.overflow else "scaled residual"
+        what = "model update" if record.overflow else "scaled loss derivative"
         warnings.warn(f"epoch {record.epoch}: the engine saturated a {what}; "
                       "try a smaller --step", SaturationWarning, stacklevel=3)
     if record.samples != n:

@@ -10,16 +10,20 @@ Members
                  ``ceil(features / lanes)`` feature beats. ``flush`` on any beat
                  ends the mini-batch with the sample that holds it.
 ``features``     d, 1..max_features; ``batch`` B, 1..max_batch; ``shift`` step
-                 shift 0..SHIFT_MAX. Held stable from ``start`` on while
-                 samples stream; the link checks the ranges.
+                 shift 0..SHIFT_MAX; ``k`` precision 1..max_k; ``double``
+                 double sampling; ``loss`` a ``Loss``; ``l2_shift`` 0..L2_SHIFT_MAX;
+                 ``cost_pos``/``cost_neg`` class costs. Held stable from
+                 ``start`` on while samples stream; the link checks the ranges.
 ``start``        one-cycle strobe: clear the gradient buffer and the sample and
                  batch position. The engine is busy (``idle`` low) while it clears.
 ``idle``         nothing accepted is still being processed and no clear is
                  running (a sample still waiting for beats counts as idle).
 ``model_*``      random access to the model, only while ``idle``: ``model_read``
-                 returns the weight at (``model_word``, ``model_lane``) in
-                 ``model_rdata`` on the next cycle; ``model_write`` writes
-                 ``model_wdata`` there.
+                 returns the weight of feature ``model_word * lanes + model_lane``
+                 (word ``model_word`` of bank ``model_lane``) in ``model_rdata``
+                 on the next cycle; ``model_write`` writes ``model_wdata`` there.
+``level_*``      ``level_write`` writes level ``level_index`` (``LEVEL`` word
+                 ``level_data``) into the level table, only while ``idle``.
 ``overflow``     sticky: a model update saturated. ``clipped``: sticky, a scaled
                  residual saturated. ``clear_flags`` clears both.
 ``sample_done``  one-cycle strobe per sample fully processed;
@@ -30,7 +34,7 @@ from amaranth.hdl import signed
 from amaranth.lib import data, stream
 from amaranth.lib.wiring import In, Out, Signature
 
-from .params import SHIFT_MAX, EngineParams
+from .params import COST_BITS, L2_SHIFT_MAX, LEVEL, SHIFT_MAX, EngineParams, Loss
 
 __all__ = ["beat_layout", "control_signature"]
 
@@ -45,14 +49,23 @@ def control_signature(p: EngineParams) -> Signature:
         "features": Out(range(p.max_features + 1)),
         "batch": Out(range(p.max_batch + 1)),
         "shift": Out(range(SHIFT_MAX + 1)),
+        "k": Out(range(p.max_k + 1)),
+        "double": Out(1),
+        "loss": Out(range(len(Loss))),
+        "l2_shift": Out(range(L2_SHIFT_MAX + 1)),
+        "cost_pos": Out(COST_BITS),
+        "cost_neg": Out(COST_BITS),
         "start": Out(1),
         "idle": In(1),
-        "model_word": Out(range(p.words)),
+        "model_word": Out(range(p.bank_depth)),
         "model_lane": Out(range(max(2, p.lanes))),   # never zero bits wide
         "model_read": Out(1),
         "model_rdata": In(signed(p.model_bits)),
         "model_write": Out(1),
         "model_wdata": Out(signed(p.model_bits)),
+        "level_write": Out(1),
+        "level_index": Out(range(p.levels_max)),
+        "level_data": Out(signed(LEVEL.bits)),
         "overflow": In(1),
         "clipped": In(1),
         "clear_flags": Out(1),

@@ -1,10 +1,11 @@
-"""Dot-product lanes: ``sum_j w_j c_j`` over the beats of one sample.
+"""Dot-product lanes: ``sum_f w_f q1_f`` over the beats of one sample.
 
-``lanes`` products (model word x feature code, each as DSP-sized terms from
+``lanes`` products (model word x level value, each as DSP-sized terms from
 ``multiply.py``), a pipelined adder tree over all terms and an accumulator that
 restarts on a sample's first beat. Fixed latency, no stalls:
 the engine feeds one beat per cycle at most and delays its own tags by the same
-``latency``. Model words arrive straight from block RAM, codes from a register.
+``latency``. Model words arrive straight from block RAM, levels from the level
+tables (in bank order: the sum does not care which lane holds which feature).
 """
 
 from amaranth import Module, Signal, signed
@@ -14,18 +15,18 @@ from amaranth.lib.wiring import In, Out
 from .adder_tree import AdderTree
 from .multiply import LATENCY as PRODUCT_LATENCY
 from .multiply import product_terms, term_count
-from .params import CODE, EngineParams
+from .params import LEVEL, EngineParams
 
 __all__ = ["DotProduct"]
 
 
 class DotProduct(wiring.Component):
-    """Accumulates ``sum_k weights[k] * codes[k]`` over the beats ``first`` .. ``last``.
+    """Accumulates ``sum_k weights[k] * levels[k]`` over the beats ``first`` .. ``last``.
 
     Attributes
     ----------
-    weights, codes : In
-        One beat: ``lanes`` model words and ``lanes`` codes (unused lanes zero).
+    weights, levels : In
+        One beat: ``lanes`` model words and ``lanes`` level values (unused lanes zero).
     valid, first, last : In(1)
         The beat is valid / opens a sample / closes a sample.
     tag : In(tag_bits)
@@ -38,13 +39,13 @@ class DotProduct(wiring.Component):
 
     def __init__(self, params: EngineParams, tag_bits: int):
         self.params = params
-        self._tree = AdderTree(params.model_bits + CODE.bits,
+        self._tree = AdderTree(params.model_bits + LEVEL.bits,
                                params.lanes * term_count(params.model_bits))
         #: cycles from a beat on the inputs to ``done``
         self.latency = PRODUCT_LATENCY + 1 + self._tree.latency
         super().__init__({
             "weights": In(data.ArrayLayout(signed(params.model_bits), params.lanes)),
-            "codes": In(data.ArrayLayout(signed(CODE.bits), params.lanes)),
+            "levels": In(data.ArrayLayout(signed(LEVEL.bits), params.lanes)),
             "valid": In(1),
             "first": In(1),
             "last": In(1),
@@ -62,7 +63,7 @@ class DotProduct(wiring.Component):
         # Stage 1: each lane's product as registered DSP-sized terms (see multiply.py).
         terms = []
         for k in range(p.lanes):
-            terms += product_terms(m, self.weights[k], self.codes[k], name=f"lane{k}")
+            terms += product_terms(m, self.weights[k], self.levels[k], name=f"lane{k}")
         for i, term in enumerate(terms):
             m.d.comb += tree.inputs[i].eq(term)
 

@@ -1,50 +1,62 @@
-"""The streaming SGD engine (least squares, mini-batch, fixed point).
+"""The streaming SGD engine: ZipML-encoded samples, mini-batch, fixed point.
 
 Organisation (see ``ziphalp.hw.control`` for the ports and ``ziphalp.hw.params``
-for the arithmetic; ``ziphalp.sim.golden`` is the bit-exact model):
+for the encoding and the arithmetic; ``ziphalp.sim.golden`` is the bit-exact
+model):
 
-* **Stage 1, dot.** Beats arrive on ``ctrl.beats``: a label beat, then
-  ``n = ceil(d / lanes)`` feature beats. Each feature beat reads one model word
-  and feeds :class:`DotProduct`; its codes wait in the sample FIFO. On the last
-  beat the exact dot product goes to :class:`ScaledResidual`, which queues
-  ``sigma`` (and whether the sample ends a batch) for stage 2.
-* **Stage 2, update.** For each queued sample, one pass over its ``n`` words:
-  codes from the FIFO, gradient (and at a batch end, model) words from RAM,
-  through :class:`UpdateLanes`, written back ``UpdateLanes.latency`` cycles later.
+* **Decode.** Beats arrive on ``ctrl.beats``: a label beat, then ``n = ceil(d /
+  K)`` feature beats of ``K`` fields (``K`` set by the run-time precision and
+  sampling mode). Field ``i`` of a beat is cut out by lane ``i``, looked up in
+  the lane's copy of the level table (the pair ``l_j, l_{j+1}`` in one read) and
+  becomes the two samples ``q1``, ``q2``.
+* **Banks.** The model and the gradient live in ``lanes`` banks: feature ``f`` is
+  word ``f // lanes`` of bank ``f % lanes``. A beat holds ``K <= lanes``
+  consecutive features starting at some bank, so each bank reads one of two
+  neighbouring words, and the beat's ``q1``/``q2`` are rotated into bank order.
+* **Stage 1, dot.** Each feature beat reads one word per bank and feeds
+  :class:`DotProduct`; its ``q2`` (bank order) waits in the sample FIFO. On the
+  last beat the exact dot product goes to :class:`ScaledError` (the loss), which
+  queues ``sigma`` (and whether the sample ends a batch) for stage 2.
+* **Stage 2, update.** For each queued sample, one pass over its ``n`` beats:
+  ``q2`` from the FIFO, gradient (and at a batch end, model) words from the
+  banks, through :class:`UpdateLanes`, written back ``UpdateLanes.latency``
+  cycles later to the banks the beat covers.
 * **Hazards.** The model is read-only inside a batch. After a sample that ends a
   batch, stage 1 accepts feature beat ``j`` of later samples only once stage 2
-  has written model word ``j``, so every sample sees the model of the previous
-  batch exactly as the golden model does, whatever the bubbles. Two stage-2
-  passes start far enough apart that a pass never reads a gradient word the
-  previous pass has not written yet.
+  has written beat ``j``'s words, so every sample sees the model of the
+  previous batch exactly as the golden model does, whatever the bubbles. Two
+  stage-2 passes start far enough apart that a pass never reads a gradient word
+  the previous pass has not written yet.
 
 Steady state: one beat per cycle while a batch fills (``n + 1`` cycles a
-sample, the label beat included, when ``n`` is at least ``UpdateLanes.latency +
-2``); a sample that ends a batch costs ``n`` cycles plus the fixed
+sample, the label beat included, once ``n`` is at least ``UpdateLanes.latency -
+GRAD_AT``); a sample that ends a batch costs ``n`` cycles plus the fixed
 :attr:`SGDEngine.batch_end_gap`, whatever ``d``.
 This module holds no protocol logic; ``ziphalp.hw.link`` drives it.
 """
 
 from types import SimpleNamespace
 
-from amaranth import Cat, Module, Mux, ResetInserter, Signal, signed, unsigned
+from amaranth import Array, Cat, Module, Mux, ResetInserter, Signal, signed
 from amaranth.lib import data, fifo, memory, wiring
 from amaranth.lib.wiring import In
 
 from .control import control_signature
 from .dot import DotProduct
-from .params import CODE, LABEL, EngineParams
-from .residual import ScaledResidual
+from .loss import ScaledError
+from .params import LABEL, LEVEL, EngineParams, field_bits
 from .update import UpdateLanes
 
 __all__ = ["SGDEngine"]
 
 #: Samples allowed between label beat and the start of their update pass.
-INFLIGHT = 4
+INFLIGHT = 8
+#: Cycles from taking a feature beat to its decoded levels (field register, table read).
+DECODE_LATENCY = 2
 
 
 class SGDEngine(wiring.Component):
-    """Least-squares mini-batch SGD over a stream of packed 8-bit samples.
+    """Mini-batch SGD over a stream of ZipML-encoded samples.
 
     Parameters
     ----------
@@ -60,25 +72,28 @@ class SGDEngine(wiring.Component):
         if not isinstance(params, EngineParams):
             raise TypeError(f"SGDEngine needs EngineParams, not {params!r}")
         self.params = params
+        #: the run-time modes (k, double) the engine decodes, in ``mode`` order
+        self.modes = [(k, double) for k in range(1, params.max_k + 1) for double in (0, 1)]
         self._tag = data.StructLayout({"label": LABEL.bits, "end": 1})
         self._dot = DotProduct(params, tag_bits=self._tag.size)
-        self._residual = ScaledResidual(params, tag_bits=1)
+        self._loss = ScaledError(params, tag_bits=1)
         self._update = UpdateLanes(params)
         super().__init__({"ctrl": In(control_signature(params))})
 
     @property
     def fifo_depth(self) -> int:
-        """Sample FIFO depth: one whole sample plus the next one's beats during its pass."""
-        return 2 * self.params.words + 8
+        """Sample FIFO depth: the longest sample plus the beats in flight around it."""
+        return self.params.max_beats + 16
 
     @property
     def batch_end_gap(self) -> int:
         """Idle input cycles after the last beat of a batch-ending sample before the
         next sample's first feature beat is accepted: the fixed cost of a model
-        update. (Dot-product input register, dot product, scaled residual, sigma
-        FIFO (2), pass start, RAM read, update lanes, write-back, and two for the
-        registered, one-word-early hazard check.)"""
-        return (self._dot.latency + self._residual.latency + self._update.latency + 7)
+        update. (Decode, dot product, loss, sigma FIFO (2), pass start, RAM read,
+        update lanes, write-back, and two for the registered, one-word-early
+        hazard check.)"""
+        return (DECODE_LATENCY + self._dot.latency + self._loss.latency
+                + self._update.latency + 6)
 
     @staticmethod
     def _read_port(m, mem, name):
@@ -91,55 +106,112 @@ class SGDEngine(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         p, ctrl = self.params, self.ctrl
-        K, WM, GB = p.lanes, p.model_bits, p.grad_bits
-        words_shape = range(p.words + 1)
+        L, WM, GB, LB = p.lanes, p.model_bits, p.grad_bits, LEVEL.bits
+        beats_shape = range(p.max_beats + 1)
+        addr_shape = range(p.bank_depth + 1)
+
+        # --- run-time mode, decoded into registers (the configuration is static
+        # from the cycle before `start` on) --------------------------------------------
+        mode_sel = Signal(len(self.modes))                   # one-hot (k, double)
+        per_beat = Signal(range(L + 1))                       # K
+        lane_in_mode = Signal(L)                              # lanes 0..K-1
+        for index, (k, double) in enumerate(self.modes):
+            m.d.sync += mode_sel[index].eq((ctrl.k == k) & (ctrl.double == double))
+        with m.Switch(Cat(ctrl.double, ctrl.k)):
+            for k, double in self.modes:
+                with m.Case(double | k << 1):
+                    K = p.values_per_beat(k, double)
+                    m.d.sync += [per_beat.eq(K), lane_in_mode.eq((1 << K) - 1)]
 
         # --- storage ----------------------------------------------------------------
         # No word is ever read in the cycle it is written (the hazard rules below), so
         # each read is an asynchronous port into a register and the memories carry
         # "no_rw_check": synthesis folds the register into the block RAM without
         # emulating read-during-write in logic. Timing is that of a synchronous port.
-        m.submodules.model_mem = model_mem = memory.Memory(
-            shape=unsigned(K * WM), depth=p.words, init=[], attrs={"no_rw_check": 1})
-        m.submodules.grad_mem = grad_mem = memory.Memory(
-            shape=unsigned(K * GB), depth=p.words, init=[], attrs={"no_rw_check": 1})
-        model_dot = self._read_port(m, model_mem, "model_dot")   # stage 1; the link when idle
-        model_upd = self._read_port(m, model_mem, "model_upd")   # stage 2 at a batch end
-        model_wr = model_mem.write_port(granularity=WM)
-        grad_rd = self._read_port(m, grad_mem, "grad_rd")
-        grad_wr = grad_mem.write_port()
+        def bank_mem(shape, name, b):
+            mem = memory.Memory(shape=shape, depth=p.bank_depth, init=[],
+                                attrs={"no_rw_check": 1})
+            m.submodules[f"{name}{b}"] = mem
+            return mem
+        model_mem = [bank_mem(signed(WM), "model", b) for b in range(L)]
+        grad_mem = [bank_mem(signed(GB), "grad", b) for b in range(L)]
+        model_dot = [self._read_port(m, mem, f"model_dot{b}") for b, mem in enumerate(model_mem)]
+        model_upd = [self._read_port(m, mem, f"model_upd{b}") for b, mem in enumerate(model_mem)]
+        model_wr = [mem.write_port() for mem in model_mem]
+        grad_rd = [self._read_port(m, mem, f"grad_rd{b}") for b, mem in enumerate(grad_mem)]
+        grad_wr = [mem.write_port() for mem in grad_mem]
+
+        # Level tables, one copy per lane sized for the largest k that lane serves:
+        # entry j holds l_j (lo) and l_{j+1} (hi), so one read gives both samples.
+        tables = []
+        for i in range(L):
+            depth = 1 << p.lane_max_k(i)
+            lo = memory.Memory(shape=signed(LB), depth=depth, init=[], attrs={"no_rw_check": 1})
+            hi = memory.Memory(shape=signed(LB), depth=depth, init=[], attrs={"no_rw_check": 1})
+            m.submodules[f"levels_lo{i}"], m.submodules[f"levels_hi{i}"] = lo, hi
+            lo_w, hi_w = lo.write_port(), hi.write_port()
+            above = Signal.like(ctrl.level_index, name=f"level_above{i}")
+            m.d.comb += [
+                above.eq(ctrl.level_index - 1),
+                lo_w.addr.eq(ctrl.level_index), lo_w.data.eq(ctrl.level_data),
+                lo_w.en.eq(ctrl.level_write & (ctrl.level_index < depth)),
+                hi_w.addr.eq(above), hi_w.data.eq(ctrl.level_data),
+                hi_w.en.eq(ctrl.level_write & (ctrl.level_index != 0) & (above < depth)),
+            ]
+            tables.append((self._read_port(m, lo, f"lo{i}"), self._read_port(m, hi, f"hi{i}")))
+
         # `start` empties the sample FIFO: a sample left half-streamed is dropped.
-        samples = fifo.SyncFIFOBuffered(width=K * CODE.bits, depth=self.fifo_depth)
+        entry = data.StructLayout({"q2": data.ArrayLayout(signed(LB), L), "active": L})
+        samples = fifo.SyncFIFOBuffered(width=entry.size, depth=self.fifo_depth)
         m.submodules.samples = ResetInserter(ctrl.start)(samples)
         m.submodules.sigmas = sigmas = fifo.SyncFIFOBuffered(
             width=p.sigma.bits + 1, depth=INFLIGHT)
         m.submodules.dot = dot = self._dot
-        m.submodules.residual = residual = self._residual
+        m.submodules.loss = loss = self._loss
         m.submodules.update = update = self._update
 
         # --- run-time geometry, derived during the clear pass -----------------------
-        last_word = Signal(range(p.words))            # feature beats per sample, minus 1
-        last_mask = Signal(K)                         # lanes in use in the last beat
+        last_word = Signal(range(p.max_beats))        # feature beats per sample, minus 1
+        last_mask = Signal(L)                         # lanes in use in the last beat
         clearing = Signal()
-        clr_word = Signal(range(p.words))
-        clr_base = Signal(range(p.words * K + 1))
+        clear_cycles = max(p.bank_depth, p.max_beats)
+        clr_word = Signal(range(clear_cycles))
+        clr_base = Signal(range(p.max_beats * L + L + 1))
 
         # --- stage 1 state ----------------------------------------------------------
-        pos = Signal(words_shape)                     # 0: label beat next; j+1: word j
+        pos = Signal(beats_shape)                     # 0: label beat next; j+1: beat j
         label = Signal(signed(LABEL.bits))
         flush_seen = Signal()
         batch_pos = Signal(range(p.max_batch + 1))
         inflight = Signal(range(INFLIGHT + 1))
         end_pending = Signal()                        # a batch-ending pass is due
-        end_written = Signal(words_shape)             # words it has written so far
+        end_written = Signal(beats_shape)             # beats it has written so far
 
         # --- stage 2 state ----------------------------------------------------------
         s2_active = Signal()
-        s2_word = Signal(range(p.words))
+        s2_word = Signal(range(p.max_beats))
         s2_sigma = Signal(signed(p.sigma.bits))
         s2_end = Signal()
         s2_gap = Signal(range(self._update.latency + 1))
         pending = Signal(range(INFLIGHT + 2))         # samples after last beat, before written
+
+        def advance(bank, addr):
+            """The first bank and word of the beat after one starting at (bank, addr)."""
+            total = Signal(range(2 * L + 1), name=f"{bank.name}_total")
+            m.d.comb += total.eq(bank + per_beat)
+            wrap = total >= L
+            return Mux(wrap, total - L, total), addr + wrap
+
+        def bank_addr(b, bank, addr):
+            """Word of bank ``b`` in a beat whose first feature is in (bank, addr)."""
+            return addr + (b < bank)
+
+        def to_banks(values, bank):
+            """Rotate lane-order ``values`` into bank order: bank b gets lane (b - bank) % L."""
+            if L == 1:
+                return list(values)
+            table = Array(values)
+            return [table[(b - bank)[:(L - 1).bit_length()]] for b in range(L)]
 
         # ============================== stage 1 ======================================
         # A register slice on the input keeps the link's handshake off the engine's
@@ -150,14 +222,14 @@ class SGDEngine(wiring.Component):
         head, skid = Signal(layout), Signal(layout)
         m.d.comb += ctrl.beats.ready.eq(~skid_valid)
         beat = head
-        word = Signal(range(p.words))                  # pos - 1, kept in a register
+        word = Signal(range(p.max_beats))              # pos - 1, kept in a register
         at_label = Signal(init=1)                      # the next beat is a label beat
         # Conditions held in registers, one cycle early and on the safe side, so the
         # accept decision is a few gates: the next beat is the sample's last; the
-        # batch is one sample from full; the FIFO has room for two more words; and
-        # model word `pos` (one beyond the one needed) is written, or no update is due.
+        # batch is one sample from full; the FIFO has room for the beats in flight;
+        # and beat `pos` (one beyond the one needed) is written, or no update is due.
         last_beat, batch_full, room, model_ready = Signal(), Signal(), Signal(), Signal()
-        m.d.sync += [room.eq(samples.level + 2 <= self.fifo_depth),
+        m.d.sync += [room.eq(samples.level + DECODE_LATENCY + 3 <= self.fifo_depth),
                      model_ready.eq(~end_pending | (end_written > pos))]
         take = head_valid & ~clearing & Mux(
             at_label, inflight < INFLIGHT, room & model_ready)
@@ -172,21 +244,74 @@ class SGDEngine(wiring.Component):
         with m.Elif(take):
             m.d.sync += [head.eq(skid), head_valid.eq(skid_valid), skid_valid.eq(0)]
 
-        codes = Signal(data.ArrayLayout(signed(CODE.bits), K))
-        for k in range(K):
-            lane_on = ~last_beat | last_mask[k]
-            m.d.comb += codes[k].eq(Mux(lane_on, beat.data[k * CODE.bits:(k + 1) * CODE.bits], 0))
-        m.d.comb += [samples.w_data.eq(codes.as_value()), samples.w_en.eq(take_word)]
-
+        # Decode, cycle 0 -> 1: each lane cuts its field out of the beat for the mode.
+        first_bank = Signal(range(L))                  # where this beat's first feature sits
+        first_addr = Signal(addr_shape)
+        fields = []
+        for i in range(L):
+            kmax = p.lane_max_k(i)
+            j_opts, up1_opts, up2_opts = [], [], []
+            for index, (k, double) in enumerate(self.modes):
+                if i >= p.values_per_beat(k, double):
+                    continue                           # lane unused in this mode
+                off = i * field_bits(k, double)
+                sel = mode_sel[index]
+                j_opts.append(Mux(sel, beat.data[off:off + k], 0))
+                up1_opts.append(sel & beat.data[off + k])
+                up2_opts.append(sel & beat.data[off + k + double])
+            field = SimpleNamespace(j=Signal(kmax, name=f"j{i}"), up1=Signal(name=f"up1_{i}"),
+                                    up2=Signal(name=f"up2_{i}"), on=Signal(name=f"on{i}"))
+            m.d.sync += [
+                field.j.eq(_or(j_opts)),
+                field.up1.eq(_or(up1_opts)), field.up2.eq(_or(up2_opts)),
+                field.on.eq(lane_in_mode[i] & (~last_beat | last_mask[i])),
+            ]
+            fields.append(field)
+        ctl_layout = data.StructLayout({"valid": 1, "first": 1, "last": 1, "bank": range(L),
+                                        "addr": addr_shape, "tag": self._tag})
+        ctl1, ctl2 = Signal(ctl_layout), Signal(ctl_layout)
         sample_end = Signal()
         m.d.comb += sample_end.eq(batch_full | flush_seen | beat.flush)
+        m.d.sync += [
+            ctl1.valid.eq(take_word), ctl1.first.eq(take_word & (word == 0)),
+            ctl1.last.eq(take_last), ctl1.bank.eq(first_bank), ctl1.addr.eq(first_addr),
+            ctl1.tag.label.eq(label), ctl1.tag.end.eq(sample_end),
+            ctl2.eq(ctl1),
+        ]
+        # cycle 1 -> 2: table reads; model reads, one word per bank
+        up1_2, up2_2, on2 = Signal(L), Signal(L), Signal(L)
+        for i, field in enumerate(fields):
+            lo, hi = tables[i]
+            m.d.comb += [lo.addr.eq(field.j), hi.addr.eq(field.j)]
+            m.d.sync += [up1_2[i].eq(field.up1), up2_2[i].eq(field.up2), on2[i].eq(field.on)]
+        for b in range(L):
+            m.d.comb += model_dot[b].addr.eq(
+                Mux(ctrl.model_read, ctrl.model_word, bank_addr(b, ctl1.bank, ctl1.addr)))
+        # cycle 2: the two samples of each lane, rotated into bank order
+        q1_lanes, q2_lanes = [], []
+        for i in range(L):
+            lo, hi = tables[i]
+            q1_lanes.append(Mux(on2[i], Mux(up1_2[i], hi.data, lo.data), 0))
+            q2_lanes.append(Mux(on2[i], Mux(up2_2[i], hi.data, lo.data), 0))
+        q1_banks = to_banks(q1_lanes, ctl2.bank)
+        q2_banks = to_banks(q2_lanes, ctl2.bank)
+        active_banks = to_banks([on2[i] for i in range(L)], ctl2.bank)
+        pushed = Signal(entry)
+        for b in range(L):
+            m.d.comb += [dot.levels[b].eq(q1_banks[b]), dot.weights[b].eq(model_dot[b].data),
+                         pushed.q2[b].eq(q2_banks[b]), pushed.active[b].eq(active_banks[b])]
+        m.d.comb += [samples.w_data.eq(pushed.as_value()), samples.w_en.eq(ctl2.valid)]
+
         with m.If(take_label):
             m.d.sync += [label.eq(beat.data[:LABEL.bits]), flush_seen.eq(beat.flush), pos.eq(1),
-                         word.eq(0), last_beat.eq(last_word == 0), at_label.eq(0)]
+                         word.eq(0), last_beat.eq(last_word == 0), at_label.eq(0),
+                         first_bank.eq(0), first_addr.eq(0)]
         with m.If(take_word):
+            next_bank, next_addr = advance(first_bank, first_addr)
             m.d.sync += [pos.eq(Mux(last_beat, 0, pos + 1)), word.eq(word + 1),
                          flush_seen.eq(flush_seen | beat.flush),
-                         last_beat.eq(~last_beat & (pos == last_word))]
+                         last_beat.eq(~last_beat & (pos == last_word)),
+                         first_bank.eq(next_bank), first_addr.eq(next_addr)]
         # batch_full after this sample, both ways, ready in registers (batch_pos
         # changes at most every other cycle: a sample has a label and a feature beat)
         full_after_inc, full_after_reset = Signal(), Signal()
@@ -196,27 +321,23 @@ class SGDEngine(wiring.Component):
             m.d.sync += [batch_pos.eq(Mux(sample_end, 0, batch_pos + 1)), at_label.eq(1),
                          batch_full.eq(Mux(sample_end, full_after_reset, full_after_inc))]
 
-        # The model read port serves stage 1, and the link while the engine is idle.
-        m.d.comb += model_dot.addr.eq(Mux(ctrl.model_read, ctrl.model_word, word))
+        # The link reads the model while the engine is idle.
         lane_sel = Signal.like(ctrl.model_lane)
         m.d.sync += lane_sel.eq(ctrl.model_lane)
-        model_word_view = data.ArrayLayout(signed(WM), K)(model_dot.data)
-        m.d.comb += ctrl.model_rdata.eq(model_word_view[lane_sel])
+        m.d.comb += ctrl.model_rdata.eq(Array(port.data for port in model_dot)[lane_sel])
 
-        # Dot product: the RAM answers one cycle after the beat, so delay the beat.
-        tag = Signal(self._tag)
-        m.d.sync += [
-            dot.codes.eq(codes), dot.valid.eq(take_word), dot.first.eq(take_word & (word == 0)),
-            dot.last.eq(take_last), tag.label.eq(label), tag.end.eq(sample_end),
+        m.d.comb += [
+            dot.valid.eq(ctl2.valid), dot.first.eq(ctl2.first), dot.last.eq(ctl2.last),
+            dot.tag.eq(ctl2.tag),
         ]
-        m.d.comb += [dot.weights.eq(model_word_view), dot.tag.eq(tag)]
         dot_tag = data.View(self._tag, dot.tag_out)
         m.d.comb += [
-            residual.dot.eq(dot.dot), residual.label.eq(dot_tag.label),
-            residual.valid.eq(dot.done), residual.tag.eq(dot_tag.end),
-            residual.shift.eq(ctrl.shift),
-            sigmas.w_data.eq(Cat(residual.sigma, residual.tag_out)),
-            sigmas.w_en.eq(residual.valid_out),
+            loss.dot.eq(dot.dot), loss.label.eq(dot_tag.label),
+            loss.valid.eq(dot.done), loss.tag.eq(dot_tag.end),
+            loss.loss.eq(ctrl.loss), loss.shift.eq(ctrl.shift),
+            loss.cost_pos.eq(ctrl.cost_pos), loss.cost_neg.eq(ctrl.cost_neg),
+            sigmas.w_data.eq(Cat(loss.sigma, loss.tag_out)),
+            sigmas.w_en.eq(loss.valid_out),
         ]
 
         # ============================== stage 2 ======================================
@@ -225,66 +346,80 @@ class SGDEngine(wiring.Component):
         upd = self._update
         pass_start = ~s2_active & ~clearing & sigmas.r_rdy & (s2_gap == 0)
         m.d.comb += sigmas.r_en.eq(pass_start)
+        s2_bank = Signal(range(L))
+        s2_addr = Signal(addr_shape)
         with m.If(pass_start):
             m.d.sync += [
                 s2_active.eq(1), s2_word.eq(0), s2_gap.eq(1 + upd.latency - upd.GRAD_AT),
                 s2_sigma.eq(sigmas.r_data[:p.sigma.bits]), s2_end.eq(sigmas.r_data[-1]),
+                s2_bank.eq(0), s2_addr.eq(0),
             ]
         with m.Elif(s2_gap != 0):
             m.d.sync += s2_gap.eq(s2_gap - 1)
-        issue = s2_active                    # pop word s2_word from the sample FIFO
+        issue = s2_active                    # pop beat s2_word from the sample FIFO
         issue_last = s2_active & (s2_word == last_word)
         with m.If(issue):
-            m.d.sync += s2_word.eq(s2_word + 1)
+            next_bank, next_addr = advance(s2_bank, s2_addr)
+            m.d.sync += [s2_word.eq(s2_word + 1), s2_bank.eq(next_bank), s2_addr.eq(next_addr)]
         with m.If(issue_last):
             m.d.sync += s2_active.eq(0)
         m.d.comb += samples.r_en.eq(issue)
-        # Cycle 0 of the update lanes is one cycle after the pop; word address,
-        # last-word and batch-end flags follow it down a short delay line.
-        trail = [Signal(data.StructLayout({"addr": range(p.words), "last": 1, "end": 1}),
-                        name=f"trail{i}") for i in range(upd.latency + 1)]
-        m.d.sync += [trail[0].addr.eq(s2_word), trail[0].last.eq(issue_last),
+        # Cycle 0 of the update lanes is one cycle after the pop; the beat's first
+        # bank and word, its active banks and last/end flags follow down a delay line.
+        popped = data.View(entry, samples.r_data)
+        trail_layout = data.StructLayout({"bank": range(L), "addr": addr_shape, "active": L,
+                                          "last": 1, "end": 1})
+        trail = [Signal(trail_layout, name=f"trail{i}") for i in range(upd.latency + 1)]
+        m.d.sync += [trail[0].bank.eq(s2_bank), trail[0].addr.eq(s2_addr),
+                     trail[0].active.eq(popped.active), trail[0].last.eq(issue_last),
                      trail[0].end.eq(s2_end)]
         m.d.sync += [trail[i + 1].eq(trail[i]) for i in range(upd.latency)]
-        s2_codes = Signal(K * CODE.bits)
+        s2_levels = Signal(data.ArrayLayout(signed(LB), L))
         s2_valid = Signal()
-        m.d.sync += [s2_codes.eq(samples.r_data), s2_valid.eq(issue)]
+        m.d.sync += [s2_levels.eq(popped.q2), s2_valid.eq(issue)]
+        grad_at, model_at = trail[upd.GRAD_AT - 1], trail[upd.MODEL_AT - 1]
         m.d.comb += [
-            update.sigma.eq(s2_sigma), update.codes.eq(s2_codes), update.end.eq(trail[0].end),
-            update.valid.eq(s2_valid),
-            grad_rd.addr.eq(trail[upd.GRAD_AT - 1].addr),      # data at GRAD_AT
-            model_upd.addr.eq(trail[upd.MODEL_AT - 1].addr),   # data at MODEL_AT
-            update.grad.eq(grad_rd.data), update.model.eq(model_upd.data),
+            update.sigma.eq(s2_sigma), update.levels.eq(s2_levels), update.end.eq(trail[0].end),
+            update.valid.eq(s2_valid), update.l2_shift.eq(ctrl.l2_shift),
         ]
+        for b in range(L):
+            m.d.comb += [
+                grad_rd[b].addr.eq(bank_addr(b, grad_at.bank, grad_at.addr)),     # data at GRAD_AT
+                model_upd[b].addr.eq(bank_addr(b, model_at.bank, model_at.addr)),  # at MODEL_AT
+                update.grad[b].eq(grad_rd[b].data), update.model[b].eq(model_upd[b].data),
+            ]
         wb = trail[upd.latency]
-        wb_addr, wb_last, wb_end = wb.addr, wb.last, wb.end
         write = update.valid_out
-        write_model = write & wb_end
-        pass_done = write & wb_last
+        write_model = write & wb.end
+        pass_done = write & wb.last
 
-        with m.If(clearing):
-            m.d.comb += [grad_wr.addr.eq(clr_word), grad_wr.data.eq(0), grad_wr.en.eq(1)]
-        with m.Else():
-            m.d.comb += [grad_wr.addr.eq(wb_addr), grad_wr.data.eq(update.grad_out.as_value()),
-                         grad_wr.en.eq(write)]
-        with m.If(ctrl.model_write):
-            m.d.comb += [model_wr.addr.eq(ctrl.model_word),
-                         model_wr.data.eq(Cat(*[ctrl.model_wdata] * K)),
-                         model_wr.en.eq(1 << ctrl.model_lane)]
-        with m.Else():
-            m.d.comb += [model_wr.addr.eq(wb_addr), model_wr.data.eq(update.model_out.as_value()),
-                         model_wr.en.eq(Mux(write_model, (1 << K) - 1, 0))]
+        for b in range(L):
+            wb_addr = bank_addr(b, wb.bank, wb.addr)
+            with m.If(clearing):
+                m.d.comb += [grad_wr[b].addr.eq(clr_word), grad_wr[b].data.eq(0),
+                             grad_wr[b].en.eq(clr_word < p.bank_depth)]
+            with m.Else():
+                m.d.comb += [grad_wr[b].addr.eq(wb_addr), grad_wr[b].data.eq(update.grad_out[b]),
+                             grad_wr[b].en.eq(write & wb.active[b])]
+            with m.If(ctrl.model_write):
+                m.d.comb += [model_wr[b].addr.eq(ctrl.model_word),
+                             model_wr[b].data.eq(ctrl.model_wdata),
+                             model_wr[b].en.eq(ctrl.model_lane == b)]
+            with m.Else():
+                m.d.comb += [model_wr[b].addr.eq(wb_addr),
+                             model_wr[b].data.eq(update.model_out[b]),
+                             model_wr[b].en.eq(write_model & wb.active[b])]
 
         # ============================== bookkeeping ==================================
         m.d.comb += [
             ctrl.sample_done.eq(pass_done),
-            ctrl.update_done.eq(pass_done & wb_end),
+            ctrl.update_done.eq(pass_done & wb.end),
         ]
         m.d.sync += inflight.eq(inflight + take_label - pass_start)
         m.d.sync += pending.eq(pending + take_last - pass_done)
         with m.If(write_model):
             m.d.sync += end_written.eq(end_written + 1)
-        with m.If(pass_done & wb_end):
+        with m.If(pass_done & wb.end):
             m.d.sync += end_pending.eq(0)
         with m.If(take_last & sample_end):       # a new batch end; the old one is done
             m.d.sync += [end_pending.eq(1), end_written.eq(0)]
@@ -294,7 +429,7 @@ class SGDEngine(wiring.Component):
         with m.Else():
             with m.If(update.overflow):
                 m.d.sync += ctrl.overflow.eq(1)
-            with m.If(residual.clipped):
+            with m.If(loss.clipped):
                 m.d.sync += ctrl.clipped.eq(1)
 
         m.d.comb += ctrl.idle.eq(~clearing & (pending == 0) & ~head_valid & ~skid_valid)
@@ -311,10 +446,17 @@ class SGDEngine(wiring.Component):
             with m.If(clr_base < ctrl.features):
                 m.d.sync += [
                     last_word.eq(clr_word),
-                    last_mask.eq(Cat(*[clr_base + k < ctrl.features for k in range(K)])),
+                    last_mask.eq(Cat(*[clr_base + i < ctrl.features for i in range(L)])),
                 ]
-            m.d.sync += [clr_word.eq(clr_word + 1), clr_base.eq(clr_base + K)]
-            with m.If(clr_word == p.words - 1):
+            m.d.sync += [clr_word.eq(clr_word + 1), clr_base.eq(clr_base + per_beat)]
+            with m.If(clr_word == clear_cycles - 1):
                 m.d.sync += clearing.eq(0)
         return m
 
+
+def _or(values):
+    """Bitwise OR of a list of values (0 for an empty list)."""
+    result = 0
+    for value in values:
+        result = result | value
+    return result

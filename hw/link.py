@@ -9,8 +9,8 @@ It is made of two parts around one frame buffer:
   frame buffer, keeps the first payload bytes as arguments, checks the CRC and
   hands the request (or a CRC, LENGTH or TIMEOUT failure) to the executor;
 - :class:`LinkExecutor` checks the request, acts on it (configuration
-  registers, model port, beat replay from the frame buffer) and sends the
-  reply, built byte by byte from registers and counters.
+  registers, level and model ports, beat replay from the frame buffer) and
+  sends the reply, built byte by byte from registers and counters.
 
 The link knows neither how the bytes travel (see :mod:`ziphalp.hw.uart`) nor
 what the engine computes. A rejected request changes nothing.
@@ -27,11 +27,13 @@ from amaranth.utils import ceil_log2
 
 from .control import control_signature
 from .crc import CRC16
-from .params import CODE, SHIFT_MAX, EngineParams
+from .params import COST_BITS, L2_SHIFT_MAX, LEVEL, SHIFT_MAX, EngineParams, Loss
 from .protocol import (
     CONFIGURE_FORMAT,
     COUNTER_BITS,
     IDENTIFY_FORMAT,
+    MODE_DOUBLE,
+    MODE_LOSS_SHIFT,
     MODEL_HEADER_FORMAT,
     STATUS_FORMAT,
     SYNC,
@@ -46,14 +48,26 @@ __all__ = ["Link", "LinkReceiver", "LinkExecutor", "ARGS_LAYOUT", "request_signa
 
 #: Bytes of one weight in LOAD_MODEL and READ_MODEL payloads (int32).
 WEIGHT_BYTES = 4
+#: Bytes of one level in LOAD_LEVELS payloads (int16).
+LEVEL_BYTES = 2
+#: The CONFIGURE mode byte: bit 0 double sampling, bits 1-2 the loss, the rest zero.
+LOSS_BITS = ceil_log2(len(Loss))
+MODE_LAYOUT = data.StructLayout({"double": 1, "loss": LOSS_BITS, "reserved": 7 - LOSS_BITS})
+assert MODE_DOUBLE == 1 << 0 and MODE_LOSS_SHIFT == 1 and 1 << LOSS_BITS == len(Loss)
 #: The first payload bytes of a request, kept in registers, as the commands read them.
 ARGS_LAYOUT = data.UnionLayout({
-    "configure": data.StructLayout({"features": 16, "batch": 16, "shift": 8, "reserved": 24}),
+    "configure": data.StructLayout({
+        "features": 16, "batch": 16, "shift": 8, "k": 8, "mode": MODE_LAYOUT,
+        "l2_shift": 8, "cost_pos": COST_BITS, "cost_neg": COST_BITS}),
     "model": data.StructLayout({"start": 16, "count": 16}),  # count is reserved (0) for LOAD
     "status": data.StructLayout({"flags": 8}),
 })
 ARGS_BYTES = ARGS_LAYOUT.size // 8
 assert CONFIGURE_FORMAT.size == ARGS_BYTES and MODEL_HEADER_FORMAT.size == WEIGHT_BYTES
+assert COST_BITS == 8
+# an int16 fits a LEVEL iff its bits LEVEL.bits - 1 .. 15 are equal: bits
+# LEVEL.bits - 9 .. 7 of its high byte (see LinkReceiver)
+assert 9 <= LEVEL.bits <= 16
 #: Reply bytes before the payload: sync word, cmd, status, len.
 REPLY_HEADER_BYTES = len(SYNC) + 4
 #: STATUS reply fields in the order and widths of ``STATUS_FORMAT`` (None: reserved zero).
@@ -77,6 +91,7 @@ def request_signature(p: EngineParams) -> Signature:
         "args": Out(ARGS_LAYOUT),       # first payload bytes (stale beyond the payload)
         "beats": Out(range(buffer_depth(p) + 1)),  # whole beats written to the frame buffer
         "whole": Out(1),                # the payload is a whole number of beats
+        "wide": Out(1),                 # an int16 at an even payload offset does not fit a LEVEL
         "done": In(1),                  # reply sent: hunt for the next request
     })
 
@@ -99,6 +114,11 @@ class LinkReceiver(Component):
     request is answered. A ``len`` larger than the frame buffer is handed over at
     once with ``LENGTH``; ``timeout_cycles`` cycles without a byte after the sync
     word hand the partial request over with ``TIMEOUT``.
+
+    While the payload arrives, ``req.wide`` notes whether some int16 of it (at an
+    even offset, as ``LOAD_LEVELS`` reads levels) is outside the ``LEVEL`` range:
+    the high byte of each has its top ``17 - LEVEL.bits`` bits checked for being
+    all equal, one byte at a time.
 
     Parameters
     ----------
@@ -144,6 +164,7 @@ class LinkReceiver(Component):
             m.d.sync += byte.eq(self.rx.payload)
 
         lane = Signal(p.beat_bits // 8, init=1)     # one-hot byte lane of the next payload byte
+        odd = Signal()                              # the next payload byte is at an odd offset
         arg = Signal(ARGS_BYTES)                    # one-hot argument byte (0 past them)
         left = Signal(16)                           # payload bytes still to come
         last = Signal()                             # left == 1
@@ -208,7 +229,7 @@ class LinkReceiver(Component):
                     m.d.sync += req.length[8:].eq(byte)
             with m.State("LENGTH"):                 # no byte comes; too_long and empty settle
                 m.d.sync += [left.eq(req.length), last.eq(req.length == 1),
-                             req.beats.eq(0), lane.eq(1), arg.eq(1)]
+                             req.beats.eq(0), lane.eq(1), arg.eq(1), odd.eq(0), req.wide.eq(0)]
                 m.next = "LENGTH_CHECK"
             with m.State("LENGTH_CHECK"):           # no byte comes
                 with m.If(too_long):
@@ -223,7 +244,10 @@ class LinkReceiver(Component):
                 with m.If(take):
                     m.d.comb += self.buf.en.eq(lane)
                     m.d.sync += [lane.eq(lane.rotate_left(1)), arg.eq(arg << 1),
-                                 left.eq(left - 1), last.eq(left == 2)]
+                                 left.eq(left - 1), last.eq(left == 2), odd.eq(~odd)]
+                    top = byte[LEVEL.bits - 9:]     # of an int16's high byte: all equal if it fits
+                    with m.If(odd & top.any() & ~top.all()):
+                        m.d.sync += req.wide.eq(1)
                     with m.If(lane[-1]):
                         m.d.sync += req.beats.eq(req.beats + 1)
                     for i in range(ARGS_BYTES):
@@ -305,7 +329,7 @@ class LinkExecutor(Component):
         """The IDENTIFY reply payload of this build."""
         p = self.params
         return Identity(
-            version=VERSION, beat_bits=p.beat_bits, lanes=p.lanes, code_bits=CODE.bits,
+            version=VERSION, beat_bits=p.beat_bits, lanes=p.lanes, max_k=p.max_k,
             max_features=p.max_features, max_batch=p.max_batch, model_bits=p.model_bits,
             model_frac=p.model_frac, frame_bytes=p.frame_bytes, clock_hz=p.clock_hz,
             build_id=p.build_id).pack()
@@ -336,15 +360,22 @@ class LinkExecutor(Component):
             Command.READ_MODEL: length == MODEL_HEADER_FORMAT.size,
             Command.STREAM: (length != 0) & req.whole,
             Command.STATUS: length <= 1,
+            # whole int16s, at least two (an even length >= 4 has a bit above bit 1)
+            Command.LOAD_LEVELS: (length[0] == 0) & (length[2:] != 0),
         }
         length_ok = {cmd: step(ok, f"length_ok_{cmd.name.lower()}")
                      for cmd, ok in length_ok.items()}
         length_ok[Command.STREAM_FLUSH] = length_ok[Command.STREAM]
+        levels_fit = step(length <= LEVEL_BYTES * min(p.levels_max, p.frame_bytes // LEVEL_BYTES),
+                          "levels_fit")
+        length_ok[Command.LOAD_LEVELS] = length_ok[Command.LOAD_LEVELS] & levels_fit
         configure_ok = [step(ok, name) for ok, name in [
             ((cfg.features != 0) & (cfg.features <= p.max_features), "features_ok"),
             ((cfg.batch != 0) & (cfg.batch <= p.max_batch), "batch_ok"),
             (cfg.shift <= SHIFT_MAX, "shift_ok"),
-            (cfg.reserved == 0, "reserved_ok"),
+            ((cfg.k != 0) & (cfg.k <= p.max_k), "k_ok"),
+            (cfg.mode.reserved == 0, "mode_ok"),
+            (cfg.l2_shift <= L2_SHIFT_MAX, "l2_shift_ok"),
         ]]
         count_zero = step(model.count == 0, "count_zero")
         count_fits = step(model.count <= p.frame_bytes // WEIGHT_BYTES, "count_fits")
@@ -364,6 +395,7 @@ class LinkExecutor(Component):
             Command.LOAD_MODEL: count_zero & (load_end <= p.max_features + 1),
             Command.READ_MODEL: ~count_zero & count_fits & (read_end <= p.max_features),
             Command.STATUS: flags_ok,
+            Command.LOAD_LEVELS: ~req.wide,     # a receiver register, held with the request
         }
         args_ok = {cmd: step(ok, f"args_ok_{cmd.name.lower()}") for cmd, ok in args_ok.items()}
         known = step(Cat(*is_cmd.values()).any(), "known")
@@ -409,16 +441,22 @@ class LinkExecutor(Component):
         # --- model position: feature start + i sits at (word, lane), tracked by counters ---
         seek = Signal(16)                       # start, walked down to start % lanes
         seek_low = Signal()                     # seek < lanes
-        word = Signal(range(p.words + 1))
+        word = Signal(range(p.bank_depth + 1))
         lane = Signal(range(p.lanes))
         weights_left = Signal(16)               # including the current one
         final = Signal()                        # the current weight is the last
         weight = Signal(8 * WEIGHT_BYTES)       # LOAD: assembled from bytes; READ: sent as bytes
         weight_byte = Signal(range(WEIGHT_BYTES))
+        level = Signal(range(p.levels_max))     # LOAD_LEVELS: index of the current level
+        levels_left = Signal(range(p.levels_max + 1))   # including the current one
+        level_final = Signal()                  # the current level is the last
         m.d.comb += [
             eng.model_word.eq(word),
             eng.model_lane.eq(lane),
             eng.model_wdata.eq(saturate(weight.as_signed(), p.model_bits)),
+            # an int16 assembled from two bytes sits in the top half (checked to fit)
+            eng.level_index.eq(level),
+            eng.level_data.eq(weight[8 * (WEIGHT_BYTES - LEVEL_BYTES):][:LEVEL.bits]),
         ]
 
         def next_feature():
@@ -520,7 +558,7 @@ class LinkExecutor(Component):
         with m.FSM() as fsm:
             with m.State("IDLE"):
                 m.d.comb += crc.reset.eq(1)
-                m.d.sync += [index.eq(0), weight_byte.eq(0), word.eq(0),
+                m.d.sync += [index.eq(0), weight_byte.eq(0), word.eq(0), level.eq(0),
                              checking.eq(self.CHECK_CYCLES - 1)]
                 with m.If(req.valid):
                     m.next = "CHECK"
@@ -529,9 +567,12 @@ class LinkExecutor(Component):
                     checking.eq(checking - 1),
                     seek.eq(args.model.start),
                     seek_low.eq(args.model.start < p.lanes),
-                    rd_lane.eq(1 << (MODEL_HEADER_FORMAT.size % bytes_per_beat)),
+                    rd_lane.eq(Mux(is_cmd[Command.LOAD_LEVELS], 1,
+                                   1 << (MODEL_HEADER_FORMAT.size % bytes_per_beat))),
                     before_last.eq(req.beats - 2),
                     at_last.eq(req.beats == 1),
+                    levels_left.eq(req.length[1:]),     # LOAD_LEVELS: at least 2 if accepted
+                    level_final.eq(0),
                 ]
                 m.d.comb += rd_restart.eq(1)
                 with m.If(is_cmd[Command.LOAD_MODEL]):       # length is 4 + 4 * count
@@ -557,11 +598,19 @@ class LinkExecutor(Component):
                             eng.features.eq(args.configure.features),
                             eng.batch.eq(args.configure.batch),
                             eng.shift.eq(args.configure.shift),
+                            eng.k.eq(args.configure.k),
+                            eng.double.eq(args.configure.mode.double),
+                            eng.loss.eq(args.configure.mode.loss),
+                            eng.l2_shift.eq(args.configure.l2_shift),
+                            eng.cost_pos.eq(args.configure.cost_pos),
+                            eng.cost_neg.eq(args.configure.cost_neg),
                             configured.eq(1),
                         ]
                         m.next = "CONFIGURE"
                     with m.If(is_cmd[Command.LOAD_MODEL] | is_cmd[Command.READ_MODEL]):
                         m.next = "SEEK"
+                    with m.If(is_cmd[Command.LOAD_LEVELS]):
+                        m.next = "LEVEL_LOAD"
                     with m.If(is_cmd[Command.STREAM] | is_cmd[Command.STREAM_FLUSH]):
                         m.next = "STREAM"
                 with m.Else():
@@ -606,6 +655,25 @@ class LinkExecutor(Component):
                 next_feature()
                 m.next = "LOAD"
                 with m.If(final):
+                    m.next = "HEADER"
+            with m.State("LEVEL_LOAD"):         # two bytes into the top of `weight`
+                m.d.sync += [
+                    weight.eq(Cat(weight[8:], rd_byte)),
+                    weight_byte.eq(weight_byte + 1),
+                ]
+                m.d.sync += rd_lane.eq(rd_lane.rotate_left(1))
+                m.d.comb += rd_advance.eq(rd_lane[-1])
+                with m.If(weight_byte[0]):
+                    m.next = "LEVEL_WRITE"
+            with m.State("LEVEL_WRITE"):
+                with m.If(eng.idle):
+                    m.d.comb += eng.level_write.eq(1)
+                    m.next = "NEXT_LEVEL"
+            with m.State("NEXT_LEVEL"):
+                m.d.sync += [level.eq(level + 1), levels_left.eq(levels_left - 1),
+                             level_final.eq(levels_left == 2)]
+                m.next = "LEVEL_LOAD"
+                with m.If(level_final):
                     m.next = "HEADER"
             with m.State("HEADER"):
                 put(source["header"], checked=index >= len(SYNC))

@@ -1,4 +1,4 @@
-"""Build-time parameters of the SGD engine and its fixed-point formats.
+"""Build-time parameters of the SGD engine, its run-time modes and fixed-point formats.
 
 This module is the single place where every number format of the engine is
 written down. The gateware (``ziphalp.hw``), the golden model
@@ -6,22 +6,58 @@ written down. The gateware (``ziphalp.hw``), the golden model
 from here. It must not import Amaranth: the host and the golden model use it
 without a hardware toolchain.
 
-Arithmetic of one least-squares sample (all integers; see ``ziphalp.sim.golden``):
+Data encoding (ZipML)
+---------------------
+Run-time precision ``k`` (1..``max_k``): ``s = 2**k`` intervals between ``2**k + 1``
+levels ``l_0 .. l_s`` held in the engine's level table (``LEVEL`` words, loaded
+with ``LOAD_LEVELS``). A feature value is sent as a *field* of
+``field_bits(k, double) = k + 1 + double`` bits:
 
+* double sampling: ``j`` (bits ``0..k-1``), ``up1`` (bit ``k``), ``up2`` (bit ``k+1``);
+  the engine uses ``q1 = l[j + up1]`` in the dot product and ``q2 = l[j + up2]``
+  in the gradient.
+* single sampling (and deterministic rounding): ``j`` and ``up`` (bit ``k``);
+  ``q1 = q2 = l[j + up]``.
+
+A feature beat (``W = beat_bits`` bits, little-endian bytes) carries
+``K = values_per_beat(k, double) = min(lanes, W // field_bits)`` fields, field ``i``
+in bits ``i*b .. i*b + b - 1``; feature ``f`` of a sample is field ``f % K`` of
+feature beat ``f // K``. A sample is one label beat (``LABEL`` in bits 0..15, the
+rest zero) and ``ceil(d / K)`` feature beats. Fields past ``d`` in the last beat
+are ignored.
+
+Arithmetic of one sample (all integers; ``FM = model.frac``, ``LF = LEVEL.frac``)
+-------------------------------------------------------------------------------
 ====================  ==========================================================
-``c_j``               feature code, ``CODE`` (signed 8 bit, value ``c * 2**-7``)
-``y``                 label, ``LABEL`` (signed 16 bit, value ``y * 2**-14``)
-``w_j``               model word, ``params.model`` (value ``w * 2**-model.frac``)
-``R``                 ``sum_j w_j c_j - (y << (model.frac + CODE.frac - LABEL.frac))``
-                      exact residual, value ``R * 2**-(model.frac + CODE.frac)``
-``sigma``             ``sat(round_shift(R, 2*CODE.frac + shift - SIGMA_FRAC), model.frac)``
-                      scaled residual: step times residual, in model LSBs per code
-                      unit, with ``SIGMA_FRAC`` extra fraction bits
-``g_j``               ``sum over the batch of sigma * c_j`` (exact)
-``w_j'``              ``sat(w_j - round_shift(g_j, SIGMA_FRAC), model.bits)``
+``D``                 ``sum_f w_f q1_f``, value ``D * 2**-(FM + LF)``
+``pos``               ``y > 0`` (the class of a classification label)
+``ONE``, ``Y``        ``1 << (FM + LF)``; ``y << (FM + LF - LABEL.frac)``
+``E`` squared         ``D - Y``
+``E`` logistic        ``(P - pos * 2**16) << (FM + LF - 16)``, ``P = sigmoid_table(D)``
+``E`` hinge           ``active ? (pos ? -ONE : ONE) : 0``,
+                      ``active = pos ? D < ONE : D > -ONE``
+``E`` squared hinge   ``active ? D - (pos ? ONE : -ONE) : 0``
+``S``                 ``sat(round_shift(E, 2*LF + shift - SIGMA_FRAC), sigma.bits)``
+``sigma``             ``sat(round_shift(S * cost, COST_FRAC), sigma.bits)``, ``cost`` the
+                      run-time cost of the sample's class (``COST_FRAC`` fraction bits)
+``g_f``               ``sum over the batch of sigma * q2_f`` (exact)
+``w_f'``              ``sat(w_f - round_shift(g_f, SIGMA_FRAC) - decay_f, model.bits)``,
+                      ``decay_f = w_f >> l2_shift`` (floor), 0 when ``l2_shift`` is 0
 ====================  ==========================================================
 
 ``round_shift(x, s)`` is ``(x + 2**(s-1)) >> s`` (round half up) for ``s > 0``.
+``sigma`` is the step ``2**-shift`` times the loss derivative, in model LSBs per
+level unit with ``SIGMA_FRAC`` extra fraction bits; a clip of ``S`` or ``sigma``
+sets the sticky ``clipped`` flag, a clip of ``w`` the sticky ``overflow`` flag.
+
+Sigmoid (logistic loss): ``u = D`` if ``D >= 0`` else ``~D`` (``-D - 1``);
+``i = min(u >> (FM + LF - SIGMOID_CELL_BITS), SIGMOID_CELLS - 1)``;
+``P = T[i]`` if ``D >= 0`` else ``2**16 - T[i]``, with
+``T[i] = floor(2**16 / (1 + exp(-(i + 1/2) / 2**SIGMOID_CELL_BITS)) + 1/2)``
+(:func:`sigmoid_table`). ``|P / 2**16 - sigmoid(z)| <= SIGMOID_ERROR_BOUND`` for
+every ``z``: at most ``max|sigmoid'| * half a cell = 2**-9`` inside the table,
+``1 - sigmoid(8) < 2**-9`` beyond it, plus ``2**-17`` of rounding and ``2**-34``
+for the ones' complement.
 """
 
 from __future__ import annotations
@@ -29,9 +65,13 @@ from __future__ import annotations
 import math
 import zlib
 from dataclasses import asdict, dataclass
+from enum import IntEnum
 
 __all__ = [
-    "QFormat", "CODE", "LABEL", "SIGMA_FRAC", "SHIFT_MAX", "EngineParams", "BOARD_PARAMS",
+    "QFormat", "LEVEL", "LABEL", "SIGMA_FRAC", "SHIFT_MAX", "COST_BITS", "COST_FRAC",
+    "L2_SHIFT_MAX", "SIGMOID_FRAC", "SIGMOID_CELL_BITS", "SIGMOID_CELLS",
+    "SIGMOID_ERROR_BOUND", "Loss", "field_bits", "sigmoid_table", "EngineParams",
+    "BOARD_PARAMS",
 ]
 
 
@@ -65,14 +105,48 @@ class QFormat:
         return f"Q{self.bits - self.frac}.{self.frac}"
 
 
-#: Feature codes: signed 8-bit, value ``c / 128``.
-CODE = QFormat(8, 7)
+#: Quantisation levels in the engine's level table: signed 10-bit, value ``l / 256``
+#: (range [-2, 2); levels over [-1, 1] use -256..256).
+LEVEL = QFormat(10, 8)
 #: Labels: signed 16-bit, value ``y / 16384`` (range [-2, 2)).
 LABEL = QFormat(16, 14)
 #: Extra fraction bits carried by the scaled residual ``sigma`` and the gradient.
 SIGMA_FRAC = 6
 #: Largest step shift: the step size is ``2**-shift``.
 SHIFT_MAX = 31
+#: Class costs: unsigned, ``COST_BITS`` wide, ``COST_FRAC`` fraction bits (1.0 = 64).
+COST_BITS = 8
+COST_FRAC = 6
+#: Largest L2 decay shift (0 turns the decay off).
+L2_SHIFT_MAX = 31
+#: Sigmoid output: unsigned, value ``P / 2**SIGMOID_FRAC``.
+SIGMOID_FRAC = 16
+#: The sigmoid table has cells of width ``2**-SIGMOID_CELL_BITS`` over [0, 8).
+SIGMOID_CELL_BITS = 6
+SIGMOID_CELLS = 8 << SIGMOID_CELL_BITS
+#: Largest error of the engine's sigmoid (see the module docstring).
+SIGMOID_ERROR_BOUND = 2.0 ** -9 + 2.0 ** -17 + 2.0 ** -34
+
+
+class Loss(IntEnum):
+    """Run-time loss of the engine (``CONFIGURE``)."""
+
+    SQUARED = 0
+    LOGISTIC = 1
+    HINGE = 2
+    SQUARED_HINGE = 3
+
+
+def field_bits(k: int, double: bool) -> int:
+    """Bits of one feature field at precision ``k``: ``k + 2`` double, ``k + 1`` single."""
+    return k + 1 + bool(double)
+
+
+def sigmoid_table() -> list[int]:
+    """The engine's sigmoid table ``T`` (``SIGMOID_CELLS`` unsigned ``SIGMOID_FRAC``-bit words)."""
+    cell = 2.0 ** -SIGMOID_CELL_BITS
+    return [math.floor(2.0 ** SIGMOID_FRAC / (1.0 + math.exp(-(i + 0.5) * cell)) + 0.5)
+            for i in range(SIGMOID_CELLS)]
 
 
 def clog2(n: int) -> int:
@@ -87,10 +161,14 @@ class EngineParams:
     Parameters
     ----------
     beat_bits : int
-        Width W of an input beat, a multiple of 8 from 8 to 512.
+        Width W of an input beat, a multiple of 8 from 16 to 512.
     lanes : int or None
-        Features per beat, K (8-bit codes); at most ``beat_bits // 8``. Defaults
-        to ``beat_bits // 8``.
+        Physical lanes L (products per cycle in the dot product and the update),
+        a power of two from 1 to ``beat_bits // 2``. At run time a beat carries
+        ``min(lanes, W // field_bits)`` values. Defaults to the largest power of
+        two not above ``beat_bits // 2`` (every precision at full rate).
+    max_k : int
+        Largest run-time precision k (1..8); ``max_k + 2 <= beat_bits``.
     max_features : int
         Largest feature count d the engine accepts at run time.
     max_batch : int
@@ -105,6 +183,7 @@ class EngineParams:
 
     beat_bits: int = 32
     lanes: int | None = None
+    max_k: int = 8
     max_features: int = 512
     max_batch: int = 16
     model_bits: int = 32
@@ -116,35 +195,54 @@ class EngineParams:
         def fail(msg):
             raise ValueError(f"EngineParams: {msg}")
 
-        if self.beat_bits % 8 or not 8 <= self.beat_bits <= 512:
-            fail(f"beat_bits must be a multiple of 8 from 8 to 512, not {self.beat_bits}")
+        if self.beat_bits % 8 or not 16 <= self.beat_bits <= 512:
+            fail(f"beat_bits must be a multiple of 8 from 16 to 512, not {self.beat_bits}")
         if self.lanes is None:
-            object.__setattr__(self, "lanes", self.beat_bits // CODE.bits)
-        if not 1 <= self.lanes <= self.beat_bits // CODE.bits:
-            fail(f"lanes must be 1..{self.beat_bits // CODE.bits} for {self.beat_bits}-bit "
-                 f"beats of {CODE.bits}-bit codes, not {self.lanes}")
-        if self.beat_bits < LABEL.bits:
-            fail(f"beat_bits must be at least {LABEL.bits} to carry a label, "
-                 f"not {self.beat_bits}")
+            object.__setattr__(self, "lanes", 1 << ((self.beat_bits // 2).bit_length() - 1))
+        if (not 1 <= self.lanes <= self.beat_bits // 2) or self.lanes & (self.lanes - 1):
+            fail(f"lanes must be a power of two from 1 to {self.beat_bits // 2}, "
+                 f"not {self.lanes}")
+        if not 1 <= self.max_k <= 8 or self.max_k + 2 > self.beat_bits:
+            fail(f"max_k must be 1..8 (and at most beat_bits - 2), not {self.max_k}")
         if not 1 <= self.max_features <= 65535:
             fail(f"max_features must be 1..65535, not {self.max_features}")
         if not 1 <= self.max_batch <= 65535:
             fail(f"max_batch must be 1..65535, not {self.max_batch}")
         if not 16 <= self.model_bits <= 32:   # the link carries weights as int32
             fail(f"model_bits must be 16..32, not {self.model_bits}")
-        if not LABEL.frac - CODE.frac <= self.model_frac <= self.model_bits - 2:
-            fail(f"model_frac must be {LABEL.frac - CODE.frac}..{self.model_bits - 2}, "
-                 f"not {self.model_frac}")
+        low = max(LABEL.frac - LEVEL.frac, SIGMOID_FRAC - LEVEL.frac)
+        if not low <= self.model_frac <= self.model_bits - 2:
+            fail(f"model_frac must be {low}..{self.model_bits - 2}, not {self.model_frac}")
         if self.residual_bits > 63:
             fail(f"model_bits {self.model_bits} with max_features {self.max_features} needs a "
                  f"{self.residual_bits}-bit residual; at most 63 bits are supported")
         if self.frame_bytes % (self.beat_bits // 8) or not 64 <= self.frame_bytes <= 65535:
             fail(f"frame_bytes must be a multiple of {self.beat_bits // 8} from 64 to 65535, "
                  f"not {self.frame_bytes}")
-        if self.frame_bytes < 4 * self.lanes + 4:
-            fail("frame_bytes too small to load one model word")
+        if self.frame_bytes < 2 * self.levels_max:
+            fail(f"frame_bytes too small for a level table of {self.levels_max} levels")
         if self.clock_hz <= 0:
             fail(f"clock_hz must be positive, not {self.clock_hz}")
+
+    # --- run-time modes ------------------------------------------------------------
+
+    def check_mode(self, k: int, double: bool) -> None:
+        """Raise ValueError unless precision ``k`` is one this engine runs."""
+        if not 1 <= k <= self.max_k:
+            raise ValueError(f"precision k must be 1..{self.max_k}, not {k}")
+
+    def values_per_beat(self, k: int, double: bool) -> int:
+        """K: feature values one beat carries at precision ``k``."""
+        self.check_mode(k, double)
+        return min(self.lanes, self.beat_bits // field_bits(k, double))
+
+    def beats_for(self, features: int, k: int, double: bool) -> int:
+        """Feature beats of one sample with ``features`` features."""
+        return math.ceil(features / self.values_per_beat(k, double))
+
+    def lane_max_k(self, lane: int) -> int:
+        """Largest precision at which beat position ``lane`` carries a value."""
+        return min(self.max_k, self.beat_bits // (lane + 1) - 1)
 
     # --- derived sizes -------------------------------------------------------------
 
@@ -154,33 +252,40 @@ class EngineParams:
 
     @property
     def sigma(self) -> QFormat:
-        """Scaled residual ``sigma``: model LSBs per code unit, ``SIGMA_FRAC`` fraction bits."""
+        """Scaled residual ``sigma``: model LSBs per level unit, ``SIGMA_FRAC`` fraction bits."""
         return QFormat(self.model_frac, SIGMA_FRAC)
 
     @property
-    def words(self) -> int:
-        """Model words (rows of ``lanes`` weights) needed for ``max_features``."""
+    def levels_max(self) -> int:
+        """Entries of the largest level table (``2**max_k + 1``)."""
+        return (1 << self.max_k) + 1
+
+    @property
+    def bank_depth(self) -> int:
+        """Words per model bank: feature ``f`` is word ``f // lanes`` of bank ``f % lanes``."""
         return math.ceil(self.max_features / self.lanes)
 
-    def words_for(self, features: int) -> int:
-        """Beats carrying the features of one sample with ``features`` features."""
-        return math.ceil(features / self.lanes)
+    @property
+    def max_beats(self) -> int:
+        """Feature beats of the longest sample (``max_features`` at the widest fields)."""
+        return self.beats_for(self.max_features, self.max_k, True)
 
     @property
     def dot_bits(self) -> int:
-        """Width of the exact dot product ``sum_j w_j c_j``."""
-        return self.model_bits + CODE.bits + clog2(self.max_features)
+        """Width of the exact dot product ``sum_f w_f q1_f``."""
+        return self.model_bits + LEVEL.bits + clog2(self.max_features)
 
     @property
     def residual_bits(self) -> int:
-        """Width of the exact residual ``R`` (dot product minus aligned label)."""
-        label_aligned = LABEL.bits + self.model_frac + CODE.frac - LABEL.frac
-        return max(self.dot_bits, label_aligned) + 1
+        """Width of the exact loss derivative ``E`` (dot product minus aligned label)."""
+        label_aligned = LABEL.bits + self.model_frac + LEVEL.frac - LABEL.frac
+        one = self.model_frac + LEVEL.frac + 2
+        return max(self.dot_bits, label_aligned, one) + 1
 
     @property
     def product_bits(self) -> int:
-        """Width of one lane's gradient term ``sigma * c``."""
-        return self.sigma.bits + CODE.bits
+        """Width of one lane's gradient term ``sigma * q2``."""
+        return self.sigma.bits + LEVEL.bits
 
     @property
     def grad_bits(self) -> int:
@@ -195,15 +300,14 @@ class EngineParams:
         return zlib.crc32(text.encode())
 
 
-#: The engine each supported board is built with. The simulated board runs the
-#: same parameters as the iCEBreaker, so what trains in simulation fits the board.
-#: iCEBreaker: two lanes. Each lane's model x code and sigma x code products are
-#: wider than 16 bits, two SB_MAC16 each, and the UP5K has eight. 36 MHz: the
-#: engine does not yet close timing at 48 MHz on the UP5K (nextpnr reaches about
-#: 39 MHz; the 49-bit dot-product accumulator is the critical path).
+#: The engine each supported board is built with.
+#: iCEBreaker: two lanes. Each lane's model x level and sigma x level products are
+#: wider than 16 bits, two SB_MAC16 each, and the UP5K has eight; so a 16-bit beat
+#: carries at most two values (one at k = 8 with double sampling).
+#: "sim" runs the iCEBreaker's parameters, so what trains in simulation fits the board.
 BOARD_PARAMS: dict[str, EngineParams] = {
-    "icebreaker": EngineParams(beat_bits=16, max_features=512, max_batch=16,
-                               model_bits=32, model_frac=24, frame_bytes=4096,
-                               clock_hz=36_000_000),
+    "icebreaker": EngineParams(beat_bits=16, lanes=2, max_k=8, max_features=512,
+                               max_batch=16, model_bits=32, model_frac=24,
+                               frame_bytes=2048, clock_hz=36_000_000),
 }
 BOARD_PARAMS["sim"] = BOARD_PARAMS["icebreaker"]

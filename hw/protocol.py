@@ -26,15 +26,25 @@ bytes is dropped and answered with ``TIMEOUT``.
 Commands
 --------
 ``IDENTIFY``      no payload. Reply: :data:`IDENTIFY_FORMAT`.
-``CONFIGURE``     :data:`CONFIGURE_FORMAT` (features d, batch B, step shift, 3
-                  reserved zero bytes). Clears the gradient buffer and the
-                  sample/batch position. Reply: empty.
+``CONFIGURE``     :data:`CONFIGURE_FORMAT`: features d, batch B, step shift,
+                  precision k, mode (bit 0: double sampling; bits 1-2: the
+                  :class:`~ziphalp.hw.params.Loss`; other bits zero), L2 decay
+                  shift (0: off), cost of the positive and of the negative class
+                  (``COST_FRAC`` fraction bits). Clears the gradient buffer and
+                  the sample/batch position. Reply: empty.
+``LOAD_LEVELS``   ``n`` int16 levels ``l_0 .. l_{n-1}`` (``LEVEL`` words, each within
+                  the ``LEVEL`` range), 2 <= n <= ``2**max_k + 1``: the level
+                  table (precision k uses ``l_0 .. l_{2**k}``). Kept across
+                  ``CONFIGURE``. A payload of other than 2..``2**max_k + 1``
+                  whole int16s is ``LENGTH``, a level out of range ``ARGUMENT``.
+                  Reply: empty.
 ``LOAD_MODEL``    ``start:u16, 0:u16`` then ``count`` int32 weights. Reply: empty.
 ``READ_MODEL``    ``start:u16, count:u16``. Reply: ``count`` int32 weights.
 ``STREAM``        whole beats (a multiple of ``beat_bits // 8`` bytes): per
                   sample one label beat (label in the low 16 bits) then
-                  ``ceil(d / lanes)`` feature beats (code ``j`` of a beat in bits
-                  ``8j .. 8j+7``). Needs ``CONFIGURE`` first. Reply: empty.
+                  ``ceil(d / K)`` feature beats of packed fields (the layout is
+                  in :mod:`ziphalp.hw.params`). Needs ``CONFIGURE`` first. Reply:
+                  empty.
 ``STREAM_FLUSH``  as ``STREAM``, and the mini-batch ends with the sample that
                   holds the frame's last beat (the model is updated even if the
                   batch is not full). Reply: empty.
@@ -51,12 +61,13 @@ from enum import IntEnum, IntFlag
 
 __all__ = [
     "VERSION", "SYNC", "MAGIC", "Command", "Status", "StatusFlags",
-    "IDENTIFY_FORMAT", "CONFIGURE_FORMAT", "STATUS_FORMAT", "MODEL_HEADER_FORMAT",
+    "IDENTIFY_FORMAT", "CONFIGURE_FORMAT", "MODE_DOUBLE", "MODE_LOSS_SHIFT", "STATUS_FORMAT",
+    "MODEL_HEADER_FORMAT",
     "crc16", "encode_request", "encode_reply", "Identity", "Counters",
 ]
 
 #: Protocol version, reported by ``IDENTIFY``.
-VERSION = 1
+VERSION = 2
 #: Sync word that opens every frame.
 SYNC = bytes([0xA5, 0x5A])
 #: Magic bytes at the start of the ``IDENTIFY`` reply.
@@ -73,6 +84,7 @@ class Command(IntEnum):
     STREAM = 0x05
     STREAM_FLUSH = 0x06
     STATUS = 0x07
+    LOAD_LEVELS = 0x08
 
 
 class Status(IntEnum):
@@ -80,7 +92,7 @@ class Status(IntEnum):
     CRC = 0x01        # CRC mismatch
     COMMAND = 0x02    # unknown command
     LENGTH = 0x03     # payload length wrong for the command or larger than the buffer
-    ARGUMENT = 0x04   # an argument out of range (features, batch, shift, model range)
+    ARGUMENT = 0x04   # an argument out of range (configuration, model range, level)
     STATE = 0x05      # command not allowed now (STREAM before CONFIGURE)
     TIMEOUT = 0x06    # request stalled mid-frame
 
@@ -102,11 +114,14 @@ class StatusFlags(IntFlag):
     CONFIGURED = 0x04  # CONFIGURE has been accepted since reset
 
 
-#: magic, version, reserved, beat_bits, lanes, code_bits, max_features,
+#: magic, version, reserved, beat_bits, lanes, max_k, max_features,
 #: max_batch, model_bits, model_frac, frame_bytes, clock_hz, build_id
 IDENTIFY_FORMAT = struct.Struct("<4sBBHBBHHBBHII")
-#: features, batch, shift, 3 reserved bytes (zero)
-CONFIGURE_FORMAT = struct.Struct("<HHB3x")
+#: features, batch, shift, k, mode, l2_shift, cost_pos, cost_neg
+CONFIGURE_FORMAT = struct.Struct("<HHBBBBBB")
+#: bit 0 of the CONFIGURE mode byte: double sampling; bits 1-2: the loss
+MODE_DOUBLE = 0x01
+MODE_LOSS_SHIFT = 1
 #: start index, then (LOAD_MODEL) a reserved zero u16 or (READ_MODEL) a count
 MODEL_HEADER_FORMAT = struct.Struct("<HH")
 #: flags, 3 reserved, cycles (engine busy cycles), samples, beats, updates,
@@ -141,7 +156,7 @@ class Identity:
     version: int
     beat_bits: int
     lanes: int
-    code_bits: int
+    max_k: int
     max_features: int
     max_batch: int
     model_bits: int
@@ -162,7 +177,7 @@ class Identity:
 
     def pack(self) -> bytes:
         return IDENTIFY_FORMAT.pack(
-            MAGIC, self.version, 0, self.beat_bits, self.lanes, self.code_bits,
+            MAGIC, self.version, 0, self.beat_bits, self.lanes, self.max_k,
             self.max_features, self.max_batch, self.model_bits, self.model_frac,
             self.frame_bytes, self.clock_hz, self.build_id)
 

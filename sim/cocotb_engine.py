@@ -3,8 +3,9 @@
 Driven by ``tests/test_engine_cocotb.py`` through ``cocotb_tools.runner``. The
 build parameters and a list of run-time cases arrive as JSON in the environment
 variable ``ZIPHALP_BENCH``. For each case the bench loads a random model through
-the model port, configures the engine, streams random samples with random
-bubbles on the input (valid low) in one or more frames, reads the model back and
+the model port and a random level table through the level port, configures the
+engine (precision, sampling, loss, costs, L2 decay, d, B, step), streams random
+samples with random bubbles on the input (valid low) in one or more frames, reads the model back and
 requires it, and the sticky flags and strobe counts, to equal
 ``ziphalp.sim.golden.GoldenEngine`` exactly. A case without bubbles also
 measures cycles per sample, which the runner checks against the bound.
@@ -19,7 +20,7 @@ import cocotb
 import numpy as np
 from cocotb.clock import Clock
 from cocotb.triggers import ReadOnly, RisingEdge
-from ziphalp.hw.params import CODE, LABEL, EngineParams
+from ziphalp.hw.params import LABEL, EngineParams, field_bits
 from ziphalp.sim.golden import GoldenEngine
 
 
@@ -41,7 +42,7 @@ class EngineDriver:
     async def reset(self):
         d = self.dut
         for name in ("ctrl__beats__valid", "ctrl__start", "ctrl__model_read",
-                     "ctrl__model_write", "ctrl__clear_flags"):
+                     "ctrl__model_write", "ctrl__clear_flags", "ctrl__level_write"):
             getattr(d, name).value = 0
         d.ctrl__beats__payload.value = 0
         d.ctrl__model_word.value = 0
@@ -62,11 +63,11 @@ class EngineDriver:
                 return
         raise AssertionError("engine never became idle")
 
-    async def configure(self, features, batch, shift):
+    async def configure(self, **config):
         d = self.dut
-        d.ctrl__features.value = features
-        d.ctrl__batch.value = batch
-        d.ctrl__shift.value = shift
+        for name, value in config.items():
+            getattr(d, f"ctrl__{name}").value = int(value)
+        await self.tick()
         d.ctrl__start.value = 1
         await self.tick()
         d.ctrl__start.value = 0
@@ -82,6 +83,16 @@ class EngineDriver:
             d.ctrl__model_write.value = 1
             await self.tick()
         d.ctrl__model_write.value = 0
+        await self.tick()
+
+    async def write_levels(self, levels):
+        d = self.dut
+        for index, level in enumerate(levels):
+            d.ctrl__level_index.value = index
+            d.ctrl__level_data.value = int(level) & 0x3FF
+            d.ctrl__level_write.value = 1
+            await self.tick()
+        d.ctrl__level_write.value = 0
         await self.tick()
 
     async def read_model(self, count):
@@ -124,18 +135,17 @@ class EngineDriver:
         return first, self.cycle
 
 
-def pack(codes: np.ndarray, labels: np.ndarray, p: EngineParams) -> list[int]:
+def pack(fields: np.ndarray, labels: np.ndarray, p: EngineParams, k: int,
+         double: bool) -> list[int]:
     """Beats as integers (an independent packer; the host's lives in ziphalp.host)."""
     beats = []
-    n_words = p.words_for(codes.shape[1])
-    for c, y in zip(codes, labels, strict=True):
+    per_beat, bits = p.values_per_beat(k, double), field_bits(k, double)
+    for row, y in zip(fields, labels, strict=True):
         beats.append(int(y) & 0xFFFF)
-        padded = np.zeros(n_words * p.lanes, dtype=np.int64)
-        padded[:len(c)] = c
-        for w in range(n_words):
+        for start in range(0, len(row), per_beat):
             beat = 0
-            for k in range(p.lanes):
-                beat |= (int(padded[w * p.lanes + k]) & 0xFF) << (CODE.bits * k)
+            for i, field in enumerate(row[start:start + per_beat]):
+                beat |= int(field) << (bits * i)
             beats.append(beat)
     return beats
 
@@ -154,24 +164,30 @@ async def engine_matches_golden(dut):
     results = []
     for case in spec["cases"]:
         rng = np.random.default_rng(case["seed"])
-        d, batch, shift = case["features"], case["batch"], case["shift"]
+        d = case["features"]
+        config = {name: case[name] for name in
+                  ("batch", "shift", "k", "double", "loss", "l2_shift", "cost_pos", "cost_neg")}
+        k, double = case["k"], case["double"]
         golden = GoldenEngine(p)
         init = rng.integers(-(1 << case["model_scale"]), 1 << case["model_scale"],
                             size=p.max_features)
         init = np.clip(init, p.model.min_int, p.model.max_int)
         await drv.write_model(init)
         golden.load_model(0, init)
-        await drv.configure(d, batch, shift)
-        golden.configure(d, batch, shift)
+        levels = np.array(case["levels"], dtype=np.int64)
+        await drv.write_levels(levels)
+        golden.load_levels(levels)
+        await drv.configure(features=d, **config)
+        golden.configure(d, **config)
         samples0, updates0 = drv.samples_done, drv.updates_done
 
         first = last = None
         for frame in case["frames"]:
             n, flush = frame["samples"], frame["flush"]
-            codes = rng.integers(CODE.min_int, CODE.max_int + 1, size=(n, d))
+            fields = rng.integers(0, 1 << field_bits(k, double), size=(n, d))
             labels = rng.integers(LABEL.min_int >> case["label_shrink"],
                                   (LABEL.max_int >> case["label_shrink"]) + 1, size=n)
-            beats = pack(codes, labels, p)
+            beats = pack(fields, labels, p, k, double)
             start, last = await drv.stream(beats, flush, case["bubble"], rng)
             first = start if first is None else first
             golden.stream(beats_to_bytes(beats, p), flush)

@@ -1,24 +1,42 @@
 """The golden model: the SGD engine's exact fixed-point arithmetic in NumPy.
 
-Given the engine parameters, the run-time configuration, an initial model and
-the packed beat stream the board receives, :class:`GoldenEngine` returns the
-model the gateware produces, bit for bit, and the same sticky flags and
-counters. It is the contract between ``ziphalp.hw.engine`` and the host; the
-cocotb benches and the simulated-board tests compare the RTL against it. The
-formats and the formulas are written down in ``ziphalp.hw.params``; this module
-implements them and nothing else (no timing: the engine's results do not depend
-on bubbles or back-pressure).
+Given the engine parameters, the run-time configuration, the level table, an
+initial model and the packed beat stream the board receives,
+:class:`GoldenEngine` returns the model the gateware produces, bit for bit, and
+the same sticky flags and counters. It is the contract between
+``ziphalp.hw.engine`` and the host; the cocotb benches and the simulated-board
+tests compare the RTL against it. The encoding and the formulas are written
+down in ``ziphalp.hw.params``; this module implements them and nothing else (no
+timing: the engine's results do not depend on bubbles or back-pressure).
 
-It reads the beat stream on its own (``unpack_beats``) rather than sharing the
-host's packer, so a packing mistake on either side shows up as a mismatch.
+It reads the beat stream on its own (:func:`unpack_fields`) rather than sharing
+the host's packer, so a packing mistake on either side shows up as a mismatch.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from ziphalp.hw.params import CODE, LABEL, SHIFT_MAX, SIGMA_FRAC, EngineParams
+from ziphalp.hw.params import (
+    COST_BITS,
+    COST_FRAC,
+    L2_SHIFT_MAX,
+    LABEL,
+    LEVEL,
+    SHIFT_MAX,
+    SIGMA_FRAC,
+    SIGMOID_CELL_BITS,
+    SIGMOID_CELLS,
+    SIGMOID_FRAC,
+    EngineParams,
+    Loss,
+    field_bits,
+    sigmoid_table,
+)
 
-__all__ = ["round_shift", "saturate", "unpack_beats", "GoldenEngine"]
+__all__ = ["round_shift", "saturate", "unpack_fields", "decode", "sigmoid_fixed",
+           "loss_derivative", "GoldenEngine"]
+
+_SIGMOID = np.array(sigmoid_table(), dtype=np.int64)
 
 
 def round_shift(x, s: int):
@@ -35,25 +53,80 @@ def saturate(x: np.ndarray, bits: int) -> tuple[np.ndarray, bool]:
     return np.clip(x, lo, hi), clipped
 
 
-def unpack_beats(stream: bytes, params: EngineParams) -> np.ndarray:
-    """Split a little-endian byte stream into beats: an ``(m, beat_bits // 8)`` uint8 array."""
+def unpack_fields(beats: bytes, params: EngineParams, k: int, double: bool,
+                  count: int) -> np.ndarray:
+    """The first ``count`` fields of consecutive feature beats, as an int64 array.
+
+    Written plainly (one Python integer per beat) to stay independent of the
+    host's vectorised packer.
+    """
     width = params.beat_bits // 8
-    if len(stream) % width:
-        raise ValueError(f"stream of {len(stream)} bytes is not whole {width}-byte beats")
-    return np.frombuffer(stream, dtype=np.uint8).reshape(-1, width)
+    if len(beats) % width:
+        raise ValueError(f"{len(beats)} bytes are not whole {width}-byte beats")
+    per_beat = params.values_per_beat(k, double)
+    bits = field_bits(k, double)
+    fields = []
+    for start in range(0, len(beats), width):
+        word = int.from_bytes(beats[start:start + width], "little")
+        fields += [(word >> (i * bits)) & ((1 << bits) - 1) for i in range(per_beat)]
+    if len(fields) < count:
+        raise ValueError(f"{len(beats) // width} beats hold fewer than {count} fields")
+    return np.array(fields[:count], dtype=np.int64)
+
+
+def decode(fields: np.ndarray, levels: np.ndarray, k: int, double: bool):
+    """Fields to the two samples ``(q1, q2)`` (``LEVEL`` words) through the level table."""
+    fields = np.asarray(fields, dtype=np.int64)
+    j = fields & ((1 << k) - 1)
+    up1 = (fields >> k) & 1
+    up2 = (fields >> (k + 1)) & 1 if double else up1
+    return levels[j + up1], levels[j + up2]
+
+
+def sigmoid_fixed(dot, params: EngineParams):
+    """The engine's sigmoid of dot products ``D`` (units ``2**-(model.frac + LEVEL.frac)``):
+    ``P``, value ``P * 2**-SIGMOID_FRAC``."""
+    dot = np.asarray(dot, dtype=np.int64)
+    u = np.where(dot >= 0, dot, ~dot)
+    index = np.minimum(u >> (params.model_frac + LEVEL.frac - SIGMOID_CELL_BITS),
+                       SIGMOID_CELLS - 1)
+    t = _SIGMOID[index]
+    return np.where(dot >= 0, t, (1 << SIGMOID_FRAC) - t)
+
+
+def loss_derivative(dot: int, label: int, loss: Loss, params: EngineParams) -> int:
+    """``E``: the loss derivative with respect to the prediction, in dot-product units."""
+    frac = params.model_frac + LEVEL.frac
+    one = 1 << frac
+    pos = label > 0
+    if loss == Loss.SQUARED:
+        return dot - (label << (frac - LABEL.frac))
+    if loss == Loss.LOGISTIC:
+        p = int(sigmoid_fixed(dot, params))
+        return (p - (pos << SIGMOID_FRAC)) << (frac - SIGMOID_FRAC)
+    active = dot < one if pos else dot > -one
+    if not active:
+        return 0
+    if loss == Loss.HINGE:
+        return -one if pos else one
+    if loss == Loss.SQUARED_HINGE:
+        return dot - (one if pos else -one)
+    raise ValueError(f"unknown loss {loss!r}")
 
 
 class GoldenEngine:
-    """Bit-exact model of one ``SGDEngine`` (least squares, mini-batch SGD).
+    """Bit-exact model of one ``SGDEngine`` (mini-batch SGD on ZipML-encoded samples).
 
-    State mirrors the hardware: the model (``max_features`` words), the
-    gradient buffer, the position inside the current sample and batch, the
-    sticky ``overflow``/``clipped`` flags, and ``samples``/``updates`` counters.
+    State mirrors the hardware: the model (``max_features`` words), the level
+    table, the gradient buffer, the position inside the current sample and
+    batch, the sticky ``overflow``/``clipped`` flags, and ``samples``/``updates``
+    counters.
     """
 
     def __init__(self, params: EngineParams):
         self.p = params
         self.model = np.zeros(params.max_features, dtype=np.int64)
+        self.levels = np.zeros(params.levels_max, dtype=np.int64)
         self.overflow = False
         self.clipped = False
         self.samples = 0
@@ -63,17 +136,37 @@ class GoldenEngine:
 
     # --- commands -----------------------------------------------------------------
 
-    def configure(self, features: int, batch: int, shift: int) -> None:
-        """Set d, B and the step shift; clear the gradient and the position."""
+    def configure(self, features: int, batch: int, shift: int, k: int = 8,
+                  double: bool = True, loss: Loss = Loss.SQUARED, l2_shift: int = 0,
+                  cost_pos: int = 1 << COST_FRAC, cost_neg: int = 1 << COST_FRAC) -> None:
+        """Set the run-time configuration; clear the gradient and the position."""
         p = self.p
-        if not 1 <= features <= p.max_features:
-            raise ValueError(f"features must be 1..{p.max_features}, not {features}")
-        if not 1 <= batch <= p.max_batch:
-            raise ValueError(f"batch must be 1..{p.max_batch}, not {batch}")
-        if not 0 <= shift <= SHIFT_MAX:
-            raise ValueError(f"shift must be 0..{SHIFT_MAX}, not {shift}")
+        checks = [
+            (1 <= features <= p.max_features, f"features must be 1..{p.max_features}"),
+            (1 <= batch <= p.max_batch, f"batch must be 1..{p.max_batch}"),
+            (0 <= shift <= SHIFT_MAX, f"shift must be 0..{SHIFT_MAX}"),
+            (1 <= k <= p.max_k, f"k must be 1..{p.max_k}"),
+            (0 <= l2_shift <= L2_SHIFT_MAX, f"l2_shift must be 0..{L2_SHIFT_MAX}"),
+            (0 <= cost_pos < 1 << COST_BITS and 0 <= cost_neg < 1 << COST_BITS,
+             f"costs must be 0..{(1 << COST_BITS) - 1}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
         self.features, self.batch, self.shift = features, batch, shift
+        self.k, self.double, self.loss = k, bool(double), Loss(loss)
+        self.l2_shift, self.cost_pos, self.cost_neg = l2_shift, cost_pos, cost_neg
         self._reset_position()
+
+    def load_levels(self, levels) -> None:
+        """Write levels ``l_0 .. l_{n-1}`` of the level table (``LEVEL`` words)."""
+        levels = np.asarray(levels, dtype=np.int64)
+        if not 2 <= len(levels) <= self.p.levels_max:
+            raise ValueError(f"a level table has 2..{self.p.levels_max} levels, "
+                             f"not {len(levels)}")
+        if saturate(levels, LEVEL.bits)[1]:
+            raise ValueError(f"levels must be {LEVEL.min_int}..{LEVEL.max_int}")
+        self.levels[:len(levels)] = levels
 
     def load_model(self, start: int, weights) -> None:
         weights = np.asarray(weights, dtype=np.int64)
@@ -98,66 +191,74 @@ class GoldenEngine:
         """
         if self.features == 0:
             raise RuntimeError("stream before configure")
-        beats = unpack_beats(data, self.p)
-        for index, beat in enumerate(beats):
-            self._beat(beat, flush and index == len(beats) - 1)
+        width = self.p.beat_bits // 8
+        if len(data) % width:
+            raise ValueError(f"stream of {len(data)} bytes is not whole {width}-byte beats")
+        count = len(data) // width
+        for index in range(count):
+            self._beat(data[index * width:(index + 1) * width], flush and index == count - 1)
 
-    def train(self, codes: np.ndarray, labels: np.ndarray, flush: bool = True) -> None:
-        """Consume whole samples: ``codes`` int ``(n, d)``, ``labels`` int ``(n,)``.
+    def train(self, fields: np.ndarray, labels: np.ndarray, flush: bool = True) -> None:
+        """Consume whole samples: ``fields`` int ``(n, d)``, ``labels`` int ``(n,)``.
 
         Equivalent to streaming their packed beats; ``flush`` ends the batch
         after the last sample.
         """
-        codes = np.asarray(codes, dtype=np.int64)
+        fields = np.asarray(fields, dtype=np.int64)
         labels = np.asarray(labels, dtype=np.int64)
         if self._pos != 0:
             raise RuntimeError("train() needs the engine at a sample boundary")
-        if codes.ndim != 2 or codes.shape[1] != self.features or len(labels) != len(codes):
-            raise ValueError(f"codes must be (n, {self.features}) with n labels")
-        for i in range(len(codes)):
-            self._sample(codes[i], int(labels[i]), flush and i == len(codes) - 1)
+        if fields.ndim != 2 or fields.shape[1] != self.features or len(labels) != len(fields):
+            raise ValueError(f"fields must be (n, {self.features}) with n labels")
+        for i in range(len(fields)):
+            self._sample(fields[i], int(labels[i]), flush and i == len(fields) - 1)
 
     # --- arithmetic ---------------------------------------------------------------
 
     def _reset_position(self) -> None:
         self._grad = np.zeros(self.p.max_features, dtype=np.int64)
-        self._pos = 0                 # 0: expecting the label beat; k: feature beat k
+        self._pos = 0                 # 0: expecting the label beat; j: feature beat j
         self._batch_pos = 0
         self._flush = False
         self._label = 0
-        self._codes: list[np.ndarray] = []
+        self._beats: list[bytes] = []
 
-    def _beat(self, beat: np.ndarray, flush: bool) -> None:
-        p = self.p
+    def _beat(self, beat: bytes, flush: bool) -> None:
         self._flush |= flush
         if self._pos == 0:
-            raw = int(beat[0]) | int(beat[1]) << 8
+            raw = beat[0] | beat[1] << 8
             self._label = raw - (1 << 16) if raw & 0x8000 else raw
             self._pos = 1
             return
-        self._codes.append(beat[:p.lanes].view(np.int8).astype(np.int64))
-        if self._pos < p.words_for(self.features):
+        self._beats.append(beat)
+        if self._pos < self.p.beats_for(self.features, self.k, self.double):
             self._pos += 1
             return
-        codes = np.concatenate(self._codes)[:self.features]
+        fields = unpack_fields(b"".join(self._beats), self.p, self.k, self.double,
+                               self.features)
         label, flush = self._label, self._flush
-        self._pos, self._codes, self._flush = 0, [], False
-        self._sample(codes, label, flush)
+        self._pos, self._beats, self._flush = 0, [], False
+        self._sample(fields, label, flush)
 
-    def _sample(self, codes: np.ndarray, label: int, flush: bool) -> None:
+    def _sample(self, fields: np.ndarray, label: int, flush: bool) -> None:
         p, d = self.p, self.features
+        q1, q2 = decode(fields, self.levels, self.k, self.double)
         w = self.model[:d]
-        # exact residual, units 2**-(model.frac + CODE.frac)
-        residual = int(np.dot(w, codes)) - (label << (p.model_frac + CODE.frac - LABEL.frac))
-        # scaled residual: step x residual, model LSBs per code unit, SIGMA_FRAC fraction bits
-        sigma = round_shift(residual, 2 * CODE.frac + self.shift - SIGMA_FRAC)
-        sigma_arr, clipped = saturate(np.array([sigma]), p.sigma.bits)
-        self.clipped |= clipped
-        self._grad[:d] += int(sigma_arr[0]) * codes
+        dot = int(np.dot(w, q1))
+        error = loss_derivative(dot, label, self.loss, p)
+        scaled, clipped1 = saturate(
+            np.array([round_shift(error, 2 * LEVEL.frac + self.shift - SIGMA_FRAC)]),
+            p.sigma.bits)
+        cost = self.cost_pos if label > 0 else self.cost_neg
+        sigma, clipped2 = saturate(
+            np.array([round_shift(int(scaled[0]) * cost, COST_FRAC)]), p.sigma.bits)
+        self.clipped |= clipped1 or clipped2
+        self._grad[:d] += int(sigma[0]) * q2
         self._batch_pos += 1
         self.samples += 1
         if flush or self._batch_pos == self.batch:
-            updated, overflow = saturate(w - round_shift(self._grad[:d], SIGMA_FRAC),
+            decay = (w >> self.l2_shift) if self.l2_shift else 0
+            updated, overflow = saturate(w - round_shift(self._grad[:d], SIGMA_FRAC) - decay,
                                          p.model_bits)
             self.model[:d] = updated
             self.overflow |= overflow

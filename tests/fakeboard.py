@@ -5,22 +5,32 @@ import struct
 
 import numpy as np
 from ziphalp.hw import protocol
-from ziphalp.hw.params import BOARD_PARAMS, CODE, EngineParams
+from ziphalp.hw.params import BOARD_PARAMS, EngineParams, Loss
 from ziphalp.hw.protocol import Command, Status, StatusFlags
 from ziphalp.sim.golden import GoldenEngine
 
+#: CONFIGURE fields in the order of ``CONFIGURE_FORMAT``, the mode byte split up.
+CONFIG_FIELDS = ("features", "batch", "shift", "k", "double", "loss", "l2_shift",
+                 "cost_pos", "cost_neg")
+
 
 class FakeBoard:
-    """Answers requests like the board, with ``GoldenEngine`` as its engine."""
+    """Answers requests like the board, with ``GoldenEngine`` as its engine.
+
+    ``config`` is the last configuration accepted (``CONFIG_FIELDS``), ``levels``
+    the last level table loaded; both ``None`` until then.
+    """
 
     def __init__(self, params: EngineParams = BOARD_PARAMS["sim"], version=protocol.VERSION):
         self.p = params
         self.identity = protocol.Identity(
-            version, params.beat_bits, params.lanes, CODE.bits, params.max_features,
+            version, params.beat_bits, params.lanes, params.max_k, params.max_features,
             params.max_batch, params.model_bits, params.model_frac, params.frame_bytes,
             params.clock_hz, params.build_id)
         self.engine = GoldenEngine(params)
         self.configured = False
+        self.config: dict | None = None
+        self.levels: list[int] | None = None
         self.samples = self.cycles = 0
         self.flushes: list[bool] = []
 
@@ -32,11 +42,30 @@ class FakeBoard:
         if cmd == Command.IDENTIFY:
             return protocol.encode_reply(cmd, Status.OK, self.identity.pack())
         if cmd == Command.CONFIGURE:
+            if len(payload) != protocol.CONFIGURE_FORMAT.size:
+                return protocol.encode_reply(cmd, Status.LENGTH)
+            features, batch, shift, k, mode, l2_shift, cost_pos, cost_neg = \
+                protocol.CONFIGURE_FORMAT.unpack(payload)
+            config = dict(features=features, batch=batch, shift=shift, k=k,
+                          double=bool(mode & protocol.MODE_DOUBLE),
+                          loss=Loss(mode >> protocol.MODE_LOSS_SHIFT & (len(Loss) - 1)),
+                          l2_shift=l2_shift, cost_pos=cost_pos, cost_neg=cost_neg)
+            if mode >> protocol.MODE_LOSS_SHIFT >= len(Loss):    # reserved mode bits
+                return protocol.encode_reply(cmd, Status.ARGUMENT)
             try:
-                self.engine.configure(*protocol.CONFIGURE_FORMAT.unpack(payload))
+                self.engine.configure(**config)
             except ValueError:
                 return protocol.encode_reply(cmd, Status.ARGUMENT)
-            self.configured = True
+            self.configured, self.config = True, config
+        elif cmd == Command.LOAD_LEVELS:
+            if len(payload) % 2 or not 2 <= len(payload) // 2 <= self.p.levels_max:
+                return protocol.encode_reply(cmd, Status.LENGTH)
+            levels = np.frombuffer(payload, "<i2").astype(np.int64)
+            try:
+                self.engine.load_levels(levels)
+            except ValueError:
+                return protocol.encode_reply(cmd, Status.ARGUMENT)
+            self.levels = levels.tolist()
         elif cmd == Command.LOAD_MODEL:
             start, _ = protocol.MODEL_HEADER_FORMAT.unpack(payload[:4])
             self.engine.load_model(start, np.frombuffer(payload[4:], "<i4"))
@@ -63,7 +92,8 @@ class FakeBoard:
 
 
 def engine_config(board: FakeBoard) -> tuple[int, int, int]:
-    return board.engine.features, board.engine.batch, board.engine.shift
+    """features, batch and shift of the last configuration accepted."""
+    return tuple(board.config[field] for field in CONFIG_FIELDS[:3])
 
 
 class FakeSerial:

@@ -2,7 +2,8 @@
 
 The board is the real BoardCore (link + engine) built for the simulated board's
 parameters; the host reaches it through ``socket://`` exactly as a serial port.
-Models read back must equal the golden model bit for bit; a corrupted request
+Models read back must equal the golden model bit for bit, across precisions,
+sampling modes, level tables, losses, costs and L2 decay; a corrupted request
 must change nothing; training diabetes must reach within 2% of the optimum.
 """
 
@@ -12,7 +13,7 @@ from ziphalp.host import quantize
 from ziphalp.host.driver import Board, BoardError
 from ziphalp.host.train import train
 from ziphalp.hw import protocol
-from ziphalp.hw.params import BOARD_PARAMS, CODE, LABEL
+from ziphalp.hw.params import BOARD_PARAMS, LABEL, LEVEL, Loss, field_bits
 from ziphalp.sim.board import simulated_board
 from ziphalp.sim.golden import GoldenEngine
 
@@ -25,21 +26,36 @@ def board():
         yield b
 
 
-@pytest.mark.parametrize("features,batch,shift", [(11, 1, 7), (37, 5, 9), (1, 16, 4)])
-def test_stream_matches_golden(board, features, batch, shift):
+CASES = [  # d, B, shift, k, double, loss, l2_shift, cost_pos, cost_neg
+    (11, 1, 7, 8, True, Loss.SQUARED, 0, 64, 64),
+    (37, 5, 9, 1, True, Loss.LOGISTIC, 0, 100, 30),
+    (1, 16, 4, 4, False, Loss.HINGE, 3, 64, 64),
+    (20, 3, 8, 7, False, Loss.SQUARED_HINGE, 12, 17, 255),
+    (64, 16, 10, 2, True, Loss.SQUARED, 5, 64, 64),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"d{c[0]}-k{c[3]}-{c[5].name.lower()}")
+def test_stream_matches_golden(board, case):
+    features, batch, shift, k, double, loss, l2_shift, cost_pos, cost_neg = case
+    config = dict(k=k, double=double, loss=loss, l2_shift=l2_shift, cost_pos=cost_pos,
+                  cost_neg=cost_neg)
     rng = np.random.default_rng(features * 100 + batch)
     golden = GoldenEngine(PARAMS)
     init = rng.integers(-(1 << 22), 1 << 22, size=features)
+    levels = np.sort(rng.integers(LEVEL.min_int, LEVEL.max_int + 1, size=(1 << k) + 1))
     board.load_model(0, init)
     golden.load_model(0, init)
-    board.configure(features, batch, shift)
-    golden.configure(features, batch, shift)
+    board.load_levels(levels)
+    golden.load_levels(levels)
+    board.configure(features, batch, shift, **config)
+    golden.configure(features, batch, shift, **config)
     board.status(clear=True)
     for flush in (False, True):
-        codes = rng.integers(CODE.min_int, CODE.max_int + 1, size=(23, features)).astype(np.int8)
+        fields = rng.integers(0, 1 << field_bits(k, double), size=(23, features))
         labels = rng.integers(LABEL.min_int >> 2, LABEL.max_int >> 2, size=23).astype(np.int16)
-        data = quantize.pack_samples(codes, labels, PARAMS)
-        frames = quantize.frames(data, PARAMS, features)
+        data = quantize.pack_samples(fields, labels, PARAMS, k, double)
+        frames = quantize.frames(data, PARAMS, features, k, double)
         for i, frame in enumerate(frames):
             last = flush and i == len(frames) - 1
             board.stream(frame, flush=last)
@@ -50,14 +66,15 @@ def test_stream_matches_golden(board, features, batch, shift):
     assert counters.samples == golden.samples == 46
     assert counters.updates == golden.updates
     assert bool(counters.flags & protocol.StatusFlags.OVERFLOW) == golden.overflow
+    assert bool(counters.flags & protocol.StatusFlags.CLIPPED) == golden.clipped
     assert counters.cycles > 0
 
 
 def test_corrupt_request_changes_nothing(board):
-    board.configure(4, 1, 6)
+    board.configure(4, 1, 6, k=8, double=True)
     board.load_model(0, [1, 2, 3, 4])
-    frame = quantize.pack_samples(np.ones((1, 4), np.int8) * 50, np.array([1000], np.int16),
-                                  PARAMS)
+    frame = quantize.pack_samples(np.full((1, 4), 300), np.array([1000], np.int16), PARAMS,
+                                  8, True)
     request = bytearray(protocol.encode_request(protocol.Command.STREAM_FLUSH, frame))
     request[-1] ^= 0xFF                                   # break the CRC
     board._port.write(bytes(request))    # a corrupted request, sent raw

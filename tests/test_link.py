@@ -2,24 +2,28 @@
 
 The host side sends ``protocol.encode_request`` frames straight into ``Link.rx``
 and compares every reply byte for byte with ``protocol.encode_reply``. The fake
-engine records what the link does to it (beats, starts, model port, flag clears)
-and holds a model memory with the one-cycle read latency of the real one.
+engine records what the link does to it (beats, starts with the configuration
+they carry, model and level ports, flag clears) and holds a model memory with the
+one-cycle read latency of the real one.
 """
 
 import random
 import struct
+from typing import NamedTuple
 
 import pytest
-from amaranth.hdl import Cat, Module, Signal, signed
+from amaranth.hdl import Array, Cat, Module, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.sim import Simulator
 from streams import stream_put
 from ziphalp.hw.control import control_signature
 from ziphalp.hw.link import Link
-from ziphalp.hw.params import CODE, SHIFT_MAX, EngineParams
+from ziphalp.hw.params import L2_SHIFT_MAX, LEVEL, SHIFT_MAX, EngineParams, Loss
 from ziphalp.hw.protocol import (
     CONFIGURE_FORMAT,
+    MODE_DOUBLE,
+    MODE_LOSS_SHIFT,
     MODEL_HEADER_FORMAT,
     STATUS_FORMAT,
     SYNC,
@@ -37,14 +41,37 @@ TIMEOUT = 64
 INT32 = (-1 << 31, 1 << 31)
 PARAMS = {
     # 4-byte beats, 4 lanes, 32-bit model, a READ of all features does not fit a frame
-    "w32": EngineParams(beat_bits=32, max_features=20, max_batch=4, frame_bytes=64),
-    # 3-byte beats (the LOAD header ends mid-beat), 2 lanes, 20-bit model (LOAD saturates)
-    "w24": EngineParams(beat_bits=24, lanes=2, max_features=9, max_batch=3,
+    "w32": EngineParams(beat_bits=32, lanes=4, max_k=4, max_features=20, max_batch=4,
+                        frame_bytes=64),
+    # 3-byte beats (the LOAD header and levels end mid-beat), 2 lanes, 20-bit model (LOAD
+    # saturates), the largest level table fills the frame buffer
+    "w24": EngineParams(beat_bits=24, lanes=2, max_k=5, max_features=9, max_batch=3,
                         model_bits=20, model_frac=12, frame_bytes=66),
-    # 8-byte beats, 5 lanes, 32-bit model
-    "w64": EngineParams(beat_bits=64, lanes=5, max_features=17, max_batch=5,
-                        model_bits=32, model_frac=28, frame_bytes=128),
+    # 8-byte beats, 8 lanes but 7 values a beat at k = max_k with double sampling, 32-bit model
+    "w64": EngineParams(beat_bits=64, lanes=8, max_k=7, max_features=17, max_batch=5,
+                        model_bits=32, model_frac=28, frame_bytes=264),
 }
+LEVEL_RANGE = (LEVEL.min_int, LEVEL.max_int + 1)
+
+
+class Config(NamedTuple):
+    """The engine configuration, as CONFIGURE carries it and the link drives it."""
+
+    features: int
+    batch: int
+    shift: int
+    k: int = 1
+    double: int = 1
+    loss: int = Loss.SQUARED
+    l2_shift: int = 0
+    cost_pos: int = 64
+    cost_neg: int = 64
+
+    def pack(self, mode=None):
+        if mode is None:
+            mode = self.double * MODE_DOUBLE | self.loss << MODE_LOSS_SHIFT
+        return CONFIGURE_FORMAT.pack(self.features, self.batch, self.shift, self.k, mode,
+                                     self.l2_shift, self.cost_pos, self.cost_neg)
 
 
 def clamp(value, bits):
@@ -56,16 +83,17 @@ class FakeEngine(wiring.Component):
 
     Busy (``idle`` low) for a few cycles after ``start`` and after every beat;
     ``beats.ready`` follows a fixed pseudo-random pattern. A sample is a label
-    beat and ``ceil(features / lanes)`` feature beats; ``sample_done`` and
-    ``update_done`` strobe as the real engine's would. The model is a memory
+    beat and ``beats_for(features, k, double)`` feature beats; ``sample_done``
+    and ``update_done`` strobe as the real engine's would. The model is a memory
     indexed by feature (``word * lanes + lane``). ``hold`` (set by a testbench)
-    keeps it busy. ``misuse`` becomes 1 if the model port is used while busy.
+    keeps it busy. ``misuse`` becomes 1 if the model or level port is used while
+    busy.
     """
 
     def __init__(self, params, model_init):
         self.params = params
-        self.model = Memory(shape=signed(params.model_bits), depth=params.words * params.lanes,
-                            init=model_init)
+        self.model = Memory(shape=signed(params.model_bits),
+                            depth=params.bank_depth * params.lanes, init=model_init)
         self.hold = Signal()
         self.misuse = Signal()
         super().__init__(control_signature(params).flip())
@@ -87,6 +115,12 @@ class FakeEngine(wiring.Component):
         m.d.comb += [self.idle.eq((busy == 0) & ~self.hold),
                      self.beats.ready.eq(lfsr[0] | lfsr[1])]
 
+        # K, values per feature beat, looked up by (k, double)
+        per_beat = Array(p.values_per_beat(k, double) if 1 <= k <= p.max_k else 1
+                         for k in range(1 << len(self.k)) for double in (0, 1))
+        K = Signal(range(p.lanes + 1))
+        m.d.comb += K.eq(per_beat[Cat(self.double, self.k)])
+
         in_features, seen, in_batch, flushing = Signal(), Signal(17), Signal(16), Signal()
         flush = self.beats.payload.flush
         m.d.sync += [self.sample_done.eq(0), self.update_done.eq(0)]
@@ -96,19 +130,19 @@ class FakeEngine(wiring.Component):
             m.d.sync += busy.eq(3)
             with m.If(~in_features):
                 m.d.sync += [in_features.eq(1), seen.eq(0), flushing.eq(flush)]
-            with m.Elif(seen + p.lanes >= self.features):
+            with m.Elif(seen + K >= self.features):
                 m.d.sync += [self.sample_done.eq(1), in_features.eq(0), flushing.eq(0)]
                 with m.If(flushing | flush | (in_batch + 1 == self.batch)):
                     m.d.sync += [self.update_done.eq(1), in_batch.eq(0)]
                 with m.Else():
                     m.d.sync += in_batch.eq(in_batch + 1)
             with m.Else():
-                m.d.sync += [seen.eq(seen + p.lanes), flushing.eq(flushing | flush)]
+                m.d.sync += [seen.eq(seen + K), flushing.eq(flushing | flush)]
         with m.If(self.start):
             m.d.sync += [busy.eq(5), in_features.eq(0), in_batch.eq(0), flushing.eq(0)]
         with m.If(self.clear_flags):
             m.d.sync += [self.overflow.eq(0), self.clipped.eq(0)]
-        with m.If((self.model_read | self.model_write) & ~self.idle):
+        with m.If((self.model_read | self.model_write | self.level_write) & ~self.idle):
             m.d.sync += self.misuse.eq(1)
         return m
 
@@ -119,7 +153,7 @@ class Bench:
     def __init__(self, params, *, seed=0, model_init=None):
         self.params = params
         self.rng = random.Random(seed)
-        depth = params.words * params.lanes
+        depth = params.bank_depth * params.lanes
         if model_init is None:
             model_init = [self.rng.randrange(-1 << (params.model_bits - 1),
                                              1 << (params.model_bits - 1)) for _ in range(depth)]
@@ -128,8 +162,9 @@ class Bench:
         self.engine = FakeEngine(params, model_init)
         self.reply = []             # reply bytes as they leave the link
         self.beats = []             # (data, flush) per handshake on engine.beats
-        self.starts = []            # (features, batch, shift) per start strobe
+        self.starts = []            # Config per start strobe
         self.writes = 0             # model_write strobes
+        self.levels = []            # (level_index, level_data) per level_write strobe
         self.clears = 0             # clear_flags strobes
         self.events = dict(cycles=0, samples=0, beats=0, updates=0)
         self.frames = dict(ok=0, bad=0)
@@ -159,23 +194,27 @@ class Bench:
     async def monitor(self, ctx):
         link, eng = self.link, self.link.engine
         was_idle = False
-        async for _, _, rx_ready, tx_valid, valid, ready, beat, idle, hold, start, features, \
-                batch, shift, write, clear, sample_done, update_done in ctx.tick().sample(
+        async for _, _, rx_ready, tx_valid, valid, ready, beat, idle, hold, start, write, \
+                level_write, level_index, level_data, clear, sample_done, update_done, \
+                *config in ctx.tick().sample(
                     link.rx.ready, link.tx.valid, eng.beats.valid, eng.beats.ready,
-                    eng.beats.payload, eng.idle, self.engine.hold, eng.start, eng.features,
-                    eng.batch, eng.shift, eng.model_write, eng.clear_flags, eng.sample_done,
-                    eng.update_done):
+                    eng.beats.payload, eng.idle, self.engine.hold, eng.start, eng.model_write,
+                    eng.level_write, eng.level_index, eng.level_data, eng.clear_flags,
+                    eng.sample_done, eng.update_done,
+                    *(getattr(eng, field) for field in Config._fields)):
             if rx_ready:        # the link sees idle a cycle late
-                assert was_idle and not tx_valid and not valid and not start and not write, \
-                    "rx.ready high while something is in flight"
+                assert was_idle and not tx_valid and not valid and not start and not write \
+                    and not level_write, "rx.ready high while something is in flight"
             was_idle = idle
             if tx_valid and not hold:
                 assert idle, "reply sent while the engine is busy"
             if valid and ready:
                 self.beats.append((beat.data, beat.flush))
             if start:
-                self.starts.append((features, batch, shift))
+                self.starts.append(Config(*config))
             self.writes += write
+            if level_write:
+                self.levels.append((level_index, level_data))
             self.events["cycles"] += valid or not idle
             self.events["samples"] += sample_done
             self.events["beats"] += valid and ready
@@ -222,6 +261,10 @@ class Bench:
     def model(self, ctx):
         return [ctx.get(self.engine.model.data[i]) for i in range(len(self.model_init))]
 
+    def config(self, ctx):
+        """The configuration the link drives now."""
+        return Config(*(ctx.get(getattr(self.link.engine, field)) for field in Config._fields))
+
     async def status(self, ctx, flags=b""):
         """STATUS, checking every field against what the monitor saw."""
         expected_flags = StatusFlags(0)
@@ -246,12 +289,18 @@ class Bench:
         return Counters.unpack(payload)
 
 
-def configure(features, batch, shift, reserved=b"\0\0\0"):
-    return CONFIGURE_FORMAT.pack(features, batch, shift)[:5] + reserved
-
-
 def load(start, weights, reserved=0):
     return MODEL_HEADER_FORMAT.pack(start, reserved) + struct.pack(f"<{len(weights)}i", *weights)
+
+
+def levels(values):
+    return struct.pack(f"<{len(values)}h", *values)
+
+
+def random_levels(rng, n):
+    extremes = [LEVEL.min_int, LEVEL.max_int, -1, 0, 255, 256, -256, -257]
+    return [rng.choice(extremes) if rng.random() < 0.3 else rng.randrange(*LEVEL_RANGE)
+            for _ in range(n)]
 
 
 def beats_of(p, payload):
@@ -260,7 +309,7 @@ def beats_of(p, payload):
 
 
 def identity(p):
-    return Identity(VERSION, p.beat_bits, p.lanes, CODE.bits, p.max_features, p.max_batch,
+    return Identity(VERSION, p.beat_bits, p.lanes, p.max_k, p.max_features, p.max_batch,
                     p.model_bits, p.model_frac, p.frame_bytes, p.clock_hz, p.build_id)
 
 
@@ -281,20 +330,19 @@ def test_identify(name):
 def test_configure_and_stream(name):
     p = PARAMS[name]
     bench = Bench(p, seed=1)
-    features, batch, shift = p.max_features - 1, 2, 9
+    config = Config(p.max_features - 1, 2, 9, k=p.max_k, double=1, loss=Loss.LOGISTIC,
+                    l2_shift=5, cost_pos=100, cost_neg=3)
     bytes_per_beat = p.beat_bits // 8
-    sample_bytes = bytes_per_beat * (1 + p.words_for(features))
+    sample_bytes = bytes_per_beat * (1 + p.beats_for(config.features, config.k, config.double))
 
     async def testbench(ctx, bench):
-        rng, eng = bench.rng, bench.link.engine
+        rng = bench.rng
         one_sample = rng.randbytes(sample_bytes)
         await bench.request(ctx, Command.STREAM, one_sample, status=Status.STATE)
         assert not bench.beats
 
-        await bench.request(ctx, Command.CONFIGURE, configure(features, batch, shift))
-        assert bench.starts == [(features, batch, shift)]
-        assert (ctx.get(eng.features), ctx.get(eng.batch), ctx.get(eng.shift)) == \
-            (features, batch, shift)
+        await bench.request(ctx, Command.CONFIGURE, config.pack())
+        assert bench.starts == [config] and bench.config(ctx) == config
 
         streamed = rng.randbytes(sample_bytes * (p.frame_bytes // sample_bytes))
         await bench.request(ctx, Command.STREAM, streamed)
@@ -310,9 +358,10 @@ def test_configure_and_stream(name):
         total = (len(streamed) + len(flushed)) // bytes_per_beat
         assert counters.beats == total
         assert counters.samples == total // (sample_bytes // bytes_per_beat)
-        assert counters.updates >= counters.samples // batch
+        assert counters.updates >= counters.samples // config.batch
         assert counters.cycles >= total
-        assert bench.starts == [(features, batch, shift)] and bench.writes == 0
+        assert bench.starts == [config] and bench.writes == 0 and not bench.levels
+        assert bench.config(ctx) == config
         await bench.idle(ctx)
     bench.run(testbench)
 
@@ -343,25 +392,64 @@ def test_load_and_read_model(name):
             reply = struct.pack(f"<{count}i", *weights)
             await bench.request(ctx, Command.READ_MODEL, MODEL_HEADER_FORMAT.pack(start, count),
                                 reply=reply)
-        assert not bench.beats and not bench.starts
+        assert not bench.beats and not bench.starts and not bench.levels
         await bench.idle(ctx)
     bench.run(testbench)
+
+
+def bad_configurations(p):
+    """CONFIGURE payloads with one field out of range (or a reserved mode bit set)."""
+    good = Config(1, 1, 0)
+    cases = [
+        good._replace(features=0), good._replace(features=p.max_features + 1),
+        good._replace(features=0xFFFF),
+        good._replace(batch=0), good._replace(batch=p.max_batch + 1),
+        good._replace(batch=0xFFFF),
+        good._replace(shift=SHIFT_MAX + 1), good._replace(shift=0xFF),
+        good._replace(k=0), good._replace(k=p.max_k + 1), good._replace(k=0xFF),
+        good._replace(l2_shift=L2_SHIFT_MAX + 1), good._replace(l2_shift=0xFF),
+    ]
+    payloads = [config.pack() for config in cases]
+    for bit in range(3, 8):     # reserved mode bits, with any double/loss below them
+        payloads.append(good.pack(mode=1 << bit | (bit % 8)))
+    return payloads
+
+
+def bad_levels(p):
+    """LOAD_LEVELS payloads of a good length with one level outside the LEVEL range."""
+    n = p.levels_max
+    positions = (0, 1, n // 2, n - 1, n - 2)
+    cases = []
+    for i, bad in enumerate((LEVEL.max_int + 1, LEVEL.min_int - 1, 0x7FFF, -0x8000, 0x0300,
+                             -0x0301, 0x4000, LEVEL.max_int + 1, LEVEL.min_int - 1)):
+        values = [LEVEL.max_int if j % 2 else LEVEL.min_int for j in range(n)]
+        values[positions[i % len(positions)]] = bad
+        cases.append(levels(values))
+    cases.append(levels([LEVEL.max_int + 1, LEVEL.min_int]))
+    cases.append(levels([LEVEL.max_int, LEVEL.min_int - 1]))
+    return cases
 
 
 def bad_requests(p):
     """(cmd, payload, status) of requests that must be rejected once configured."""
     bytes_per_beat = p.beat_bits // 8
     head = MODEL_HEADER_FORMAT.pack
+    good = Config(1, 1, 0).pack()
     cases = [
         (Command.IDENTIFY, b"\0", Status.LENGTH),
-        (Command.CONFIGURE, configure(1, 1, 0)[:7], Status.LENGTH),
-        (Command.CONFIGURE, configure(1, 1, 0) + b"\0", Status.LENGTH),
-        (Command.CONFIGURE, configure(0, 1, 0), Status.ARGUMENT),
-        (Command.CONFIGURE, configure(p.max_features + 1, 1, 0), Status.ARGUMENT),
-        (Command.CONFIGURE, configure(1, 0, 0), Status.ARGUMENT),
-        (Command.CONFIGURE, configure(1, p.max_batch + 1, 0), Status.ARGUMENT),
-        (Command.CONFIGURE, configure(1, 1, SHIFT_MAX + 1), Status.ARGUMENT),
-        (Command.CONFIGURE, configure(1, 1, 0, reserved=b"\0\x01\0"), Status.ARGUMENT),
+        (Command.CONFIGURE, good[:-1], Status.LENGTH),
+        (Command.CONFIGURE, good + b"\0", Status.LENGTH),
+        (Command.CONFIGURE, good[:5], Status.LENGTH),       # the version 1 format
+        (Command.CONFIGURE, Config(0, 1, 0).pack()[:-1], Status.LENGTH),   # before ARGUMENT
+        *((Command.CONFIGURE, payload, Status.ARGUMENT) for payload in bad_configurations(p)),
+        (Command.LOAD_LEVELS, b"", Status.LENGTH),
+        (Command.LOAD_LEVELS, levels([0]), Status.LENGTH),
+        (Command.LOAD_LEVELS, levels([0])[:1], Status.LENGTH),
+        (Command.LOAD_LEVELS, levels([0, 1])[:3], Status.LENGTH),
+        (Command.LOAD_LEVELS, levels([0, 1]) + b"\0", Status.LENGTH),
+        (Command.LOAD_LEVELS, levels([0] * p.levels_max)[:-1], Status.LENGTH),
+        (Command.LOAD_LEVELS, levels([0x7FFF, 0, 1])[:5], Status.LENGTH),  # before ARGUMENT
+        *((Command.LOAD_LEVELS, payload, Status.ARGUMENT) for payload in bad_levels(p)),
         (Command.LOAD_MODEL, load(0, []), Status.LENGTH),
         (Command.LOAD_MODEL, load(0, [1])[:-1], Status.LENGTH),
         (Command.LOAD_MODEL, load(0, [1]) + b"\0", Status.LENGTH),
@@ -382,11 +470,13 @@ def bad_requests(p):
         (Command.STATUS, b"\0\0", Status.LENGTH),
         (Command.STATUS, b"\x01\0", Status.LENGTH),
         (0x00, b"", Status.COMMAND),
-        (0x08, b"\x01\x02", Status.COMMAND),
+        (0x09, b"\x01\x02", Status.COMMAND),
         (0xFF, b"", Status.COMMAND),
     ]
     if p.max_features > p.frame_bytes // 4:     # the reply would not fit a frame
         cases.append((Command.READ_MODEL, head(0, p.frame_bytes // 4 + 1), Status.ARGUMENT))
+    if 2 * (p.levels_max + 1) <= p.frame_bytes:     # more levels than the table holds
+        cases.append((Command.LOAD_LEVELS, levels([0] * (p.levels_max + 1)), Status.LENGTH))
     return cases
 
 
@@ -401,30 +491,30 @@ def test_rejected_requests_change_nothing(name):
     p = PARAMS[name]
     bench = Bench(p, seed=3)
     bytes_per_beat = p.beat_bits // 8
-    good_config = (1, 1, 3)
+    good_config = Config(1, 1, 3, k=p.max_k, double=0, loss=Loss.HINGE, l2_shift=2,
+                         cost_pos=7, cost_neg=200)
 
     async def testbench(ctx, bench):
-        eng = bench.link.engine
         await bench.request(ctx, Command.STREAM, bytes(bytes_per_beat), status=Status.STATE)
         await bench.request(ctx, Command.STREAM_FLUSH, bytes(bytes_per_beat), status=Status.STATE)
-        for cmd, payload in [(Command.CONFIGURE, configure(*good_config)),
-                             (Command.LOAD_MODEL, load(0, [5, 6]))]:
+        for cmd, payload in [(Command.CONFIGURE, good_config.pack()),
+                             (Command.LOAD_MODEL, load(0, [5, 6])),
+                             (Command.LOAD_LEVELS, levels([1, 2, 3]))]:
             await bench.request(ctx, cmd, status=Status.CRC,
                                 frame=corrupted(cmd, payload, -1))       # in the CRC
             await bench.request(ctx, cmd, status=Status.CRC,
                                 frame=corrupted(cmd, payload, 6))        # in the payload
         assert not bench.starts
-        await bench.request(ctx, Command.CONFIGURE, configure(*good_config))
+        await bench.request(ctx, Command.CONFIGURE, good_config.pack())
         for cmd, payload, status in bad_requests(p):
             await bench.request(ctx, cmd, payload, status=status)
         await bench.request(ctx, Command.STREAM, status=Status.CRC,
                             frame=corrupted(Command.STREAM, bytes(bytes_per_beat), 6))
         assert bench.model(ctx) == bench.model_init
-        assert not bench.beats and bench.writes == 0
-        assert bench.starts == [good_config]
-        assert (ctx.get(eng.features), ctx.get(eng.batch), ctx.get(eng.shift)) == good_config
+        assert not bench.beats and bench.writes == 0 and not bench.levels
+        assert bench.starts == [good_config] and bench.config(ctx) == good_config
         counters = await bench.status(ctx)
-        assert counters.frames_bad == len(bad_requests(p)) + 7
+        assert counters.frames_bad == len(bad_requests(p)) + 9
         await bench.idle(ctx)
     bench.run(testbench)
 
@@ -454,7 +544,8 @@ def test_framing_and_timeouts():
         stalls = [
             (SYNC, 0),
             (SYNC + bytes([Command.CONFIGURE]), Command.CONFIGURE),
-            (encode_request(Command.CONFIGURE, configure(1, 1, 0))[:8], Command.CONFIGURE),
+            (encode_request(Command.CONFIGURE, Config(1, 1, 0).pack())[:8], Command.CONFIGURE),
+            (encode_request(Command.LOAD_LEVELS, levels([1, 2]))[:-3], Command.LOAD_LEVELS),
             (encode_request(Command.LOAD_MODEL, load(0, [7]))[:-1], Command.LOAD_MODEL),
         ]
         for partial, echo in stalls:
@@ -471,7 +562,7 @@ def test_framing_and_timeouts():
             bench.frames["ok"] += 1
 
         assert bench.model(ctx) == bench.model_init and bench.writes == 0
-        assert not bench.starts and not bench.beats
+        assert not bench.starts and not bench.beats and not bench.levels
         await bench.status(ctx)
     bench.run(testbench)
 
@@ -483,7 +574,7 @@ def test_status_flags_and_clear():
     async def testbench(ctx, bench):
         counters = await bench.status(ctx)
         assert counters.flags == 0 and counters.frames_ok == 1 and counters.cycles == 0
-        await bench.request(ctx, Command.CONFIGURE, configure(3, 2, 0))
+        await bench.request(ctx, Command.CONFIGURE, Config(3, 2, 0).pack())
         await bench.request(ctx, Command.STREAM, bench.rng.randbytes(p.frame_bytes))
         await bench.request(ctx, Command.IDENTIFY, b"\0", status=Status.LENGTH)
         ctx.set(bench.engine.overflow, 1)
@@ -519,19 +610,84 @@ def test_busy_engine_holds_the_link():
             assert not ready
         ctx.set(rx.valid, 0)
         ctx.set(hold, 0)
-        await bench.request(ctx, Command.CONFIGURE, configure(2, 1, 0))
-        # the engine going busy during a command delays the model port and the reply
+        await bench.request(ctx, Command.CONFIGURE, Config(2, 1, 0).pack())
+        # the engine going busy during a command delays the model and level ports and
+        # the reply
         weights = [10, -20, 30]
+        table = [-256, 0, 256]
         for cmd, payload, reply in [
                 (Command.LOAD_MODEL, load(1, weights), b""),
                 (Command.READ_MODEL, MODEL_HEADER_FORMAT.pack(1, 3), struct.pack("<3i", *weights)),
+                (Command.LOAD_LEVELS, levels(table), b""),
                 (Command.STREAM, bench.rng.randbytes(16), b"")]:
             await bench.send(ctx, encode_request(cmd, payload))
             ctx.set(hold, 1)
             await ctx.tick().repeat(60)
             if cmd != Command.READ_MODEL:       # READ sends its header before reading
                 assert not bench.reply
+            assert not bench.levels
             ctx.set(hold, 0)
             assert await bench.receive(ctx) == encode_reply(cmd, Status.OK, reply)
+            if cmd == Command.LOAD_LEVELS:
+                assert bench.levels == list(enumerate(table))
+                bench.levels.clear()
         assert len(bench.beats) == 4
+    bench.run(testbench)
+
+
+@pytest.mark.parametrize("name", PARAMS)
+def test_configure_arguments(name):
+    """Every field of CONFIGURE reaches the engine; one field out of range is ARGUMENT
+    and leaves the configuration (and the batch position) alone."""
+    p = PARAMS[name]
+    bench = Bench(p, seed=7)
+    accepted = [
+        Config(1, 1, 0, k=1, double=0, loss=Loss.SQUARED, l2_shift=0, cost_pos=0, cost_neg=0),
+        Config(p.max_features, p.max_batch, SHIFT_MAX, k=p.max_k, double=1,
+               loss=Loss.SQUARED_HINGE, l2_shift=L2_SHIFT_MAX, cost_pos=255, cost_neg=255),
+        *(Config(2, 1, 4, k=1 + i % p.max_k, double=i % 2, loss=loss, l2_shift=i,
+                 cost_pos=64 + i, cost_neg=64 - i) for i, loss in enumerate(Loss)),
+    ]
+
+    async def testbench(ctx, bench):
+        for config in accepted:
+            await bench.request(ctx, Command.CONFIGURE, config.pack())
+            assert bench.starts[-1] == config and bench.config(ctx) == config
+            for payload in bad_configurations(p):
+                await bench.request(ctx, Command.CONFIGURE, payload, status=Status.ARGUMENT)
+            assert bench.starts[-1] == config and bench.config(ctx) == config
+        assert bench.starts == accepted
+        assert not bench.beats and bench.writes == 0 and not bench.levels
+        await bench.idle(ctx)
+    bench.run(testbench)
+
+
+@pytest.mark.parametrize("name", PARAMS)
+def test_load_levels(name):
+    """LOAD_LEVELS writes level m with index m, in order; a rejected table writes nothing."""
+    p = PARAMS[name]
+    bench = Bench(p, seed=8)
+
+    async def testbench(ctx, bench):
+        rng = bench.rng
+        tables = [
+            [LEVEL.min_int, LEVEL.max_int],
+            random_levels(rng, p.levels_max),
+            [(i - 8) * 63 for i in range(min(17, p.levels_max))],
+            random_levels(rng, rng.randrange(3, p.levels_max)),
+            [LEVEL.max_int - i for i in range(p.levels_max)],
+        ]
+        for table in tables:
+            await bench.request(ctx, Command.LOAD_LEVELS, levels(table))
+            assert bench.levels == list(enumerate(table))
+            bench.levels.clear()
+            # a rejected table, then a good one: the range check starts afresh
+            bad = rng.choice(bad_levels(p))
+            await bench.request(ctx, Command.LOAD_LEVELS, bad, status=Status.ARGUMENT)
+            assert not bench.levels
+        # other commands may carry any bytes where LOAD_LEVELS keeps its high bytes
+        await bench.request(ctx, Command.LOAD_MODEL, load(0, [0x7FFF7FFF, -0x7F000000]))
+        await bench.request(ctx, Command.CONFIGURE, Config(1, 1, 0).pack())
+        assert not bench.levels and not bench.beats and len(bench.starts) == 1
+        await bench.idle(ctx)
     bench.run(testbench)

@@ -1,0 +1,169 @@
+"""The scaled loss derivative ``sigma``: step size times dL/d(prediction), once per sample.
+
+For a sample's exact dot product ``D`` and label ``y`` it computes, as written in
+``ziphalp.hw.params``: the loss derivative ``E`` (squared, logistic through a
+sigmoid table, hinge, squared hinge), ``S = sat(round_shift(E, 2*LEVEL.frac +
+shift - SIGMA_FRAC))`` and ``sigma = sat(round_shift(S * cost, COST_FRAC))`` with
+the cost of the sample's class. One barrel shift and one small multiply per
+sample instead of per lane: the update lanes then only multiply ``sigma`` by a
+level. Fixed latency, no stalls, one sample per cycle at most.
+
+The cost multiply is a shift-and-add over the cost's bits into a pipelined adder
+tree (``COST_BITS`` terms): it stays out of the DSP blocks, which the lanes use.
+"""
+
+from amaranth import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import memory, wiring
+from amaranth.lib.wiring import In, Out
+
+from .adder_tree import AdderTree
+from .params import (
+    COST_BITS,
+    COST_FRAC,
+    LABEL,
+    LEVEL,
+    SHIFT_MAX,
+    SIGMA_FRAC,
+    SIGMOID_CELL_BITS,
+    SIGMOID_CELLS,
+    SIGMOID_FRAC,
+    EngineParams,
+    Loss,
+    sigmoid_table,
+)
+from .saturate import saturate
+
+__all__ = ["ScaledError", "BASE_SHIFT"]
+
+#: Right shift applied to ``E`` for a step shift of 0.
+BASE_SHIFT = 2 * LEVEL.frac - SIGMA_FRAC
+
+
+class ScaledError(wiring.Component):
+    """Computes ``sigma`` for one sample.
+
+    Attributes
+    ----------
+    dot : In(signed(params.dot_bits)); label : In(signed(LABEL.bits))
+    loss : In(range(len(Loss))); shift : In(range(SHIFT_MAX + 1))
+    cost_pos, cost_neg : In(COST_BITS)
+        Configuration, held while samples flow (and for a cycle before the first one).
+    valid : In(1); tag : In(tag_bits)
+    sigma : Out(signed(params.sigma.bits)); clipped : Out(1)
+        ``clipped`` is high with ``valid_out`` when ``S`` or ``sigma`` saturated.
+    valid_out : Out(1); tag_out : Out(tag_bits)
+    """
+
+    def __init__(self, params: EngineParams, tag_bits: int):
+        assert BASE_SHIFT >= 1
+        self.params = params
+        self._cost_tree = AdderTree(params.sigma.bits + COST_BITS, COST_BITS)
+        #: cycles from ``valid`` to ``valid_out``
+        self.latency = 7 + self._cost_tree.latency
+        super().__init__({
+            "dot": In(signed(params.dot_bits)),
+            "label": In(signed(LABEL.bits)),
+            "loss": In(range(len(Loss))),
+            "shift": In(range(SHIFT_MAX + 1)),
+            "cost_pos": In(COST_BITS),
+            "cost_neg": In(COST_BITS),
+            "valid": In(1),
+            "tag": In(tag_bits),
+            "sigma": Out(signed(params.sigma.bits)),
+            "clipped": Out(1),
+            "valid_out": Out(1),
+            "tag_out": Out(tag_bits),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        p = self.params
+        frac = p.model_frac + LEVEL.frac               # fraction bits of D and E
+        one = 1 << frac
+        width = max(p.residual_bits, BASE_SHIFT + SHIFT_MAX + 1) + 1
+        sig = p.sigma.bits
+        m.submodules.cost_tree = tree = self._cost_tree
+
+        # valid, tag and the class travel alongside
+        # bit i of `valid`, `pos` and tags[i]: the sample in stage i + 1 (cycle i + 1)
+        stages = self.latency - 1
+        valid = Signal(stages)
+        pos = Signal(stages)
+        tags = [Signal(len(self.tag), name=f"tag{i}") for i in range(stages)]
+        m.d.sync += [valid.eq(Cat(self.valid, valid)), pos.eq(Cat(self.label > 0, pos)),
+                     tags[0].eq(self.tag)]
+        m.d.sync += [tags[i + 1].eq(tags[i]) for i in range(stages - 1)]
+
+        # configuration decoded once into registers (static while samples flow)
+        loss = Signal.like(self.loss)
+        half = Signal(width - 1)
+        m.d.sync += [loss.eq(self.loss), half.eq(1 << (self.shift + (BASE_SHIFT - 1)))]
+
+        # cycle 1: the candidate derivatives and the sigmoid table index
+        squared = Signal(signed(width), name="squared")      # D - Y
+        margin = Signal(signed(width), name="margin")        # D - (pos ? ONE : -ONE)
+        neg = Signal()
+        index = Signal(range(SIGMOID_CELLS))
+        u = Mux(self.dot < 0, ~self.dot, self.dot).as_unsigned()
+        cell = u[frac - SIGMOID_CELL_BITS:]
+        m.d.sync += [
+            squared.eq(self.dot - (self.label << (frac - LABEL.frac))),
+            margin.eq(self.dot + Mux(self.label > 0, -one, one)),
+            neg.eq(self.dot < 0),
+            index.eq(Mux(cell >= SIGMOID_CELLS, SIGMOID_CELLS - 1, cell)),
+        ]
+        # cycle 2: the table's answer; the hinge is active inside the margin
+        m.submodules.sigmoid = table = memory.Memory(
+            shape=unsigned(SIGMOID_FRAC), depth=SIGMOID_CELLS, init=sigmoid_table())
+        read = table.read_port(domain="comb")
+        t2 = Signal(SIGMOID_FRAC)
+        squared2, margin2 = Signal.like(squared), Signal.like(margin)
+        neg2, active2 = Signal(), Signal()
+        m.d.comb += read.addr.eq(index)
+        m.d.sync += [
+            t2.eq(read.data), squared2.eq(squared), margin2.eq(margin), neg2.eq(neg),
+            active2.eq(Mux(pos[0], margin < 0, margin > 0)),
+        ]
+        # cycle 3: E by the loss
+        prob = Signal(SIGMOID_FRAC + 1)
+        diff = Signal(signed(SIGMOID_FRAC + 2))
+        m.d.comb += [prob.eq(Mux(neg2, (1 << SIGMOID_FRAC) - t2, t2)),
+                     diff.eq(prob - Mux(pos[1], 1 << SIGMOID_FRAC, 0))]
+        logistic = diff << (frac - SIGMOID_FRAC)
+        hinge = Mux(active2, Mux(pos[1], -one, one), 0)
+        sq_hinge = Mux(active2, margin2, 0)
+        error = Signal(signed(width), name="error")
+        with m.Switch(loss):
+            with m.Case(Loss.SQUARED):
+                m.d.sync += error.eq(squared2)
+            with m.Case(Loss.LOGISTIC):
+                m.d.sync += error.eq(logistic)
+            with m.Case(Loss.HINGE):
+                m.d.sync += error.eq(hinge)
+            with m.Case(Loss.SQUARED_HINGE):
+                m.d.sync += error.eq(sq_hinge)
+        # cycles 4-6: round, shift, saturate
+        rounded = Signal(signed(width))
+        shifted = Signal(signed(width))
+        m.d.sync += [rounded.eq(error + half), shifted.eq(rounded >> (self.shift + BASE_SHIFT))]
+        s_sat, s_clip = saturate(m, shifted, sig, "scaled")
+        scaled = Signal(signed(sig))
+        clip6 = Signal()
+        m.d.sync += [scaled.eq(s_sat), clip6.eq(valid[4] & s_clip)]
+        # cycles 7..: times the class cost, shift-and-add
+        cost = Signal(COST_BITS)
+        m.d.comb += cost.eq(Mux(pos[5], self.cost_pos, self.cost_neg))
+        for i in range(COST_BITS):
+            m.d.comb += tree.inputs[i].eq(Mux(cost[i], scaled << i, 0))
+        clip_late = Signal(max(1, tree.latency))
+        m.d.sync += clip_late.eq(Cat(clip6, clip_late))
+        total = tree.sum
+        sigma, clip = saturate(m, (total + (1 << (COST_FRAC - 1))) >> COST_FRAC, sig, "sigma")
+        last = stages - 1                       # stage latency - 1, registered into the outputs
+        m.d.sync += [
+            self.sigma.eq(sigma),
+            self.clipped.eq(valid[last] & (clip | clip_late[-1])),
+            self.valid_out.eq(valid[last]),
+            self.tag_out.eq(tags[last]),
+        ]
+        return m
