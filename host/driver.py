@@ -116,7 +116,9 @@ class Board:
             return EngineParams(beat_bits=i.beat_bits, lanes=i.lanes, max_k=i.max_k,
                                 max_features=i.max_features, max_batch=i.max_batch,
                                 model_bits=i.model_bits, model_frac=i.model_frac,
-                                frame_bytes=i.frame_bytes, clock_hz=i.clock_hz)
+                                frame_bytes=i.frame_bytes, clock_hz=i.clock_hz,
+                                class_costs=bool(i.options & protocol.Options.CLASS_COSTS),
+                                l2_decay=bool(i.options & protocol.Options.L2_DECAY))
         except ValueError as e:
             raise BoardError(f"the board on {self.url} reports impossible parameters: "
                              f"{e}") from None
@@ -178,6 +180,13 @@ class Board:
         l2_shift = _integer(cmd, "l2_shift", l2_shift, 0, L2_SHIFT_MAX)
         cost_pos = _integer(cmd, "cost_pos", cost_pos, 0, (1 << COST_BITS) - 1)
         cost_neg = _integer(cmd, "cost_neg", cost_neg, 0, (1 << COST_BITS) - 1)
+        options = self.identity.options
+        if l2_shift and not options & protocol.Options.L2_DECAY:
+            raise ArgumentError(f"CONFIGURE: the engine on {self.url} is built without the "
+                                "L2 decay (l2_shift must be 0)")
+        if (cost_pos, cost_neg) != (64, 64) and not options & protocol.Options.CLASS_COSTS:
+            raise ArgumentError(f"CONFIGURE: the engine on {self.url} is built without class "
+                                "costs (both costs must be 1.0)")
         mode = protocol.MODE_DOUBLE * bool(double) | int(loss) << protocol.MODE_LOSS_SHIFT
         self._expect_empty(cmd, protocol.CONFIGURE_FORMAT.pack(
             features, batch, shift, k, mode, l2_shift, cost_pos, cost_neg))

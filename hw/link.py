@@ -27,7 +27,7 @@ from amaranth.utils import ceil_log2
 
 from .control import control_signature
 from .crc import CRC16
-from .params import COST_BITS, L2_SHIFT_MAX, LEVEL, SHIFT_MAX, EngineParams, Loss
+from .params import COST_BITS, COST_FRAC, L2_SHIFT_MAX, LEVEL, SHIFT_MAX, EngineParams, Loss
 from .protocol import (
     CONFIGURE_FORMAT,
     COUNTER_BITS,
@@ -40,6 +40,7 @@ from .protocol import (
     VERSION,
     Command,
     Identity,
+    Options,
     Status,
     StatusFlags,
 )
@@ -65,6 +66,8 @@ ARGS_LAYOUT = data.UnionLayout({
 ARGS_BYTES = ARGS_LAYOUT.size // 8
 assert CONFIGURE_FORMAT.size == ARGS_BYTES and MODEL_HEADER_FORMAT.size == WEIGHT_BYTES
 assert COST_BITS == 8
+#: The cost 1.0, the only one an engine without class costs takes.
+ONE_COST = 1 << COST_FRAC
 # an int16 fits a LEVEL iff its bits LEVEL.bits - 1 .. 15 are equal: bits
 # LEVEL.bits - 9 .. 7 of its high byte (see LinkReceiver)
 assert 9 <= LEVEL.bits <= 16
@@ -332,7 +335,7 @@ class LinkExecutor(Component):
             version=VERSION, beat_bits=p.beat_bits, lanes=p.lanes, max_k=p.max_k,
             max_features=p.max_features, max_batch=p.max_batch, model_bits=p.model_bits,
             model_frac=p.model_frac, frame_bytes=p.frame_bytes, clock_hz=p.clock_hz,
-            build_id=p.build_id).pack()
+            build_id=p.build_id, options=Options(p.options)).pack()
 
     def check(self, m, configured):
         """Judge the request: its status, reply payload length and command.
@@ -375,7 +378,9 @@ class LinkExecutor(Component):
             (cfg.shift <= SHIFT_MAX, "shift_ok"),
             ((cfg.k != 0) & (cfg.k <= p.max_k), "k_ok"),
             (cfg.mode.reserved == 0, "mode_ok"),
-            (cfg.l2_shift <= L2_SHIFT_MAX, "l2_shift_ok"),
+            (cfg.l2_shift <= (L2_SHIFT_MAX if p.l2_decay else 0), "l2_shift_ok"),
+            (((cfg.cost_pos == ONE_COST) & (cfg.cost_neg == ONE_COST)) | p.class_costs,
+             "costs_ok"),
         ]]
         count_zero = step(model.count == 0, "count_zero")
         count_fits = step(model.count <= p.frame_bytes // WEIGHT_BYTES, "count_fits")

@@ -57,9 +57,10 @@ class ScaledError(wiring.Component):
     def __init__(self, params: EngineParams, tag_bits: int):
         assert BASE_SHIFT >= 1
         self.params = params
-        self._cost_tree = AdderTree(params.sigma.bits + COST_BITS, COST_BITS)
+        self._cost_tree = (AdderTree(params.sigma.bits + COST_BITS, COST_BITS)
+                           if params.class_costs else None)
         #: cycles from ``valid`` to ``valid_out``
-        self.latency = 7 + self._cost_tree.latency
+        self.latency = 7 + self._cost_tree.latency if params.class_costs else 7
         super().__init__({
             "dot": In(signed(params.dot_bits)),
             "label": In(signed(LABEL.bits)),
@@ -82,7 +83,6 @@ class ScaledError(wiring.Component):
         one = 1 << frac
         width = max(p.residual_bits, BASE_SHIFT + SHIFT_MAX + 1) + 1
         sig = p.sigma.bits
-        m.submodules.cost_tree = tree = self._cost_tree
 
         # valid, tag and the class travel alongside
         # bit i of `valid`, `pos` and tags[i]: the sample in stage i + 1 (cycle i + 1)
@@ -94,21 +94,21 @@ class ScaledError(wiring.Component):
                      tags[0].eq(self.tag)]
         m.d.sync += [tags[i + 1].eq(tags[i]) for i in range(stages - 1)]
 
-        # configuration decoded once into registers (static while samples flow)
+        # configuration held in a register (static while samples flow)
         loss = Signal.like(self.loss)
-        half = Signal(width - 1)
-        m.d.sync += [loss.eq(self.loss), half.eq(1 << (self.shift + (BASE_SHIFT - 1)))]
+        m.d.sync += loss.eq(self.loss)
 
-        # cycle 1: the candidate derivatives and the sigmoid table index
-        squared = Signal(signed(width), name="squared")      # D - Y
-        margin = Signal(signed(width), name="margin")        # D - (pos ? ONE : -ONE)
+        # cycle 1: one subtraction serves every loss: D - Y (squared) or
+        # D - (pos ? ONE : -ONE) (the margin of the hinges); the sigmoid table index
+        diff = Signal(signed(width), name="diff")
         neg = Signal()
         index = Signal(range(SIGMOID_CELLS))
         u = Mux(self.dot < 0, ~self.dot, self.dot).as_unsigned()
         cell = u[frac - SIGMOID_CELL_BITS:]
+        target = Mux(loss == Loss.SQUARED, self.label << (frac - LABEL.frac),
+                     Mux(self.label > 0, one, -one))
         m.d.sync += [
-            squared.eq(self.dot - (self.label << (frac - LABEL.frac))),
-            margin.eq(self.dot + Mux(self.label > 0, -one, one)),
+            diff.eq(self.dot - target),
             neg.eq(self.dot < 0),
             index.eq(Mux(cell >= SIGMOID_CELLS, SIGMOID_CELLS - 1, cell)),
         ]
@@ -117,40 +117,50 @@ class ScaledError(wiring.Component):
             shape=unsigned(SIGMOID_FRAC), depth=SIGMOID_CELLS, init=sigmoid_table())
         read = table.read_port(domain="comb")
         t2 = Signal(SIGMOID_FRAC)
-        squared2, margin2 = Signal.like(squared), Signal.like(margin)
+        diff2 = Signal.like(diff)
         neg2, active2 = Signal(), Signal()
         m.d.comb += read.addr.eq(index)
         m.d.sync += [
-            t2.eq(read.data), squared2.eq(squared), margin2.eq(margin), neg2.eq(neg),
-            active2.eq(Mux(pos[0], margin < 0, margin > 0)),
+            t2.eq(read.data), diff2.eq(diff), neg2.eq(neg),
+            active2.eq(Mux(pos[0], diff < 0, diff > 0)),
         ]
         # cycle 3: E by the loss
         prob = Signal(SIGMOID_FRAC + 1)
-        diff = Signal(signed(SIGMOID_FRAC + 2))
+        excess = Signal(signed(SIGMOID_FRAC + 2))
         m.d.comb += [prob.eq(Mux(neg2, (1 << SIGMOID_FRAC) - t2, t2)),
-                     diff.eq(prob - Mux(pos[1], 1 << SIGMOID_FRAC, 0))]
-        logistic = diff << (frac - SIGMOID_FRAC)
+                     excess.eq(prob - Mux(pos[1], 1 << SIGMOID_FRAC, 0))]
+        logistic = excess << (frac - SIGMOID_FRAC)
         hinge = Mux(active2, Mux(pos[1], -one, one), 0)
-        sq_hinge = Mux(active2, margin2, 0)
+        sq_hinge = Mux(active2, diff2, 0)
         error = Signal(signed(width), name="error")
         with m.Switch(loss):
             with m.Case(Loss.SQUARED):
-                m.d.sync += error.eq(squared2)
+                m.d.sync += error.eq(diff2)
             with m.Case(Loss.LOGISTIC):
                 m.d.sync += error.eq(logistic)
             with m.Case(Loss.HINGE):
                 m.d.sync += error.eq(hinge)
             with m.Case(Loss.SQUARED_HINGE):
                 m.d.sync += error.eq(sq_hinge)
-        # cycles 4-6: round, shift, saturate
-        rounded = Signal(signed(width))
-        shifted = Signal(signed(width))
-        m.d.sync += [rounded.eq(error + half), shifted.eq(rounded >> (self.shift + BASE_SHIFT))]
-        s_sat, s_clip = saturate(m, shifted, sig, "scaled")
+        # cycles 4-6: round_shift(E, s) = (floor(E / 2**(s-1)) + 1) >> 1 for s >= 1: a
+        # constant shift, a barrel shift by `shift` only, then a narrow increment
+        coarse = error >> (BASE_SHIFT - 1)
+        halved = Signal(signed(len(coarse)))
+        rounded = Signal(signed(len(coarse)))
+        m.d.sync += [halved.eq(coarse >> self.shift), rounded.eq((halved + 1) >> 1)]
+        s_sat, s_clip = saturate(m, rounded, sig, "scaled")
         scaled = Signal(signed(sig))
         clip6 = Signal()
         m.d.sync += [scaled.eq(s_sat), clip6.eq(valid[4] & s_clip)]
+        last = stages - 1                       # stage latency - 1, registered into the outputs
+        if not p.class_costs:                   # sigma = S: costs are 1.0
+            m.d.sync += [
+                self.sigma.eq(scaled), self.clipped.eq(clip6), self.valid_out.eq(valid[last]),
+                self.tag_out.eq(tags[last]),
+            ]
+            return m
         # cycles 7..: times the class cost, shift-and-add
+        m.submodules.cost_tree = tree = self._cost_tree
         cost = Signal(COST_BITS)
         m.d.comb += cost.eq(Mux(pos[5], self.cost_pos, self.cost_neg))
         for i in range(COST_BITS):
@@ -159,7 +169,6 @@ class ScaledError(wiring.Component):
         m.d.sync += clip_late.eq(Cat(clip6, clip_late))
         total = tree.sum
         sigma, clip = saturate(m, (total + (1 << (COST_FRAC - 1))) >> COST_FRAC, sig, "sigma")
-        last = stages - 1                       # stage latency - 1, registered into the outputs
         m.d.sync += [
             self.sigma.eq(sigma),
             self.clipped.eq(valid[last] & (clip | clip_late[-1])),

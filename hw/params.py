@@ -179,6 +179,10 @@ class EngineParams:
         Largest payload of one link frame, a multiple of ``beat_bits // 8``.
     clock_hz : int
         Engine clock, reported by ``identify``.
+    class_costs : bool
+        Build the class-cost multiply (else every cost must be 1.0).
+    l2_decay : bool
+        Build the L2 decay (else ``l2_shift`` must be 0).
     """
 
     beat_bits: int = 32
@@ -190,6 +194,8 @@ class EngineParams:
     model_frac: int = 24
     frame_bytes: int = 1024
     clock_hz: int = 48_000_000
+    class_costs: bool = True
+    l2_decay: bool = True
 
     def __post_init__(self):
         def fail(msg):
@@ -256,6 +262,11 @@ class EngineParams:
         return QFormat(self.model_frac, SIGMA_FRAC)
 
     @property
+    def options(self) -> int:
+        """The optional blocks built, as ``IDENTIFY`` reports them (``protocol.Options``)."""
+        return int(self.class_costs) | int(self.l2_decay) << 1
+
+    @property
     def levels_max(self) -> int:
         """Entries of the largest level table (``2**max_k + 1``)."""
         return (1 << self.max_k) + 1
@@ -303,11 +314,20 @@ class EngineParams:
 #: The engine each supported board is built with.
 #: iCEBreaker: two lanes. Each lane's model x level and sigma x level products are
 #: wider than 16 bits, two SB_MAC16 each, and the UP5K has eight; so a 16-bit beat
-#: carries at most two values (one at k = 8 with double sampling).
-#: "sim" runs the iCEBreaker's parameters, so what trains in simulation fits the board.
+#: carries at most two values (one at k = 8 with double sampling). The class-cost
+#: multiply and the L2 decay do not fit its 5280 logic cells beside two lanes.
+#: ULX3S (ECP5-85F, 156 multipliers): 64-bit beats and 32 lanes, every option;
+#: values per beat 32/21/16/12/10/7/6 from k = 1 to 8 (single/double sampling).
+#: "sim" runs the iCEBreaker's parameters, so what trains in simulation fits the
+#: board; "sim-ulx3s" the ULX3S's.
 BOARD_PARAMS: dict[str, EngineParams] = {
     "icebreaker": EngineParams(beat_bits=16, lanes=2, max_k=8, max_features=512,
                                max_batch=16, model_bits=32, model_frac=24,
-                               frame_bytes=2048, clock_hz=36_000_000),
+                               frame_bytes=1024, clock_hz=33_000_000,
+                               class_costs=False, l2_decay=False),
+    "ulx3s": EngineParams(beat_bits=64, lanes=32, max_k=8, max_features=1024,
+                          max_batch=64, model_bits=32, model_frac=24, frame_bytes=8192,
+                          clock_hz=50_000_000),
 }
 BOARD_PARAMS["sim"] = BOARD_PARAMS["icebreaker"]
+BOARD_PARAMS["sim-ulx3s"] = BOARD_PARAMS["ulx3s"]

@@ -60,7 +60,7 @@ from dataclasses import dataclass
 from enum import IntEnum, IntFlag
 
 __all__ = [
-    "VERSION", "SYNC", "MAGIC", "Command", "Status", "StatusFlags",
+    "VERSION", "SYNC", "MAGIC", "Command", "Status", "StatusFlags", "Options",
     "IDENTIFY_FORMAT", "CONFIGURE_FORMAT", "MODE_DOUBLE", "MODE_LOSS_SHIFT", "STATUS_FORMAT",
     "MODEL_HEADER_FORMAT",
     "crc16", "encode_request", "encode_reply", "Identity", "Counters",
@@ -108,13 +108,20 @@ class Status(IntEnum):
         }[self]
 
 
+class Options(IntFlag):
+    """Optional engine blocks a build has (``IDENTIFY``)."""
+
+    CLASS_COSTS = 0x01  # class costs other than 1.0
+    L2_DECAY = 0x02     # an L2 decay shift other than 0
+
+
 class StatusFlags(IntFlag):
     OVERFLOW = 0x01    # sticky: a model update saturated
     CLIPPED = 0x02     # sticky: a scaled residual saturated
     CONFIGURED = 0x04  # CONFIGURE has been accepted since reset
 
 
-#: magic, version, reserved, beat_bits, lanes, max_k, max_features,
+#: magic, version, options, beat_bits, lanes, max_k, max_features,
 #: max_batch, model_bits, model_frac, frame_bytes, clock_hz, build_id
 IDENTIFY_FORMAT = struct.Struct("<4sBBHBBHHBBHII")
 #: features, batch, shift, k, mode, l2_shift, cost_pos, cost_neg
@@ -164,20 +171,21 @@ class Identity:
     frame_bytes: int
     clock_hz: int
     build_id: int
+    options: Options = Options(0)
 
     @classmethod
     def unpack(cls, payload: bytes) -> Identity:
         if len(payload) != IDENTIFY_FORMAT.size:
             raise ValueError(f"IDENTIFY reply has {len(payload)} bytes, "
                              f"expected {IDENTIFY_FORMAT.size}")
-        magic, version, _, *rest = IDENTIFY_FORMAT.unpack(payload)
+        magic, version, options, *rest = IDENTIFY_FORMAT.unpack(payload)
         if magic != MAGIC:
             raise ValueError(f"IDENTIFY reply has magic {magic!r}, expected {MAGIC!r}")
-        return cls(version, *rest)
+        return cls(version, *rest, options=Options(options))
 
     def pack(self) -> bytes:
         return IDENTIFY_FORMAT.pack(
-            MAGIC, self.version, 0, self.beat_bits, self.lanes, self.max_k,
+            MAGIC, self.version, self.options, self.beat_bits, self.lanes, self.max_k,
             self.max_features, self.max_batch, self.model_bits, self.model_frac,
             self.frame_bytes, self.clock_hz, self.build_id)
 

@@ -80,7 +80,8 @@ class UpdateLanes(wiring.Component):
         # the decay shift is static while samples flow: register its decode
         l2_on = Signal()
         l2_shift = Signal.like(self.l2_shift)
-        m.d.sync += [l2_on.eq(self.l2_shift != 0), l2_shift.eq(self.l2_shift)]
+        if p.l2_decay:
+            m.d.sync += [l2_on.eq(self.l2_shift != 0), l2_shift.eq(self.l2_shift)]
         lane_overflow = []
         for k in range(p.lanes):
             # DSP products of sigma x code, PRODUCT_LATENCY cycles later
@@ -95,7 +96,7 @@ class UpdateLanes(wiring.Component):
             decayed = Signal(signed(WM + 1), name=f"decayed{k}")
             step = Signal(signed(p.grad_bits - SIGMA_FRAC + 1), name=f"step{k}")
             acc5 = Signal(signed(p.grad_bits), name=f"acc5_{k}")
-            decay = Mux(l2_on, self.model[k] >> l2_shift, 0)
+            decay = Mux(l2_on, self.model[k] >> l2_shift, 0) if p.l2_decay else 0
             m.d.sync += [decayed.eq(self.model[k] - decay),
                          step.eq((acc + (1 << (SIGMA_FRAC - 1))) >> SIGMA_FRAC),
                          acc5.eq(acc)]

@@ -149,6 +149,9 @@ class GoldenEngine:
             (0 <= l2_shift <= L2_SHIFT_MAX, f"l2_shift must be 0..{L2_SHIFT_MAX}"),
             (0 <= cost_pos < 1 << COST_BITS and 0 <= cost_neg < 1 << COST_BITS,
              f"costs must be 0..{(1 << COST_BITS) - 1}"),
+            (p.l2_decay or l2_shift == 0, "this engine has no L2 decay: l2_shift must be 0"),
+            (p.class_costs or cost_pos == cost_neg == 1 << COST_FRAC,
+             "this engine has no class costs: both must be 1.0"),
         ]
         for ok, message in checks:
             if not ok:

@@ -26,7 +26,7 @@ class FakeBoard:
         self.identity = protocol.Identity(
             version, params.beat_bits, params.lanes, params.max_k, params.max_features,
             params.max_batch, params.model_bits, params.model_frac, params.frame_bytes,
-            params.clock_hz, params.build_id)
+            params.clock_hz, params.build_id, protocol.Options(params.options))
         self.engine = GoldenEngine(params)
         self.configured = False
         self.config: dict | None = None

@@ -38,6 +38,10 @@ CASES = [  # d, B, shift, k, double, loss, l2_shift, cost_pos, cost_neg
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"d{c[0]}-k{c[3]}-{c[5].name.lower()}")
 def test_stream_matches_golden(board, case):
     features, batch, shift, k, double, loss, l2_shift, cost_pos, cost_neg = case
+    if not PARAMS.l2_decay:
+        l2_shift = 0
+    if not PARAMS.class_costs:
+        cost_pos = cost_neg = 64
     config = dict(k=k, double=double, loss=loss, l2_shift=l2_shift, cost_pos=cost_pos,
                   cost_neg=cost_neg)
     rng = np.random.default_rng(features * 100 + batch)

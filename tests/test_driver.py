@@ -64,6 +64,19 @@ def test_identity_round_trip(connect):
         protocol.Identity.unpack(b"ZHLQ" + payload[4:])
 
 
+def test_options_missing_from_the_build(connect):
+    """The iCEBreaker engine has neither class costs nor the L2 decay: both are refused
+    before anything is sent."""
+    fake = connect(FakeBoard(BOARD_PARAMS["icebreaker"]))
+    with Board("fake://0") as board:
+        assert not board.params.class_costs and not board.params.l2_decay
+        with pytest.raises(ArgumentError, match="without class costs"):
+            board.configure(5, 2, 7, cost_pos=32)
+        with pytest.raises(ArgumentError, match="without the L2 decay"):
+            board.configure(5, 2, 7, l2_shift=3)
+    assert Command.CONFIGURE not in [c for c, _ in fake.requests]
+
+
 def test_wrong_protocol_version(connect):
     connect(FakeBoard(version=protocol.VERSION + 1))
     with Board("fake://0") as board, pytest.raises(BoardError, match="protocol version"):
@@ -102,7 +115,7 @@ def test_configure_stream_status(connect):
 
 
 def test_configure_fields(connect):
-    fake = connect()
+    fake = connect(FakeBoard(BOARD_PARAMS["ulx3s"]))
     with Board("fake://0") as board:
         board.configure(5, 2, 7)
         assert fake.board.config == dict(features=5, batch=2, shift=7, k=8, double=True,

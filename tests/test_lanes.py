@@ -19,7 +19,9 @@ from ziphalp.sim.golden import loss_derivative, round_shift, saturate
 
 PARAMS = [EngineParams(beat_bits=16, lanes=2, max_features=64, max_batch=8),
           EngineParams(beat_bits=40, lanes=4, max_features=300, max_batch=3, model_bits=24,
-                       model_frac=16, frame_bytes=1000)]
+                       model_frac=16, frame_bytes=1000),
+          EngineParams(beat_bits=16, lanes=2, max_features=64, max_batch=8,
+                       class_costs=False, l2_decay=False)]
 
 
 def run(dut, bench):
@@ -133,7 +135,7 @@ def test_scaled_error(p, loss):
         else:
             dot = int(rand_signed(rng, p.dot_bits - int(rng.integers(0, p.dot_bits - 8))))
         cost_pos, cost_neg = (int(c) for c in rng.integers(0, 256, 2))
-        if i < 4:
+        if i < 4 or not p.class_costs:
             cost_pos = cost_neg = 1 << COST_FRAC
         cases.append((dot, int(rand_signed(rng, LABEL.bits)), int(rng.integers(0, 32)),
                       cost_pos, cost_neg))
@@ -167,6 +169,8 @@ def test_scaled_error(p, loss):
 @pytest.mark.parametrize("p", PARAMS)
 @pytest.mark.parametrize("l2_shift", [0, 1, 7, 31])
 def test_update_lanes(p, l2_shift):
+    if l2_shift and not p.l2_decay:
+        pytest.skip("built without the L2 decay")
     dut = UpdateLanes(p)
     rng = np.random.default_rng(11 + l2_shift)
     n = 50

@@ -31,6 +31,7 @@ from ziphalp.hw.protocol import (
     Command,
     Counters,
     Identity,
+    Options,
     Status,
     StatusFlags,
     encode_reply,
@@ -310,7 +311,8 @@ def beats_of(p, payload):
 
 def identity(p):
     return Identity(VERSION, p.beat_bits, p.lanes, p.max_k, p.max_features, p.max_batch,
-                    p.model_bits, p.model_frac, p.frame_bytes, p.clock_hz, p.build_id)
+                    p.model_bits, p.model_frac, p.frame_bytes, p.clock_hz, p.build_id,
+                    Options(p.options))
 
 
 @pytest.mark.parametrize("name", PARAMS)
@@ -658,6 +660,29 @@ def test_configure_arguments(name):
             assert bench.starts[-1] == config and bench.config(ctx) == config
         assert bench.starts == accepted
         assert not bench.beats and bench.writes == 0 and not bench.levels
+        await bench.idle(ctx)
+    bench.run(testbench)
+
+
+def test_configure_without_options():
+    """A build without class costs or L2 decay takes only costs of 1.0 and no decay."""
+    p = EngineParams(beat_bits=16, lanes=2, max_k=3, max_features=8, max_batch=2,
+                     frame_bytes=64, class_costs=False, l2_decay=False)
+    bench = Bench(p, seed=9)
+    good = Config(3, 2, 5, k=2, double=1, loss=Loss.HINGE, l2_shift=0, cost_pos=64,
+                  cost_neg=64)
+    bad = [Config(3, 2, 5, k=2, double=1, loss=Loss.HINGE, l2_shift=1, cost_pos=64,
+                  cost_neg=64),
+           Config(3, 2, 5, k=2, double=1, loss=Loss.HINGE, l2_shift=0, cost_pos=65,
+                  cost_neg=64),
+           Config(3, 2, 5, k=2, double=1, loss=Loss.HINGE, l2_shift=0, cost_pos=64,
+                  cost_neg=0)]
+
+    async def testbench(ctx, bench):
+        await bench.request(ctx, Command.CONFIGURE, good.pack())
+        for config in bad:
+            await bench.request(ctx, Command.CONFIGURE, config.pack(), status=Status.ARGUMENT)
+        assert bench.starts == [good] and bench.config(ctx) == good
         await bench.idle(ctx)
     bench.run(testbench)
 
