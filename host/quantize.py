@@ -482,23 +482,27 @@ def unpack_fields(stream: bytes, params: EngineParams, d: int, k: int,
 
 
 def frames(stream: bytes, params: EngineParams, d: int, k: int, double: bool) -> list[bytes]:
-    """Split a packed stream into ``STREAM`` payloads holding whole samples.
+    """Split a packed stream into ``STREAM`` payloads of at most ``params.frame_bytes``.
 
-    Each payload is at most ``params.frame_bytes`` long.
+    Payloads hold whole samples. A sample larger than a frame (a long sample at a
+    high precision on a board with a small frame buffer) is split at beat
+    boundaries over consecutive payloads instead: the engine keeps its place in
+    a sample from one ``STREAM`` to the next.
 
     Raises
     ------
     ValueError
-        The stream is not whole samples, or one sample does not fit a frame.
+        The stream is not whole samples.
     """
     size = sample_bytes(params, d, k, double)
     if len(stream) % size:
         raise ValueError(f"stream of {len(stream)} bytes is not whole samples of {size} bytes")
     per_frame = params.frame_bytes // size
-    if per_frame == 0:
-        raise ValueError(f"one sample ({size} bytes) does not fit a frame "
-                         f"({params.frame_bytes} bytes)")
-    step = per_frame * size
+    if per_frame:
+        step = per_frame * size
+    else:
+        beat = params.beat_bits // 8
+        step = params.frame_bytes // beat * beat
     return [stream[i:i + step] for i in range(0, len(stream), step)]
 
 

@@ -207,11 +207,15 @@ class SGDEngine(wiring.Component):
             return addr + (b < bank)
 
         def to_banks(values, bank):
-            """Rotate lane-order ``values`` into bank order: bank b gets lane (b - bank) % L."""
-            if L == 1:
-                return list(values)
-            table = Array(values)
-            return [table[(b - bank)[:(L - 1).bit_length()]] for b in range(L)]
+            """Rotate lane-order ``values`` into bank order: bank b gets lane (b - bank) % L.
+
+            A barrel rotator, one stage of two-way multiplexers per bit of ``bank``
+            (L log L multiplexers rather than an L-way one per bank)."""
+            values = list(values)
+            for bit in range((L - 1).bit_length()):
+                step = 1 << bit
+                values = [Mux(bank[bit], values[(b - step) % L], values[b]) for b in range(L)]
+            return values
 
         # ============================== stage 1 ======================================
         # A register slice on the input keeps the link's handshake off the engine's

@@ -560,6 +560,15 @@ class LinkExecutor(Component):
                     m.d.sync += index.eq(0)
                     m.next = next_state
 
+        def shift_in_byte():
+            """Shift the frame buffer's next byte into the top of ``weight``."""
+            m.d.sync += [
+                weight.eq(Cat(weight[8:], rd_byte)),
+                weight_byte.eq(weight_byte + 1),
+                rd_lane.eq(rd_lane.rotate_left(1)),
+            ]
+            m.d.comb += rd_advance.eq(rd_lane[-1])
+
         with m.FSM() as fsm:
             with m.State("IDLE"):
                 m.d.comb += crc.reset.eq(1)
@@ -644,12 +653,7 @@ class LinkExecutor(Component):
                     with m.Else():
                         m.next = "HEADER"
             with m.State("LOAD"):
-                m.d.sync += [
-                    weight.eq(Cat(weight[8:], rd_byte)),
-                    weight_byte.eq(weight_byte + 1),
-                ]
-                m.d.sync += rd_lane.eq(rd_lane.rotate_left(1))
-                m.d.comb += rd_advance.eq(rd_lane[-1])
+                shift_in_byte()
                 with m.If(weight_byte == WEIGHT_BYTES - 1):
                     m.next = "WRITE"
             with m.State("WRITE"):
@@ -662,12 +666,7 @@ class LinkExecutor(Component):
                 with m.If(final):
                     m.next = "HEADER"
             with m.State("LEVEL_LOAD"):         # two bytes into the top of `weight`
-                m.d.sync += [
-                    weight.eq(Cat(weight[8:], rd_byte)),
-                    weight_byte.eq(weight_byte + 1),
-                ]
-                m.d.sync += rd_lane.eq(rd_lane.rotate_left(1))
-                m.d.comb += rd_advance.eq(rd_lane[-1])
+                shift_in_byte()
                 with m.If(weight_byte[0]):
                     m.next = "LEVEL_WRITE"
             with m.State("LEVEL_WRITE"):

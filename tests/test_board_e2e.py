@@ -32,6 +32,7 @@ CASES = [  # d, B, shift, k, double, loss, l2_shift, cost_pos, cost_neg
     (1, 16, 4, 4, False, Loss.HINGE, 3, 64, 64),
     (20, 3, 8, 7, False, Loss.SQUARED_HINGE, 12, 17, 255),
     (64, 16, 10, 2, True, Loss.SQUARED, 5, 64, 64),
+    (512, 2, 14, 8, True, Loss.SQUARED, 0, 64, 64),     # a sample larger than a frame
 ]
 
 

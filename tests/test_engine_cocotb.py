@@ -30,7 +30,7 @@ BUILDS = [
     dict(beat_bits=32, lanes=4, max_features=37, max_batch=4),
     dict(beat_bits=32, lanes=16, max_features=20, max_batch=3, max_k=4),
     dict(beat_bits=16, lanes=2, max_features=9, max_batch=1),
-    dict(beat_bits=64, lanes=32, max_features=40, max_batch=4, max_k=3),
+    dict(beat_bits=64, lanes=16, max_features=40, max_batch=4, max_k=3),
     dict(beat_bits=16, lanes=1, max_features=5, max_batch=2),
     dict(beat_bits=32, lanes=8, max_features=12, max_batch=8, model_bits=24, model_frac=16),
     dict(beat_bits=64, lanes=8, max_features=23, max_batch=5, model_bits=32, model_frac=30),

@@ -318,8 +318,8 @@ def test_frames_hold_whole_samples():
     assert [len(f) // size for f in parts] == [4, 4, 4, 1]
     with pytest.raises(ValueError, match="whole samples"):
         frames(stream[:-4], p, d, k, double)
-    with pytest.raises(ValueError, match="does not fit"):
-        frames(bytes(4 * 17), p, 10 * 16, k, double)          # 68-byte samples
+    # 68-byte samples do not fit: split at beat boundaries into full frames
+    assert [len(f) for f in frames(bytes(4 * 17 * 2), p, 10 * 16, k, double)] == [64, 64, 8]
     # 24-byte samples: two per 64-byte frame, never a split sample.
     stream = pack_samples(np.ones((5, 45), np.uint8), np.zeros(5, np.int16), p, k, double)
     assert [len(f) for f in frames(stream, p, 45, k, double)] == [48, 48, 24]
