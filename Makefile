@@ -1,4 +1,6 @@
 # ziphalp: `make train` and `make test` set everything up on a fresh machine.
+# `make reproduce-zipml` reruns the ZipML paper's experiments on the simulated board
+# (about 15 minutes; results/zipml/zipml.json and figures).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -6,7 +8,7 @@ STAMP  := $(VENV)/.installed
 BOARD  ?= icebreaker
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup iverilog train test bitstream lint clean
+.PHONY: setup iverilog train reproduce-zipml test bitstream lint clean
 
 setup: $(STAMP) iverilog
 
@@ -23,6 +25,9 @@ iverilog:
 
 train: setup
 	$(BIN)/ziphalp train diabetes --board sim --epochs 30 --batch 8 --step 0.001953125 --out results/train
+
+reproduce-zipml: setup
+	$(BIN)/python -m ziphalp.sim.reproduce_zipml --out results/zipml
 
 test: setup
 	$(BIN)/python -m pytest -n auto

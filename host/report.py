@@ -21,7 +21,7 @@ history.json (format ``ziphalp-history/2``), a format scripts can rely on::
       "levels": [float],          # the level table the board decoded
       "quantisation_variance": float,  # mean variance per feature value on it
       "settings": {"epochs", "step", "shift", "batch", "seed", "bits", "sampling",
-                   "levels", "loss", "costs", "l2", "l2_shift", "shuffle"},
+                   "levels", "loss", "costs", "l2", "l2_shift", "shuffle", "halve_every"},
       "epochs": [{"epoch": int,     # 1-based
                   "loss": float,    # F of the model read back after the epoch
                   "accuracy": float|null,  # training accuracy (classification)

@@ -27,6 +27,7 @@ from ziphalp.hw.params import (
     COST_BITS,
     COST_FRAC,
     L2_SHIFT_MAX,
+    SHIFT_MAX,
     EngineParams,
     Loss,
 )
@@ -104,7 +105,8 @@ class TrainResult:
     settings : dict
         epochs, step (the engine's), shift, batch, seed, bits, sampling, levels,
         loss, costs (as the engine holds them), l2 (effective) and l2_shift,
-        shuffle.
+        shuffle, halve_every (the step schedule; step, shift and l2_shift are
+        those of the first epoch).
     levels : ndarray of float64, shape (2**bits + 1,)
         The level table the board decodes (on the ``LEVEL`` grid).
     variance : float
@@ -235,7 +237,8 @@ def train(dataset: str | Path | Dataset, *, board: str = "sim", port: str | None
           sampling: str = DEFAULTS["sampling"], levels: str = DEFAULTS["levels"],
           loss: str = DEFAULTS["loss"], costs: tuple[float, float] = (1.0, 1.0),
           l2: float = 0.0, shuffle: bool = True, progress: bool = True, timeout: float = 5.0,
-          on_epoch: Callable[[TrainResult, EpochRecord], None] | None = None) -> TrainResult:
+          on_epoch: Callable[[TrainResult, EpochRecord], None] | None = None,
+          halve_every: int = 0) -> TrainResult:
     """Train a linear model on a board.
 
     Parameters
@@ -282,6 +285,12 @@ def train(dataset: str | Path | Dataset, *, board: str = "sim", port: str | None
     on_epoch : callable, optional
         Called with the result so far and each :class:`EpochRecord` as soon as
         the epoch ends.
+    halve_every : int
+        Step schedule: halve the step (one more step shift, reconfigured between
+        epochs; a nonzero L2 decay shift follows it, so the L2 strength stays the
+        same) after every ``halve_every`` epochs, so epoch ``e`` (1-based) runs at
+        ``step * 2**-((e - 1) // halve_every)``, down to the engine's smallest step
+        ``2**-SHIFT_MAX``. 0 (the default) keeps the step constant.
 
     Returns
     -------
@@ -292,6 +301,8 @@ def train(dataset: str | Path | Dataset, *, board: str = "sim", port: str | None
     DataError, SettingsError, BoardError
     """
     shift = _check_settings(board, epochs, batch, step, bits, sampling, levels, loss)
+    if isinstance(halve_every, bool) or not isinstance(halve_every, int) or halve_every < 0:
+        raise SettingsError(f"halve_every must be an integer >= 0, not {halve_every!r}")
     cost_words = (_cost_word("the positive class cost", costs[0]),
                   _cost_word("the negative class cost", costs[1]))
     l2_shift = _l2_shift(l2, quantize.shift_to_step(shift), batch)
@@ -313,7 +324,7 @@ def train(dataset: str | Path | Dataset, *, board: str = "sim", port: str | None
                 "levels": levels, "loss": loss.replace("-", "_"),
                 "costs": tuple(w / (1 << COST_FRAC) for w in cost_words),
                 "l2": 2.0 ** -l2_shift / (step_used * batch) if l2_shift else 0.0,
-                "l2_shift": l2_shift}
+                "l2_shift": l2_shift, "halve_every": halve_every}
     try:
         optimum = reference.optimum(data.features, data.labels, settings["loss"],
                                     settings["costs"], settings["l2"])
@@ -327,9 +338,14 @@ def train(dataset: str | Path | Dataset, *, board: str = "sim", port: str | None
         params = link.params
         _check_fit(dataset.name, dataset.d, batch, bits, params, url)
         link.load_levels(level_words(table))
-        link.configure(features, batch, shift, k=bits, double=sampling == "double",
-                       loss=Loss(LOSSES.index(loss)), l2_shift=l2_shift,
-                       cost_pos=cost_words[0], cost_neg=cost_words[1])
+
+        def configure(halvings: int) -> None:
+            link.configure(features, batch, min(shift + halvings, SHIFT_MAX), k=bits,
+                           double=sampling == "double", loss=Loss(LOSSES.index(loss)),
+                           l2_shift=min(l2_shift + halvings, L2_SHIFT_MAX) if l2_shift else 0,
+                           cost_pos=cost_words[0], cost_neg=cost_words[1])
+
+        configure(0)
         link.load_model(0, np.zeros(features, np.int64))
         link.status(clear=True)
         result = TrainResult(dataset, data, identity, params, board, url, settings, table,
@@ -340,6 +356,8 @@ def train(dataset: str | Path | Dataset, *, board: str = "sim", port: str | None
         with tqdm(total=epochs * dataset.n, unit="sample", disable=not progress,
                   desc="training", leave=False) as bar:
             for epoch in range(1, epochs + 1):
+                if halve_every and epoch > 1 and (epoch - 1) % halve_every == 0:
+                    configure((epoch - 1) // halve_every)
                 order = rng.permutation(dataset.n) if shuffle else np.arange(dataset.n)
                 record = _epoch(link, result, epoch, order, labels, rng, bar)
                 bar.set_postfix(loss=f"{record.loss:.5g}")
