@@ -306,15 +306,22 @@ def default_mu(features: np.ndarray, labels: np.ndarray, loss: str | object,
 # --- SGD family --------------------------------------------------------------------------
 
 
+def _start_on_grid(problem: _Problem, model, scale, bits):
+    """The starting model, rounded to nearest on the fixed grid when ``scale`` is given;
+    also whether the grid is on and its clamp ``2**(bits - 1)``."""
+    w = _start(problem, model)
+    if scale is None:
+        return w, False, 0.0
+    if not scale > 0 or bits < 2:
+        raise ValueError("need scale > 0 and bits >= 2")
+    top = 2.0 ** (bits - 1)
+    w, _ = _quantise_count(w, scale, top, 0.5)
+    return w, True, top
+
+
 def _sgd(problem: _Problem, alpha, epochs, batch, seed, model, scale, bits, stochastic):
     _check(alpha, epochs, batch)
-    w = _start(problem, model)
-    low = scale is not None
-    if low:
-        if not scale > 0 or bits < 2:
-            raise ValueError("need scale > 0 and bits >= 2")
-        top = 2.0 ** (bits - 1)
-        w, _ = _quantise_count(w, scale, top, 0.5)
+    w, low, top = _start_on_grid(problem, model, scale, bits)
     rng = np.random.default_rng(seed)
     a, b, c, l2, name = problem.a, problem.b, problem.c, problem.l2, problem.loss
     history = [problem.entry(0, w)]
@@ -410,13 +417,7 @@ def _svrg(problem: _Problem, alpha, epochs, inner, seed, model, scale, bits, sto
     steps = problem.n if inner is None else int(inner)
     if steps < 1:
         raise ValueError("need at least one inner step")
-    w = _start(problem, model)
-    low = scale is not None
-    if low:
-        if not scale > 0 or bits < 2:
-            raise ValueError("need scale > 0 and bits >= 2")
-        top = 2.0 ** (bits - 1)
-        w, _ = _quantise_count(w, scale, top, 0.5)
+    w, low, top = _start_on_grid(problem, model, scale, bits)
     rng = np.random.default_rng(seed)
     a, l2 = problem.a, problem.l2
     history = [problem.entry(0, w)]
