@@ -18,7 +18,15 @@ from typing import Self
 import numpy as np
 import serial
 from ziphalp.hw import protocol
-from ziphalp.hw.params import COST_BITS, L2_SHIFT_MAX, LEVEL, SHIFT_MAX, EngineParams, Loss
+from ziphalp.hw.params import (
+    COST_BITS,
+    COST_ONE,
+    L2_SHIFT_MAX,
+    LEVEL,
+    SHIFT_MAX,
+    EngineParams,
+    Loss,
+)
 from ziphalp.hw.protocol import Command, Status
 
 __all__ = ["BAUDRATE", "ArgumentError", "Board", "BoardError"]
@@ -130,7 +138,7 @@ class Board:
 
     def configure(self, features: int, batch: int, shift: int, k: int = 8,
                   double: bool = True, loss: Loss = Loss.SQUARED, l2_shift: int = 0,
-                  cost_pos: int = 64, cost_neg: int = 64) -> None:
+                  cost_pos: int = COST_ONE, cost_neg: int = COST_ONE) -> None:
         """Set the run-time configuration; clear the gradient and the batch position.
 
         Parameters
@@ -184,7 +192,8 @@ class Board:
         if l2_shift and not options & protocol.Options.L2_DECAY:
             raise ArgumentError(f"CONFIGURE: the engine on {self.url} is built without the "
                                 "L2 decay (l2_shift must be 0)")
-        if (cost_pos, cost_neg) != (64, 64) and not options & protocol.Options.CLASS_COSTS:
+        costs_built = options & protocol.Options.CLASS_COSTS
+        if (cost_pos, cost_neg) != (COST_ONE, COST_ONE) and not costs_built:
             raise ArgumentError(f"CONFIGURE: the engine on {self.url} is built without class "
                                 "costs (both costs must be 1.0)")
         mode = protocol.MODE_DOUBLE * bool(double) | int(loss) << protocol.MODE_LOSS_SHIFT

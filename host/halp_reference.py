@@ -243,6 +243,14 @@ class _Problem:
         s = 1.0 if self.loss == "squared" else 0.25
         return float(np.max(self.c * s * np.einsum("ij,ij->i", self.a, self.a))) + self.l2
 
+    def default_step(self) -> float:
+        """``alpha = 1 / (4 L)`` (see :func:`default_step`)."""
+        return 0.25 / self.smoothness()
+
+    def default_mu(self) -> float:
+        """``mu = 2 x`` the strong-convexity estimate (see :func:`default_mu`)."""
+        return 2.0 * self.curvature()
+
     def curvature(self) -> float:
         s = 1.0 if self.loss == "squared" else 0.25
         eig = np.linalg.eigvalsh((self.a.T * self.c) @ self.a / self.n)
@@ -290,7 +298,7 @@ def _start(problem: _Problem, model) -> np.ndarray:
 def default_step(features: np.ndarray, labels: np.ndarray, loss: str | object,
                  costs: Sequence[float] = (1.0, 1.0), l2: float = 0.0) -> float:
     """Default step ``alpha = 1 / (4 L)``, ``L = max_i c_i s ||a_i||^2 + l2`` (module docstring)."""
-    return 0.25 / _Problem(features, labels, loss, costs, l2, f_star=1.0).smoothness()
+    return _Problem(features, labels, loss, costs, l2, f_star=1.0).default_step()
 
 
 def default_mu(features: np.ndarray, labels: np.ndarray, loss: str | object,
@@ -300,7 +308,7 @@ def default_mu(features: np.ndarray, labels: np.ndarray, loss: str | object,
     ``s = 1`` for least squares, ``1/4`` for logistic (its curvature at
     ``w = 0``); ``lambda_min`` is floored at ``1e-3 lambda_max``.
     """
-    return 2.0 * _Problem(features, labels, loss, costs, l2, f_star=1.0).curvature()
+    return _Problem(features, labels, loss, costs, l2, f_star=1.0).default_mu()
 
 
 # --- SGD family --------------------------------------------------------------------------
@@ -375,7 +383,7 @@ def sgd(features: np.ndarray, labels: np.ndarray, loss: str | object = "squared"
     Result
     """
     problem = _Problem(features, labels, loss, costs, l2, f_star)
-    alpha = 0.25 / problem.smoothness() if alpha is None else alpha
+    alpha = problem.default_step() if alpha is None else alpha
     return _sgd(problem, alpha, epochs, batch, seed, model, None, 0, False)
 
 
@@ -405,7 +413,7 @@ def lp_sgd(features: np.ndarray, labels: np.ndarray, loss: str | object = "squar
     Result
     """
     problem = _Problem(features, labels, loss, costs, l2, f_star)
-    alpha = 0.25 / problem.smoothness() if alpha is None else alpha
+    alpha = problem.default_step() if alpha is None else alpha
     return _sgd(problem, alpha, epochs, batch, seed, model, scale, bits, stochastic)
 
 
@@ -472,7 +480,7 @@ def svrg(features: np.ndarray, labels: np.ndarray, loss: str | object = "squared
     Result
     """
     problem = _Problem(features, labels, loss, costs, l2, f_star)
-    alpha = 0.25 / problem.smoothness() if alpha is None else alpha
+    alpha = problem.default_step() if alpha is None else alpha
     return _svrg(problem, alpha, epochs, inner, seed, model, None, 0, False)
 
 
@@ -503,7 +511,7 @@ def lp_svrg(features: np.ndarray, labels: np.ndarray, loss: str | object = "squa
     Result
     """
     problem = _Problem(features, labels, loss, costs, l2, f_star)
-    alpha = 0.25 / problem.smoothness() if alpha is None else alpha
+    alpha = problem.default_step() if alpha is None else alpha
     return _svrg(problem, alpha, epochs, inner, seed, model, scale, bits, stochastic)
 
 
@@ -558,8 +566,8 @@ def halp(features: np.ndarray, labels: np.ndarray, loss: str | object = "squared
         ``scales`` holds each epoch's ``delta``.
     """
     problem = _Problem(features, labels, loss, costs, l2, f_star)
-    alpha = 0.25 / problem.smoothness() if alpha is None else alpha
-    mu = 2.0 * problem.curvature() if mu is None else mu
+    alpha = problem.default_step() if alpha is None else alpha
+    mu = problem.default_mu() if mu is None else mu
     _check(alpha, epochs)
     if not mu > 0 or bits < 2:
         raise ValueError("need mu > 0 and bits >= 2")

@@ -289,7 +289,7 @@ class _Layout:
 
     def __init__(self, params: EngineParams, d: int, k: int, double: bool):
         k = _check_k(k)
-        params.check_mode(k, double)
+        params.check_k(k)
         if not 1 <= d <= params.max_features:
             raise ValueError(f"features must be 1..{params.max_features}, not {d}")
         self.features = d

@@ -305,7 +305,8 @@ def train(dataset: str | Path | Dataset, *, board: str = "sim", port: str | None
         raise SettingsError(f"halve_every must be an integer >= 0, not {halve_every!r}")
     cost_words = (_cost_word("the positive class cost", costs[0]),
                   _cost_word("the negative class cost", costs[1]))
-    l2_shift = _l2_shift(l2, quantize.shift_to_step(shift), batch)
+    step_used = quantize.shift_to_step(shift)
+    l2_shift = _l2_shift(l2, step_used, batch)
     if not isinstance(dataset, Dataset):
         dataset = load(dataset, label)
     if loss != "squared" and dataset.task != "classification":
@@ -318,7 +319,6 @@ def train(dataset: str | Path | Dataset, *, board: str = "sim", port: str | None
         table = grid_levels(optimal_levels(data.features.ravel(), bits))
     else:
         table = grid_levels(uniform_levels(bits))
-    step_used = quantize.shift_to_step(shift)
     settings = {"epochs": epochs, "step": step_used, "shift": shift, "batch": batch,
                 "seed": seed, "shuffle": shuffle, "bits": bits, "sampling": sampling,
                 "levels": levels, "loss": loss.replace("-", "_"),

@@ -35,6 +35,8 @@ GRAD_AT``); a sample that ends a batch costs ``n`` cycles plus the fixed
 This module holds no protocol logic; ``ziphalp.hw.link`` drives it.
 """
 
+from functools import reduce
+from operator import or_
 from types import SimpleNamespace
 
 from amaranth import Array, Cat, Module, Mux, ResetInserter, Signal, signed
@@ -266,8 +268,8 @@ class SGDEngine(wiring.Component):
             field = SimpleNamespace(j=Signal(kmax, name=f"j{i}"), up1=Signal(name=f"up1_{i}"),
                                     up2=Signal(name=f"up2_{i}"), on=Signal(name=f"on{i}"))
             m.d.sync += [
-                field.j.eq(_or(j_opts)),
-                field.up1.eq(_or(up1_opts)), field.up2.eq(_or(up2_opts)),
+                field.j.eq(reduce(or_, j_opts, 0)),
+                field.up1.eq(reduce(or_, up1_opts, 0)), field.up2.eq(reduce(or_, up2_opts, 0)),
                 field.on.eq(lane_in_mode[i] & (~last_beat | last_mask[i])),
             ]
             fields.append(field)
@@ -457,10 +459,3 @@ class SGDEngine(wiring.Component):
                 m.d.sync += clearing.eq(0)
         return m
 
-
-def _or(values):
-    """Bitwise OR of a list of values (0 for an empty list)."""
-    result = 0
-    for value in values:
-        result = result | value
-    return result

@@ -27,7 +27,7 @@ from amaranth.utils import ceil_log2
 
 from .control import control_signature
 from .crc import CRC16
-from .params import COST_BITS, COST_FRAC, L2_SHIFT_MAX, LEVEL, SHIFT_MAX, EngineParams, Loss
+from .params import COST_BITS, COST_ONE, L2_SHIFT_MAX, LEVEL, SHIFT_MAX, EngineParams, Loss
 from .protocol import (
     CONFIGURE_FORMAT,
     COUNTER_BITS,
@@ -66,8 +66,6 @@ ARGS_LAYOUT = data.UnionLayout({
 ARGS_BYTES = ARGS_LAYOUT.size // 8
 assert CONFIGURE_FORMAT.size == ARGS_BYTES and MODEL_HEADER_FORMAT.size == WEIGHT_BYTES
 assert COST_BITS == 8
-#: The cost 1.0, the only one an engine without class costs takes.
-ONE_COST = 1 << COST_FRAC
 # an int16 fits a LEVEL iff its bits LEVEL.bits - 1 .. 15 are equal: bits
 # LEVEL.bits - 9 .. 7 of its high byte (see LinkReceiver)
 assert 9 <= LEVEL.bits <= 16
@@ -379,7 +377,7 @@ class LinkExecutor(Component):
             ((cfg.k != 0) & (cfg.k <= p.max_k), "k_ok"),
             (cfg.mode.reserved == 0, "mode_ok"),
             (cfg.l2_shift <= (L2_SHIFT_MAX if p.l2_decay else 0), "l2_shift_ok"),
-            (((cfg.cost_pos == ONE_COST) & (cfg.cost_neg == ONE_COST)) | p.class_costs,
+            (((cfg.cost_pos == COST_ONE) & (cfg.cost_neg == COST_ONE)) | p.class_costs,
              "costs_ok"),
         ]]
         count_zero = step(model.count == 0, "count_zero")

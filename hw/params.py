@@ -68,7 +68,7 @@ from dataclasses import asdict, dataclass
 from enum import IntEnum
 
 __all__ = [
-    "QFormat", "LEVEL", "LABEL", "SIGMA_FRAC", "SHIFT_MAX", "COST_BITS", "COST_FRAC",
+    "QFormat", "LEVEL", "LABEL", "SIGMA_FRAC", "SHIFT_MAX", "COST_BITS", "COST_FRAC", "COST_ONE",
     "L2_SHIFT_MAX", "SIGMOID_FRAC", "SIGMOID_CELL_BITS", "SIGMOID_CELLS",
     "SIGMOID_ERROR_BOUND", "Loss", "field_bits", "sigmoid_table", "EngineParams",
     "BOARD_PARAMS",
@@ -117,6 +117,8 @@ SHIFT_MAX = 31
 #: Class costs: unsigned, ``COST_BITS`` wide, ``COST_FRAC`` fraction bits (1.0 = 64).
 COST_BITS = 8
 COST_FRAC = 6
+#: The cost 1.0 (the only one an engine built without class costs takes).
+COST_ONE = 1 << COST_FRAC
 #: Largest L2 decay shift (0 turns the decay off).
 L2_SHIFT_MAX = 31
 #: Sigmoid output: unsigned, value ``P / 2**SIGMOID_FRAC``.
@@ -232,14 +234,14 @@ class EngineParams:
 
     # --- run-time modes ------------------------------------------------------------
 
-    def check_mode(self, k: int, double: bool) -> None:
+    def check_k(self, k: int) -> None:
         """Raise ValueError unless precision ``k`` is one this engine runs."""
         if not 1 <= k <= self.max_k:
             raise ValueError(f"precision k must be 1..{self.max_k}, not {k}")
 
     def values_per_beat(self, k: int, double: bool) -> int:
         """K: feature values one beat carries at precision ``k``."""
-        self.check_mode(k, double)
+        self.check_k(k)
         return min(self.lanes, self.beat_bits // field_bits(k, double))
 
     def beats_for(self, features: int, k: int, double: bool) -> int:

@@ -19,6 +19,7 @@ import numpy as np
 from ziphalp.hw.params import (
     COST_BITS,
     COST_FRAC,
+    COST_ONE,
     L2_SHIFT_MAX,
     LABEL,
     LEVEL,
@@ -138,7 +139,7 @@ class GoldenEngine:
 
     def configure(self, features: int, batch: int, shift: int, k: int = 8,
                   double: bool = True, loss: Loss = Loss.SQUARED, l2_shift: int = 0,
-                  cost_pos: int = 1 << COST_FRAC, cost_neg: int = 1 << COST_FRAC) -> None:
+                  cost_pos: int = COST_ONE, cost_neg: int = COST_ONE) -> None:
         """Set the run-time configuration; clear the gradient and the position."""
         p = self.p
         checks = [
@@ -150,7 +151,7 @@ class GoldenEngine:
             (0 <= cost_pos < 1 << COST_BITS and 0 <= cost_neg < 1 << COST_BITS,
              f"costs must be 0..{(1 << COST_BITS) - 1}"),
             (p.l2_decay or l2_shift == 0, "this engine has no L2 decay: l2_shift must be 0"),
-            (p.class_costs or cost_pos == cost_neg == 1 << COST_FRAC,
+            (p.class_costs or cost_pos == cost_neg == COST_ONE,
              "this engine has no class costs: both must be 1.0"),
         ]
         for ok, message in checks:
