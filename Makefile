@@ -1,6 +1,8 @@
 # ziphalp: `make train` and `make test` set everything up on a fresh machine.
 # `make reproduce-zipml` reruns the ZipML paper's experiments on the simulated board
 # (about 15 minutes; results/zipml/zipml.json and figures).
+# `make reproduce-halp` runs HALP (bit-centering SVRG) in the engine on the simulated
+# ULX3S board against float64 SGD/SVRG/HALP baselines (results/halp/halp.json and figures).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -8,7 +10,7 @@ STAMP  := $(VENV)/.installed
 BOARD  ?= icebreaker
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup iverilog train reproduce-zipml test bitstream lint clean
+.PHONY: setup iverilog train reproduce-zipml reproduce-halp test bitstream lint clean
 
 setup: $(STAMP) iverilog
 
@@ -28,6 +30,9 @@ train: setup
 
 reproduce-zipml: setup
 	$(BIN)/python -m ziphalp.sim.reproduce_zipml --out results/zipml
+
+reproduce-halp: setup
+	$(BIN)/python -m ziphalp.sim.reproduce_halp --out results/halp
 
 test: setup
 	$(BIN)/python -m pytest -n auto

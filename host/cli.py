@@ -20,7 +20,9 @@ from ziphalp.hw.params import BOARD_PARAMS
 from .data import BUNDLED, DataError
 from .driver import BoardError
 from .train import (
+    ALGOS,
     DEFAULTS,
+    HALP_DEFAULTS,
     LEVEL_KINDS,
     LOSSES,
     SAMPLINGS,
@@ -53,6 +55,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (value > 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser of ``ziphalp``."""
     top = argparse.ArgumentParser(
@@ -67,7 +79,11 @@ def parser() -> argparse.ArgumentParser:
                     "k-bit stochastic rounding, double sampling), and report the "
                     "training objective of each epoch next to the float64 optimum. "
                     "Features (and a regression label) are normalised to [-1, 1]; "
-                    "losses are in those units.")
+                    "losses are in those units. With --algo halp the engine runs "
+                    "bit-centering SVRG (HALP: a wide anchor plus a b-bit offset whose grid "
+                    "follows the full gradient) on the features rounded once to k-bit "
+                    "levels, and each outer iteration reports the loss and its relative "
+                    "suboptimality against the exact optimum of that quantised problem.")
     p.add_argument("data", metavar="DATA",
                    help="a CSV file (optional header row; label the last column unless "
                         "--label), a LIBSVM/svmlight file (.svm, .libsvm, .svmlight), or "
@@ -78,22 +94,39 @@ def parser() -> argparse.ArgumentParser:
                    help="serial port or pyserial URL of the board, e.g. /dev/ttyUSB1; "
                         "required for a real board")
     p.add_argument("--epochs", type=_positive_int, default=DEFAULTS["epochs"], metavar="N",
-                   help="passes over the data (default: %(default)s)")
-    p.add_argument("--step", type=float, default=DEFAULTS["step"], metavar="S",
-                   help="SGD step size, rounded to the nearest power of two 2**-k "
-                        "(default: %(default)g)")
+                   help="passes over the data; halp: outer iterations, each a full pass "
+                        "plus the inner loop (default: %(default)s)")
+    p.add_argument("--algo", choices=ALGOS, default="sgd",
+                   help="sgd: mini-batch SGD on stochastically rounded data (ZipML); halp: "
+                        "bit-centering SVRG (needs a board with HALP mode: sim-ulx3s, "
+                        "ulx3s) (default: %(default)s)")
+    p.add_argument("--step", type=float, default=None, metavar="S",
+                   help="step size, rounded to the nearest power of two 2**-k (default: "
+                        f"{DEFAULTS['step']:g} for sgd; halp: 1/(4L) from the data's "
+                        "smoothness L)")
     p.add_argument("--batch", type=_positive_int, default=DEFAULTS["batch"], metavar="B",
                    help="mini-batch size; gradients are summed over a batch "
                         "(default: %(default)s)")
     p.add_argument("--seed", type=int, default=DEFAULTS["seed"], metavar="N",
                    help="seed of the stochastic rounding and shuffling (default: %(default)s)")
-    p.add_argument("--bits", type=_positive_int, default=DEFAULTS["bits"], metavar="K",
-                   help="feature precision: 2**K intervals between 2**K + 1 levels, K = 1..8 "
-                        "(default: %(default)s)")
-    p.add_argument("--sampling", choices=SAMPLINGS, default=DEFAULTS["sampling"],
-                   help="double: two independent stochastic samples per value (unbiased); "
-                        "single: one (biased by a hidden ridge term); nearest: deterministic "
-                        "rounding (default: %(default)s)")
+    p.add_argument("--bits", type=_positive_int, default=None, metavar="B",
+                   help="sgd: feature precision, 2**B intervals between 2**B + 1 levels, "
+                        f"B = 1..8 (default: {DEFAULTS['bits']}); halp: offset width B = "
+                        "2..16 and the data precision (at most 8) unless --data-bits "
+                        f"(default: {HALP_DEFAULTS['bits']})")
+    p.add_argument("--mu", type=_positive_float, default=None, metavar="M",
+                   help="halp: grid scale, delta = |g| / (M (2**(B-1) - 1)) rounded to a "
+                        "power of two (default: from the data's curvature, step and B)")
+    p.add_argument("--inner-steps", type=_positive_int, default=None, metavar="T",
+                   help="halp: inner steps per outer iteration, samples drawn uniformly "
+                        "with replacement (default: n, the number of samples)")
+    p.add_argument("--data-bits", type=_positive_int, default=None, metavar="K",
+                   help="halp: data precision K = 1..8 when it differs from --bits")
+    p.add_argument("--sampling", choices=SAMPLINGS, default=None,
+                   help="sgd: double: two independent stochastic samples per value "
+                        "(unbiased); single: one (biased by a hidden ridge term); nearest: "
+                        f"deterministic rounding (default: {DEFAULTS['sampling']}); halp "
+                        "always rounds to nearest, once")
     p.add_argument("--levels", choices=LEVEL_KINDS, default=DEFAULTS["levels"],
                    help="uniform levels over [-1, 1], or levels minimising the data's "
                         "quantisation variance (default: %(default)s)")
@@ -133,6 +166,15 @@ def _print_epoch(record: EpochRecord, epochs: int, optimum: float | None) -> Non
                f"{record.cycles} cycles")
 
 
+def _print_iteration(record: EpochRecord, epochs: int) -> None:
+    gap = (f"{record.suboptimality:.3e}" if record.suboptimality is not None
+           else "n/a (no finite optimum)")
+    accuracy = f"  accuracy {record.accuracy:.4f}" if record.accuracy is not None else ""
+    tqdm.write(f"iteration {record.iteration:>{len(str(epochs))}}/{epochs}  "
+               f"epoch {record.epoch:.2f}  loss {record.loss:.9g}  suboptimality {gap}"
+               f"{accuracy}  {record.full_cycles} + {record.inner_cycles} cycles")
+
+
 def _summary(result: TrainResult) -> str:
     cycles = sum(r.cycles for r in result.history)
     samples = sum(r.samples for r in result.history)
@@ -140,6 +182,15 @@ def _summary(result: TrainResult) -> str:
     per_sample = f"{cycles / samples:.2f}" if samples else "n/a"
     accuracy = result.history[-1].accuracy if result.history else None
     accuracy = f", accuracy {accuracy:.4f}" if accuracy is not None else ""
+    if result.algo == "halp":
+        s = result.settings
+        last = result.history[-1]
+        gap = f"{last.suboptimality:.3e}" if last.suboptimality is not None else "n/a"
+        return (f"final loss {result.loss:.9g}, suboptimality {gap}{accuracy} after "
+                f"{len(result.history)} HALP iterations ({last.epoch:.2f} epochs; "
+                f"{s['offset_bits']}-bit offsets, {s['data_bits']}-bit data, mu {s['mu']:.4g}, "
+                f"T {s['inner_steps']}, step 2**-{s['shift']}) on {result.board}: "
+                f"{cycles} engine cycles ({per_sample} per sample), {seconds:.2f} s")
     return (f"final loss {result.loss:.6g} = {_ratio(result.loss, result.optimum_loss)}"
             f"{accuracy} "
             f"after {len(result.history)} epochs on {result.board}: {cycles} engine cycles "
@@ -155,14 +206,18 @@ def _run(args: argparse.Namespace) -> None:
     from .report import write_outputs
 
     def on_epoch(result: TrainResult, record: EpochRecord) -> None:
-        _print_epoch(record, args.epochs, result.optimum_loss)
+        if record.iteration is not None:
+            _print_iteration(record, args.epochs)
+        else:
+            _print_epoch(record, args.epochs, result.optimum_loss)
 
     result = train(args.data, board=args.board, port=args.port, epochs=args.epochs,
                    step=args.step, batch=args.batch, seed=args.seed, label=args.label,
                    bits=args.bits, sampling=args.sampling, levels=args.levels, loss=args.loss,
                    costs=(args.cost_pos, args.cost_neg), l2=args.l2,
                    progress=not args.no_progress,
-                   on_epoch=on_epoch)
+                   on_epoch=on_epoch, algo=args.algo, mu=args.mu,
+                   inner_steps=args.inner_steps, data_bits=args.data_bits)
     print(_summary(result))
     if args.out is not None:
         for path in write_outputs(result, args.out):

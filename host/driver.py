@@ -23,9 +23,12 @@ from ziphalp.hw.params import (
     COST_ONE,
     L2_SHIFT_MAX,
     LEVEL,
+    OFFSET_BITS,
+    SCALE_LOG_BITS,
     SHIFT_MAX,
     EngineParams,
     Loss,
+    Phase,
 )
 from ziphalp.hw.protocol import Command, Status
 
@@ -121,15 +124,26 @@ class Board:
         """The engine parameters the board reports, as :class:`EngineParams`."""
         i = self.identity
         try:
+            if bool(i.options & protocol.Options.HALP) != (i.halp_samples > 0):
+                raise ValueError(f"HALP option {bool(i.options & protocol.Options.HALP)} "
+                                 f"with halp_samples {i.halp_samples}")
             return EngineParams(beat_bits=i.beat_bits, lanes=i.lanes, max_k=i.max_k,
                                 max_features=i.max_features, max_batch=i.max_batch,
                                 model_bits=i.model_bits, model_frac=i.model_frac,
                                 frame_bytes=i.frame_bytes, clock_hz=i.clock_hz,
                                 class_costs=bool(i.options & protocol.Options.CLASS_COSTS),
-                                l2_decay=bool(i.options & protocol.Options.L2_DECAY))
+                                l2_decay=bool(i.options & protocol.Options.L2_DECAY),
+                                halp_samples=i.halp_samples)
         except ValueError as e:
             raise BoardError(f"the board on {self.url} reports impossible parameters: "
                              f"{e}") from None
+
+    @property
+    def halp_samples(self) -> int:
+        """Entries of the board's HALP anchor-error cache (0: no HALP mode); the
+        sample indices of the HALP phases are ``0..halp_samples - 1``."""
+        identity = self.identity
+        return identity.halp_samples if identity.options & protocol.Options.HALP else 0
 
     @property
     def levels_max(self) -> int:
@@ -138,8 +152,17 @@ class Board:
 
     def configure(self, features: int, batch: int, shift: int, k: int = 8,
                   double: bool = True, loss: Loss = Loss.SQUARED, l2_shift: int = 0,
-                  cost_pos: int = COST_ONE, cost_neg: int = COST_ONE) -> None:
-        """Set the run-time configuration; clear the gradient and the batch position.
+                  cost_pos: int = COST_ONE, cost_neg: int = COST_ONE, *,
+                  phase: Phase = Phase.SGD, offset_bits: int = 8, scale_log: int = 0,
+                  seed: int = 0, stochastic: bool = False) -> None:
+        """Set the run-time configuration (``CONFIGURE``).
+
+        In the SGD phase: clear the gradient and the batch position. The HALP
+        phases (``ziphalp.hw.params``, "HALP mode") re-centre the model and run
+        the full-gradient pass (``Phase.FULL``), or choose the offset grid and
+        run the inner loop (``Phase.INNER``); their samples carry indices
+        (:func:`ziphalp.host.quantize.pack_samples`) and ignore ``batch``, the
+        flushes and ``l2_shift``.
 
         Parameters
         ----------
@@ -148,7 +171,8 @@ class Board:
         batch : int
             Mini-batch size, 1..``max_batch`` of the board.
         shift : int
-            Step size ``2**-shift``, 0..``SHIFT_MAX``.
+            Step size ``2**-shift``, 0..``SHIFT_MAX``. In ``Phase.FULL`` it scales
+            the sum with the costs (``ceil(log2 n)`` for ``n`` samples).
         k : int
             Precision, 1..``max_k`` of the board: features are fields of ``k + 1 +
             double`` bits over the levels ``l_0 .. l_{2**k}`` of the level table
@@ -156,18 +180,31 @@ class Board:
         double : bool
             Double sampling (a field carries two roundings of the value).
         loss : Loss
-            The loss whose gradient the engine follows.
+            The loss whose gradient the engine follows (squared or logistic in
+            the HALP phases).
         l2_shift : int
             L2 decay ``w >> l2_shift`` subtracted at each update, 1..``L2_SHIFT_MAX``;
             0 turns it off.
         cost_pos, cost_neg : int
             Cost of the positive and of the negative class, 0..255 with
-            ``COST_FRAC`` fraction bits (64 is 1.0).
+            ``COST_FRAC`` fraction bits (64 is 1.0). In ``Phase.FULL`` both are
+            ``round(2**(COST_FRAC + shift) / n)``.
+        phase : Phase
+            ``SGD``, or a HALP phase (``FULL``, ``INNER``) on a board built with HALP.
+        offset_bits : int
+            HALP offset width b, 2..``OFFSET_BITS``.
+        scale_log : int
+            HALP grid scale, int16: ``round(2**LOG_FRAC * log2(mu * (2**(b-1) - 1)))``.
+        seed : int
+            Seed of the PRNG lanes (u32), applied by ``Phase.INNER``.
+        stochastic : bool
+            Stochastic rounding of the offset (else round to nearest).
 
         Raises
         ------
         ArgumentError
-            An argument out of range (nothing is sent).
+            An argument out of range, or a HALP phase the board does not run
+            (nothing is sent).
         BoardError
             The board refused the configuration or could not be reached.
         """
@@ -188,6 +225,18 @@ class Board:
         l2_shift = _integer(cmd, "l2_shift", l2_shift, 0, L2_SHIFT_MAX)
         cost_pos = _integer(cmd, "cost_pos", cost_pos, 0, (1 << COST_BITS) - 1)
         cost_neg = _integer(cmd, "cost_neg", cost_neg, 0, (1 << COST_BITS) - 1)
+        try:
+            phase = Phase(phase)
+        except ValueError:
+            raise ArgumentError(f"CONFIGURE: phase must be a Phase "
+                                f"({', '.join(member.name for member in Phase)}), "
+                                f"not {phase!r}") from None
+        offset_bits = _integer(cmd, "offset_bits", offset_bits, 2, OFFSET_BITS)
+        half = 1 << (SCALE_LOG_BITS - 1)
+        scale_log = _integer(cmd, "scale_log", scale_log, -half, half - 1)
+        seed = _integer(cmd, "seed", seed, 0, (1 << 32) - 1)
+        if stochastic not in (0, 1):
+            raise ArgumentError(f"CONFIGURE: stochastic must be a bool, not {stochastic!r}")
         options = self.identity.options
         if l2_shift and not options & protocol.Options.L2_DECAY:
             raise ArgumentError(f"CONFIGURE: the engine on {self.url} is built without the "
@@ -196,9 +245,19 @@ class Board:
         if (cost_pos, cost_neg) != (COST_ONE, COST_ONE) and not costs_built:
             raise ArgumentError(f"CONFIGURE: the engine on {self.url} is built without class "
                                 "costs (both costs must be 1.0)")
-        mode = protocol.MODE_DOUBLE * bool(double) | int(loss) << protocol.MODE_LOSS_SHIFT
+        if phase != Phase.SGD:
+            if not options & protocol.Options.HALP:
+                raise ArgumentError(f"CONFIGURE: the engine on {self.url} is built without "
+                                    f"HALP mode (phase {phase.name} needs it; use SGD)")
+            if loss not in (Loss.SQUARED, Loss.LOGISTIC):
+                raise ArgumentError(f"CONFIGURE: phase {phase.name} runs the SQUARED or the "
+                                    f"LOGISTIC loss, not {loss.name}")
+        mode = (protocol.MODE_DOUBLE * bool(double) | int(loss) << protocol.MODE_LOSS_SHIFT
+                | int(phase) << protocol.MODE_PHASE_SHIFT
+                | protocol.MODE_STOCHASTIC * bool(stochastic))
         self._expect_empty(cmd, protocol.CONFIGURE_FORMAT.pack(
-            features, batch, shift, k, mode, l2_shift, cost_pos, cost_neg))
+            features, batch, shift, k, mode, l2_shift, cost_pos, cost_neg, offset_bits,
+            scale_log, seed))
 
     def load_levels(self, levels: Sequence[int] | np.ndarray) -> None:
         """Load the level table: ``n`` ``LEVEL`` words ``l_0 .. l_{n-1}``.

@@ -24,7 +24,10 @@ one interval), which finds exactly the interval a binary search would.
 
 Model words are exact: a weight word ``w`` has the value ``w * 2**-model_frac``
 and multiplies the level values directly (:func:`words_to_coefficients`).
-Labels become ``LABEL`` words, nearest. This module does no I/O.
+Labels become ``LABEL`` words, nearest. In the HALP phases every label beat
+also carries the sample's index (``indices`` of the packers: bits 16..31, bytes
+2..3 of the beat, little-endian; beats of at least 32 bits). This module does
+no I/O.
 """
 
 from __future__ import annotations
@@ -109,6 +112,21 @@ def _check_features(features: np.ndarray) -> np.ndarray:
     if x.size and not (x.min() >= -1.0 and x.max() <= 1.0):   # False for NaN
         raise ValueError("features must be normalised to [-1, 1] before quantisation")
     return x
+
+
+def _check_indices(indices: np.ndarray | None, n: int, params: EngineParams):
+    """``indices`` as uint16 (or ``None``), checked to fit the label beat."""
+    if indices is None:
+        return None
+    i = np.asarray(indices)
+    if i.shape != (n,) or not np.issubdtype(i.dtype, np.integer):
+        raise ValueError(f"indices must be {n} integers, not {i.dtype} {i.shape}")
+    if n and (i.min() < 0 or i.max() > 0xFFFF):
+        raise ValueError("indices must be 0..65535 (bits 16..31 of the label beat)")
+    if params.beat_bits < 32:
+        raise ValueError(f"sample indices ride in bits 16..31 of the label beat: they need "
+                         f"beats of at least 32 bits, not {params.beat_bits}")
+    return i.astype("<u2")
 
 
 def _check_labels(labels: np.ndarray, n: int) -> np.ndarray:
@@ -341,8 +359,10 @@ class _Layout:
             words[:, :, word] |= slots[:, :, i].astype(np.uint64) >> np.uint64(shift)
         return words
 
-    def pack(self, fields: np.ndarray, labels: np.ndarray, out: np.ndarray) -> None:
-        """Pack ``fields`` (r, d) and ``labels`` (r,) into ``out`` (r, sample bytes, uint8)."""
+    def pack(self, fields: np.ndarray, labels: np.ndarray, out: np.ndarray,
+             indices: np.ndarray | None = None) -> None:
+        """Pack ``fields`` (r, d), ``labels`` (r,) and ``indices`` (r,) ``<u2`` or
+        ``None`` into ``out`` (r, sample bytes, uint8)."""
         r, d = fields.shape
         per_beat, beats = self.per_beat, self.beats
         if d < beats * per_beat:                 # unused slots of the last beat are zero
@@ -362,6 +382,8 @@ class _Layout:
             sample[:, 1:] = words.view(np.uint8).reshape(r, beats, -1)[:, :, :self.beat]
         sample[:, 0] = 0
         sample[:, 0, :2] = labels.astype("<i2").view(np.uint8).reshape(r, 2)
+        if indices is not None:
+            sample[:, 0, 2:4] = indices.view(np.uint8).reshape(r, 2)
 
 
 def sample_bytes(params: EngineParams, d: int, k: int, double: bool) -> int:
@@ -370,7 +392,7 @@ def sample_bytes(params: EngineParams, d: int, k: int, double: bool) -> int:
 
 
 def pack_samples(fields: np.ndarray, labels: np.ndarray, params: EngineParams, k: int,
-                 double: bool) -> bytes:
+                 double: bool, indices: np.ndarray | None = None) -> bytes:
     """Pack fields and labels into the engine's beat stream.
 
     Parameters
@@ -385,13 +407,23 @@ def pack_samples(fields: np.ndarray, labels: np.ndarray, params: EngineParams, k
         Precision.
     double : bool
         Double-sampling fields (``k + 2`` bits) or single ones (``k + 1``).
+    indices : ndarray of int, shape (n,), optional
+        The samples' indices (0..65535) for the HALP phases, in bits 16..31 of
+        the label beat; needs ``beat_bits >= 32``. ``None``: those bits are zero.
 
     Returns
     -------
     bytes
-        Per sample one label beat (label little-endian in bits 0..15, the rest
-        zero) then ``ceil(d / K)`` feature beats, field ``i`` of a beat in bits
-        ``i*b .. i*b + b - 1`` and unused slots zero; each beat little-endian.
+        Per sample one label beat (label little-endian in bits 0..15, the index
+        if given in bits 16..31, the rest zero) then ``ceil(d / K)`` feature
+        beats, field ``i`` of a beat in bits ``i*b .. i*b + b - 1`` and unused
+        slots zero; each beat little-endian.
+
+    Raises
+    ------
+    ValueError
+        Fields, labels or indices of the wrong shape or out of range, or indices
+        for beats narrower than 32 bits.
     """
     fields = np.asarray(fields)
     if fields.ndim != 2 or not np.issubdtype(fields.dtype, np.integer):
@@ -400,23 +432,25 @@ def pack_samples(fields: np.ndarray, labels: np.ndarray, params: EngineParams, k
     n, d = fields.shape
     layout = _Layout(params, d, k, double)
     labels = _check_labels(labels, n)
+    indices = _check_indices(indices, n, params)
     if fields.size and (fields.min() < 0 or fields.max() >= 1 << layout.bits):
         raise ValueError(f"fields must be {layout.bits}-bit unsigned values")
     fields = fields.astype(field_dtype(k, double), copy=False)
     out = np.empty((n, layout.sample), np.uint8)
     for rows in _blocks(n, d):
-        layout.pack(fields[rows], labels[rows], out[rows])
+        layout.pack(fields[rows], labels[rows], out[rows],
+                    None if indices is None else indices[rows])
     return out.tobytes()
 
 
 def encode_epoch(features: np.ndarray, labels: np.ndarray, levels: np.ndarray, k: int,
                  sampling: str, rng: np.random.Generator | None,
-                 params: EngineParams) -> bytes:
+                 params: EngineParams, indices: np.ndarray | None = None) -> bytes:
     """Quantise and pack one pass over the data: the stream of one epoch.
 
     Equivalent to ``pack_samples(quantize_features(features, levels, k, sampling,
-    rng), labels, params, k, sampling == "double")`` (with the same draws), a block
-    of samples at a time so that the intermediates stay in cache.
+    rng), labels, params, k, sampling == "double", indices)`` (with the same
+    draws), a block of samples at a time so that the intermediates stay in cache.
 
     Parameters
     ----------
@@ -428,39 +462,48 @@ def encode_epoch(features: np.ndarray, labels: np.ndarray, levels: np.ndarray, k
         As for :func:`quantize_features`.
     params : EngineParams
         The engine the stream is for.
+    indices : ndarray of int, shape (n,), optional
+        The samples' indices for the HALP phases (:func:`pack_samples`).
     """
     quantiser = _Quantiser(levels, k, sampling, rng)
     x = _check_features(features)
     n, d = x.shape
     layout = _Layout(params, d, quantiser.k, quantiser.double)
     labels = _check_labels(labels, n)
+    indices = _check_indices(indices, n, params)
     out = np.empty((n, layout.sample), np.uint8)
     for rows in _blocks(n, d):
         block = np.ascontiguousarray(x[rows], dtype=np.float32)
         fields = np.empty(block.shape, quantiser.dtype)
         quantiser(block.reshape(-1), fields.reshape(-1))
-        layout.pack(fields, labels[rows], out[rows])
+        layout.pack(fields, labels[rows], out[rows],
+                    None if indices is None else indices[rows])
     return out.tobytes()
 
 
 def unpack_fields(stream: bytes, params: EngineParams, d: int, k: int,
-                  double: bool) -> tuple[np.ndarray, np.ndarray]:
+                  double: bool, indices: bool = False) -> tuple[np.ndarray, ...]:
     """Read fields and labels back from a stream (the inverse of :func:`pack_samples`).
 
-    Written bit by bit, independently of the packer, to check it.
+    Written bit by bit, independently of the packer, to check it. With
+    ``indices`` the label beats' bits 16..31 are read too (HALP streams).
 
     Returns
     -------
     fields : ndarray (:func:`field_dtype`), shape (n, d)
     labels : ndarray of int16, shape (n,)
+    indices : ndarray of uint16, shape (n,)
+        Only with ``indices``.
 
     Raises
     ------
     ValueError
-        The stream is not whole samples, or a bit outside the label and the
-        fields is set.
+        The stream is not whole samples, or a bit outside the label, the
+        indices (if read) and the fields is set.
     """
     layout = _Layout(params, d, k, double)
+    if indices and params.beat_bits < 32:
+        raise ValueError(f"{params.beat_bits}-bit label beats carry no sample index")
     size = layout.sample
     if len(stream) % size:
         raise ValueError(f"stream of {len(stream)} bytes is not whole samples of {size} bytes")
@@ -473,12 +516,15 @@ def unpack_fields(stream: bytes, params: EngineParams, d: int, k: int,
     fields = (bits[:, where].astype(np.uint16) << np.arange(b, dtype=np.uint16)).sum(
         axis=2, dtype=np.uint16)
     used = np.zeros(bits.shape[1], bool)
-    used[:16] = True
+    used[:32 if indices else 16] = True
     used[where.ravel()] = True
     if bits[:, ~used].any():
         raise ValueError("a bit outside the label and the fields is set")
     labels = raw[:, :2].copy().view("<i2").reshape(-1).astype(np.int16)
-    return fields.astype(field_dtype(k, double)), labels
+    if not indices:
+        return fields.astype(field_dtype(k, double)), labels
+    index = raw[:, 2:4].copy().view("<u2").reshape(-1).astype(np.uint16)
+    return fields.astype(field_dtype(k, double)), labels, index
 
 
 def frames(stream: bytes, params: EngineParams, d: int, k: int, double: bool) -> list[bytes]:

@@ -3,10 +3,11 @@
 Every file is written atomically (a temporary file in the same folder, then
 ``os.replace``): a crash never leaves a half-written output.
 
-history.json (format ``ziphalp-history/2``), a format scripts can rely on::
+history.json (format ``ziphalp-history/3``), a format scripts can rely on::
 
     {
-      "format": "ziphalp-history/2",
+      "format": "ziphalp-history/3",
+      "algo": str,                # "sgd" (mini-batch SGD) or "halp" (bit-centering SVRG)
       "dataset": str,             # bundled name or file path
       "task": str,                # "regression" or "classification"
       "n": int, "d": int,         # samples; features without the bias
@@ -14,6 +15,12 @@ history.json (format ``ziphalp-history/2``), a format scripts can rely on::
                                   #   objective F(w) = 1/n sum c_i l(a_i.w, b_i)
                                   #   + l2/2 ||w||^2 on normalised data
       "optimum_loss": float|null, # F at its float64 minimiser (null if none)
+      "optimum_data": str,        # the data F and the optimum refer to: the normalised
+                                  #   data (sgd), or the quantised problem the board
+                                  #   solves (halp: features rounded to k-bit levels,
+                                  #   labels LABEL words)
+      "halp": null | {"offset_bits", "data_bits", "mu", "inner_steps", "step", "shift",
+                      "scale_log"},  # the HALP settings (null for sgd)
       "final_loss": float,        # F after the last epoch
       "board": str,               # a key of BOARD_PARAMS ("sim", "icebreaker", ...)
       "engine": {...},            # what IDENTIFY reported (beat_bits, lanes, max_k,
@@ -21,17 +28,26 @@ history.json (format ``ziphalp-history/2``), a format scripts can rely on::
       "levels": [float],          # the level table the board decoded
       "quantisation_variance": float,  # mean variance per feature value on it
       "settings": {"epochs", "step", "shift", "batch", "seed", "bits", "sampling",
-                   "levels", "loss", "costs", "l2", "l2_shift", "shuffle", "halve_every"},
-      "epochs": [{"epoch": int,     # 1-based
+                   "levels", "loss", "costs", "l2", "l2_shift", "shuffle", "halve_every",
+                   "algo", ...},    # (halp adds the keys of "halp" and full_shift, full_cost)
+      "epochs": [{"epoch": int|float,  # 1-based; halp: passes over the data so far,
+                                    #   (n + T) / n per outer iteration
                   "loss": float,    # F of the model read back after the epoch
                   "accuracy": float|null,  # training accuracy (classification)
                   "cycles": int,    # engine clock cycles spent in the epoch
                   "seconds": float, # wall time of the epoch on the host
                   "samples": int,   # samples the board counted
                   "overflow": bool, # a model update saturated
-                  "clipped": bool}, # a scaled loss derivative saturated
+                  "clipped": bool,  # a scaled loss derivative saturated
+                  "iteration": int|null,      # halp: outer iteration (1-based)
+                  "suboptimality": float|null,  # halp: (loss - optimum) / optimum
+                  "full_cycles": int|null,    # halp: cycles of the full-gradient pass
+                  "inner_cycles": int|null},  # halp: cycles of the inner loop
                  ...]
     }
+
+Format 3 added ``algo``, ``optimum_data``, ``halp`` and the last four keys of an
+epoch to format 2.
 
 The loss is in normalised units (features, and a regression label, in [-1, 1]).
 model.json holds the model in the user's original units and in normalised
@@ -58,7 +74,7 @@ from .train import TrainResult
 __all__ = ["HISTORY_FORMAT", "MODEL_FORMAT", "history", "model", "write_atomic",
            "write_outputs"]
 
-HISTORY_FORMAT = "ziphalp-history/2"
+HISTORY_FORMAT = "ziphalp-history/3"
 MODEL_FORMAT = "ziphalp-model/1"
 
 
@@ -87,16 +103,33 @@ def _engine(result: TrainResult) -> dict:
     return engine
 
 
+def _optimum_data(result: TrainResult) -> str:
+    if result.problem is not None:
+        return result.problem.description
+    return "normalised features and labels (float64, unquantised)"
+
+
+def _halp_settings(result: TrainResult) -> dict | None:
+    if result.algo != "halp":
+        return None
+    s = result.settings
+    return {key: s[key] for key in ("offset_bits", "data_bits", "mu", "inner_steps", "step",
+                                    "shift", "scale_log")}
+
+
 def history(result: TrainResult) -> dict:
-    """The ``ziphalp-history/2`` document of a training run."""
+    """The ``ziphalp-history/3`` document of a training run."""
     return {
         "format": HISTORY_FORMAT,
+        "algo": result.algo,
         "dataset": result.dataset.name,
         "task": result.data.task,
         "n": result.dataset.n,
         "d": result.dataset.d,
         "loss_function": result.settings["loss"],
         "optimum_loss": result.optimum_loss,
+        "optimum_data": _optimum_data(result),
+        "halp": _halp_settings(result),
         "final_loss": result.loss,
         "board": result.board,
         "engine": _engine(result),
@@ -142,18 +175,43 @@ def model(result: TrainResult) -> dict:
                                        strict=True)),
             "intercept": data.to_original(result.optimum)[1],
             "loss": result.optimum_loss,
-            "note": f"float64 minimiser of the {result.settings['loss']} objective, "
-                    "original units",
+            "note": f"float64 minimiser of the {result.settings['loss']} objective on "
+                    f"the {_optimum_data(result)}, original units",
         },
         "engine": _engine(result),
         "settings": dict(result.settings),
     }
 
 
+def _plot_halp(result: TrainResult, axes) -> None:
+    s = result.settings
+    points = [(r.epoch, r.suboptimality) for r in result.history
+              if r.suboptimality is not None and r.suboptimality > 0]
+    if points:
+        axes.plot(*zip(*points, strict=True), marker="o", markersize=3,
+                  label=f"HALP on {result.board}")
+        axes.set_ylabel("(f - f*) / f*  (quantised problem)")
+    else:                 # no finite optimum: the loss itself
+        axes.plot([r.epoch for r in result.history], [r.loss for r in result.history],
+                  marker="o", markersize=3, label=f"HALP on {result.board}")
+        axes.set_ylabel("training loss (quantised problem)")
+    axes.set_yscale("log")
+    axes.set_xlabel("epoch (passes over the data)")
+    axes.set_title(f"HALP, {s['loss'].replace('_', ' ')} on {Path(result.dataset.name).name}: "
+                   f"b = {s['offset_bits']}, k = {s['data_bits']}, mu = {s['mu']:.3g}",
+                   fontsize="medium")
+    axes.legend()
+
+
 def _plot(result: TrainResult) -> bytes:
     figure = Figure(figsize=(6.4, 4.0), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
+    if result.algo == "halp":
+        _plot_halp(result, axes)
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", dpi=120)
+        return buffer.getvalue()
     epochs = [r.epoch for r in result.history]
     axes.plot(epochs, [r.loss for r in result.history], marker="o", markersize=3,
               label=f"ziphalp ({result.board})")

@@ -7,6 +7,16 @@ model back and the engine's cycle counter, and compute the float64 training
 objective (and, for classification, the accuracy) of the model on the
 normalised data. The loop is the same for the simulated board and a real one:
 it only sees a port URL.
+
+HALP (``algo="halp"``, bit-centering SVRG in the engine's HALP phases, the
+"HALP mode" section of :mod:`ziphalp.hw.params`): the features are quantised
+once, deterministically (nearest level on uniform levels over [-1, 1]), and
+the labels to ``LABEL`` words, so the board solves one fixed problem. Each outer
+iteration streams all ``n`` samples in order in the full-gradient phase, then
+``T`` samples drawn uniformly with replacement in the inner loop (a b-bit offset
+on a power-of-two grid that follows the full gradient), reads the model back and
+records the float64 objective on the quantised problem and its relative
+suboptimality against that problem's exact optimum.
 """
 
 from __future__ import annotations
@@ -26,27 +36,38 @@ from ziphalp.hw.params import (
     BOARD_PARAMS,
     COST_BITS,
     COST_FRAC,
+    COST_ONE,
     L2_SHIFT_MAX,
+    LABEL,
+    LOG_FRAC,
+    OFFSET_BITS,
+    SCALE_LOG_BITS,
     SHIFT_MAX,
     EngineParams,
     Loss,
+    Phase,
 )
-from ziphalp.hw.protocol import StatusFlags
+from ziphalp.hw.protocol import Options, StatusFlags
 
-from . import quantize, reference
+from . import halp_reference, quantize, reference
 from .data import DataError, Dataset, Normalised, load, normalise
 from .driver import Board, BoardError
 from .levels import grid_levels, level_words, optimal_levels, quantisation_variance, uniform_levels
 
 __all__ = [
+    "ALGOS",
     "DEFAULTS",
+    "HALP_DEFAULTS",
+    "HALP_LOSSES",
     "LEVEL_KINDS",
     "LOSSES",
     "SAMPLINGS",
     "EpochRecord",
+    "QuantisedProblem",
     "SaturationWarning",
     "SettingsError",
     "TrainResult",
+    "halp_default_mu",
     "train",
 ]
 
@@ -57,6 +78,17 @@ SAMPLINGS = quantize.SAMPLINGS
 LEVEL_KINDS = ("uniform", "optimal")
 #: Loss names (``-`` spelling), in the order of the engine's ``Loss`` codes.
 LOSSES = tuple(name.replace("_", "-") for name in reference.LOSSES)
+#: Training algorithms: mini-batch SGD (ZipML) or bit-centering SVRG (HALP).
+ALGOS = ("sgd", "halp")
+#: Losses of the engine's HALP mode.
+HALP_LOSSES = ("squared", "logistic")
+#: HALP defaults: the offset width (and data precision) ``bits``. The step is
+#: derived from the data (see :func:`train`), ``mu`` by :func:`halp_default_mu`
+#: and the inner loop has ``n`` steps.
+HALP_DEFAULTS = {"bits": 8}
+#: :func:`halp_default_mu`: the smallest ``mu (2**(b-1) - 1) alpha``, the inner
+#: step on a gradient of norm ``||g~||`` measured in grid steps.
+HALP_MU_GRID = 1 / 3
 
 
 class SettingsError(ValueError):
@@ -74,9 +106,17 @@ class EpochRecord:
     ``loss`` is the float64 training objective (the loss of the run, with its
     class costs and L2 term) of the model read back; ``accuracy`` is None for
     regression.
+
+    HALP runs record one entry per outer iteration: ``epoch`` is then the
+    number of passes over the data so far (``(n + T) / n`` per iteration, a
+    float), ``iteration`` the outer iteration (1-based), ``loss`` the objective
+    on the quantised problem, ``suboptimality`` ``(loss - f*) / f*`` against
+    that problem's exact optimum ``f*`` (None without a finite, positive one),
+    and ``cycles`` splits into ``full_cycles`` (full-gradient pass) and
+    ``inner_cycles`` (inner loop). These four fields are None for SGD.
     """
 
-    epoch: int
+    epoch: int | float
     loss: float
     accuracy: float | None
     cycles: int
@@ -84,6 +124,41 @@ class EpochRecord:
     samples: int
     overflow: bool
     clipped: bool
+    iteration: int | None = None
+    suboptimality: float | None = None
+    full_cycles: int | None = None
+    inner_cycles: int | None = None
+
+
+@dataclass(frozen=True)
+class QuantisedProblem:
+    """The fixed problem a HALP run solves: what the board holds, in float64.
+
+    Attributes
+    ----------
+    features : ndarray of float64, shape (n, d + 1)
+        The normalised features rounded to the nearest of the uniform ``k``-bit
+        levels (the values the engine decodes), bias column last.
+    labels : ndarray of float64, shape (n,)
+        The normalised labels rounded to ``LABEL`` words (``y / 2**LABEL.frac``).
+    fields : ndarray of unsigned int, shape (n, d + 1)
+        The single-sampling fields streamed to the board.
+    label_words : ndarray of int16, shape (n,)
+    k : int
+        Data precision.
+    description : str
+        What the optimum refers to (``optimum_data`` in history.json).
+    separable : bool
+        Logistic loss on linearly separable quantised data: no finite optimum.
+    """
+
+    features: np.ndarray
+    labels: np.ndarray
+    fields: np.ndarray
+    label_words: np.ndarray
+    k: int
+    description: str
+    separable: bool = False
 
 
 @dataclass
@@ -106,7 +181,10 @@ class TrainResult:
         epochs, step (the engine's), shift, batch, seed, bits, sampling, levels,
         loss, costs (as the engine holds them), l2 (effective) and l2_shift,
         shuffle, halve_every (the step schedule; step, shift and l2_shift are
-        those of the first epoch).
+        those of the first epoch), algo ("sgd" or "halp"). HALP adds
+        offset_bits, data_bits, mu, inner_steps, scale_log, full_shift and
+        full_cost (the full pass's shift and cost words); its batch is 1, its
+        sampling "nearest" and its levels "uniform".
     levels : ndarray of float64, shape (2**bits + 1,)
         The level table the board decodes (on the ``LEVEL`` grid).
     variance : float
@@ -119,6 +197,9 @@ class TrainResult:
         Float64 minimiser of the same objective, in normalised units.
     optimum_loss : float or None
     history : list of EpochRecord
+    problem : QuantisedProblem or None
+        HALP: the quantised problem; ``objective``, ``optimum`` and
+        ``optimum_loss`` then refer to it.
     """
 
     dataset: Dataset
@@ -135,6 +216,11 @@ class TrainResult:
     optimum: np.ndarray | None
     optimum_loss: float | None
     history: list[EpochRecord] = field(default_factory=list)
+    problem: QuantisedProblem | None = None
+
+    @property
+    def algo(self) -> str:
+        return self.settings.get("algo", "sgd")
 
     @property
     def loss(self) -> float:
@@ -144,6 +230,9 @@ class TrainResult:
     def objective(self, beta: np.ndarray) -> float:
         """The run's float64 training objective of normalised coefficients ``beta``."""
         s = self.settings
+        if self.problem is not None:
+            return reference.objective(self.problem.features, self.problem.labels, beta,
+                                       s["loss"], s["costs"], s["l2"])
         return reference.objective(self.data.features, self.data.labels, beta,
                                    s["loss"], s["costs"], s["l2"])
 
@@ -231,14 +320,15 @@ def _check_fit(name: str, d: int, batch: int, bits: int, params: EngineParams,
 
 
 def train(dataset: str | Path | Dataset, *, board: str = "sim", port: str | None = None,
-          epochs: int = DEFAULTS["epochs"], step: float = DEFAULTS["step"],
+          epochs: int = DEFAULTS["epochs"], step: float | None = None,
           batch: int = DEFAULTS["batch"], seed: int = DEFAULTS["seed"],
-          label: str | int | None = None, bits: int = DEFAULTS["bits"],
-          sampling: str = DEFAULTS["sampling"], levels: str = DEFAULTS["levels"],
+          label: str | int | None = None, bits: int | None = None,
+          sampling: str | None = None, levels: str = DEFAULTS["levels"],
           loss: str = DEFAULTS["loss"], costs: tuple[float, float] = (1.0, 1.0),
           l2: float = 0.0, shuffle: bool = True, progress: bool = True, timeout: float = 5.0,
           on_epoch: Callable[[TrainResult, EpochRecord], None] | None = None,
-          halve_every: int = 0) -> TrainResult:
+          halve_every: int = 0, algo: str = "sgd", mu: float | None = None,
+          inner_steps: int | None = None, data_bits: int | None = None) -> TrainResult:
     """Train a linear model on a board.
 
     Parameters
@@ -252,20 +342,27 @@ def train(dataset: str | Path | Dataset, *, board: str = "sim", port: str | None
     port : str, optional
         Serial port or pyserial URL of the board; required for real boards.
     epochs : int
-        Passes over the data.
-    step : float
+        Passes over the data (HALP: outer iterations).
+    step : float, optional
         Step size; the engine uses the nearest power of two ``2**-shift``.
+        Default ``DEFAULTS["step"]``; HALP: the SVRG step ``1 / (4 L)`` of the
+        quantised problem, ``L`` its largest per-sample smoothness
+        (:func:`ziphalp.host.halp_reference.default_step`).
     batch : int
         Mini-batch size (gradients are summed over a batch).
     seed : int
         Seed of the stochastic rounding draws and the shuffling.
     label : str or int, optional
         CSV label column (name or index); default the last column.
-    bits : int
-        Precision k of the features: ``2**k`` intervals between ``2**k + 1`` levels.
-    sampling : {"double", "single", "nearest"}
+    bits : int, optional
+        Precision k of the features: ``2**k`` intervals between ``2**k + 1`` levels
+        (default ``DEFAULTS["bits"]``). HALP: the offset width b, 2..``OFFSET_BITS``
+        (default ``HALP_DEFAULTS["bits"]``), and the data precision unless
+        ``data_bits`` is given (at most the engine's ``max_k``).
+    sampling : {"double", "single", "nearest"}, optional
         Two independent stochastic samples per value (unbiased gradient), one
         (biased: a hidden ridge term), or deterministic rounding to the nearest level.
+        Default ``DEFAULTS["sampling"]``; HALP always rounds to nearest, once.
     levels : {"uniform", "optimal"}
         Uniform levels over [-1, 1], or levels minimising the data's total
         quantisation variance (dynamic programming over the ``LEVEL`` grid).
@@ -291,6 +388,19 @@ def train(dataset: str | Path | Dataset, *, board: str = "sim", port: str | None
         same) after every ``halve_every`` epochs, so epoch ``e`` (1-based) runs at
         ``step * 2**-((e - 1) // halve_every)``, down to the engine's smallest step
         ``2**-SHIFT_MAX``. 0 (the default) keeps the step constant.
+    algo : {"sgd", "halp"}
+        Mini-batch SGD (ZipML), or bit-centering SVRG in the engine's HALP mode
+        (needs a board built with it: ``ulx3s``, ``sim-ulx3s``; squared or
+        logistic loss; at most ``halp_samples`` samples; no class costs, L2,
+        schedule or optimal levels; ``batch`` and ``shuffle`` are ignored).
+    mu : float, optional
+        HALP: the grid scale ``delta = ||g~|| / (mu (2**(b-1) - 1))`` (rounded to a
+        power of two by the engine); default :func:`halp_default_mu`.
+    inner_steps : int, optional
+        HALP: inner steps ``T`` per outer iteration, samples drawn uniformly with
+        replacement; default ``n``.
+    data_bits : int, optional
+        HALP: data precision k (1..8) when it is not ``bits``.
 
     Returns
     -------
@@ -300,6 +410,21 @@ def train(dataset: str | Path | Dataset, *, board: str = "sim", port: str | None
     ------
     DataError, SettingsError, BoardError
     """
+    if algo not in ALGOS:
+        raise SettingsError(f"unknown algo {algo!r}; choose from {', '.join(ALGOS)}")
+    if algo == "halp":
+        return _train_halp(dataset, board=board, port=port, epochs=epochs, step=step,
+                           seed=seed, label=label, bits=bits, sampling=sampling,
+                           levels=levels, loss=loss, costs=costs, l2=l2,
+                           progress=progress, timeout=timeout, on_epoch=on_epoch,
+                           halve_every=halve_every, mu=mu, inner_steps=inner_steps,
+                           data_bits=data_bits)
+    for name, value in (("mu", mu), ("inner_steps", inner_steps), ("data_bits", data_bits)):
+        if value is not None:
+            raise SettingsError(f"{name} is a HALP setting (algo 'halp')")
+    step = DEFAULTS["step"] if step is None else step
+    bits = DEFAULTS["bits"] if bits is None else bits
+    sampling = DEFAULTS["sampling"] if sampling is None else sampling
     shift = _check_settings(board, epochs, batch, step, bits, sampling, levels, loss)
     if isinstance(halve_every, bool) or not isinstance(halve_every, int) or halve_every < 0:
         raise SettingsError(f"halve_every must be an integer >= 0, not {halve_every!r}")
@@ -324,7 +449,7 @@ def train(dataset: str | Path | Dataset, *, board: str = "sim", port: str | None
                 "levels": levels, "loss": loss.replace("-", "_"),
                 "costs": tuple(w / (1 << COST_FRAC) for w in cost_words),
                 "l2": 2.0 ** -l2_shift / (step_used * batch) if l2_shift else 0.0,
-                "l2_shift": l2_shift, "halve_every": halve_every}
+                "l2_shift": l2_shift, "halve_every": halve_every, "algo": "sgd"}
     try:
         optimum = reference.optimum(data.features, data.labels, settings["loss"],
                                     settings["costs"], settings["l2"])
@@ -397,10 +522,232 @@ def _epoch(link: Board, result: TrainResult, epoch: int, order: np.ndarray,
 
 
 def _warn(record: EpochRecord, n: int, first: bool) -> None:
+    where = (f"epoch {record.epoch}" if record.iteration is None
+             else f"iteration {record.iteration}")
     if (record.overflow or record.clipped) and first:
         what = "model update" if record.overflow else "scaled loss derivative"
-        warnings.warn(f"epoch {record.epoch}: the engine saturated a {what}; "
+        warnings.warn(f"{where}: the engine saturated a {what}; "
                       "try a smaller --step", SaturationWarning, stacklevel=3)
     if record.samples != n:
-        warnings.warn(f"epoch {record.epoch}: the board counted {record.samples} samples, "
+        warnings.warn(f"{where}: the board counted {record.samples} samples, "
                       f"{n} were sent", RuntimeWarning, stacklevel=3)
+
+
+# --- HALP ----------------------------------------------------------------------------------
+
+def halp_default_mu(features: np.ndarray, labels: np.ndarray, loss: str, bits: int,
+                    step: float) -> float:
+    """Default HALP ``mu`` for offset width ``bits`` and inner step ``step``.
+
+    ``max(mu_c, HALP_MU_GRID / ((2**(bits-1) - 1) step))``, with ``mu_c`` twice the
+    strong-convexity estimate of :func:`ziphalp.host.halp_reference.default_mu`.
+    The offset's range is about ``||g~|| / mu``: ``mu`` near the curvature keeps the
+    distance to the optimum in range. The second term keeps the grid fine enough
+    for the inner steps: the full-gradient part of a step, ``step ||g~||``, is then
+    at least ``HALP_MU_GRID`` grid steps ``delta``; below that, at few bits, the
+    rounding noise swamps the steps and HALP stalls or diverges.
+    """
+    curvature = halp_reference.default_mu(features, labels, loss)
+    return max(curvature, HALP_MU_GRID / ((2 ** (bits - 1) - 1) * step))
+
+
+def quantised_problem(data: Normalised, k: int, loss: str) -> QuantisedProblem:
+    """The fixed problem of a HALP run: features rounded to the nearest uniform k-bit
+    level over [-1, 1] (once), labels to ``LABEL`` words."""
+    table = grid_levels(uniform_levels(k))
+    fields = quantize.quantize_features(data.features, table, k, "nearest")
+    values, _ = quantize.decode_fields(fields, table, k, False)
+    words = quantize.quantize_labels(data.labels)
+    labels = words.astype(np.float64) * LABEL.scale
+    separable = loss == "logistic" and reference._separable(values, labels)
+    description = (f"features rounded to the nearest of the {2 ** k + 1} uniform "
+                   f"{k}-bit levels over [-1, 1] (after normalisation), labels "
+                   f"{'+1/-1' if data.task == 'classification' else 'rounded to ' + str(LABEL)}"
+                   " words")
+    return QuantisedProblem(values, labels, fields, words, k, description, separable)
+
+
+def _quantised_optimum(problem: QuantisedProblem, loss: str) -> tuple[np.ndarray, float] | None:
+    """The exact optimum of the quantised problem (float64), or None (separable data)."""
+    if problem.separable:
+        return None
+    for tol in (1e-11, 1e-10, 1e-9):      # Newton's last steps stall at rounding level
+        try:
+            x, f = reference.optimum(problem.features, problem.labels, loss, tol=tol)
+        except RuntimeError:
+            continue
+        return x, float(f)
+    return None
+
+
+def _inner_seed(seed: int, iteration: int) -> int:
+    """The engine's PRNG seed of outer iteration ``iteration``: from the run seed."""
+    state = np.random.SeedSequence([seed & 0xFFFFFFFF, seed >> 32, iteration])
+    return int(state.generate_state(1, np.uint32)[0])
+
+
+def _scale_log(mu: float, bits: int) -> int:
+    """``round(2**LOG_FRAC * log2(mu (2**(b-1) - 1)))``, the engine's ``scale_log``."""
+    value = round((1 << LOG_FRAC) * math.log2(mu * ((1 << (bits - 1)) - 1)))
+    top = 1 << (SCALE_LOG_BITS - 1)
+    if not -top <= value < top:
+        raise SettingsError(f"mu {mu:g} is out of range for {bits}-bit offsets")
+    return value
+
+
+def _train_halp(dataset, *, board, port, epochs, step, seed, label, bits, sampling, levels,
+                loss, costs, l2, progress, timeout, on_epoch, halve_every, mu, inner_steps,
+                data_bits) -> TrainResult:
+    """:func:`train` with ``algo="halp"`` (module docstring)."""
+    if board not in BOARD_PARAMS:
+        raise SettingsError(f"unknown board {board!r}; choose from {', '.join(BOARD_PARAMS)}")
+    kind = BOARD_PARAMS[board]
+    if not kind.halp:
+        halp_boards = ", ".join(name for name, p in BOARD_PARAMS.items() if p.halp)
+        raise SettingsError(f"the {board} board has no HALP mode; use --board sim-ulx3s "
+                            f"(the simulated ULX3S) or another board with it ({halp_boards})")
+    if epochs < 1:
+        raise SettingsError(f"epochs must be at least 1, not {epochs}")
+    bits = HALP_DEFAULTS["bits"] if bits is None else bits
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= OFFSET_BITS:
+        raise SettingsError(f"HALP offset bits must be 2..{OFFSET_BITS}, not {bits!r}")
+    if data_bits is not None and (isinstance(data_bits, bool) or not isinstance(data_bits, int)
+                                  or not 1 <= data_bits <= quantize.MAX_K):
+        raise SettingsError(f"data bits must be 1..{quantize.MAX_K}, not {data_bits!r}")
+    if loss not in LOSSES:
+        raise SettingsError(f"unknown loss {loss!r}; choose from {', '.join(LOSSES)}")
+    if loss not in HALP_LOSSES:
+        raise SettingsError(f"HALP runs the squared or the logistic loss, not {loss}")
+    if sampling not in (None, "nearest"):
+        raise SettingsError(f"HALP rounds the features to nearest once; sampling {sampling} "
+                            "is for SGD")
+    if levels != "uniform":
+        raise SettingsError("HALP uses uniform levels")
+    if tuple(costs) != (1.0, 1.0) or l2 != 0:
+        raise SettingsError("HALP takes no class costs and no L2 term")
+    if halve_every:
+        raise SettingsError("HALP takes no step schedule (halve_every)")
+    if mu is not None and not (isinstance(mu, int | float) and math.isfinite(mu) and mu > 0):
+        raise SettingsError(f"mu must be a positive number, not {mu!r}")
+    if inner_steps is not None and (isinstance(inner_steps, bool)
+                                    or not isinstance(inner_steps, int) or inner_steps < 1):
+        raise SettingsError(f"inner steps must be an integer >= 1, not {inner_steps!r}")
+    if step is not None:
+        try:
+            quantize.step_to_shift(step)
+        except ValueError as e:
+            raise SettingsError(str(e)) from None
+    if not isinstance(dataset, Dataset):
+        dataset = load(dataset, label)
+    if loss != "squared" and dataset.task != "classification":
+        raise DataError(f"{dataset.name} is a regression data set; the {loss} loss needs "
+                        "labels +1/-1 (a classification data set)")
+    k = min(data_bits or bits, kind.max_k)
+    _check_fit(dataset.name, dataset.d, 1, k, kind, f"the {board} board")
+    if dataset.n > kind.halp_samples:
+        raise SettingsError(f"{dataset.name} has {dataset.n} samples; HALP on the {board} "
+                            f"board takes at most {kind.halp_samples}")
+    data = normalise(dataset)
+    n, features = dataset.n, data.features.shape[1]
+    name = loss.replace("-", "_")
+    problem = quantised_problem(data, k, name)
+    if step is None:
+        step = halp_reference.default_step(problem.features, problem.labels, name)
+        shift = min(max(quantize.step_to_shift(min(step, 1.0)), 0), SHIFT_MAX)
+    else:
+        shift = quantize.step_to_shift(step)
+    step_used = quantize.shift_to_step(shift)
+    if mu is None:
+        mu = halp_default_mu(problem.features, problem.labels, name, bits, step_used)
+    scale_log = _scale_log(mu, bits)
+    steps = n if inner_steps is None else inner_steps
+    full_shift = max(0, (n - 1).bit_length())            # ceil(log2 n)
+    full_cost = round(2.0 ** (COST_FRAC + full_shift) / n)
+    optimum = _quantised_optimum(problem, name)
+    if optimum is None:
+        warnings.warn(f"{dataset.name}: the quantised data are linearly separable; the "
+                      "logistic loss has no finite optimum (no suboptimality)",
+                      RuntimeWarning, stacklevel=3)
+    table = grid_levels(uniform_levels(k))
+    settings = {"algo": "halp", "epochs": epochs, "step": step_used, "shift": shift,
+                "batch": 1, "seed": seed, "shuffle": False, "bits": bits,
+                "offset_bits": bits, "data_bits": k, "mu": float(mu), "inner_steps": steps,
+                "scale_log": scale_log, "full_shift": full_shift, "full_cost": full_cost,
+                "sampling": "nearest", "levels": "uniform", "loss": name,
+                "costs": (1.0, 1.0), "l2": 0.0, "l2_shift": 0, "halve_every": 0}
+    rng = np.random.default_rng(seed)
+    passes = (n + steps) / n
+
+    with _port_url(board, port) as url, Board(url, timeout=timeout) as link:
+        identity = link.identify()
+        params = link.params
+        _check_fit(dataset.name, dataset.d, 1, k, params, url)
+        if not identity.options & Options.HALP:
+            raise SettingsError(f"the board on {url} is built without HALP mode")
+        if n > identity.halp_samples:
+            raise SettingsError(f"{dataset.name} has {n} samples; HALP on the board on {url} "
+                                f"takes at most {identity.halp_samples}")
+        link.load_levels(level_words(table))
+        link.load_model(0, np.zeros(features, np.int64))
+        link.status(clear=True)
+        result = TrainResult(dataset, data, identity, params, board, url, settings, table,
+                             quantisation_variance(data.features.ravel(), table),
+                             np.zeros(features, np.int64), np.zeros(features),
+                             None if optimum is None else optimum[0],
+                             None if optimum is None else optimum[1], problem=problem)
+        loss_code = Loss(LOSSES.index(loss))
+
+        def send(order: np.ndarray) -> None:
+            stream = quantize.pack_samples(problem.fields[order], problem.label_words[order],
+                                           params, k, False, indices=order.astype(np.uint16))
+            for chunk in quantize.frames(stream, params, features, k, False):
+                link.stream(chunk)
+                bar.update(len(chunk) // size)
+
+        size = quantize.sample_bytes(params, features, k, False)
+        everything = np.arange(n)
+        with tqdm(total=epochs * (n + steps), unit="sample", disable=not progress,
+                  desc="training (HALP)", leave=False) as bar:
+            for iteration in range(1, epochs + 1):
+                start = time.perf_counter()
+                link.configure(features, 1, full_shift, k=k, double=False, loss=loss_code,
+                               cost_pos=full_cost, cost_neg=full_cost, phase=Phase.FULL,
+                               offset_bits=bits, scale_log=scale_log)
+                send(everything)
+                full = link.status(clear=True)
+                link.configure(features, 1, shift, k=k, double=False, loss=loss_code,
+                               cost_pos=COST_ONE, cost_neg=COST_ONE, phase=Phase.INNER,
+                               offset_bits=bits, scale_log=scale_log,
+                               seed=_inner_seed(seed, iteration), stochastic=True)
+                send(rng.integers(0, n, steps))
+                words = link.read_model(0, features)
+                inner = link.status(clear=True)
+                record = _halp_record(result, iteration, iteration * passes, words, full, inner,
+                                      time.perf_counter() - start)
+                bar.set_postfix(loss=f"{record.loss:.5g}")
+                _warn(record, n + steps, first=not any(
+                    r.overflow or r.clipped for r in result.history[:-1]))
+                if on_epoch is not None:
+                    on_epoch(result, record)
+    return result
+
+
+def _halp_record(result: TrainResult, iteration: int, passes: float, words: np.ndarray,
+                 full: protocol.Counters, inner: protocol.Counters,
+                 seconds: float) -> EpochRecord:
+    """Append the record of one outer iteration (the model read back as ``words``)."""
+    beta = quantize.words_to_coefficients(words, result.params)
+    problem = result.problem
+    loss = result.objective(beta)
+    optimum = result.optimum_loss
+    accuracy = (reference.accuracy(problem.features, problem.labels, beta)
+                if result.data.task == "classification" else None)
+    flags = full.flags | inner.flags
+    record = EpochRecord(passes, loss, accuracy, full.cycles + inner.cycles, seconds,
+                         full.samples + inner.samples, bool(flags & StatusFlags.OVERFLOW),
+                         bool(flags & StatusFlags.CLIPPED), iteration=iteration,
+                         suboptimality=(loss - optimum) / optimum if optimum else None,
+                         full_cycles=full.cycles, inner_cycles=inner.cycles)
+    result.words, result.coefficients = words, beta
+    result.history.append(record)
+    return record

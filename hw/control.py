@@ -14,8 +14,12 @@ Members
                  double sampling; ``loss`` a ``Loss``; ``l2_shift`` 0..L2_SHIFT_MAX;
                  ``cost_pos``/``cost_neg`` class costs. Held stable from
                  ``start`` on while samples stream; the link checks the ranges.
+``phase``        a ``Phase``; ``stochastic``, ``offset_bits``, ``scale_log``, ``seed``:
+                 the HALP fields of ``CONFIGURE`` (``ziphalp.hw.params``).
 ``start``        one-cycle strobe: clear the gradient buffer and the sample and
-                 batch position. The engine is busy (``idle`` low) while it clears.
+                 batch position (SGD), re-centre (HALP full pass) or choose the
+                 offset grid (HALP inner loop). The engine is busy (``idle`` low)
+                 meanwhile.
 ``idle``         nothing accepted is still being processed and no clear is
                  running (a sample still waiting for beats counts as idle).
 ``model_*``      random access to the model, only while ``idle``: ``model_read``
@@ -34,7 +38,17 @@ from amaranth.hdl import signed
 from amaranth.lib import data, stream
 from amaranth.lib.wiring import In, Out, Signature
 
-from .params import COST_BITS, L2_SHIFT_MAX, LEVEL, SHIFT_MAX, EngineParams, Loss
+from .params import (
+    COST_BITS,
+    L2_SHIFT_MAX,
+    LEVEL,
+    OFFSET_BITS,
+    SCALE_LOG_BITS,
+    SHIFT_MAX,
+    EngineParams,
+    Loss,
+    Phase,
+)
 
 __all__ = ["beat_layout", "control_signature"]
 
@@ -55,6 +69,11 @@ def control_signature(p: EngineParams) -> Signature:
         "l2_shift": Out(range(L2_SHIFT_MAX + 1)),
         "cost_pos": Out(COST_BITS),
         "cost_neg": Out(COST_BITS),
+        "phase": Out(range(len(Phase))),
+        "stochastic": Out(1),
+        "offset_bits": Out(range(OFFSET_BITS + 1)),
+        "scale_log": Out(signed(SCALE_LOG_BITS)),
+        "seed": Out(32),
         "start": Out(1),
         "idle": In(1),
         "model_word": Out(range(p.bank_depth)),

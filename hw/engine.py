@@ -28,6 +28,22 @@ model):
   stage-2 passes start far enough apart that a pass never reads a gradient word
   the previous pass has not written yet.
 
+* **HALP** (builds with ``halp_samples``; arithmetic in ``ziphalp.hw.params``).
+  Two more banked memories, the anchor ``a`` and the ``OFFSET_BITS``-bit offset
+  ``z``, sit beside the model, which always holds ``w = a + (z << sh)`` so the
+  dot product and ``READ_MODEL`` use it unchanged. The full pass is SGD whose
+  batch never ends: its clear pass copies ``w`` into ``a`` and zeroes ``z``, the
+  gradient banks accumulate ``G``, and :class:`ScaledError` caches each sample's
+  ``E`` under the index carried by its label beat. The inner loop's clear pass
+  keeps ``G``; then ``S = sum G**2`` is taken one word a cycle through one
+  squarer, ``sh`` follows from ``S`` in five steps, and a pass over the words
+  turns ``G`` into ``gamma``. Every inner-loop sample then ends a batch: stage
+  1's loss uses ``E - C[i]`` and the shift ``shift + sh``; stage 2 reads ``a`` and
+  ``z`` with the model word and writes back ``w'`` and ``z'`` (never ``gamma``).
+  The full pass runs at the SGD engine's rate (a batch that fills); the inner
+  loop at the rate of batch size 1. Preparing the inner loop takes about
+  ``max_features + bank_depth`` cycles.
+
 Steady state: one beat per cycle while a batch fills (``n + 1`` cycles a
 sample, the label beat included, once ``n`` is at least ``UpdateLanes.latency -
 GRAD_AT``); a sample that ends a batch costs ``n`` cycles plus the fixed
@@ -46,7 +62,20 @@ from amaranth.lib.wiring import In
 from .control import control_signature
 from .dot import DotProduct
 from .loss import ScaledError
-from .params import LABEL, LEVEL, EngineParams, field_bits
+from .params import (
+    LABEL,
+    LEVEL,
+    LOG_FRAC,
+    OFFSET_BITS,
+    OFFSET_SHIFT_MAX,
+    SCALE_LOG_BITS,
+    SHIFT_MAX,
+    SIGMA_FRAC,
+    EngineParams,
+    Phase,
+    clog2,
+    field_bits,
+)
 from .update import UpdateLanes
 
 __all__ = ["SGDEngine"]
@@ -76,7 +105,10 @@ class SGDEngine(wiring.Component):
         self.params = params
         #: the run-time modes (k, double) the engine decodes, in ``mode`` order
         self.modes = [(k, double) for k in range(1, params.max_k + 1) for double in (0, 1)]
-        self._tag = data.StructLayout({"label": LABEL.bits, "end": 1})
+        tag = {"label": LABEL.bits, "end": 1}
+        if params.halp:
+            tag["index"] = 16                                 # the sample's cache index
+        self._tag = data.StructLayout(tag)
         self._dot = DotProduct(params, tag_bits=self._tag.size)
         self._loss = ScaledError(params, tag_bits=1)
         self._update = UpdateLanes(params)
@@ -125,6 +157,11 @@ class SGDEngine(wiring.Component):
                     K = p.values_per_beat(k, double)
                     m.d.sync += [per_beat.eq(K), lane_in_mode.eq((1 << K) - 1)]
 
+        # the phase (HALP builds), registered like the mode
+        full, inner = Signal(), Signal()
+        if p.halp:
+            m.d.sync += [full.eq(ctrl.phase == Phase.FULL), inner.eq(ctrl.phase == Phase.INNER)]
+
         # --- storage ----------------------------------------------------------------
         # No word is ever read in the cycle it is written (the hazard rules below), so
         # each read is an asynchronous port into a register and the memories carry
@@ -142,6 +179,15 @@ class SGDEngine(wiring.Component):
         model_wr = [mem.write_port() for mem in model_mem]
         grad_rd = [self._read_port(m, mem, f"grad_rd{b}") for b, mem in enumerate(grad_mem)]
         grad_wr = [mem.write_port() for mem in grad_mem]
+        if p.halp:      # HALP: the anchor and the offset, banked like the model
+            anchor_mem = [bank_mem(signed(WM), "anchor", b) for b in range(L)]
+            offset_mem = [bank_mem(signed(OFFSET_BITS), "offset", b) for b in range(L)]
+            anchor_upd = [self._read_port(m, mem, f"anchor_upd{b}")
+                          for b, mem in enumerate(anchor_mem)]
+            offset_upd = [self._read_port(m, mem, f"offset_upd{b}")
+                          for b, mem in enumerate(offset_mem)]
+            anchor_wr = [mem.write_port() for mem in anchor_mem]
+            offset_wr = [mem.write_port() for mem in offset_mem]
 
         # Level tables, one copy per lane sized for the largest k that lane serves:
         # entry j holds l_j (lo) and l_{j+1} (hi), so one read gives both samples.
@@ -177,12 +223,26 @@ class SGDEngine(wiring.Component):
         last_mask = Signal(L)                         # lanes in use in the last beat
         clearing = Signal()
         clear_cycles = max(p.bank_depth, p.max_beats)
+        # HALP inner-loop preparation after the clear pass: the norm of G, the
+        # offset shift, then gamma (see _prepare_inner)
+        norming, deciding, scaling = Signal(), Signal(), Signal()
+        prep_count = Signal(range(p.bank_depth * L + 8))
+        prep_word = Signal(addr_shape)
+        norm2 = Signal(2 * p.grad_bits + clog2(p.bank_depth * L))
+        gamma = [Signal(signed(p.grad_bits), name=f"gamma{b}") for b in range(L)]
+        gamma_word = Signal(addr_shape)
+        gamma_write = Signal()
+        copy_word = Signal(range(clear_cycles))
+        copy_write = Signal()
+        preparing = clearing | norming | deciding | scaling
+        offset_shift = Signal(range(OFFSET_SHIFT_MAX + 1))
         clr_word = Signal(range(clear_cycles))
         clr_base = Signal(range(p.max_beats * L + L + 1))
 
         # --- stage 1 state ----------------------------------------------------------
         pos = Signal(beats_shape)                     # 0: label beat next; j+1: beat j
         label = Signal(signed(LABEL.bits))
+        sample_index = Signal(16)
         flush_seen = Signal()
         batch_pos = Signal(range(p.max_batch + 1))
         inflight = Signal(range(INFLIGHT + 1))
@@ -237,7 +297,7 @@ class SGDEngine(wiring.Component):
         last_beat, batch_full, room, model_ready = Signal(), Signal(), Signal(), Signal()
         m.d.sync += [room.eq(samples.level + DECODE_LATENCY + 3 <= self.fifo_depth),
                      model_ready.eq(~end_pending | (end_written > pos))]
-        take = head_valid & ~clearing & Mux(
+        take = head_valid & ~preparing & Mux(
             at_label, inflight < INFLIGHT, room & model_ready)
         take_label = take & at_label
         take_word = take & ~at_label
@@ -277,11 +337,13 @@ class SGDEngine(wiring.Component):
                                         "addr": addr_shape, "tag": self._tag})
         ctl1, ctl2 = Signal(ctl_layout), Signal(ctl_layout)
         sample_end = Signal()
-        m.d.comb += sample_end.eq(batch_full | flush_seen | beat.flush)
+        # HALP: the full pass never ends a batch; every inner-loop sample does
+        m.d.comb += sample_end.eq(~full & (inner | batch_full | flush_seen | beat.flush))
         m.d.sync += [
             ctl1.valid.eq(take_word), ctl1.first.eq(take_word & (word == 0)),
             ctl1.last.eq(take_last), ctl1.bank.eq(first_bank), ctl1.addr.eq(first_addr),
             ctl1.tag.label.eq(label), ctl1.tag.end.eq(sample_end),
+            *([ctl1.tag.index.eq(sample_index)] if p.halp else []),
             ctl2.eq(ctl1),
         ]
         # cycle 1 -> 2: table reads; model reads, one word per bank
@@ -309,6 +371,8 @@ class SGDEngine(wiring.Component):
         m.d.comb += [samples.w_data.eq(pushed.as_value()), samples.w_en.eq(ctl2.valid)]
 
         with m.If(take_label):
+            if p.halp:
+                m.d.sync += sample_index.eq(beat.data[16:32])
             m.d.sync += [label.eq(beat.data[:LABEL.bits]), flush_seen.eq(beat.flush), pos.eq(1),
                          word.eq(0), last_beat.eq(last_word == 0), at_label.eq(0),
                          first_bank.eq(0), first_addr.eq(0)]
@@ -337,10 +401,15 @@ class SGDEngine(wiring.Component):
             dot.tag.eq(ctl2.tag),
         ]
         dot_tag = data.View(self._tag, dot.tag_out)
+        # the inner loop's sigma is in offset LSBs: the shift grows by sh
+        loss_shift = Signal.like(loss.shift)
+        m.d.sync += loss_shift.eq(ctrl.shift + Mux(inner, offset_shift, 0))
+        if p.halp:
+            m.d.comb += [loss.phase.eq(ctrl.phase), loss.index.eq(dot_tag.index)]
         m.d.comb += [
             loss.dot.eq(dot.dot), loss.label.eq(dot_tag.label),
             loss.valid.eq(dot.done), loss.tag.eq(dot_tag.end),
-            loss.loss.eq(ctrl.loss), loss.shift.eq(ctrl.shift),
+            loss.loss.eq(ctrl.loss), loss.shift.eq(loss_shift),
             loss.cost_pos.eq(ctrl.cost_pos), loss.cost_neg.eq(ctrl.cost_neg),
             sigmas.w_data.eq(Cat(loss.sigma, loss.tag_out)),
             sigmas.w_en.eq(loss.valid_out),
@@ -350,7 +419,7 @@ class SGDEngine(wiring.Component):
         # Pass start: at least (1 + latency - GRAD_AT) cycles after the previous one,
         # so a gradient word is never read before the previous pass wrote it.
         upd = self._update
-        pass_start = ~s2_active & ~clearing & sigmas.r_rdy & (s2_gap == 0)
+        pass_start = ~s2_active & ~preparing & sigmas.r_rdy & (s2_gap == 0)
         m.d.comb += sigmas.r_en.eq(pass_start)
         s2_bank = Signal(range(L))
         s2_addr = Signal(addr_shape)
@@ -388,10 +457,23 @@ class SGDEngine(wiring.Component):
             update.sigma.eq(s2_sigma), update.levels.eq(s2_levels), update.end.eq(trail[0].end),
             update.valid.eq(s2_valid), update.l2_shift.eq(ctrl.l2_shift),
         ]
+        if p.halp:
+            m.d.comb += [
+                update.inner.eq(inner), update.stochastic.eq(ctrl.stochastic),
+                update.offset_bits.eq(ctrl.offset_bits), update.offset_shift.eq(offset_shift),
+                update.seed.eq(ctrl.seed), update.reseed.eq(ctrl.start),
+            ]
+            for b in range(L):
+                model_addr = bank_addr(b, model_at.bank, model_at.addr)
+                m.d.comb += [anchor_upd[b].addr.eq(model_addr), offset_upd[b].addr.eq(model_addr),
+                             update.anchor[b].eq(anchor_upd[b].data),
+                             update.offset[b].eq(offset_upd[b].data)]
         for b in range(L):
             m.d.comb += [
-                grad_rd[b].addr.eq(bank_addr(b, grad_at.bank, grad_at.addr)),     # data at GRAD_AT
-                model_upd[b].addr.eq(bank_addr(b, model_at.bank, model_at.addr)),  # at MODEL_AT
+                grad_rd[b].addr.eq(Mux(norming | scaling, prep_word,                # HALP prep
+                                       bank_addr(b, grad_at.bank, grad_at.addr))),  # at GRAD_AT
+                model_upd[b].addr.eq(Mux(clearing, clr_word,                         # re-centre
+                                         bank_addr(b, model_at.bank, model_at.addr))),  # MODEL_AT
                 update.grad[b].eq(grad_rd[b].data), update.model[b].eq(model_upd[b].data),
             ]
         wb = trail[upd.latency]
@@ -401,12 +483,27 @@ class SGDEngine(wiring.Component):
 
         for b in range(L):
             wb_addr = bank_addr(b, wb.bank, wb.addr)
-            with m.If(clearing):
+            with m.If(clearing):          # the inner loop keeps G for its gamma
                 m.d.comb += [grad_wr[b].addr.eq(clr_word), grad_wr[b].data.eq(0),
-                             grad_wr[b].en.eq(clr_word < p.bank_depth)]
-            with m.Else():
+                             grad_wr[b].en.eq((clr_word < p.bank_depth) & ~inner)]
+            with m.Elif(scaling):
+                m.d.comb += [grad_wr[b].addr.eq(gamma_word), grad_wr[b].data.eq(gamma[b]),
+                             grad_wr[b].en.eq(gamma_write)]
+            with m.Else():                # the inner loop only reads gamma
                 m.d.comb += [grad_wr[b].addr.eq(wb_addr), grad_wr[b].data.eq(update.grad_out[b]),
-                             grad_wr[b].en.eq(write & wb.active[b])]
+                             grad_wr[b].en.eq(write & wb.active[b] & ~inner)]
+            if p.halp:
+                # re-centre (full pass): a = w, z = 0; the inner loop writes z'
+                m.d.comb += [anchor_wr[b].addr.eq(copy_word),
+                             anchor_wr[b].data.eq(model_upd[b].data),
+                             anchor_wr[b].en.eq(copy_write)]
+                with m.If(clearing):
+                    m.d.comb += [offset_wr[b].addr.eq(clr_word), offset_wr[b].data.eq(0),
+                                 offset_wr[b].en.eq((clr_word < p.bank_depth) & full)]
+                with m.Else():
+                    m.d.comb += [offset_wr[b].addr.eq(wb_addr),
+                                 offset_wr[b].data.eq(update.offset_out[b]),
+                                 offset_wr[b].en.eq(write_model & inner & wb.active[b])]
             with m.If(ctrl.model_write):
                 m.d.comb += [model_wr[b].addr.eq(ctrl.model_word),
                              model_wr[b].data.eq(ctrl.model_wdata),
@@ -438,7 +535,7 @@ class SGDEngine(wiring.Component):
             with m.If(loss.clipped):
                 m.d.sync += ctrl.clipped.eq(1)
 
-        m.d.comb += ctrl.idle.eq(~clearing & (pending == 0) & ~head_valid & ~skid_valid)
+        m.d.comb += ctrl.idle.eq(~preparing & (pending == 0) & ~head_valid & ~skid_valid)
 
         # ============================== clear pass ===================================
         with m.If(ctrl.start):
@@ -457,5 +554,87 @@ class SGDEngine(wiring.Component):
             m.d.sync += [clr_word.eq(clr_word + 1), clr_base.eq(clr_base + per_beat)]
             with m.If(clr_word == clear_cycles - 1):
                 m.d.sync += clearing.eq(0)
+                if p.halp:
+                    with m.If(inner):
+                        m.d.sync += [norming.eq(1), prep_count.eq(0), norm2.eq(0)]
+        # the anchor copy of the full pass trails the model read by a cycle
+        m.d.sync += [copy_word.eq(clr_word),
+                     copy_write.eq(clearing & full & (clr_word < p.bank_depth))]
+        if p.halp:
+            self._prepare_inner(m, locals())
         return m
+
+    def _prepare_inner(self, m, v):
+        """HALP: after the clear pass of the inner loop, ``S = sum G_f**2`` (one word
+        of one bank per cycle, exact), the offset shift ``sh`` from ``S`` and
+        ``scale_log``, then ``gamma_f = round_shift(G_f, sh + shift)`` in place (a
+        word of every bank per cycle). Written out in ``ziphalp.hw.params``."""
+        p, ctrl, L = self.params, v["ctrl"], self.params.lanes
+        grad_rd, prep_word, prep_count = v["grad_rd"], v["prep_word"], v["prep_count"]
+        norming, deciding, scaling = v["norming"], v["deciding"], v["scaling"]
+        norm2, offset_shift = v["norm2"], v["offset_shift"]
+        total = p.bank_depth * L
+        lane_bits = (L - 1).bit_length()
+        # --- S: address, select a lane, square, accumulate (three cycles behind) ----
+        lane1 = Signal(range(L))
+        g2 = Signal(signed(p.grad_bits))
+        sq = Signal(2 * p.grad_bits)
+        v1, v2, v3 = Signal(), Signal(), Signal()
+        m.d.comb += prep_word.eq(Mux(norming, prep_count >> lane_bits, prep_count))
+        m.d.sync += [lane1.eq(prep_count[:lane_bits] if lane_bits else 0),
+                     v1.eq(norming & (prep_count < total)),
+                     g2.eq(Array(port.data for port in grad_rd)[lane1]), v2.eq(v1),
+                     sq.eq(g2 * g2), v3.eq(v2)]
+        with m.If(v3):
+            m.d.sync += norm2.eq(norm2 + sq)
+        with m.If(norming):
+            m.d.sync += prep_count.eq(prep_count + 1)
+            with m.If(prep_count == total + 3):
+                m.d.sync += [norming.eq(0), deciding.eq(1), prep_count.eq(0)]
+        # --- sh: msb and the bits below it, the log-domain rule, the clamp ----------
+        msb = Signal(range(len(norm2)))
+        for i in range(len(norm2)):
+            with m.If(norm2[i]):
+                m.d.comb += msb.eq(i)
+        msb_r = Signal.like(msb)
+        zero = Signal()
+        mant = Signal(LOG_FRAC)
+        x = Signal(signed(len(norm2).bit_length() + LOG_FRAC + SCALE_LOG_BITS + 2))
+        rounded = Signal(signed(len(x)))
+        with m.If(deciding):
+            m.d.sync += prep_count.eq(prep_count + 1)
+            with m.Switch(prep_count):
+                with m.Case(0):
+                    m.d.sync += [msb_r.eq(msb), zero.eq(norm2 == 0)]
+                with m.Case(1):
+                    m.d.sync += mant.eq(((norm2 << LOG_FRAC) >> msb_r)[:LOG_FRAC])
+                with m.Case(2):
+                    m.d.sync += x.eq((msb_r << LOG_FRAC) + mant - (SIGMA_FRAC << (LOG_FRAC + 1))
+                                     - 2 * ctrl.scale_log)
+                with m.Case(3):
+                    m.d.sync += rounded.eq((x + (1 << LOG_FRAC)) >> (LOG_FRAC + 1))
+                with m.Case(4):
+                    m.d.sync += [
+                        offset_shift.eq(Mux(zero | (rounded < 0), 0,
+                                            Mux(rounded > OFFSET_SHIFT_MAX, OFFSET_SHIFT_MAX,
+                                                rounded))),
+                        deciding.eq(0), scaling.eq(1), prep_count.eq(0),
+                    ]
+        # --- gamma: read a word of every bank, round-shift it, write it back ---------
+        amount = Signal(range(OFFSET_SHIFT_MAX + SHIFT_MAX + 1))
+        m.d.sync += amount.eq(offset_shift + ctrl.shift)
+        less = Signal.like(amount)
+        m.d.comb += less.eq(amount - 1)
+        gamma, gamma_word, gamma_write = v["gamma"], v["gamma_word"], v["gamma_write"]
+        read_valid = Signal()
+        read_word = Signal.like(gamma_word)
+        m.d.sync += [read_valid.eq(scaling & (prep_count < p.bank_depth)), read_word.eq(prep_count),
+                     gamma_write.eq(read_valid), gamma_word.eq(read_word)]
+        for b in range(L):
+            g = grad_rd[b].data
+            m.d.sync += gamma[b].eq(Mux(amount == 0, g, ((g >> less) + 1) >> 1))
+        with m.If(scaling):
+            m.d.sync += prep_count.eq(prep_count + 1)
+            with m.If(prep_count == p.bank_depth + 1):
+                m.d.sync += scaling.eq(0)
 

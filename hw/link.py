@@ -19,7 +19,7 @@ what the engine computes. A rejected request changes nothing.
 from functools import reduce
 from operator import or_
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory, ReadPort, WritePort
 from amaranth.lib.wiring import Component, In, Out, Signature
@@ -27,13 +27,25 @@ from amaranth.utils import ceil_log2
 
 from .control import control_signature
 from .crc import CRC16
-from .params import COST_BITS, COST_ONE, L2_SHIFT_MAX, LEVEL, SHIFT_MAX, EngineParams, Loss
+from .params import (
+    COST_BITS,
+    COST_ONE,
+    L2_SHIFT_MAX,
+    LEVEL,
+    OFFSET_BITS,
+    SHIFT_MAX,
+    EngineParams,
+    Loss,
+    Phase,
+)
 from .protocol import (
     CONFIGURE_FORMAT,
     COUNTER_BITS,
     IDENTIFY_FORMAT,
     MODE_DOUBLE,
     MODE_LOSS_SHIFT,
+    MODE_PHASE_SHIFT,
+    MODE_STOCHASTIC,
     MODEL_HEADER_FORMAT,
     STATUS_FORMAT,
     SYNC,
@@ -51,15 +63,19 @@ __all__ = ["Link", "LinkReceiver", "LinkExecutor", "ARGS_LAYOUT", "request_signa
 WEIGHT_BYTES = 4
 #: Bytes of one level in LOAD_LEVELS payloads (int16).
 LEVEL_BYTES = 2
-#: The CONFIGURE mode byte: bit 0 double sampling, bits 1-2 the loss, the rest zero.
+#: The CONFIGURE mode byte: bit 0 double sampling, bits 1-2 the loss, bits 3-4 the
+#: phase, bit 5 stochastic rounding of the HALP offset, the rest zero.
 LOSS_BITS = ceil_log2(len(Loss))
-MODE_LAYOUT = data.StructLayout({"double": 1, "loss": LOSS_BITS, "reserved": 7 - LOSS_BITS})
+MODE_LAYOUT = data.StructLayout({"double": 1, "loss": LOSS_BITS, "phase": 2, "stochastic": 1,
+                                 "reserved": 4 - LOSS_BITS})
 assert MODE_DOUBLE == 1 << 0 and MODE_LOSS_SHIFT == 1 and 1 << LOSS_BITS == len(Loss)
+assert MODE_PHASE_SHIFT == 1 + LOSS_BITS and MODE_STOCHASTIC == 1 << (MODE_PHASE_SHIFT + 2)
 #: The first payload bytes of a request, kept in registers, as the commands read them.
 ARGS_LAYOUT = data.UnionLayout({
     "configure": data.StructLayout({
         "features": 16, "batch": 16, "shift": 8, "k": 8, "mode": MODE_LAYOUT,
-        "l2_shift": 8, "cost_pos": COST_BITS, "cost_neg": COST_BITS}),
+        "l2_shift": 8, "cost_pos": COST_BITS, "cost_neg": COST_BITS,
+        "offset_bits": 8, "scale_log": signed(16), "seed": 32}),
     "model": data.StructLayout({"start": 16, "count": 16}),  # count is reserved (0) for LOAD
     "status": data.StructLayout({"flags": 8}),
 })
@@ -333,7 +349,8 @@ class LinkExecutor(Component):
             version=VERSION, beat_bits=p.beat_bits, lanes=p.lanes, max_k=p.max_k,
             max_features=p.max_features, max_batch=p.max_batch, model_bits=p.model_bits,
             model_frac=p.model_frac, frame_bytes=p.frame_bytes, clock_hz=p.clock_hz,
-            build_id=p.build_id, options=Options(p.options)).pack()
+            build_id=p.build_id, options=Options(p.options),
+            halp_samples=p.halp_samples).pack()
 
     def check(self, m, configured):
         """Judge the request: its status, reply payload length and command.
@@ -379,6 +396,12 @@ class LinkExecutor(Component):
             (cfg.l2_shift <= (L2_SHIFT_MAX if p.l2_decay else 0), "l2_shift_ok"),
             (((cfg.cost_pos == COST_ONE) & (cfg.cost_neg == COST_ONE)) | p.class_costs,
              "costs_ok"),
+            ((cfg.offset_bits >= 2) & (cfg.offset_bits <= OFFSET_BITS), "offset_bits_ok"),
+            # a HALP phase needs the build and a squared or logistic loss
+            ((cfg.mode.phase == Phase.SGD) |
+             (((cfg.mode.phase == Phase.FULL) | (cfg.mode.phase == Phase.INNER)) &
+              ((cfg.mode.loss == Loss.SQUARED) | (cfg.mode.loss == Loss.LOGISTIC)) &
+              int(p.halp)), "phase_ok"),
         ]]
         count_zero = step(model.count == 0, "count_zero")
         count_fits = step(model.count <= p.frame_bytes // WEIGHT_BYTES, "count_fits")
@@ -616,6 +639,11 @@ class LinkExecutor(Component):
                             eng.l2_shift.eq(args.configure.l2_shift),
                             eng.cost_pos.eq(args.configure.cost_pos),
                             eng.cost_neg.eq(args.configure.cost_neg),
+                            eng.phase.eq(args.configure.mode.phase),
+                            eng.stochastic.eq(args.configure.mode.stochastic),
+                            eng.offset_bits.eq(args.configure.offset_bits),
+                            eng.scale_log.eq(args.configure.scale_log),
+                            eng.seed.eq(args.configure.seed),
                             configured.eq(1),
                         ]
                         m.next = "CONFIGURE"

@@ -10,6 +10,11 @@ level. Fixed latency, no stalls, one sample per cycle at most.
 
 The cost multiply is a shift-and-add over the cost's bits into a pipelined adder
 tree (``COST_BITS`` terms): it stays out of the DSP blocks, which the lanes use.
+
+HALP builds hold the anchor-error cache ``C`` (``halp_samples`` words of ``E``):
+in the full pass ``E`` is written to ``C[index]``; in the inner loop ``E - C[index]``
+shifted left by ``LEVEL.frac`` takes the place of ``E`` (the caller adds the
+offset shift to ``shift``).
 """
 
 from amaranth import Cat, Module, Mux, Signal, signed, unsigned
@@ -22,6 +27,7 @@ from .params import (
     COST_FRAC,
     LABEL,
     LEVEL,
+    OFFSET_SHIFT_MAX,
     SHIFT_MAX,
     SIGMA_FRAC,
     SIGMOID_CELL_BITS,
@@ -29,6 +35,7 @@ from .params import (
     SIGMOID_FRAC,
     EngineParams,
     Loss,
+    Phase,
     sigmoid_table,
 )
 from .saturate import saturate
@@ -48,6 +55,9 @@ class ScaledError(wiring.Component):
     loss : In(range(len(Loss))); shift : In(range(SHIFT_MAX + 1))
     cost_pos, cost_neg : In(COST_BITS)
         Configuration, held while samples flow (and for a cycle before the first one).
+        In HALP builds ``shift`` goes up to ``SHIFT_MAX + OFFSET_SHIFT_MAX``.
+    phase : In(range(len(Phase))); index : In(16)
+        HALP builds: the phase (held) and the sample's cache index (with ``valid``).
     valid : In(1); tag : In(tag_bits)
     sigma : Out(signed(params.sigma.bits)); clipped : Out(1)
         ``clipped`` is high with ``valid_out`` when ``S`` or ``sigma`` saturated.
@@ -61,11 +71,14 @@ class ScaledError(wiring.Component):
                            if params.class_costs else None)
         #: cycles from ``valid`` to ``valid_out``
         self.latency = 7 + self._cost_tree.latency if params.class_costs else 7
+        self.shift_max = SHIFT_MAX + (OFFSET_SHIFT_MAX if params.halp else 0)
         super().__init__({
             "dot": In(signed(params.dot_bits)),
             "label": In(signed(LABEL.bits)),
             "loss": In(range(len(Loss))),
-            "shift": In(range(SHIFT_MAX + 1)),
+            "shift": In(range(self.shift_max + 1)),
+            "phase": In(range(len(Phase))),
+            "index": In(16),
             "cost_pos": In(COST_BITS),
             "cost_neg": In(COST_BITS),
             "valid": In(1),
@@ -81,7 +94,9 @@ class ScaledError(wiring.Component):
         p = self.params
         frac = p.model_frac + LEVEL.frac               # fraction bits of D and E
         one = 1 << frac
-        width = max(p.residual_bits, BASE_SHIFT + SHIFT_MAX + 1) + 1
+        # (HALP builds: the inner loop's Ed << LEVEL.frac, see ziphalp.hw.params)
+        width = max(p.residual_bits + (LEVEL.frac if p.halp else 0),
+                    BASE_SHIFT + self.shift_max + 1) + 1
         sig = p.sigma.bits
 
         # valid, tag and the class travel alongside
@@ -124,7 +139,22 @@ class ScaledError(wiring.Component):
             t2.eq(read.data), diff2.eq(diff), neg2.eq(neg),
             active2.eq(Mux(pos[0], diff < 0, diff > 0)),
         ]
-        # cycle 3: E by the loss
+        # HALP: the cache index addresses the cache in cycle 1; the cached E is there
+        # in cycle 2, with the loss's E
+        cached = Signal(signed(width), name="cached")
+        if p.halp:
+            full, inner = Signal(), Signal()
+            m.d.sync += [full.eq(self.phase == Phase.FULL), inner.eq(self.phase == Phase.INNER)]
+            index1, index2 = Signal(16, name="index1"), Signal(16, name="index2")
+            m.d.sync += [index1.eq(self.index), index2.eq(index1)]
+            m.submodules.cache = cache = memory.Memory(
+                shape=signed(p.residual_bits), depth=p.halp_samples, init=[],
+                attrs={"no_rw_check": 1})
+            cache_rd = cache.read_port(domain="comb")
+            cache_wr = cache.write_port()
+            m.d.comb += cache_rd.addr.eq(index1)
+            m.d.sync += cached.eq(cache_rd.data)
+        # cycle 3: E by the loss (HALP inner loop: (E - C[i]) << LEVEL.frac)
         prob = Signal(SIGMOID_FRAC + 1)
         excess = Signal(signed(SIGMOID_FRAC + 2))
         m.d.comb += [prob.eq(Mux(neg2, (1 << SIGMOID_FRAC) - t2, t2)),
@@ -133,15 +163,24 @@ class ScaledError(wiring.Component):
         hinge = Mux(active2, Mux(pos[1], -one, one), 0)
         sq_hinge = Mux(active2, diff2, 0)
         error = Signal(signed(width), name="error")
+        derivative = Signal(signed(width), name="derivative")
         with m.Switch(loss):
             with m.Case(Loss.SQUARED):
-                m.d.sync += error.eq(diff2)
+                m.d.comb += derivative.eq(diff2)
             with m.Case(Loss.LOGISTIC):
-                m.d.sync += error.eq(logistic)
+                m.d.comb += derivative.eq(logistic)
             with m.Case(Loss.HINGE):
-                m.d.sync += error.eq(hinge)
+                m.d.comb += derivative.eq(hinge)
             with m.Case(Loss.SQUARED_HINGE):
-                m.d.sync += error.eq(sq_hinge)
+                m.d.comb += derivative.eq(sq_hinge)
+        if p.halp:
+            m.d.sync += error.eq(Mux(inner, (derivative - cached) << LEVEL.frac, derivative))
+        else:
+            m.d.sync += error.eq(derivative)
+        if p.halp:
+            # the full pass caches E (its `cached` is 0, so `error` is E)
+            m.d.comb += [cache_wr.addr.eq(index2), cache_wr.data.eq(derivative),
+                         cache_wr.en.eq(full & valid[1])]
         # cycles 4-6: round_shift(E, s) = (floor(E / 2**(s-1)) + 1) >> 1 for s >= 1: a
         # constant shift, a barrel shift by `shift` only, then a narrow increment
         coarse = error >> (BASE_SHIFT - 1)

@@ -58,6 +58,60 @@ Sigmoid (logistic loss): ``u = D`` if ``D >= 0`` else ``~D`` (``-D - 1``);
 every ``z``: at most ``max|sigmoid'| * half a cell = 2**-9`` inside the table,
 ``1 - sigmoid(8) < 2**-9`` beyond it, plus ``2**-17`` of rounding and ``2**-34``
 for the ones' complement.
+
+HALP mode (bit-centering SVRG; built when ``halp_samples > 0``)
+---------------------------------------------------------------
+The model ``w`` (the ``model`` words, what ``READ_MODEL`` returns) is kept equal
+to ``sat(a + (z << sh), model.bits)``: a wide *anchor* ``a`` (``model`` format)
+plus a ``b``-bit signed *offset* ``z`` (an ``OFFSET_BITS``-wide word clamped to
+``b`` bits) on the grid ``delta = 2**-(FM - sh)``, ``0 <= sh <= OFFSET_SHIFT_MAX``.
+``CONFIGURE`` chooses a *phase* (mode bits 3-4, :class:`Phase`); in both HALP
+phases the loss is squared or logistic, every label beat carries the sample's
+index ``i < halp_samples`` in bits 16..31, and ``batch`` and flushes are ignored.
+
+Full pass (``Phase.FULL``). ``CONFIGURE`` re-centres, for every word: ``a = w``,
+``z = 0``, ``G = 0``. Then per sample: ``E`` at ``w`` as above; the *anchor
+error* ``C[i] = E`` is cached; ``sigma`` as above (``shift`` and the class costs
+scale the sum: the host sends ``shift = ceil(log2 n)`` and both costs
+``round(2**(COST_FRAC + shift) / n)``, so ``sigma`` is ``E / n`` within the cost's
+precision); ``G_f += sigma * q2_f``. The model does not change.
+
+Inner loop (``Phase.INNER``). ``CONFIGURE`` (which does not clear ``G``) chooses
+the offset grid from ``S = sum_f G_f**2`` (exact, over every word):
+
+* ``S = 0``: ``sh = 0``; else ``p = msb(S)`` (``2**p <= S < 2**(p+1)``),
+  ``m = floor(S * 2**(LOG_FRAC - p)) - 2**LOG_FRAC`` (the ``LOG_FRAC`` bits below
+  the msb), ``lam = p * 2**LOG_FRAC + m`` (a piecewise-linear ``log2 S``, at most
+  0.086 low),
+* ``X = lam - 2**(LOG_FRAC + 1) * SIGMA_FRAC - 2 * scale_log``,
+  ``sh = clamp((X + 2**LOG_FRAC) >> (LOG_FRAC + 1), 0, OFFSET_SHIFT_MAX)``,
+
+i.e. ``log2 delta`` rounded to the nearest integer with ``delta = |g| / (mu * (2**(b-1)
+- 1))`` when the host sends ``scale_log = round(2**LOG_FRAC * log2(mu * (2**(b-1) -
+1)))``; then every word's ``G_f`` becomes ``gamma_f = round_shift(G_f, sh + shift)``
+(identity for a shift of 0), ``shift`` being the inner step's: ``gamma`` is
+``alpha * g / delta`` with ``SIGMA_FRAC`` fraction bits. The PRNG is seeded. Then
+per sample (each one a model update):
+
+====================  ==========================================================
+``Ed``                ``E(w) - C[i]`` (``E`` at the current ``w``, same loss)
+``S``                 ``sat(round_shift(Ed, LF + shift + sh - SIGMA_FRAC), sigma.bits)``
+``sigma``             ``sat(round_shift(S * cost, COST_FRAC), sigma.bits)``
+``acc_f``             ``(gamma_f << LF) + sigma * q2_f``
+``z_f'``              ``clamp(z_f - ((acc_f + r_f) >> HALP_FRAC), -2**(b-1), 2**(b-1) - 1)``
+``w_f'``              ``sat(a_f + (z_f' << sh), model.bits)`` (a clip sets ``overflow``)
+====================  ==========================================================
+
+Here ``sigma`` carries ``HALP_FRAC = SIGMA_FRAC + LF`` fraction bits of an offset LSB
+per level LSB (``LF`` more than in SGD: a ``b``-bit grid is coarse, and rounding
+``sigma`` to a quarter of its LSB, as SGD's scale would, stalls it at 4 bits).
+``r_f = 2**(HALP_FRAC - 1)`` (round to nearest, half up) unless mode bit 5 asks for
+stochastic rounding: then ``r_f`` is the top ``HALP_FRAC`` bits of PRNG lane
+``f % lanes`` after its step for the update beat that carries feature ``f``.
+PRNG lane ``l`` is xorshift32 (``x ^= x << 13; x ^= x >> 17; x ^= x << 5``, 32 bits)
+seeded with ``(seed + (l + 1) * 0x9E3779B9) mod 2**32`` (``0x6D2B79F5`` if that is
+0); every lane steps once per update beat of the inner loop, whatever the
+features in it. A clamp of ``z`` is not a fault and sets no flag.
 """
 
 from __future__ import annotations
@@ -71,7 +125,8 @@ __all__ = [
     "QFormat", "LEVEL", "LABEL", "SIGMA_FRAC", "SHIFT_MAX", "COST_BITS", "COST_FRAC", "COST_ONE",
     "L2_SHIFT_MAX", "SIGMOID_FRAC", "SIGMOID_CELL_BITS", "SIGMOID_CELLS",
     "SIGMOID_ERROR_BOUND", "Loss", "field_bits", "sigmoid_table", "EngineParams",
-    "BOARD_PARAMS",
+    "BOARD_PARAMS", "Phase", "HALP_FRAC", "OFFSET_BITS", "OFFSET_SHIFT_MAX", "LOG_FRAC",
+    "SCALE_LOG_BITS", "PRNG_GOLDEN", "PRNG_ZERO_SEED", "halp_shift",
 ]
 
 
@@ -130,6 +185,41 @@ SIGMOID_CELLS = 8 << SIGMOID_CELL_BITS
 SIGMOID_ERROR_BOUND = 2.0 ** -9 + 2.0 ** -17 + 2.0 ** -34
 
 
+#: Width of the HALP offset word; the run-time offset width b is 2..OFFSET_BITS.
+OFFSET_BITS = 16
+#: Largest offset shift ``sh``: the offset grid is ``2**(sh - model.frac)``.
+OFFSET_SHIFT_MAX = 23
+#: Fraction bits of the inner loop's accumulator, in offset LSBs (HALP).
+HALP_FRAC = SIGMA_FRAC + LEVEL.frac
+#: Fraction bits of the log-domain scale rule (``lam`` and ``scale_log``).
+LOG_FRAC = 8
+#: ``scale_log`` is a signed 16-bit ``CONFIGURE`` field.
+SCALE_LOG_BITS = 16
+#: PRNG seeding: lane ``l`` starts at ``seed + (l + 1) * PRNG_GOLDEN`` (mod 2**32),
+#: or at ``PRNG_ZERO_SEED`` when that is 0.
+PRNG_GOLDEN = 0x9E3779B9
+PRNG_ZERO_SEED = 0x6D2B79F5
+
+
+class Phase(IntEnum):
+    """Run-time phase of the engine (``CONFIGURE`` mode bits 3-4)."""
+
+    SGD = 0       # mini-batch SGD (ZipML)
+    FULL = 1      # HALP: re-centre, then the full-gradient pass
+    INNER = 2     # HALP: choose the offset grid, then the inner loop
+
+
+def halp_shift(norm2: int, scale_log: int) -> int:
+    """The offset shift ``sh`` the engine chooses from ``S = sum G_f**2`` (module docstring)."""
+    if norm2 <= 0:
+        return 0
+    msb = norm2.bit_length() - 1
+    mant = (norm2 << LOG_FRAC >> msb) - (1 << LOG_FRAC)
+    lam = (msb << LOG_FRAC) + mant
+    x = lam - (SIGMA_FRAC << (LOG_FRAC + 1)) - 2 * scale_log
+    return min(max((x + (1 << LOG_FRAC)) >> (LOG_FRAC + 1), 0), OFFSET_SHIFT_MAX)
+
+
 class Loss(IntEnum):
     """Run-time loss of the engine (``CONFIGURE``)."""
 
@@ -185,6 +275,10 @@ class EngineParams:
         Build the class-cost multiply (else every cost must be 1.0).
     l2_decay : bool
         Build the L2 decay (else ``l2_shift`` must be 0).
+    halp_samples : int
+        Build HALP mode with an anchor-error cache of this many samples (0: no
+        HALP). Needs ``beat_bits >= 32`` (the sample index rides in the label
+        beat) and the class costs (they scale the full gradient by ``1/n``).
     """
 
     beat_bits: int = 32
@@ -198,6 +292,7 @@ class EngineParams:
     clock_hz: int = 48_000_000
     class_costs: bool = True
     l2_decay: bool = True
+    halp_samples: int = 0
 
     def __post_init__(self):
         def fail(msg):
@@ -229,6 +324,10 @@ class EngineParams:
                  f"not {self.frame_bytes}")
         if self.frame_bytes < 2 * self.levels_max:
             fail(f"frame_bytes too small for a level table of {self.levels_max} levels")
+        if not 0 <= self.halp_samples <= 65535:
+            fail(f"halp_samples must be 0..65535, not {self.halp_samples}")
+        if self.halp_samples and (self.beat_bits < 32 or not self.class_costs):
+            fail("HALP mode needs beat_bits >= 32 and the class costs")
         if self.clock_hz <= 0:
             fail(f"clock_hz must be positive, not {self.clock_hz}")
 
@@ -266,7 +365,12 @@ class EngineParams:
     @property
     def options(self) -> int:
         """The optional blocks built, as ``IDENTIFY`` reports them (``protocol.Options``)."""
-        return int(self.class_costs) | int(self.l2_decay) << 1
+        return int(self.class_costs) | int(self.l2_decay) << 1 | int(self.halp) << 2
+
+    @property
+    def halp(self) -> bool:
+        """HALP mode is built."""
+        return self.halp_samples > 0
 
     @property
     def levels_max(self) -> int:
@@ -302,8 +406,9 @@ class EngineParams:
 
     @property
     def grad_bits(self) -> int:
-        """Width of the gradient accumulator: a full batch of products cannot overflow it."""
-        return self.product_bits + clog2(self.max_batch)
+        """Width of the gradient accumulator: a full batch (in HALP builds, a full
+        pass of ``halp_samples``) of products cannot overflow it."""
+        return self.product_bits + clog2(max(self.max_batch, self.halp_samples))
 
     @property
     def build_id(self) -> int:
@@ -318,7 +423,8 @@ class EngineParams:
 #: wider than 16 bits, two SB_MAC16 each, and the UP5K has eight; so a 16-bit beat
 #: carries at most two values (one at k = 8 with double sampling). The class-cost
 #: multiply and the L2 decay do not fit its 5280 logic cells beside two lanes.
-#: ULX3S (ECP5-85F, 156 multipliers): 64-bit beats and 32 lanes, every option;
+#: ULX3S (ECP5-85F, 156 multipliers): 64-bit beats and 32 lanes, every option
+#: (HALP with a 4096-sample anchor-error cache);
 #: values per beat 32/21/16/12/10/7/6 from k = 1 to 8 (single/double sampling).
 #: "sim" runs the iCEBreaker's parameters, so what trains in simulation fits the
 #: board; "sim-ulx3s" the ULX3S's.
@@ -329,7 +435,7 @@ BOARD_PARAMS: dict[str, EngineParams] = {
                                class_costs=False, l2_decay=False),
     "ulx3s": EngineParams(beat_bits=64, lanes=32, max_k=8, max_features=1024,
                           max_batch=64, model_bits=32, model_frac=24, frame_bytes=8192,
-                          clock_hz=50_000_000),
+                          clock_hz=50_000_000, halp_samples=4096),
 }
 BOARD_PARAMS["sim"] = BOARD_PARAMS["icebreaker"]
 BOARD_PARAMS["sim-ulx3s"] = BOARD_PARAMS["ulx3s"]

@@ -28,10 +28,17 @@ Commands
 ``IDENTIFY``      no payload. Reply: :data:`IDENTIFY_FORMAT`.
 ``CONFIGURE``     :data:`CONFIGURE_FORMAT`: features d, batch B, step shift,
                   precision k, mode (bit 0: double sampling; bits 1-2: the
-                  :class:`~ziphalp.hw.params.Loss`; other bits zero), L2 decay
-                  shift (0: off), cost of the positive and of the negative class
-                  (``COST_FRAC`` fraction bits). Clears the gradient buffer and
-                  the sample/batch position. Reply: empty.
+                  :class:`~ziphalp.hw.params.Loss`; bits 3-4: the
+                  :class:`~ziphalp.hw.params.Phase`; bit 5: stochastic rounding
+                  of the HALP offset; bits 6-7 zero), L2 decay shift (0: off),
+                  cost of the positive and of the negative class (``COST_FRAC``
+                  fraction bits), HALP offset width b (2..``OFFSET_BITS``),
+                  ``scale_log`` (int16) and the PRNG ``seed`` (u32); the HALP
+                  fields are ignored in the SGD phase and must still be in
+                  range. SGD: clears the gradient buffer and the sample/batch
+                  position; the HALP phases do what ``ziphalp.hw.params`` says.
+                  A HALP phase on a build without HALP, or with a loss other
+                  than squared or logistic, is ``ARGUMENT``. Reply: empty.
 ``LOAD_LEVELS``   ``n`` int16 levels ``l_0 .. l_{n-1}`` (``LEVEL`` words, each within
                   the ``LEVEL`` range), 2 <= n <= ``2**max_k + 1``: the level
                   table (precision k uses ``l_0 .. l_{2**k}``). Kept across
@@ -61,13 +68,14 @@ from enum import IntEnum, IntFlag
 
 __all__ = [
     "VERSION", "SYNC", "MAGIC", "Command", "Status", "StatusFlags", "Options",
-    "IDENTIFY_FORMAT", "CONFIGURE_FORMAT", "MODE_DOUBLE", "MODE_LOSS_SHIFT", "STATUS_FORMAT",
+    "IDENTIFY_FORMAT", "CONFIGURE_FORMAT", "MODE_DOUBLE", "MODE_LOSS_SHIFT", "MODE_PHASE_SHIFT",
+    "MODE_STOCHASTIC", "STATUS_FORMAT",
     "MODEL_HEADER_FORMAT",
     "crc16", "encode_request", "encode_reply", "Identity", "Counters",
 ]
 
 #: Protocol version, reported by ``IDENTIFY``.
-VERSION = 2
+VERSION = 3
 #: Sync word that opens every frame.
 SYNC = bytes([0xA5, 0x5A])
 #: Magic bytes at the start of the ``IDENTIFY`` reply.
@@ -113,6 +121,7 @@ class Options(IntFlag):
 
     CLASS_COSTS = 0x01  # class costs other than 1.0
     L2_DECAY = 0x02     # an L2 decay shift other than 0
+    HALP = 0x04         # the HALP phases (bit-centering SVRG)
 
 
 class StatusFlags(IntFlag):
@@ -122,13 +131,17 @@ class StatusFlags(IntFlag):
 
 
 #: magic, version, options, beat_bits, lanes, max_k, max_features,
-#: max_batch, model_bits, model_frac, frame_bytes, clock_hz, build_id
-IDENTIFY_FORMAT = struct.Struct("<4sBBHBBHHBBHII")
-#: features, batch, shift, k, mode, l2_shift, cost_pos, cost_neg
-CONFIGURE_FORMAT = struct.Struct("<HHBBBBBB")
-#: bit 0 of the CONFIGURE mode byte: double sampling; bits 1-2: the loss
+#: max_batch, model_bits, model_frac, frame_bytes, clock_hz, build_id, halp_samples
+IDENTIFY_FORMAT = struct.Struct("<4sBBHBBHHBBHIIH")
+#: features, batch, shift, k, mode, l2_shift, cost_pos, cost_neg, offset_bits,
+#: scale_log, seed
+CONFIGURE_FORMAT = struct.Struct("<HHBBBBBBBhI")
+#: bit 0 of the CONFIGURE mode byte: double sampling; bits 1-2: the loss;
+#: bits 3-4: the phase; bit 5: stochastic rounding of the HALP offset
 MODE_DOUBLE = 0x01
 MODE_LOSS_SHIFT = 1
+MODE_PHASE_SHIFT = 3
+MODE_STOCHASTIC = 0x20
 #: start index, then (LOAD_MODEL) a reserved zero u16 or (READ_MODEL) a count
 MODEL_HEADER_FORMAT = struct.Struct("<HH")
 #: flags, 3 reserved, cycles (engine busy cycles), samples, beats, updates,
@@ -172,22 +185,23 @@ class Identity:
     clock_hz: int
     build_id: int
     options: Options = Options(0)
+    halp_samples: int = 0
 
     @classmethod
     def unpack(cls, payload: bytes) -> Identity:
         if len(payload) != IDENTIFY_FORMAT.size:
             raise ValueError(f"IDENTIFY reply has {len(payload)} bytes, "
                              f"expected {IDENTIFY_FORMAT.size}")
-        magic, version, options, *rest = IDENTIFY_FORMAT.unpack(payload)
+        magic, version, options, *rest, halp_samples = IDENTIFY_FORMAT.unpack(payload)
         if magic != MAGIC:
             raise ValueError(f"IDENTIFY reply has magic {magic!r}, expected {MAGIC!r}")
-        return cls(version, *rest, options=Options(options))
+        return cls(version, *rest, options=Options(options), halp_samples=halp_samples)
 
     def pack(self) -> bytes:
         return IDENTIFY_FORMAT.pack(
             MAGIC, self.version, self.options, self.beat_bits, self.lanes, self.max_k,
             self.max_features, self.max_batch, self.model_bits, self.model_frac,
-            self.frame_bytes, self.clock_hz, self.build_id)
+            self.frame_bytes, self.clock_hz, self.build_id, self.halp_samples)
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,13 @@ gradient word becomes ``acc``; at the batch end the model word becomes
 ``sat(w - round_shift(acc, SIGMA_FRAC) - decay)`` (``decay = w >> l2_shift``, or 0
 when ``l2_shift`` is 0) and the gradient word 0.
 
+HALP builds also run the inner-loop update (``inner`` high): the gradient word
+holds ``gamma``, ``acc = (gamma << LEVEL.frac) + sigma * q2`` and ``z' = clamp(z -
+((acc + r) >> HALP_FRAC))`` to ``offset_bits`` bits, ``w' = sat(a + (z' << sh))``
+from the offset ``z`` and anchor ``a`` words (arriving with the model word),
+``r`` the top bits of a per-lane xorshift32 PRNG when ``stochastic``, else half
+an LSB (``ziphalp.hw.params``). They take one cycle more (for every phase).
+
 Fixed latency, no stalls. To keep block-RAM words out of delay registers the
 operands arrive when they are needed: ``sigma``/``levels``/``end``/``valid`` at
 cycle 0, the gradient word ``GRAD_AT`` cycles later and the model word
@@ -18,7 +25,17 @@ from amaranth.lib.wiring import In, Out
 
 from .multiply import LATENCY as PRODUCT_LATENCY
 from .multiply import product_terms
-from .params import L2_SHIFT_MAX, LEVEL, SIGMA_FRAC, EngineParams
+from .params import (
+    HALP_FRAC,
+    L2_SHIFT_MAX,
+    LEVEL,
+    OFFSET_BITS,
+    OFFSET_SHIFT_MAX,
+    PRNG_GOLDEN,
+    PRNG_ZERO_SEED,
+    SIGMA_FRAC,
+    EngineParams,
+)
 from .saturate import saturate
 
 __all__ = ["UpdateLanes"]
@@ -44,16 +61,31 @@ class UpdateLanes(wiring.Component):
         the pass ends a batch.
     overflow : Out(1)
         High with ``valid_out`` when a model lane saturated (only at a batch end).
+    inner, stochastic, offset_bits, offset_shift, seed, reseed : In
+        HALP builds: the inner loop runs (held), its rounding, ``b``, ``sh`` and
+        the PRNG seed, loaded into every lane's generator by the ``reseed`` strobe.
+    offset : In(lanes x signed(OFFSET_BITS)); anchor : In(lanes x signed(model_bits))
+        HALP builds: the word's ``z`` and ``a``, ``MODEL_AT`` cycles after ``valid``.
+    offset_out : Out(lanes x signed(OFFSET_BITS))
+        HALP builds: the updated offset word (with ``model_out``).
     """
 
     GRAD_AT = PRODUCT_LATENCY + 1
     MODEL_AT = PRODUCT_LATENCY + 2
-    latency = PRODUCT_LATENCY + 5
 
     def __init__(self, params: EngineParams):
         self.params = params
+        #: cycles from ``valid`` to ``valid_out``
+        self.latency = PRODUCT_LATENCY + 5 + params.halp
         K = params.lanes
-        super().__init__({
+        halp = {
+            "inner": In(1), "stochastic": In(1), "offset_bits": In(range(OFFSET_BITS + 1)),
+            "offset_shift": In(range(OFFSET_SHIFT_MAX + 1)), "seed": In(32), "reseed": In(1),
+            "offset": In(data.ArrayLayout(signed(OFFSET_BITS), K)),
+            "anchor": In(data.ArrayLayout(signed(params.model_bits), K)),
+            "offset_out": Out(data.ArrayLayout(signed(OFFSET_BITS), K)),
+        } if params.halp else {}
+        super().__init__(halp | {
             "sigma": In(signed(params.sigma.bits)),
             "levels": In(data.ArrayLayout(signed(LEVEL.bits), K)),
             "l2_shift": In(range(L2_SHIFT_MAX + 1)),
@@ -75,14 +107,30 @@ class UpdateLanes(wiring.Component):
         valid = Signal(self.latency - 1)
         end = Signal(self.latency - 1)
         m.d.sync += [valid.eq(Cat(self.valid, valid)), end.eq(Cat(self.end, end))]
-        last_valid, last_end = valid[-1], end[-1]
+        # the SGD results are ready PRODUCT_LATENCY + 5 cycles after `valid`
+        last_valid, last_end = valid[PRODUCT_LATENCY + 3], end[PRODUCT_LATENCY + 3]
+
+        # HALP: the run-time bounds of z and one xorshift32 per lane, stepped for
+        # every beat of the inner loop when its accumulator is ready (MODEL_AT)
+        if p.halp:
+            inner, stochastic = Signal(), Signal()
+            z_min = Signal(signed(OFFSET_BITS + 1))
+            z_max = Signal(signed(OFFSET_BITS + 1))
+            sh = Signal.like(self.offset_shift)
+            m.d.sync += [inner.eq(self.inner), stochastic.eq(self.stochastic),
+                         sh.eq(self.offset_shift)]
+            with m.Switch(self.offset_bits):
+                for b in range(2, OFFSET_BITS + 1):
+                    with m.Case(b):
+                        m.d.sync += [z_max.eq((1 << (b - 1)) - 1), z_min.eq(-(1 << (b - 1)))]
+            step_prng = valid[self.MODEL_AT - 1] & inner
 
         # the decay shift is static while samples flow: register its decode
         l2_on = Signal()
         l2_shift = Signal.like(self.l2_shift)
         if p.l2_decay:
             m.d.sync += [l2_on.eq(self.l2_shift != 0), l2_shift.eq(self.l2_shift)]
-        lane_overflow = []
+        sgd_overflow, halp_overflow = [], []
         for k in range(p.lanes):
             # DSP products of sigma x code, PRODUCT_LATENCY cycles later
             terms = product_terms(m, self.sigma, self.levels[k], name=f"upd{k}")
@@ -97,8 +145,25 @@ class UpdateLanes(wiring.Component):
             step = Signal(signed(p.grad_bits - SIGMA_FRAC + 1), name=f"step{k}")
             acc5 = Signal(signed(p.grad_bits), name=f"acc5_{k}")
             decay = Mux(l2_on, self.model[k] >> l2_shift, 0) if p.l2_decay else 0
+            rounding = 1 << (SIGMA_FRAC - 1)
+            if p.halp:
+                # the inner loop's accumulator, LEVEL.frac bits finer (at GRAD_AT)
+                acc_h = Signal(signed(p.grad_bits + LEVEL.frac + 1), name=f"acc_h{k}")
+                m.d.sync += acc_h.eq((self.grad[k] << LEVEL.frac) + prod)
+                state = Signal(32, name=f"prng{k}")
+                start = Signal(32, name=f"prng_start{k}")
+                x1 = state ^ (state << 13)[:32]
+                x2 = x1 ^ (x1 >> 17)
+                x3 = Signal(32, name=f"prng_next{k}")
+                m.d.comb += [x3.eq(x2 ^ (x2 << 5)[:32]),
+                             start.eq(self.seed + (((k + 1) * PRNG_GOLDEN) & 0xFFFFFFFF))]
+                with m.If(self.reseed):
+                    m.d.sync += state.eq(Mux(start == 0, PRNG_ZERO_SEED, start))
+                with m.Elif(step_prng):
+                    m.d.sync += state.eq(x3)
+                fine = Mux(stochastic, x3[32 - HALP_FRAC:], 1 << (HALP_FRAC - 1))
             m.d.sync += [decayed.eq(self.model[k] - decay),
-                         step.eq((acc + (1 << (SIGMA_FRAC - 1))) >> SIGMA_FRAC),
+                         step.eq((acc + rounding) >> SIGMA_FRAC),
                          acc5.eq(acc)]
             # apply the rounded step
             new = Signal(signed(max(WM + 1, p.grad_bits - SIGMA_FRAC + 1) + 1), name=f"new{k}")
@@ -107,12 +172,42 @@ class UpdateLanes(wiring.Component):
             # saturate; at a batch end the gradient restarts from zero
             word, clipped = saturate(m, new, WM, f"model{k}")
             ovf = Signal(name=f"ovf{k}")
+            model_out = Signal(signed(WM), name=f"sgd_model{k}")
+            grad_out = Signal(signed(p.grad_bits), name=f"sgd_grad{k}")
             m.d.sync += [
-                self.model_out[k].eq(word),
-                self.grad_out[k].eq(Mux(last_end, 0, acc6)),
+                model_out.eq(word),
+                grad_out.eq(Mux(last_end, 0, acc6)),
                 ovf.eq(last_valid & last_end & clipped),
             ]
-            lane_overflow.append(ovf)
-        m.d.comb += self.overflow.eq(Cat(*lane_overflow).any())
-        m.d.sync += self.valid_out.eq(last_valid)
+            sgd_overflow.append(ovf)
+            if not p.halp:
+                m.d.comb += [self.model_out[k].eq(model_out), self.grad_out[k].eq(grad_out)]
+                continue
+            # HALP inner loop, from MODEL_AT: z - step, clamp to b bits, a + (z' << sh)
+            a3, a4 = Signal(signed(WM), name=f"a3_{k}"), Signal(signed(WM), name=f"a4_{k}")
+            zdiff = Signal(signed(max(OFFSET_BITS, len(acc_h) - HALP_FRAC) + 2), name=f"zdiff{k}")
+            znew = Signal(signed(OFFSET_BITS), name=f"znew{k}")
+            z5 = Signal(signed(OFFSET_BITS), name=f"z5_{k}")
+            wsum = Signal(signed(max(WM, OFFSET_BITS + OFFSET_SHIFT_MAX) + 1), name=f"wsum{k}")
+            m.d.sync += [
+                zdiff.eq(self.offset[k] - ((acc_h + fine) >> HALP_FRAC)), a3.eq(self.anchor[k]),
+                znew.eq(Mux(zdiff > z_max, z_max, Mux(zdiff < z_min, z_min, zdiff))), a4.eq(a3),
+                wsum.eq(a4 + (znew << sh)), z5.eq(znew),
+            ]
+            halp_word, halp_clipped = saturate(m, wsum, WM, f"halp_model{k}")
+            halp_ovf = Signal(name=f"halp_ovf{k}")
+            m.d.sync += [
+                self.model_out[k].eq(Mux(inner, halp_word, model_out)),
+                self.grad_out[k].eq(grad_out),
+                self.offset_out[k].eq(z5),
+                halp_ovf.eq(valid[-1] & inner & halp_clipped),
+            ]
+            halp_overflow.append(halp_ovf)
+        overflow = Cat(*sgd_overflow).any()
+        if p.halp:      # the SGD flag waits a cycle for the HALP results
+            late = Signal()
+            m.d.sync += late.eq(overflow)
+            overflow = late | Cat(*halp_overflow).any()
+        m.d.comb += self.overflow.eq(overflow)
+        m.d.sync += self.valid_out.eq(valid[-1])
         return m

@@ -9,6 +9,10 @@ samples with random bubbles on the input (valid low) in one or more frames, read
 requires it, and the sticky flags and strobe counts, to equal
 ``ziphalp.sim.golden.GoldenEngine`` exactly. A case without bubbles also
 measures cycles per sample, which the runner checks against the bound.
+
+A HALP case (``"halp"`` in the case) runs outer iterations instead: a full pass
+over ``n`` samples (each with its cache index) and an inner loop of ``T``
+samples at random indices, comparing the model after every phase.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import cocotb
 import numpy as np
 from cocotb.clock import Clock
 from cocotb.triggers import ReadOnly, RisingEdge
-from ziphalp.hw.params import LABEL, EngineParams, field_bits
+from ziphalp.hw.params import LABEL, EngineParams, Phase, field_bits
 from ziphalp.sim.golden import GoldenEngine
 
 
@@ -66,7 +70,8 @@ class EngineDriver:
     async def configure(self, **config):
         d = self.dut
         for name, value in config.items():
-            getattr(d, f"ctrl__{name}").value = int(value)
+            signal = getattr(d, f"ctrl__{name}")
+            signal.value = int(value) & ((1 << len(signal)) - 1)
         await self.tick()
         d.ctrl__start.value = 1
         await self.tick()
@@ -136,12 +141,14 @@ class EngineDriver:
 
 
 def pack(fields: np.ndarray, labels: np.ndarray, p: EngineParams, k: int,
-         double: bool) -> list[int]:
-    """Beats as integers (an independent packer; the host's lives in ziphalp.host)."""
+         double: bool, indices=None) -> list[int]:
+    """Beats as integers (an independent packer; the host's lives in ziphalp.host);
+    ``indices`` go into bits 16..31 of the label beats (HALP)."""
     beats = []
     per_beat, bits = p.values_per_beat(k, double), field_bits(k, double)
-    for row, y in zip(fields, labels, strict=True):
-        beats.append(int(y) & 0xFFFF)
+    indices = [0] * len(labels) if indices is None else indices
+    for row, y, i in zip(fields, labels, indices, strict=True):
+        beats.append(int(y) & 0xFFFF | int(i) << 16)
         for start in range(0, len(row), per_beat):
             beat = 0
             for i, field in enumerate(row[start:start + per_beat]):
@@ -177,6 +184,9 @@ async def engine_matches_golden(dut):
         levels = np.array(case["levels"], dtype=np.int64)
         await drv.write_levels(levels)
         golden.load_levels(levels)
+        if "halp" in case:
+            results.append(await run_halp_case(dut, drv, golden, p, case, config, rng))
+            continue
         await drv.configure(features=d, **config)
         golden.configure(d, **config)
         samples0, updates0 = drv.samples_done, drv.updates_done
@@ -213,3 +223,53 @@ async def engine_matches_golden(dut):
         dut.ctrl__clear_flags.value = 0
     with open(spec["report"], "w") as f:
         json.dump(results, f)
+
+
+async def run_halp_case(dut, drv, golden, p, case, config, rng) -> dict:
+    """Outer iterations of HALP: full pass, inner loop; the model checked after each."""
+    halp = case["halp"]
+    d, k, n = case["features"], case["k"], halp["samples"]
+    fields = rng.integers(0, 1 << field_bits(k, False), size=(n, d))
+    labels = rng.integers(LABEL.min_int >> case["label_shrink"],
+                          (LABEL.max_int >> case["label_shrink"]) + 1, size=n)
+    samples0, updates0 = drv.samples_done, drv.updates_done
+    cycles, changed = {}, 0
+    before = golden.model.copy()
+    for outer in range(halp["outer"]):
+        for phase in (Phase.FULL, Phase.INNER):
+            full = phase == Phase.FULL
+            extra = dict(phase=int(phase), offset_bits=halp["offset_bits"],
+                         scale_log=halp["scale_log"], seed=halp["seed"] + outer,
+                         stochastic=halp["stochastic"])
+            phase_config = dict(config, **extra)
+            if full:
+                phase_config.update(shift=halp["full_shift"], cost_pos=halp["full_cost"],
+                                    cost_neg=halp["full_cost"])
+            await drv.configure(features=d, **phase_config)
+            golden.configure(d, **phase_config)
+            order = np.arange(n) if full else rng.integers(0, n, size=halp["inner_steps"])
+            beats = pack(fields[order], labels[order], p, k, False, indices=order)
+            start, _ = await drv.stream(beats, False, case["bubble"], rng)
+            golden.stream(beats_to_bytes(beats, p))
+            await drv.wait_idle()
+            cycles[f"{phase.name.lower()}{outer}"] = drv.cycle - start
+            model = await drv.read_model(p.max_features)
+            where = f"case {case}, outer {outer}, {phase.name}"
+            mismatch = np.flatnonzero(model != golden.model)
+            assert mismatch.size == 0, (
+                f"{where}: model differs from golden at {mismatch[:8].tolist()}: rtl "
+                f"{model[mismatch[:8]].tolist()} golden {golden.model[mismatch[:8]].tolist()}")
+            if not full:
+                changed += int(np.count_nonzero(model != before))
+            before = model
+    assert int(dut.ctrl__overflow.value) == golden.overflow, f"case {case}: overflow"
+    assert int(dut.ctrl__clipped.value) == golden.clipped, f"case {case}: clipped"
+    assert drv.samples_done - samples0 == golden.samples
+    assert drv.updates_done - updates0 == golden.updates
+    dut.ctrl__clear_flags.value = 1
+    await drv.tick()
+    dut.ctrl__clear_flags.value = 0
+    return {"case": case, "cycles": cycles, "samples": golden.samples,
+            "updates": golden.updates, "overflow": bool(golden.overflow),
+            "clipped": bool(golden.clipped), "offset_shift": int(golden.offset_shift),
+            "changed": changed}

@@ -11,6 +11,10 @@ timing: the engine's results do not depend on bubbles or back-pressure).
 
 It reads the beat stream on its own (:func:`unpack_fields`) rather than sharing
 the host's packer, so a packing mistake on either side shows up as a mismatch.
+
+Besides mini-batch SGD it models HALP mode (bit-centering SVRG, the section
+"HALP mode" of ``ziphalp.hw.params``): the anchor, the offset, the anchor-error
+cache and the per-lane xorshift32 PRNG (:func:`xorshift32`, :func:`prng_seeds`).
 """
 
 from __future__ import annotations
@@ -20,9 +24,14 @@ from ziphalp.hw.params import (
     COST_BITS,
     COST_FRAC,
     COST_ONE,
+    HALP_FRAC,
     L2_SHIFT_MAX,
     LABEL,
     LEVEL,
+    OFFSET_BITS,
+    PRNG_GOLDEN,
+    PRNG_ZERO_SEED,
+    SCALE_LOG_BITS,
     SHIFT_MAX,
     SIGMA_FRAC,
     SIGMOID_CELL_BITS,
@@ -30,12 +39,17 @@ from ziphalp.hw.params import (
     SIGMOID_FRAC,
     EngineParams,
     Loss,
+    Phase,
     field_bits,
+    halp_shift,
     sigmoid_table,
 )
 
 __all__ = ["round_shift", "saturate", "unpack_fields", "decode", "sigmoid_fixed",
-           "loss_derivative", "GoldenEngine"]
+           "loss_derivative", "xorshift32", "prng_seeds", "GoldenEngine"]
+
+#: The losses the HALP phases run (the anchor error must be a derivative of the margin).
+HALP_LOSSES = (Loss.SQUARED, Loss.LOGISTIC)
 
 _SIGMOID = np.array(sigmoid_table(), dtype=np.int64)
 
@@ -115,33 +129,104 @@ def loss_derivative(dot: int, label: int, loss: Loss, params: EngineParams) -> i
     raise ValueError(f"unknown loss {loss!r}")
 
 
+def xorshift32(state: np.ndarray) -> np.ndarray:
+    """One step of xorshift32 (``x ^= x << 13; x ^= x >> 17; x ^= x << 5``) of
+    every element of a ``uint32`` array; returns the new states."""
+    x = np.asarray(state, dtype=np.uint32).copy()
+    x ^= x << np.uint32(13)
+    x ^= x >> np.uint32(17)
+    x ^= x << np.uint32(5)
+    return x
+
+
+def prng_seeds(seed: int, lanes: int) -> np.ndarray:
+    """Seeded PRNG lane states: ``(seed + (l + 1) * PRNG_GOLDEN) mod 2**32``,
+    ``PRNG_ZERO_SEED`` where that is 0; ``uint32``, one per lane ``l``."""
+    states = [(int(seed) + (lane + 1) * PRNG_GOLDEN) % (1 << 32) for lane in range(lanes)]
+    return np.array([s or PRNG_ZERO_SEED for s in states], dtype=np.uint32)
+
+
 class GoldenEngine:
-    """Bit-exact model of one ``SGDEngine`` (mini-batch SGD on ZipML-encoded samples).
+    """Bit-exact model of one ``SGDEngine`` (mini-batch SGD on ZipML-encoded samples,
+    and HALP mode in builds with ``halp_samples > 0``).
 
     State mirrors the hardware: the model (``max_features`` words), the level
-    table, the gradient buffer, the position inside the current sample and
-    batch, the sticky ``overflow``/``clipped`` flags, and ``samples``/``updates``
-    counters.
+    table, the gradient buffer ``_grad``, the position inside the current sample
+    and batch, the sticky ``overflow``/``clipped`` flags, and ``samples``/``updates``
+    counters. HALP state (``ziphalp.hw.params``, "HALP mode"):
+
+    ``anchor``, ``offset``
+        ``a`` and ``z`` (``max_features`` int64 words each); in the inner loop
+        ``model == sat(anchor + (offset << offset_shift), model.bits)`` on the
+        features it updates.
+    ``_grad``
+        The full gradient ``G`` after a full pass; ``gamma`` once ``Phase.INNER``
+        is configured (``CONFIGURE`` overwrites it in place, as the gateware does).
+    ``cache``
+        The anchor errors ``C[i]`` (``halp_samples`` int64 entries: ``E`` has
+        ``residual_bits <= 63`` bits).
+    ``prng``
+        The xorshift32 state of each of the ``lanes`` PRNG lanes (``uint32``).
+    ``offset_shift``
+        ``sh``, chosen when ``Phase.INNER`` is configured (0 until then).
+    ``phase``
+        The configured :class:`~ziphalp.hw.params.Phase`.
+
+    :meth:`load_model` writes the model only; a ``Phase.FULL`` configuration
+    re-centres the anchor on it. In the HALP phases the batch size, the flushes
+    and the L2 decay play no part, every label beat carries the sample index
+    (bits 16..31), and an index outside the cache raises ``ValueError`` (the
+    gateware wraps it; the host never sends one).
     """
 
     def __init__(self, params: EngineParams):
         self.p = params
         self.model = np.zeros(params.max_features, dtype=np.int64)
         self.levels = np.zeros(params.levels_max, dtype=np.int64)
+        self.anchor = np.zeros(params.max_features, dtype=np.int64)
+        self.offset = np.zeros(params.max_features, dtype=np.int64)
+        self.cache = np.zeros(params.halp_samples, dtype=np.int64)
+        self.prng = prng_seeds(0, params.lanes)
+        self.offset_shift = 0
+        self.phase = Phase.SGD
+        self.stochastic = False
+        self.offset_bits = 8
         self.overflow = False
         self.clipped = False
         self.samples = 0
         self.updates = 0
         self.features = 0
+        self._grad = np.zeros(params.max_features, dtype=np.int64)
         self._reset_position()
 
     # --- commands -----------------------------------------------------------------
 
     def configure(self, features: int, batch: int, shift: int, k: int = 8,
                   double: bool = True, loss: Loss = Loss.SQUARED, l2_shift: int = 0,
-                  cost_pos: int = COST_ONE, cost_neg: int = COST_ONE) -> None:
-        """Set the run-time configuration; clear the gradient and the position."""
+                  cost_pos: int = COST_ONE, cost_neg: int = COST_ONE,
+                  phase: Phase = Phase.SGD, offset_bits: int = 8, scale_log: int = 0,
+                  seed: int = 0, stochastic: bool = False) -> None:
+        """Set the run-time configuration and clear the position in the sample and batch.
+
+        ``Phase.SGD`` clears the gradient. ``Phase.FULL`` re-centres every word
+        (``anchor = model``, ``offset = 0``, ``G = 0``). ``Phase.INNER`` chooses
+        ``offset_shift`` from ``sum G_f**2`` and ``scale_log``
+        (:func:`~ziphalp.hw.params.halp_shift`), turns every ``G_f`` into
+        ``gamma_f = round_shift(G_f, offset_shift + shift)`` and seeds the PRNG
+        lanes with ``seed``. The HALP fields (``offset_bits``, ``scale_log``,
+        ``seed``, ``stochastic``) must be in range in every phase.
+        """
         p = self.p
+        try:
+            phase = Phase(phase)
+        except ValueError:
+            raise ValueError(f"phase must be a Phase, not {phase!r}") from None
+        try:
+            loss = Loss(loss)
+        except ValueError:
+            raise ValueError(f"loss must be a Loss, not {loss!r}") from None
+        halp = phase != Phase.SGD
+        scale_low = -(1 << (SCALE_LOG_BITS - 1))
         checks = [
             (1 <= features <= p.max_features, f"features must be 1..{p.max_features}"),
             (1 <= batch <= p.max_batch, f"batch must be 1..{p.max_batch}"),
@@ -153,13 +238,33 @@ class GoldenEngine:
             (p.l2_decay or l2_shift == 0, "this engine has no L2 decay: l2_shift must be 0"),
             (p.class_costs or cost_pos == cost_neg == COST_ONE,
              "this engine has no class costs: both must be 1.0"),
+            (2 <= offset_bits <= OFFSET_BITS, f"offset_bits must be 2..{OFFSET_BITS}"),
+            (scale_low <= scale_log < -scale_low,
+             f"scale_log must be {scale_low}..{-scale_low - 1}"),
+            (0 <= seed < 1 << 32, "seed must be 0..2**32 - 1"),
+            (stochastic in (0, 1), "stochastic must be a bool"),
+            (p.halp or not halp, "this engine has no HALP mode: phase must be SGD"),
+            (loss in HALP_LOSSES or not halp,
+             "the HALP phases run the squared or the logistic loss only"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
         self.features, self.batch, self.shift = features, batch, shift
-        self.k, self.double, self.loss = k, bool(double), Loss(loss)
+        self.k, self.double, self.loss = k, bool(double), loss
         self.l2_shift, self.cost_pos, self.cost_neg = l2_shift, cost_pos, cost_neg
+        self.phase, self.offset_bits = phase, int(offset_bits)
+        self.scale_log, self.seed, self.stochastic = int(scale_log), int(seed), bool(stochastic)
+        if phase == Phase.FULL:
+            self.anchor[:] = self.model
+            self.offset[:] = 0
+        if phase == Phase.INNER:
+            norm2 = sum(g * g for g in self._grad.tolist())     # exact: Python integers
+            self.offset_shift = halp_shift(norm2, self.scale_log)
+            self._grad = round_shift(self._grad, self.offset_shift + shift)
+            self.prng = prng_seeds(self.seed, p.lanes)
+        else:
+            self._grad = np.zeros(p.max_features, dtype=np.int64)
         self._reset_position()
 
     def load_levels(self, levels) -> None:
@@ -202,11 +307,14 @@ class GoldenEngine:
         for index in range(count):
             self._beat(data[index * width:(index + 1) * width], flush and index == count - 1)
 
-    def train(self, fields: np.ndarray, labels: np.ndarray, flush: bool = True) -> None:
+    def train(self, fields: np.ndarray, labels: np.ndarray, flush: bool = True,
+              indices: np.ndarray | None = None) -> None:
         """Consume whole samples: ``fields`` int ``(n, d)``, ``labels`` int ``(n,)``.
 
         Equivalent to streaming their packed beats; ``flush`` ends the batch
-        after the last sample.
+        after the last sample. ``indices`` (``(n,)``, the label beats' bits
+        16..31) are the samples' places in the anchor-error cache: required in
+        the HALP phases, ignored in the SGD phase.
         """
         fields = np.asarray(fields, dtype=np.int64)
         labels = np.asarray(labels, dtype=np.int64)
@@ -214,17 +322,25 @@ class GoldenEngine:
             raise RuntimeError("train() needs the engine at a sample boundary")
         if fields.ndim != 2 or fields.shape[1] != self.features or len(labels) != len(fields):
             raise ValueError(f"fields must be (n, {self.features}) with n labels")
+        if indices is None:
+            if self.phase != Phase.SGD:
+                raise ValueError("the HALP phases need the sample indices")
+            indices = np.zeros(len(fields), dtype=np.int64)
+        indices = np.asarray(indices, dtype=np.int64)
+        if indices.shape != labels.shape:
+            raise ValueError(f"indices must be ({len(fields)},)")
         for i in range(len(fields)):
-            self._sample(fields[i], int(labels[i]), flush and i == len(fields) - 1)
+            self._sample(fields[i], int(labels[i]), flush and i == len(fields) - 1,
+                         int(indices[i]))
 
     # --- arithmetic ---------------------------------------------------------------
 
     def _reset_position(self) -> None:
-        self._grad = np.zeros(self.p.max_features, dtype=np.int64)
         self._pos = 0                 # 0: expecting the label beat; j: feature beat j
         self._batch_pos = 0
         self._flush = False
         self._label = 0
+        self._index = 0
         self._beats: list[bytes] = []
 
     def _beat(self, beat: bytes, flush: bool) -> None:
@@ -232,6 +348,7 @@ class GoldenEngine:
         if self._pos == 0:
             raw = beat[0] | beat[1] << 8
             self._label = raw - (1 << 16) if raw & 0x8000 else raw
+            self._index = beat[2] | beat[3] << 8 if len(beat) >= 4 else 0
             self._pos = 1
             return
         self._beats.append(beat)
@@ -242,24 +359,40 @@ class GoldenEngine:
                                self.features)
         label, flush = self._label, self._flush
         self._pos, self._beats, self._flush = 0, [], False
-        self._sample(fields, label, flush)
+        self._sample(fields, label, flush, self._index)
 
-    def _sample(self, fields: np.ndarray, label: int, flush: bool) -> None:
+    def _scaled(self, error: int, shift: int, label: int) -> int:
+        """``sigma``: ``sat(round_shift(S * cost, COST_FRAC))`` with
+        ``S = sat(round_shift(error, shift))``; a clip sets ``clipped``."""
+        bits = self.p.sigma.bits
+        lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+        scaled = round_shift(error, shift)
+        cost = self.cost_pos if label > 0 else self.cost_neg
+        sigma = round_shift(min(max(scaled, lo), hi) * cost, COST_FRAC)
+        self.clipped |= not (lo <= scaled <= hi and lo <= sigma <= hi)
+        return min(max(sigma, lo), hi)
+
+    def _sample(self, fields: np.ndarray, label: int, flush: bool, index: int = 0) -> None:
         p, d = self.p, self.features
+        if self.phase != Phase.SGD and not 0 <= index < p.halp_samples:
+            raise ValueError(f"sample index {index} outside the anchor-error cache "
+                             f"(0..{p.halp_samples - 1})")
         q1, q2 = decode(fields, self.levels, self.k, self.double)
         w = self.model[:d]
         dot = int(np.dot(w, q1))
         error = loss_derivative(dot, label, self.loss, p)
-        scaled, clipped1 = saturate(
-            np.array([round_shift(error, 2 * LEVEL.frac + self.shift - SIGMA_FRAC)]),
-            p.sigma.bits)
-        cost = self.cost_pos if label > 0 else self.cost_neg
-        sigma, clipped2 = saturate(
-            np.array([round_shift(int(scaled[0]) * cost, COST_FRAC)]), p.sigma.bits)
-        self.clipped |= clipped1 or clipped2
-        self._grad[:d] += int(sigma[0]) * q2
-        self._batch_pos += 1
         self.samples += 1
+        if self.phase == Phase.FULL:
+            self.cache[index] = error
+            sigma = self._scaled(error, 2 * LEVEL.frac + self.shift - SIGMA_FRAC, label)
+            self._grad[:d] += sigma * q2
+            return
+        if self.phase == Phase.INNER:
+            self._inner(error - int(self.cache[index]), label, q2)
+            return
+        sigma = self._scaled(error, 2 * LEVEL.frac + self.shift - SIGMA_FRAC, label)
+        self._grad[:d] += sigma * q2
+        self._batch_pos += 1
         if flush or self._batch_pos == self.batch:
             decay = (w >> self.l2_shift) if self.l2_shift else 0
             updated, overflow = saturate(w - round_shift(self._grad[:d], SIGMA_FRAC) - decay,
@@ -269,3 +402,28 @@ class GoldenEngine:
             self._grad[:d] = 0
             self._batch_pos = 0
             self.updates += 1
+
+    def _inner(self, error: int, label: int, q2: np.ndarray) -> None:
+        """One inner-loop update from ``Ed = E(w) - C[i]``."""
+        p, d, sh = self.p, self.features, self.offset_shift
+        sigma = self._scaled(error, LEVEL.frac + self.shift + sh - SIGMA_FRAC, label)
+        per_beat = p.values_per_beat(self.k, self.double)
+        beats = p.beats_for(d, self.k, self.double)
+        states = np.empty((beats, p.lanes), dtype=np.uint32)
+        for j in range(beats):                 # every lane steps once per update beat
+            self.prng = xorshift32(self.prng)
+            states[j] = self.prng
+        if self.stochastic:
+            f = np.arange(d)
+            r = (states[f // per_beat, f % p.lanes] >> np.uint32(32 - HALP_FRAC)).astype(
+                np.int64)
+        else:
+            r = 1 << (HALP_FRAC - 1)
+        acc = (self._grad[:d] << LEVEL.frac) + sigma * q2
+        low, high = -(1 << (self.offset_bits - 1)), (1 << (self.offset_bits - 1)) - 1
+        z = np.clip(self.offset[:d] - ((acc + r) >> HALP_FRAC), low, high)
+        self.offset[:d] = z
+        updated, overflow = saturate(self.anchor[:d] + (z << sh), p.model_bits)
+        self.model[:d] = updated
+        self.overflow |= overflow
+        self.updates += 1

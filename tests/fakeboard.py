@@ -5,13 +5,18 @@ import struct
 
 import numpy as np
 from ziphalp.hw import protocol
-from ziphalp.hw.params import BOARD_PARAMS, EngineParams, Loss
+from ziphalp.hw.params import BOARD_PARAMS, EngineParams, Loss, Phase
 from ziphalp.hw.protocol import Command, Status, StatusFlags
 from ziphalp.sim.golden import GoldenEngine
 
-#: CONFIGURE fields in the order of ``CONFIGURE_FORMAT``, the mode byte split up.
+#: CONFIGURE fields in the order of ``CONFIGURE_FORMAT``, the mode byte split up
+#: (double, loss, then phase and stochastic at the end).
 CONFIG_FIELDS = ("features", "batch", "shift", "k", "double", "loss", "l2_shift",
-                 "cost_pos", "cost_neg")
+                 "cost_pos", "cost_neg", "offset_bits", "scale_log", "seed", "phase",
+                 "stochastic")
+#: Mode bits no field uses (6-7).
+MODE_RESERVED = 0xFF & ~(protocol.MODE_DOUBLE | 0b11 << protocol.MODE_LOSS_SHIFT
+                         | 0b11 << protocol.MODE_PHASE_SHIFT | protocol.MODE_STOCHASTIC)
 
 
 class FakeBoard:
@@ -26,12 +31,13 @@ class FakeBoard:
         self.identity = protocol.Identity(
             version, params.beat_bits, params.lanes, params.max_k, params.max_features,
             params.max_batch, params.model_bits, params.model_frac, params.frame_bytes,
-            params.clock_hz, params.build_id, protocol.Options(params.options))
+            params.clock_hz, params.build_id, protocol.Options(params.options),
+            params.halp_samples)
         self.engine = GoldenEngine(params)
         self.configured = False
         self.config: dict | None = None
         self.levels: list[int] | None = None
-        self.samples = self.cycles = 0
+        self.samples = self.cycles = self.updates = 0
         self.flushes: list[bool] = []
 
     @property
@@ -44,14 +50,18 @@ class FakeBoard:
         if cmd == Command.CONFIGURE:
             if len(payload) != protocol.CONFIGURE_FORMAT.size:
                 return protocol.encode_reply(cmd, Status.LENGTH)
-            features, batch, shift, k, mode, l2_shift, cost_pos, cost_neg = \
-                protocol.CONFIGURE_FORMAT.unpack(payload)
+            (features, batch, shift, k, mode, l2_shift, cost_pos, cost_neg, offset_bits,
+             scale_log, seed) = protocol.CONFIGURE_FORMAT.unpack(payload)
+            phase = mode >> protocol.MODE_PHASE_SHIFT & 0b11
+            if mode & MODE_RESERVED or phase not in set(Phase):
+                return protocol.encode_reply(cmd, Status.ARGUMENT)
             config = dict(features=features, batch=batch, shift=shift, k=k,
                           double=bool(mode & protocol.MODE_DOUBLE),
-                          loss=Loss(mode >> protocol.MODE_LOSS_SHIFT & (len(Loss) - 1)),
-                          l2_shift=l2_shift, cost_pos=cost_pos, cost_neg=cost_neg)
-            if mode >> protocol.MODE_LOSS_SHIFT >= len(Loss):    # reserved mode bits
-                return protocol.encode_reply(cmd, Status.ARGUMENT)
+                          loss=Loss(mode >> protocol.MODE_LOSS_SHIFT & 0b11),
+                          l2_shift=l2_shift, cost_pos=cost_pos, cost_neg=cost_neg,
+                          offset_bits=offset_bits, scale_log=scale_log, seed=seed,
+                          phase=Phase(phase),
+                          stochastic=bool(mode & protocol.MODE_STOCHASTIC))
             try:
                 self.engine.configure(**config)
             except ValueError:
@@ -75,17 +85,19 @@ class FakeBoard:
             return protocol.encode_reply(cmd, Status.OK, words)
         elif cmd in (Command.STREAM, Command.STREAM_FLUSH):
             self.flushes.append(cmd == Command.STREAM_FLUSH)
-            before = self.engine.samples
+            before, updates = self.engine.samples, self.engine.updates
             self.engine.stream(payload, flush=cmd == Command.STREAM_FLUSH)
             self.samples += self.engine.samples - before
+            self.updates += self.engine.updates - updates
             self.cycles += len(payload) // (self.p.beat_bits // 8)
         elif cmd == Command.STATUS:
             e = self.engine
             flags = (StatusFlags.OVERFLOW * e.overflow | StatusFlags.CLIPPED * e.clipped
                      | StatusFlags.CONFIGURED * self.configured)
-            reply = protocol.STATUS_FORMAT.pack(flags, self.cycles, self.samples, 0, 0, 0, 0)
+            reply = protocol.STATUS_FORMAT.pack(flags, self.cycles, self.samples, self.cycles,
+                                                self.updates, 0, 0)
             if payload[:1] == b"\x01":
-                self.samples = self.cycles = 0
+                self.samples = self.cycles = self.updates = 0
                 e.clear_flags()
             return protocol.encode_reply(cmd, Status.OK, reply)
         return protocol.encode_reply(cmd, Status.OK)

@@ -132,3 +132,60 @@ def test_saturation_is_a_one_line_warning(tmp_path, fake_board, capsys):
     assert status == 0
     assert stderr.splitlines() == ["ziphalp: warning: epoch 1: the engine saturated a "
                                    "scaled loss derivative; try a smaller --step"]
+
+
+# --- HALP (--algo halp) ---------------------------------------------------------------------
+
+def test_help_lists_the_halp_options():
+    result = run("train", "--help")
+    assert result.returncode == 0
+    for option in ("--algo", "--mu", "--inner-steps", "--data-bits", "--bits"):
+        assert option in result.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--algo", "halp"), "the sim board has no HALP mode; use --board sim-ulx3s"),
+    (("--algo", "halp", "--board", "sim-ulx3s", "--loss", "hinge"),
+     "squared or the logistic loss"),
+    (("--algo", "halp", "--board", "sim-ulx3s", "--bits", "17"), "offset bits must be 2..16"),
+    (("--algo", "halp", "--board", "sim-ulx3s", "--data-bits", "9"), "data bits must be 1..8"),
+    (("--algo", "halp", "--board", "sim-ulx3s", "--sampling", "double"), "is for SGD"),
+    (("--mu", "1"), "mu is a HALP setting"),
+    (("--inner-steps", "10"), "inner_steps is a HALP setting"),
+])
+def test_halp_user_errors(tmp_path, args, message):
+    path = tmp_path / "ok.csv"
+    path.write_text("1,2,3\n4,5,6\n")
+    assert_one_line_error(run("train", str(path), "--no-progress", *args), 2, message)
+
+
+def test_halp_too_many_samples():
+    result = run("train", "synthetic:n=5000,d=4", "--algo", "halp", "--board", "sim-ulx3s",
+                 "--no-progress")
+    assert_one_line_error(result, 2, "takes at most 4096")
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "x", "inf"])
+def test_halp_bad_mu_is_a_usage_error(value):
+    result = run("train", "diabetes", "--algo", "halp", "--mu", value)
+    assert result.returncode == 2 and "--mu" in result.stderr
+
+
+def test_halp_train_prints_suboptimality(tmp_path, monkeypatch, capsys):
+    fake = FakeSerial(FakeBoard(BOARD_PARAMS["sim-ulx3s"]))
+    monkeypatch.setattr(serial, "serial_for_url", lambda url, baudrate, timeout: fake)
+    out = tmp_path / "out"
+    status = cli.main(["train", "synthetic:n=200,d=6,seed=3", "--algo", "halp",
+                       "--board", "sim-ulx3s", "--port", "fake://0", "--bits", "8",
+                       "--epochs", "3", "--out", str(out), "--no-progress"])
+    stdout = capsys.readouterr().out
+    assert status == 0
+    lines = [line for line in stdout.splitlines() if line.startswith("iteration ")]
+    assert len(lines) == 3
+    assert all("suboptimality" in line and "loss" in line for line in lines)
+    assert lines[-1].startswith("iteration 3/3  epoch 6.00")
+    assert "HALP iterations" in stdout and "8-bit offsets" in stdout
+    history = json.loads((out / "history.json").read_text())
+    assert history["algo"] == "halp" and history["halp"]["offset_bits"] == 8
+    assert [e["iteration"] for e in history["epochs"]] == [1, 2, 3]
+    assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -15,12 +15,29 @@ import numpy as np
 import pytest
 import serial
 from fakeboard import FakeBoard, FakeSerial, engine_config
-from ziphalp.host import driver
+from ziphalp.host import driver, quantize
 from ziphalp.host.driver import ArgumentError, Board, BoardError
 from ziphalp.host.train import train
 from ziphalp.hw import protocol
-from ziphalp.hw.params import BOARD_PARAMS, L2_SHIFT_MAX, LEVEL, SHIFT_MAX, EngineParams, Loss
+from ziphalp.hw.params import (
+    BOARD_PARAMS,
+    L2_SHIFT_MAX,
+    LEVEL,
+    OFFSET_BITS,
+    SHIFT_MAX,
+    EngineParams,
+    Loss,
+    Phase,
+)
 from ziphalp.hw.protocol import Command, Status, StatusFlags
+from ziphalp.sim.golden import GoldenEngine
+
+#: CONFIGURE v3 (``protocol.CONFIGURE_FORMAT``), written out to check the driver by.
+CONFIGURE_V3 = "<HHBBBBBBBhI"
+#: The HALP fields' defaults: offset_bits, scale_log, seed.
+HALP_DEFAULTS = (8, 0, 0)
+#: The configuration fields the fake board reports for the HALP defaults.
+SGD_FIELDS = dict(offset_bits=8, scale_log=0, seed=0, phase=Phase.SGD, stochastic=False)
 
 
 @pytest.fixture
@@ -64,6 +81,26 @@ def test_identity_round_trip(connect):
         protocol.Identity.unpack(b"ZHLQ" + payload[4:])
 
 
+def test_identity_reports_halp(connect):
+    """The ULX3S build has HALP: options and cache size come through IDENTIFY."""
+    fake = connect(FakeBoard(BOARD_PARAMS["sim-ulx3s"]))
+    payload = fake.board.identity.pack()
+    assert payload[-2:] == (4096).to_bytes(2, "little")      # halp_samples, the last field
+    with Board("fake://0") as board:
+        identity = board.identify()
+        assert identity.options & protocol.Options.HALP and identity.halp_samples == 4096
+        assert board.halp_samples == 4096
+        assert board.params == BOARD_PARAMS["ulx3s"]
+    connect(FakeBoard(BOARD_PARAMS["sim"]))
+    with Board("fake://0") as board:
+        assert board.halp_samples == 0 and board.params.halp_samples == 0
+    fake = FakeBoard(BOARD_PARAMS["sim-ulx3s"])            # options and cache disagree
+    fake.identity = dataclasses.replace(fake.identity, halp_samples=0)
+    connect(fake)
+    with Board("fake://0") as board, pytest.raises(BoardError, match="impossible parameters"):
+        _ = board.params
+
+
 def test_options_missing_from_the_build(connect):
     """The iCEBreaker engine has neither class costs nor the L2 decay: both are refused
     before anything is sent."""
@@ -74,6 +111,9 @@ def test_options_missing_from_the_build(connect):
             board.configure(5, 2, 7, cost_pos=32)
         with pytest.raises(ArgumentError, match="without the L2 decay"):
             board.configure(5, 2, 7, l2_shift=3)
+        for phase in (Phase.FULL, Phase.INNER):
+            with pytest.raises(ArgumentError, match=f"without HALP mode \\(phase {phase.name}"):
+                board.configure(5, 1, 7, phase=phase)
     assert Command.CONFIGURE not in [c for c, _ in fake.requests]
 
 
@@ -120,19 +160,36 @@ def test_configure_fields(connect):
         board.configure(5, 2, 7)
         assert fake.board.config == dict(features=5, batch=2, shift=7, k=8, double=True,
                                          loss=Loss.SQUARED, l2_shift=0, cost_pos=64,
-                                         cost_neg=64)
+                                         cost_neg=64, **SGD_FIELDS)
         board.configure(512, 16, SHIFT_MAX, k=3, double=False, loss=Loss.SQUARED_HINGE,
                         l2_shift=L2_SHIFT_MAX, cost_pos=255, cost_neg=0)
         assert fake.board.config == dict(features=512, batch=16, shift=SHIFT_MAX, k=3,
                                          double=False, loss=Loss.SQUARED_HINGE,
-                                         l2_shift=L2_SHIFT_MAX, cost_pos=255, cost_neg=0)
+                                         l2_shift=L2_SHIFT_MAX, cost_pos=255, cost_neg=0,
+                                         **SGD_FIELDS)
         board.configure(np.int64(1), 1, 0, k=1, double=1, loss=1, cost_pos=10, cost_neg=20)
+        board.configure(9, 1, 8, k=4, double=False, cost_pos=43, cost_neg=43,
+                        phase=Phase.FULL, offset_bits=4)
+        board.configure(9, 1, 3, k=4, double=False, loss=Loss.LOGISTIC, phase=Phase.INNER,
+                        offset_bits=OFFSET_BITS, scale_log=-32768, seed=0xDEADBEEF,
+                        stochastic=True)
+        assert fake.board.config == dict(features=9, batch=1, shift=3, k=4, double=False,
+                                         loss=Loss.LOGISTIC, l2_shift=0, cost_pos=64,
+                                         cost_neg=64, offset_bits=16, scale_log=-32768,
+                                         seed=0xDEADBEEF, phase=Phase.INNER, stochastic=True)
+        board.configure(2, 1, 3, phase=2, offset_bits=np.int16(2), scale_log=32767,
+                        seed=(1 << 32) - 1, stochastic=1)
     configures = [p for c, p in fake.requests if c == Command.CONFIGURE]
     assert configures == [
-        struct.pack("<HHBBBBBB", 5, 2, 7, 8, 0b001, 0, 64, 64),
-        struct.pack("<HHBBBBBB", 512, 16, SHIFT_MAX, 3, 0b110, L2_SHIFT_MAX, 255, 0),
-        struct.pack("<HHBBBBBB", 1, 1, 0, 1, 0b011, 0, 10, 20),
+        struct.pack(CONFIGURE_V3, 5, 2, 7, 8, 0b001, 0, 64, 64, *HALP_DEFAULTS),
+        struct.pack(CONFIGURE_V3, 512, 16, SHIFT_MAX, 3, 0b110, L2_SHIFT_MAX, 255, 0,
+                    *HALP_DEFAULTS),
+        struct.pack(CONFIGURE_V3, 1, 1, 0, 1, 0b011, 0, 10, 20, *HALP_DEFAULTS),
+        struct.pack(CONFIGURE_V3, 9, 1, 8, 4, 0b001000, 0, 43, 43, 4, 0, 0),
+        struct.pack(CONFIGURE_V3, 9, 1, 3, 4, 0b110010, 0, 64, 64, 16, -32768, 0xDEADBEEF),
+        struct.pack(CONFIGURE_V3, 2, 1, 3, 8, 0b110001, 0, 64, 64, 2, 32767, (1 << 32) - 1),
     ]
+    assert protocol.CONFIGURE_FORMAT.format == CONFIGURE_V3
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -152,9 +209,23 @@ def test_configure_fields(connect):
     (dict(l2_shift=L2_SHIFT_MAX + 1), f"l2_shift must be 0..{L2_SHIFT_MAX}"),
     (dict(cost_pos=256), "cost_pos must be 0..255, not 256"),
     (dict(cost_neg=-1), "cost_neg must be 0..255, not -1"),
+    (dict(phase=3), "phase must be a Phase .*SGD, FULL, INNER.*not 3"),
+    (dict(phase="full"), "phase must be a Phase"),
+    (dict(offset_bits=1), f"offset_bits must be 2..{OFFSET_BITS}, not 1"),
+    (dict(offset_bits=OFFSET_BITS + 1), f"offset_bits must be 2..{OFFSET_BITS}"),
+    (dict(scale_log=32768), "scale_log must be -32768..32767, not 32768"),
+    (dict(scale_log=-32769), "scale_log must be -32768..32767"),
+    (dict(scale_log=1.5), "scale_log must be an integer"),
+    (dict(seed=-1), "seed must be 0..4294967295, not -1"),
+    (dict(seed=1 << 32), "seed must be 0..4294967295"),
+    (dict(stochastic=2), "stochastic must be a bool, not 2"),
+    (dict(phase=Phase.FULL, loss=Loss.HINGE), "phase FULL runs the SQUARED or the LOGISTIC "
+                                              "loss, not HINGE"),
+    (dict(phase=Phase.INNER, loss=Loss.SQUARED_HINGE), "phase INNER runs the SQUARED"),
 ])
 def test_configure_rejects_before_sending(connect, kwargs, message):
-    fake = connect()
+    fake = connect(FakeBoard(dataclasses.replace(BOARD_PARAMS["sim"], beat_bits=32, lanes=2,
+                                                 halp_samples=64, class_costs=True)))
     args = dict(features=5, batch=2, shift=7) | kwargs
     with Board("fake://0") as board, pytest.raises(ArgumentError, match=message) as error:
         board.configure(**args)
@@ -205,17 +276,28 @@ def test_fakeboard_answers_like_the_link():
     """The fake board's status codes for CONFIGURE and LOAD_LEVELS are the gateware's."""
     p = BOARD_PARAMS["sim"]
     fake = FakeBoard()
-    good = struct.pack("<HHBBBBBB", 1, 1, 0, 1, 0, 0, 64, 64)
+    halp = FakeBoard(BOARD_PARAMS["sim-ulx3s"])
+
+    def configure(k=1, mode=0, l2_shift=0, cost=64, offset_bits=8):
+        return struct.pack(CONFIGURE_V3, 1, 1, 0, k, mode, l2_shift, cost, cost,
+                           offset_bits, -5, 99)
+
+    good = configure()
     cases = [
         (Command.CONFIGURE, good, Status.OK),
         (Command.CONFIGURE, good[:5], Status.LENGTH),
+        (Command.CONFIGURE, good[:-4], Status.LENGTH),                  # a v2 payload
         (Command.CONFIGURE, good + b"\0", Status.LENGTH),
-        (Command.CONFIGURE, struct.pack("<HHBBBBBB", 1, 1, 0, p.max_k + 1, 0, 0, 0, 0),
-         Status.ARGUMENT),
-        (Command.CONFIGURE, struct.pack("<HHBBBBBB", 1, 1, 0, 1, 0x08, 0, 0, 0),
-         Status.ARGUMENT),
-        (Command.CONFIGURE, struct.pack("<HHBBBBBB", 1, 1, 0, 1, 0, L2_SHIFT_MAX + 1, 0, 0),
-         Status.ARGUMENT),
+        (Command.CONFIGURE, configure(k=p.max_k + 1, cost=0), Status.ARGUMENT),
+        (Command.CONFIGURE, configure(mode=0x08), Status.ARGUMENT),     # no HALP in the build
+        (Command.CONFIGURE, configure(mode=0x10), Status.ARGUMENT),
+        (Command.CONFIGURE, configure(mode=0x18), Status.ARGUMENT),     # phase 3
+        (Command.CONFIGURE, configure(mode=0x40), Status.ARGUMENT),     # reserved bits
+        (Command.CONFIGURE, configure(mode=0x80), Status.ARGUMENT),
+        (Command.CONFIGURE, configure(mode=0x20), Status.OK),           # ignored in SGD
+        (Command.CONFIGURE, configure(offset_bits=1), Status.ARGUMENT),
+        (Command.CONFIGURE, configure(offset_bits=17), Status.ARGUMENT),
+        (Command.CONFIGURE, configure(l2_shift=L2_SHIFT_MAX + 1, cost=0), Status.ARGUMENT),
         (Command.LOAD_LEVELS, struct.pack("<2h", -1, 1), Status.OK),
         (Command.LOAD_LEVELS, struct.pack("<h", 0), Status.LENGTH),
         (Command.LOAD_LEVELS, struct.pack("<2h", -1, 1)[:3], Status.LENGTH),
@@ -225,6 +307,56 @@ def test_fakeboard_answers_like_the_link():
     for cmd, payload, status in cases:
         assert fake.handle(cmd, payload) == protocol.encode_reply(cmd, status), (cmd, payload)
     assert fake.config["k"] == 1 and fake.levels == [-1, 1]
+    for mode, status in ((0x08, Status.OK), (0x10 | 0x20 | 0x02, Status.OK),
+                         (0x08 | 0x04, Status.ARGUMENT),                # hinge
+                         (0x10 | 0x06, Status.ARGUMENT)):               # squared hinge
+        reply = halp.handle(Command.CONFIGURE, configure(mode=mode))
+        assert reply == protocol.encode_reply(Command.CONFIGURE, status), mode
+    assert halp.config == dict(features=1, batch=1, shift=0, k=1, double=False,
+                               loss=Loss.LOGISTIC, l2_shift=0, cost_pos=64, cost_neg=64,
+                               offset_bits=8, scale_log=-5, seed=99, phase=Phase.INNER,
+                               stochastic=True)
+
+
+def test_halp_outer_steps_through_the_driver(connect):
+    """Two HALP outer steps sent by the driver (indices in the label beats, the stream
+    cut into frames) leave the board's model equal to the golden model driven directly."""
+    params = BOARD_PARAMS["sim-ulx3s"]
+    fake = connect(FakeBoard(params))
+    rng = np.random.default_rng(4)
+    n, d, k = 300, 21, 6
+    fields = rng.integers(0, 1 << (k + 1), (n, d)).astype(np.uint8)
+    labels = rng.integers(-8000, 8000, n).astype(np.int16)
+    levels = np.rint(np.linspace(-256, 256, (1 << k) + 1)).astype(np.int64)
+    start = rng.integers(-1 << 20, 1 << 20, d)
+    golden = GoldenEngine(params)
+    golden.load_levels(levels)
+    golden.load_model(0, start)
+    full = dict(shift=9, cost_pos=109, cost_neg=109)        # ceil(log2 300), 2**15 / 300
+    with Board("fake://0") as board:
+        board.load_levels(levels)
+        board.load_model(0, start)
+        for epoch in range(2):
+            inner = dict(shift=4, offset_bits=6, scale_log=700, seed=epoch, stochastic=True)
+            order = rng.permutation(n)
+            for phase, config, index in ((Phase.FULL, full, np.arange(n)),
+                                         (Phase.INNER, inner, order)):
+                board.configure(d, 1, k=k, double=False, phase=phase, **config)
+                golden.configure(d, 1, k=k, double=False, phase=phase, **config)
+                stream = quantize.pack_samples(fields[index], labels[index], params, k,
+                                               False, index)
+                chunks = quantize.frames(stream, params, d, k, False)
+                assert len(chunks) > 1
+                for chunk in chunks:
+                    board.stream(chunk)
+                golden.train(fields[index], labels[index], indices=index)
+                counters = board.status(clear=True)
+                assert counters.samples == n
+                assert counters.updates == (n if phase == Phase.INNER else 0)
+        model = board.read_model(0, d)
+    np.testing.assert_array_equal(model, golden.read_model(0, d))
+    assert not np.array_equal(model, start)
+    assert fake.board.engine.offset_shift == golden.offset_shift
 
 
 def test_error_status_names_command(connect):

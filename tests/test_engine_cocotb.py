@@ -87,6 +87,49 @@ def make_cases(params: EngineParams, seed: int) -> list[dict]:
     return cases
 
 
+#: HALP builds (the class costs come with them).
+HALP_BUILDS = [
+    dict(beat_bits=32, lanes=4, max_features=37, max_batch=4, halp_samples=48),
+    dict(beat_bits=64, lanes=8, max_features=23, max_batch=2, max_k=4, halp_samples=20,
+         l2_decay=False),
+    dict(beat_bits=32, lanes=2, max_features=9, max_batch=1, max_k=8, halp_samples=16,
+         model_bits=24, model_frac=16),
+]
+
+
+def make_halp_cases(params: EngineParams, seed: int) -> list[dict]:
+    """HALP cases: b, the offset grid (through scale_log), mu-like scale, T, loss,
+    rounding, d, n, bubbles; two outer iterations each."""
+    rng = np.random.default_rng(seed)
+    cases = []
+    for i in range(4):
+        k = int(rng.integers(1, params.max_k + 1))
+        n = int(rng.integers(2, params.halp_samples + 1))
+        full_shift = max(0, (n - 1).bit_length())
+        cases.append({
+            "seed": int(rng.integers(1 << 31)),
+            "features": int(rng.integers(1, params.max_features + 1)),
+            "batch": 1, "shift": int(rng.choice([2, 5, 8, 12])), "k": k, "double": False,
+            "loss": int(rng.choice([Loss.SQUARED, Loss.LOGISTIC])), "l2_shift": 0,
+            "cost_pos": 64, "cost_neg": 64,
+            "levels": random_levels(params, rng),
+            "model_scale": params.model_frac - 2 - 4 * (i % 2),
+            "label_shrink": int(rng.integers(0, 4)),
+            "bubble": 0.0 if i == 0 else float(rng.choice([0.2, 0.5])),
+            "frames": [],
+            "halp": {
+                "samples": n, "outer": 2, "inner_steps": int(rng.integers(1, 2 * n)),
+                "offset_bits": int(rng.choice([2, 4, 8, 16])),
+                # sweeps the offset shift from clamped-low to clamped-high
+                "scale_log": int(rng.integers(-4000, 9000)),
+                "stochastic": bool(i != 1), "seed": int(rng.integers(1 << 32)),
+                "full_shift": full_shift,
+                "full_cost": min(255, round(2 ** (6 + full_shift) / n)),
+            },
+        })
+    return cases
+
+
 def run_bench(work, sources, params: EngineParams, cases: list[dict], defines=None) -> list:
     """Build ``sources`` (top ``engine``) with Icarus and run the bench over ``cases``."""
     from cocotb_tools.check_results import get_results
@@ -131,6 +174,25 @@ def test_engine_matches_golden(build, tmp_path_factory):
             assert r["cycles"] <= bound, (
                 f"{r['cycles']} cycles for {r['samples']} samples exceeds "
                 f"samples * (ceil(d/K) + {gap}) + {gap + 1} = {bound} for {case}")
+
+
+@pytest.mark.parametrize("build", range(len(HALP_BUILDS)))
+def test_halp_matches_golden(build, tmp_path_factory):
+    """HALP: re-centring, the full-gradient pass, the offset grid, the inner loop with
+    stochastic or nearest rounding, bit for bit with the golden model."""
+    from amaranth.back import verilog
+    from ziphalp.hw.engine import SGDEngine
+
+    params = EngineParams(**HALP_BUILDS[build])
+    work = tmp_path_factory.mktemp(f"halp{build}")
+    source = work / "engine.v"
+    source.write_text(verilog.convert(SGDEngine(params), name="engine"))
+    cases = make_halp_cases(params, 2000 + build)
+    results = run_bench(work, [source], params, cases)
+    shifts = {r["offset_shift"] for r in results}
+    assert len(shifts) > 1, f"the cases chose one offset shift only: {shifts}"
+    # (on the coarsest grid an inner loop may round every step to zero)
+    assert sum(r["changed"] for r in results), "no inner loop changed the model"
 
 
 def test_synthesised_netlist_matches_golden(tmp_path):

@@ -19,11 +19,21 @@ from amaranth.sim import Simulator
 from streams import stream_put
 from ziphalp.hw.control import control_signature
 from ziphalp.hw.link import Link
-from ziphalp.hw.params import L2_SHIFT_MAX, LEVEL, SHIFT_MAX, EngineParams, Loss
+from ziphalp.hw.params import (
+    L2_SHIFT_MAX,
+    LEVEL,
+    OFFSET_BITS,
+    SHIFT_MAX,
+    EngineParams,
+    Loss,
+    Phase,
+)
 from ziphalp.hw.protocol import (
     CONFIGURE_FORMAT,
     MODE_DOUBLE,
     MODE_LOSS_SHIFT,
+    MODE_PHASE_SHIFT,
+    MODE_STOCHASTIC,
     MODEL_HEADER_FORMAT,
     STATUS_FORMAT,
     SYNC,
@@ -48,9 +58,10 @@ PARAMS = {
     # saturates), the largest level table fills the frame buffer
     "w24": EngineParams(beat_bits=24, lanes=2, max_k=5, max_features=9, max_batch=3,
                         model_bits=20, model_frac=12, frame_bytes=66),
-    # 8-byte beats, 8 lanes but 7 values a beat at k = max_k with double sampling, 32-bit model
+    # 8-byte beats, 8 lanes but 7 values a beat at k = max_k with double sampling, 32-bit
+    # model, HALP
     "w64": EngineParams(beat_bits=64, lanes=8, max_k=7, max_features=17, max_batch=5,
-                        model_bits=32, model_frac=28, frame_bytes=264),
+                        model_bits=32, model_frac=28, frame_bytes=264, halp_samples=32),
 }
 LEVEL_RANGE = (LEVEL.min_int, LEVEL.max_int + 1)
 
@@ -67,12 +78,19 @@ class Config(NamedTuple):
     l2_shift: int = 0
     cost_pos: int = 64
     cost_neg: int = 64
+    phase: int = Phase.SGD
+    stochastic: int = 0
+    offset_bits: int = 8
+    scale_log: int = 0
+    seed: int = 0
 
     def pack(self, mode=None):
         if mode is None:
-            mode = self.double * MODE_DOUBLE | self.loss << MODE_LOSS_SHIFT
+            mode = (self.double * MODE_DOUBLE | self.loss << MODE_LOSS_SHIFT
+                    | self.phase << MODE_PHASE_SHIFT | self.stochastic * MODE_STOCHASTIC)
         return CONFIGURE_FORMAT.pack(self.features, self.batch, self.shift, self.k, mode,
-                                     self.l2_shift, self.cost_pos, self.cost_neg)
+                                     self.l2_shift, self.cost_pos, self.cost_neg,
+                                     self.offset_bits, self.scale_log, self.seed)
 
 
 def clamp(value, bits):
@@ -312,7 +330,7 @@ def beats_of(p, payload):
 def identity(p):
     return Identity(VERSION, p.beat_bits, p.lanes, p.max_k, p.max_features, p.max_batch,
                     p.model_bits, p.model_frac, p.frame_bytes, p.clock_hz, p.build_id,
-                    Options(p.options))
+                    Options(p.options), p.halp_samples)
 
 
 @pytest.mark.parametrize("name", PARAMS)
@@ -410,9 +428,17 @@ def bad_configurations(p):
         good._replace(shift=SHIFT_MAX + 1), good._replace(shift=0xFF),
         good._replace(k=0), good._replace(k=p.max_k + 1), good._replace(k=0xFF),
         good._replace(l2_shift=L2_SHIFT_MAX + 1), good._replace(l2_shift=0xFF),
+        good._replace(offset_bits=0), good._replace(offset_bits=1),
+        good._replace(offset_bits=OFFSET_BITS + 1), good._replace(offset_bits=0xFF),
+        good._replace(phase=3),
+        # HALP takes the squared and the logistic loss only
+        good._replace(phase=Phase.FULL, loss=Loss.HINGE),
+        good._replace(phase=Phase.INNER, loss=Loss.SQUARED_HINGE),
     ]
+    if not p.halp:
+        cases += [good._replace(phase=Phase.FULL), good._replace(phase=Phase.INNER)]
     payloads = [config.pack() for config in cases]
-    for bit in range(3, 8):     # reserved mode bits, with any double/loss below them
+    for bit in range(6, 8):     # reserved mode bits, with any double/loss below them
         payloads.append(good.pack(mode=1 << bit | (bit % 8)))
     return payloads
 
@@ -648,7 +674,13 @@ def test_configure_arguments(name):
         Config(p.max_features, p.max_batch, SHIFT_MAX, k=p.max_k, double=1,
                loss=Loss.SQUARED_HINGE, l2_shift=L2_SHIFT_MAX, cost_pos=255, cost_neg=255),
         *(Config(2, 1, 4, k=1 + i % p.max_k, double=i % 2, loss=loss, l2_shift=i,
-                 cost_pos=64 + i, cost_neg=64 - i) for i, loss in enumerate(Loss)),
+                 cost_pos=64 + i, cost_neg=64 - i, stochastic=i % 2, offset_bits=2 + 4 * i,
+                 scale_log=-32768 + 9000 * i, seed=0xFFFFFFFF - 12345 * i)
+          for i, loss in enumerate(Loss)),
+        *([Config(3, 2, 7, k=2, double=0, loss=Loss.LOGISTIC, phase=Phase.FULL,
+                  offset_bits=OFFSET_BITS, scale_log=32767, seed=1),
+           Config(3, 2, 7, k=2, double=0, loss=Loss.SQUARED, phase=Phase.INNER,
+                  stochastic=1, offset_bits=2, scale_log=-1, seed=0)] if p.halp else []),
     ]
 
     async def testbench(ctx, bench):

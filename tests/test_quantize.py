@@ -351,3 +351,63 @@ def test_step_shift():
     for bad in (0, -1, float("nan"), float("inf"), 4.0, 1e-12):
         with pytest.raises(ValueError, match="step"):
             step_to_shift(bad)
+
+
+# --- HALP sample indices ---------------------------------------------------------------
+
+def test_indices_by_hand():
+    """The index rides in bits 16..31 of the label beat (bytes 2..3, little-endian)."""
+    p = engine(32)                                # k = 2 single: 3-bit fields, 10 per beat
+    fields = np.array([[0b101, 0b011], [0b001, 0b111]], np.uint8)
+    labels = np.array([0x1234, -2], np.int16)
+    plain = pack_samples(fields, labels, p, 2, False)
+    stream = pack_samples(fields, labels, p, 2, False, np.array([0xBEEF, 7]))
+    assert stream == bytes([0x34, 0x12, 0xEF, 0xBE, 0x1D, 0, 0, 0,
+                            0xFE, 0xFF, 0x07, 0x00, 0x39, 0, 0, 0])
+    assert plain == stream[:2] + b"\0\0" + stream[4:10] + b"\0\0" + stream[12:]
+    assert pack_samples(fields, labels, p, 2, False, None) == plain
+    # 64-bit beats (the ULX3S): the rest of the label beat stays zero
+    p = BOARD_PARAMS["ulx3s"]
+    stream = pack_samples(fields, labels, p, 2, False, [1, 4095])
+    assert stream[:8] == bytes([0x34, 0x12, 0x01, 0x00, 0, 0, 0, 0])
+    assert stream[16:24] == bytes([0xFE, 0xFF, 0xFF, 0x0F, 0, 0, 0, 0])
+
+
+@pytest.mark.parametrize("p", [e for e in ENGINES if e.beat_bits >= 32],
+                         ids=lambda p: f"{p.beat_bits}x{p.lanes}")
+def test_indices_round_trip(p):
+    rng = np.random.default_rng(p.beat_bits)
+    n, d, k = 3000, 23, 4                         # several blocks
+    x = np.clip(rng.normal(0, 0.4, (n, d)), -1, 1)
+    labels = quantize_labels(rng.uniform(-1, 1, n))
+    indices = rng.integers(0, 1 << 16, n)
+    stream = encode_epoch(x, labels, uniform_levels(k), k, "double", np.random.default_rng(5),
+                          p, indices)
+    fields = quantize_features(x, uniform_levels(k), k, "double", np.random.default_rng(5))
+    assert stream == pack_samples(fields, labels, p, k, True, indices.astype(np.uint16))
+    back, back_labels, back_indices = unpack_fields(stream, p, d, k, True, indices=True)
+    np.testing.assert_array_equal(back, fields)
+    np.testing.assert_array_equal(back_labels, labels)
+    assert back_indices.dtype == np.uint16
+    np.testing.assert_array_equal(back_indices, indices)
+    with pytest.raises(ValueError, match="outside"):    # without indices they are stray bits
+        unpack_fields(stream, p, d, k, True)
+    plain = encode_epoch(x, labels, uniform_levels(k), k, "double", np.random.default_rng(5), p)
+    assert plain == pack_samples(fields, labels, p, k, True)
+    np.testing.assert_array_equal(unpack_fields(plain, p, d, k, True, indices=True)[2], 0)
+
+
+def test_indices_refused():
+    fields = np.zeros((2, 3), np.uint8)
+    labels = np.zeros(2, np.int16)
+    with pytest.raises(ValueError, match="at least 32 bits, not 16"):
+        pack_samples(fields, labels, BOARD_PARAMS["icebreaker"], 1, True, [0, 1])
+    with pytest.raises(ValueError, match="at least 32 bits"):
+        encode_epoch(np.zeros((2, 3)), labels, uniform_levels(1), 1, "nearest", None,
+                     engine(24, 8), [0, 1])
+    with pytest.raises(ValueError, match="carry no sample index"):
+        unpack_fields(bytes(8), BOARD_PARAMS["icebreaker"], 3, 1, True, indices=True)
+    p = engine(32)
+    for bad in ([0], [0, 1 << 16], [-1, 0], [0.0, 1.0], [[0, 1]]):
+        with pytest.raises(ValueError, match="indices"):
+            pack_samples(fields, labels, p, 1, True, np.array(bad))
