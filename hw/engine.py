@@ -63,6 +63,7 @@ from .control import control_signature
 from .dot import DotProduct
 from .loss import ScaledError
 from .params import (
+    HALP_FRAC,
     LABEL,
     LEVEL,
     LOG_FRAC,
@@ -70,7 +71,6 @@ from .params import (
     OFFSET_SHIFT_MAX,
     SCALE_LOG_BITS,
     SHIFT_MAX,
-    SIGMA_FRAC,
     EngineParams,
     Phase,
     clog2,
@@ -609,7 +609,7 @@ class SGDEngine(wiring.Component):
                 with m.Case(1):
                     m.d.sync += mant.eq(((norm2 << LOG_FRAC) >> msb_r)[:LOG_FRAC])
                 with m.Case(2):
-                    m.d.sync += x.eq((msb_r << LOG_FRAC) + mant - (SIGMA_FRAC << (LOG_FRAC + 1))
+                    m.d.sync += x.eq((msb_r << LOG_FRAC) + mant - (HALP_FRAC << (LOG_FRAC + 1))
                                      - 2 * ctrl.scale_log)
                 with m.Case(3):
                     m.d.sync += rounded.eq((x + (1 << LOG_FRAC)) >> (LOG_FRAC + 1))

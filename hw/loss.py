@@ -13,8 +13,9 @@ tree (``COST_BITS`` terms): it stays out of the DSP blocks, which the lanes use.
 
 HALP builds hold the anchor-error cache ``C`` (``halp_samples`` words of ``E``):
 in the full pass ``E`` is written to ``C[index]``; in the inner loop ``E - C[index]``
-shifted left by ``LEVEL.frac`` takes the place of ``E`` (the caller adds the
-offset shift to ``shift``).
+takes the place of ``E`` (the caller adds the offset shift to ``shift``). Both HALP
+phases shift it left by ``LEVEL.frac`` first (a finer ``sigma``, see
+``ziphalp.hw.params``).
 """
 
 from amaranth import Cat, Module, Mux, Signal, signed, unsigned
@@ -153,8 +154,8 @@ class ScaledError(wiring.Component):
             cache_rd = cache.read_port(domain="comb")
             cache_wr = cache.write_port()
             m.d.comb += cache_rd.addr.eq(index1)
-            m.d.sync += cached.eq(cache_rd.data)
-        # cycle 3: E by the loss (HALP inner loop: (E - C[i]) << LEVEL.frac)
+            m.d.sync += cached.eq(Mux(inner, cache_rd.data, 0))
+        # cycle 3: E by the loss (HALP: E << LEVEL.frac, the inner loop's E - C[i])
         prob = Signal(SIGMOID_FRAC + 1)
         excess = Signal(signed(SIGMOID_FRAC + 2))
         m.d.comb += [prob.eq(Mux(neg2, (1 << SIGMOID_FRAC) - t2, t2)),
@@ -174,7 +175,8 @@ class ScaledError(wiring.Component):
             with m.Case(Loss.SQUARED_HINGE):
                 m.d.comb += derivative.eq(sq_hinge)
         if p.halp:
-            m.d.sync += error.eq(Mux(inner, (derivative - cached) << LEVEL.frac, derivative))
+            m.d.sync += error.eq(Mux(full | inner, (derivative - cached) << LEVEL.frac,
+                                     derivative))
         else:
             m.d.sync += error.eq(derivative)
         if p.halp:

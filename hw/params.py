@@ -69,12 +69,22 @@ plus a ``b``-bit signed *offset* ``z`` (an ``OFFSET_BITS``-wide word clamped to
 phases the loss is squared or logistic, every label beat carries the sample's
 index ``i < halp_samples`` in bits 16..31, and ``batch`` and flushes are ignored.
 
+Both HALP phases scale ``E`` by ``2**-(LF + shift - SIGMA_FRAC)`` rather than SGD's
+``2**-(2*LF + shift - SIGMA_FRAC)``: their ``sigma`` and ``G`` carry ``HALP_FRAC =
+SIGMA_FRAC + LF`` fraction bits (of a model LSB in the full pass, of an offset LSB
+in the inner loop) per level LSB, and ``sigma`` is ``LF`` bits wider in HALP builds
+(:attr:`EngineParams.sigma`). SGD's scale would round each sample's share of the
+full gradient to ``2**-SIGMA_FRAC`` of a model LSB per level unit (a floor near
+``1e-7`` relative suboptimality at ``n = 1000``) and an inner step to a quarter
+of an offset LSB (which stalls a 4-bit grid).
+
 Full pass (``Phase.FULL``). ``CONFIGURE`` re-centres, for every word: ``a = w``,
 ``z = 0``, ``G = 0``. Then per sample: ``E`` at ``w`` as above; the *anchor
-error* ``C[i] = E`` is cached; ``sigma`` as above (``shift`` and the class costs
-scale the sum: the host sends ``shift = ceil(log2 n)`` and both costs
-``round(2**(COST_FRAC + shift) / n)``, so ``sigma`` is ``E / n`` within the cost's
-precision); ``G_f += sigma * q2_f``. The model does not change.
+error* ``C[i] = E`` is cached; ``S = sat(round_shift(E, LF + shift - SIGMA_FRAC),
+sigma.bits)``, ``sigma = sat(round_shift(S * cost, COST_FRAC), sigma.bits)``
+(``shift`` and the class costs scale the sum: the host sends ``shift = ceil(log2
+n)`` and both costs ``round(2**(COST_FRAC + shift) / n)``, so ``sigma`` is ``E / n``
+within the cost's precision); ``G_f += sigma * q2_f``. The model does not change.
 
 Inner loop (``Phase.INNER``). ``CONFIGURE`` (which does not clear ``G``) chooses
 the offset grid from ``S = sum_f G_f**2`` (exact, over every word):
@@ -83,28 +93,25 @@ the offset grid from ``S = sum_f G_f**2`` (exact, over every word):
   ``m = floor(S * 2**(LOG_FRAC - p)) - 2**LOG_FRAC`` (the ``LOG_FRAC`` bits below
   the msb), ``lam = p * 2**LOG_FRAC + m`` (a piecewise-linear ``log2 S``, at most
   0.086 low),
-* ``X = lam - 2**(LOG_FRAC + 1) * SIGMA_FRAC - 2 * scale_log``,
+* ``X = lam - 2**(LOG_FRAC + 1) * HALP_FRAC - 2 * scale_log``,
   ``sh = clamp((X + 2**LOG_FRAC) >> (LOG_FRAC + 1), 0, OFFSET_SHIFT_MAX)``,
 
 i.e. ``log2 delta`` rounded to the nearest integer with ``delta = |g| / (mu * (2**(b-1)
 - 1))`` when the host sends ``scale_log = round(2**LOG_FRAC * log2(mu * (2**(b-1) -
 1)))``; then every word's ``G_f`` becomes ``gamma_f = round_shift(G_f, sh + shift)``
 (identity for a shift of 0), ``shift`` being the inner step's: ``gamma`` is
-``alpha * g / delta`` with ``SIGMA_FRAC`` fraction bits. The PRNG is seeded. Then
+``alpha * g / delta`` with ``HALP_FRAC`` fraction bits. The PRNG is seeded. Then
 per sample (each one a model update):
 
 ====================  ==========================================================
 ``Ed``                ``E(w) - C[i]`` (``E`` at the current ``w``, same loss)
 ``S``                 ``sat(round_shift(Ed, LF + shift + sh - SIGMA_FRAC), sigma.bits)``
 ``sigma``             ``sat(round_shift(S * cost, COST_FRAC), sigma.bits)``
-``acc_f``             ``(gamma_f << LF) + sigma * q2_f``
+``acc_f``             ``gamma_f + sigma * q2_f``
 ``z_f'``              ``clamp(z_f - ((acc_f + r_f) >> HALP_FRAC), -2**(b-1), 2**(b-1) - 1)``
 ``w_f'``              ``sat(a_f + (z_f' << sh), model.bits)`` (a clip sets ``overflow``)
 ====================  ==========================================================
 
-Here ``sigma`` carries ``HALP_FRAC = SIGMA_FRAC + LF`` fraction bits of an offset LSB
-per level LSB (``LF`` more than in SGD: a ``b``-bit grid is coarse, and rounding
-``sigma`` to a quarter of its LSB, as SGD's scale would, stalls it at 4 bits).
 ``r_f = 2**(HALP_FRAC - 1)`` (round to nearest, half up) unless mode bit 5 asks for
 stochastic rounding: then ``r_f`` is the top ``HALP_FRAC`` bits of PRNG lane
 ``f % lanes`` after its step for the update beat that carries feature ``f``.
@@ -216,7 +223,7 @@ def halp_shift(norm2: int, scale_log: int) -> int:
     msb = norm2.bit_length() - 1
     mant = (norm2 << LOG_FRAC >> msb) - (1 << LOG_FRAC)
     lam = (msb << LOG_FRAC) + mant
-    x = lam - (SIGMA_FRAC << (LOG_FRAC + 1)) - 2 * scale_log
+    x = lam - (HALP_FRAC << (LOG_FRAC + 1)) - 2 * scale_log
     return min(max((x + (1 << LOG_FRAC)) >> (LOG_FRAC + 1), 0), OFFSET_SHIFT_MAX)
 
 
@@ -359,8 +366,9 @@ class EngineParams:
 
     @property
     def sigma(self) -> QFormat:
-        """Scaled residual ``sigma``: model LSBs per level unit, ``SIGMA_FRAC`` fraction bits."""
-        return QFormat(self.model_frac, SIGMA_FRAC)
+        """Scaled residual ``sigma``: model LSBs per level unit, ``SIGMA_FRAC`` fraction bits
+        (``LEVEL.frac`` bits wider in HALP builds, whose phases scale it finer)."""
+        return QFormat(self.model_frac + (LEVEL.frac if self.halp else 0), SIGMA_FRAC)
 
     @property
     def options(self) -> int:

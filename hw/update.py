@@ -6,7 +6,7 @@ gradient word becomes ``acc``; at the batch end the model word becomes
 when ``l2_shift`` is 0) and the gradient word 0.
 
 HALP builds also run the inner-loop update (``inner`` high): the gradient word
-holds ``gamma``, ``acc = (gamma << LEVEL.frac) + sigma * q2`` and ``z' = clamp(z -
+holds ``gamma``, ``acc = gamma + sigma * q2`` and ``z' = clamp(z -
 ((acc + r) >> HALP_FRAC))`` to ``offset_bits`` bits, ``w' = sat(a + (z' << sh))``
 from the offset ``z`` and anchor ``a`` words (arriving with the model word),
 ``r`` the top bits of a per-lane xorshift32 PRNG when ``stochastic``, else half
@@ -147,9 +147,6 @@ class UpdateLanes(wiring.Component):
             decay = Mux(l2_on, self.model[k] >> l2_shift, 0) if p.l2_decay else 0
             rounding = 1 << (SIGMA_FRAC - 1)
             if p.halp:
-                # the inner loop's accumulator, LEVEL.frac bits finer (at GRAD_AT)
-                acc_h = Signal(signed(p.grad_bits + LEVEL.frac + 1), name=f"acc_h{k}")
-                m.d.sync += acc_h.eq((self.grad[k] << LEVEL.frac) + prod)
                 state = Signal(32, name=f"prng{k}")
                 start = Signal(32, name=f"prng_start{k}")
                 x1 = state ^ (state << 13)[:32]
@@ -185,12 +182,12 @@ class UpdateLanes(wiring.Component):
                 continue
             # HALP inner loop, from MODEL_AT: z - step, clamp to b bits, a + (z' << sh)
             a3, a4 = Signal(signed(WM), name=f"a3_{k}"), Signal(signed(WM), name=f"a4_{k}")
-            zdiff = Signal(signed(max(OFFSET_BITS, len(acc_h) - HALP_FRAC) + 2), name=f"zdiff{k}")
+            zdiff = Signal(signed(max(OFFSET_BITS, p.grad_bits - HALP_FRAC) + 2), name=f"zdiff{k}")
             znew = Signal(signed(OFFSET_BITS), name=f"znew{k}")
             z5 = Signal(signed(OFFSET_BITS), name=f"z5_{k}")
             wsum = Signal(signed(max(WM, OFFSET_BITS + OFFSET_SHIFT_MAX) + 1), name=f"wsum{k}")
             m.d.sync += [
-                zdiff.eq(self.offset[k] - ((acc_h + fine) >> HALP_FRAC)), a3.eq(self.anchor[k]),
+                zdiff.eq(self.offset[k] - ((acc + fine) >> HALP_FRAC)), a3.eq(self.anchor[k]),
                 znew.eq(Mux(zdiff > z_max, z_max, Mux(zdiff < z_min, z_min, zdiff))), a4.eq(a3),
                 wsum.eq(a4 + (znew << sh)), z5.eq(znew),
             ]

@@ -384,7 +384,7 @@ class GoldenEngine:
         self.samples += 1
         if self.phase == Phase.FULL:
             self.cache[index] = error
-            sigma = self._scaled(error, 2 * LEVEL.frac + self.shift - SIGMA_FRAC, label)
+            sigma = self._scaled(error, LEVEL.frac + self.shift - SIGMA_FRAC, label)
             self._grad[:d] += sigma * q2
             return
         if self.phase == Phase.INNER:
@@ -419,7 +419,7 @@ class GoldenEngine:
                 np.int64)
         else:
             r = 1 << (HALP_FRAC - 1)
-        acc = (self._grad[:d] << LEVEL.frac) + sigma * q2
+        acc = self._grad[:d] + sigma * q2
         low, high = -(1 << (self.offset_bits - 1)), (1 << (self.offset_bits - 1)) - 1
         z = np.clip(self.offset[:d] - ((acc + r) >> HALP_FRAC), low, high)
         self.offset[:d] = z

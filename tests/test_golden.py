@@ -21,6 +21,7 @@ from ziphalp.host.levels import grid_levels, uniform_levels
 from ziphalp.hw.params import (
     BOARD_PARAMS,
     COST_FRAC,
+    HALP_FRAC,
     LABEL,
     LEVEL,
     LOG_FRAC,
@@ -116,8 +117,8 @@ def test_halp_shift_matches_float_log2():
     for _ in range(4000):
         norm2 = int(rng.integers(1, 1 << 62)) << int(rng.integers(0, 40))
         scale_log = int(rng.integers(-4000, 4000))
-        # G has SIGMA_FRAC fraction bits: delta = |G| 2**-SIGMA_FRAC / 2**(scale_log / 2**LOG_FRAC)
-        exact = 0.5 * math.log2(norm2) - SIGMA_FRAC - scale_log / 2 ** LOG_FRAC
+        # G has HALP_FRAC fraction bits: delta = |G| 2**-HALP_FRAC / 2**(scale_log / 2**LOG_FRAC)
+        exact = 0.5 * math.log2(norm2) - HALP_FRAC - scale_log / 2 ** LOG_FRAC
         expected = min(max(math.floor(exact + 0.5), 0), OFFSET_SHIFT_MAX)
         sh = halp_shift(norm2, scale_log)
         assert abs(sh - expected) <= 1, (norm2, scale_log)
@@ -128,7 +129,7 @@ def test_halp_shift_matches_float_log2():
     assert halp_shift(0, -30000) == 0
     assert halp_shift(1 << 200, 0) == OFFSET_SHIFT_MAX
     assert halp_shift(1 << 20, 2000) == 0
-    assert halp_shift(1 << 40, 0) == 14                # log2 |G| = 20, minus SIGMA_FRAC
+    assert halp_shift(1 << 56, 0) == 14                # log2 |G| = 28, minus HALP_FRAC
 
 
 def test_prng_lanes_match_plain_xorshift32():
@@ -183,7 +184,7 @@ def inner_reference(engine: GoldenEngine, fields, label: int, index: int) -> Non
     b = engine.offset_bits
     for f in range(d):
         r = steps[f // per_beat][f % p.lanes] >> 18 if engine.stochastic else 1 << 13
-        acc = (int(engine._grad[f]) << 8) + sigma * q2[f]       # 14 fraction bits
+        acc = int(engine._grad[f]) + sigma * q2[f]              # 14 fraction bits
         z = min(max(int(engine.offset[f]) - ((acc + r) >> 14), -(1 << (b - 1))),
                 (1 << (b - 1)) - 1)
         engine.offset[f] = z
@@ -228,13 +229,13 @@ def test_halp_phases_bit_exact(loss, double, stochastic):
         q1, q2 = decode(fields[i], engine.levels, k, double)
         e = loss_derivative(int(np.dot(model[:d], q1)), int(labels[i]), loss, HALP)
         assert engine.cache[indices[i]] == e
-        s = round_shift(e, 2 * LEVEL.frac + shift - SIGMA_FRAC)
+        s = round_shift(e, LEVEL.frac + shift - SIGMA_FRAC)
         grad[:d] += round_shift(s * (90 if labels[i] > 0 else 40), COST_FRAC) * q2
     np.testing.assert_array_equal(engine._grad, grad)
     grad[d + 5] = engine._grad[d + 5] = int(np.abs(grad).max())   # words past d count too
     norm2 = sum(int(g) ** 2 for g in grad)
     # a grid on which gamma is a few offset units: some offsets reach the clamp
-    scale_log = round(2 ** LOG_FRAC * (0.5 * math.log2(norm2) - SIGMA_FRAC - 10))
+    scale_log = round(2 ** LOG_FRAC * (0.5 * math.log2(norm2) - HALP_FRAC - 10))
     engine.configure(d, 1, 3, phase=Phase.INNER, offset_bits=b, scale_log=scale_log,
                      seed=99, stochastic=stochastic, **common, **costs)
     sh = halp_shift(norm2, scale_log)
@@ -348,8 +349,8 @@ def quantised_least_squares(seed: int, n: int, d: int, k: int):
     return fields, labels, q, b, w_star
 
 
-@pytest.mark.parametrize("bits, mu_factor, shift", [(8, 2.0, 4), (4, 4.0, 3)])
-def test_halp_converges_on_least_squares(bits, mu_factor, shift):
+@pytest.mark.parametrize("bits, mu_factor, shift, epochs", [(8, 2.0, 4, 15), (4, 4.0, 3, 20)])
+def test_halp_converges_on_least_squares(bits, mu_factor, shift, epochs):
     """HALP in the golden model, driven as the host drives it, reaches the optimum of
     the quantised problem: each outer step a full pass (``shift = ceil(log2 n)``, costs
     ``round(2**(COST_FRAC + shift) / n)``) then ``n`` inner steps on a fresh
@@ -368,7 +369,7 @@ def test_halp_converges_on_least_squares(bits, mu_factor, shift):
     scale_log = round(2 ** LOG_FRAC * math.log2(mu * (2 ** (bits - 1) - 1)))
     order_rng = np.random.default_rng(1)
     history, shifts = [], []
-    for epoch in range(15):
+    for epoch in range(epochs):
         engine.configure(d, 1, full_shift, k=k, double=False, phase=Phase.FULL,
                          cost_pos=cost, cost_neg=cost, offset_bits=bits)
         engine.train(fields, labels, indices=np.arange(n))
@@ -380,7 +381,7 @@ def test_halp_converges_on_least_squares(bits, mu_factor, shift):
         w = engine.read_model(0, d) * HALP.model.scale
         history.append((objective(w) - f_star) / f_star)
     assert not engine.overflow and not engine.clipped
-    assert engine.updates == 15 * n and engine.samples == 30 * n
+    assert engine.updates == epochs * n and engine.samples == 2 * epochs * n
     assert min(history[-3:]) < 1e-6, history
     assert history[0] > 1e-3                       # far from it after one outer step
     assert shifts[-1] < shifts[0] - 5              # the grid refined with the gradient
