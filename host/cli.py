@@ -104,9 +104,10 @@ def parser() -> argparse.ArgumentParser:
                    help="step size, rounded to the nearest power of two 2**-k (default: "
                         f"{DEFAULTS['step']:g} for sgd; halp: 1/(4L) from the data's "
                         "smoothness L)")
-    p.add_argument("--batch", type=_positive_int, default=DEFAULTS["batch"], metavar="B",
-                   help="mini-batch size; gradients are summed over a batch "
-                        "(default: %(default)s)")
+    p.add_argument("--batch", type=_positive_int, default=None, metavar="B",
+                   help="mini-batch size; sgd sums the gradients over a batch (default: "
+                        f"{DEFAULTS['batch']}); halp takes an inner step on a batch's mean "
+                        "(default: 1)")
     p.add_argument("--seed", type=int, default=DEFAULTS["seed"], metavar="N",
                    help="seed of the stochastic rounding and shuffling (default: %(default)s)")
     p.add_argument("--bits", type=_positive_int, default=None, metavar="B",

@@ -239,13 +239,19 @@ class _Problem:
             f_star = optimum(self.a, self.b, self.loss, self.costs, self.l2)[1]
         self.f_star = float(f_star)
 
-    def smoothness(self) -> float:
+    def smoothness(self, batch: int = 1) -> float:
+        """``L``: of one sample (``batch`` 1), or of a mean over ``batch`` samples,
+        ``L_full + (L_1 - L_full) / batch`` with ``L_full`` that of the whole mean."""
         s = 1.0 if self.loss == "squared" else 0.25
-        return float(np.max(self.c * s * np.einsum("ij,ij->i", self.a, self.a))) + self.l2
+        single = float(np.max(self.c * s * np.einsum("ij,ij->i", self.a, self.a)))
+        if batch > 1:
+            full = s * float(np.linalg.eigvalsh((self.a.T * self.c) @ self.a / self.n)[-1])
+            single = full + (single - full) / batch
+        return single + self.l2
 
-    def default_step(self) -> float:
+    def default_step(self, batch: int = 1) -> float:
         """``alpha = 1 / (4 L)`` (see :func:`default_step`)."""
-        return 0.25 / self.smoothness()
+        return 0.25 / self.smoothness(batch)
 
     def default_mu(self) -> float:
         """``mu = 2 x`` the strong-convexity estimate (see :func:`default_mu`)."""
@@ -296,9 +302,11 @@ def _start(problem: _Problem, model) -> np.ndarray:
 
 
 def default_step(features: np.ndarray, labels: np.ndarray, loss: str | object,
-                 costs: Sequence[float] = (1.0, 1.0), l2: float = 0.0) -> float:
-    """Default step ``alpha = 1 / (4 L)``, ``L = max_i c_i s ||a_i||^2 + l2`` (module docstring)."""
-    return _Problem(features, labels, loss, costs, l2, f_star=1.0).default_step()
+                 costs: Sequence[float] = (1.0, 1.0), l2: float = 0.0, batch: int = 1) -> float:
+    """Default step ``alpha = 1 / (4 L)``, ``L = max_i c_i s ||a_i||^2 + l2`` (module
+    docstring); for steps on the mean of ``batch`` samples ``L = L_full + (L - L_full) /
+    batch`` with ``L_full = s lambda_max(A^T C A / n) + l2``."""
+    return _Problem(features, labels, loss, costs, l2, f_star=1.0).default_step(batch)
 
 
 def default_mu(features: np.ndarray, labels: np.ndarray, loss: str | object,

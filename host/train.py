@@ -321,7 +321,7 @@ def _check_fit(name: str, d: int, batch: int, bits: int, params: EngineParams,
 
 def train(dataset: str | Path | Dataset, *, board: str = "sim", port: str | None = None,
           epochs: int = DEFAULTS["epochs"], step: float | None = None,
-          batch: int = DEFAULTS["batch"], seed: int = DEFAULTS["seed"],
+          batch: int | None = None, seed: int = DEFAULTS["seed"],
           label: str | int | None = None, bits: int | None = None,
           sampling: str | None = None, levels: str = DEFAULTS["levels"],
           loss: str = DEFAULTS["loss"], costs: tuple[float, float] = (1.0, 1.0),
@@ -348,8 +348,10 @@ def train(dataset: str | Path | Dataset, *, board: str = "sim", port: str | None
         Default ``DEFAULTS["step"]``; HALP: the SVRG step ``1 / (4 L)`` of the
         quantised problem, ``L`` its largest per-sample smoothness
         (:func:`ziphalp.host.halp_reference.default_step`).
-    batch : int
-        Mini-batch size (gradients are summed over a batch).
+    batch : int, optional
+        Mini-batch size: SGD sums the gradients over a batch (default
+        ``DEFAULTS["batch"]``); HALP's inner loop takes one step on the batch's mean
+        (default 1).
     seed : int
         Seed of the stochastic rounding draws and the shuffling.
     label : str or int, optional
@@ -414,6 +416,7 @@ def train(dataset: str | Path | Dataset, *, board: str = "sim", port: str | None
         raise SettingsError(f"unknown algo {algo!r}; choose from {', '.join(ALGOS)}")
     if algo == "halp":
         return _train_halp(dataset, board=board, port=port, epochs=epochs, step=step,
+                           batch=1 if batch is None else batch,
                            seed=seed, label=label, bits=bits, sampling=sampling,
                            levels=levels, loss=loss, costs=costs, l2=l2,
                            progress=progress, timeout=timeout, on_epoch=on_epoch,
@@ -423,6 +426,7 @@ def train(dataset: str | Path | Dataset, *, board: str = "sim", port: str | None
         if value is not None:
             raise SettingsError(f"{name} is a HALP setting (algo 'halp')")
     step = DEFAULTS["step"] if step is None else step
+    batch = DEFAULTS["batch"] if batch is None else batch
     bits = DEFAULTS["bits"] if bits is None else bits
     sampling = DEFAULTS["sampling"] if sampling is None else sampling
     shift = _check_settings(board, epochs, batch, step, bits, sampling, levels, loss)
@@ -595,7 +599,8 @@ def _scale_log(mu: float, bits: int) -> int:
     return value
 
 
-def _train_halp(dataset, *, board, port, epochs, step, seed, label, bits, sampling, levels,
+def _train_halp(dataset, *, board, port, epochs, step, batch, seed, label, bits, sampling,
+                levels,
                 loss, costs, l2, progress, timeout, on_epoch, halve_every, mu, inner_steps,
                 data_bits) -> TrainResult:
     """:func:`train` with ``algo="halp"`` (module docstring)."""
@@ -608,6 +613,9 @@ def _train_halp(dataset, *, board, port, epochs, step, seed, label, bits, sampli
                             f"(the simulated ULX3S) or another board with it ({halp_boards})")
     if epochs < 1:
         raise SettingsError(f"epochs must be at least 1, not {epochs}")
+    if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= kind.max_batch:
+        raise SettingsError(f"batch must be 1..{kind.max_batch} on the {board} board, "
+                            f"not {batch!r}")
     bits = HALP_DEFAULTS["bits"] if bits is None else bits
     if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= OFFSET_BITS:
         raise SettingsError(f"HALP offset bits must be 2..{OFFSET_BITS}, not {bits!r}")
@@ -651,12 +659,15 @@ def _train_halp(dataset, *, board, port, epochs, step, seed, label, bits, sampli
     n, features = dataset.n, data.features.shape[1]
     name = loss.replace("-", "_")
     problem = quantised_problem(data, k, name)
+    # the engine steps 2**-shift per sample of a batch: alpha / B for a step alpha on
+    # the batch's mean
     if step is None:
-        step = halp_reference.default_step(problem.features, problem.labels, name)
-        shift = min(max(quantize.step_to_shift(min(step, 1.0)), 0), SHIFT_MAX)
+        step = halp_reference.default_step(problem.features, problem.labels, name,
+                                           batch=batch)
+        shift = min(max(quantize.step_to_shift(min(step / batch, 1.0)), 0), SHIFT_MAX)
     else:
-        shift = quantize.step_to_shift(step)
-    step_used = quantize.shift_to_step(shift)
+        shift = quantize.step_to_shift(step / batch)
+    step_used = batch * quantize.shift_to_step(shift)
     if mu is None:
         mu = halp_default_mu(problem.features, problem.labels, name, bits, step_used)
     scale_log = _scale_log(mu, bits)
@@ -670,7 +681,7 @@ def _train_halp(dataset, *, board, port, epochs, step, seed, label, bits, sampli
                       RuntimeWarning, stacklevel=3)
     table = grid_levels(uniform_levels(k))
     settings = {"algo": "halp", "epochs": epochs, "step": step_used, "shift": shift,
-                "batch": 1, "seed": seed, "shuffle": False, "bits": bits,
+                "batch": batch, "seed": seed, "shuffle": False, "bits": bits,
                 "offset_bits": bits, "data_bits": k, "mu": float(mu), "inner_steps": steps,
                 "scale_log": scale_log, "full_shift": full_shift, "full_cost": full_cost,
                 "sampling": "nearest", "levels": "uniform", "loss": name,
@@ -700,8 +711,10 @@ def _train_halp(dataset, *, board, port, epochs, step, seed, label, bits, sampli
         def send(order: np.ndarray) -> None:
             stream = quantize.pack_samples(problem.fields[order], problem.label_words[order],
                                            params, k, False, indices=order.astype(np.uint16))
-            for chunk in quantize.frames(stream, params, features, k, False):
-                link.stream(chunk)
+            chunks = list(quantize.frames(stream, params, features, k, False))
+            for number, chunk in enumerate(chunks):
+                # the last frame flushes: the inner loop's last batch takes its step
+                link.stream(chunk, flush=number == len(chunks) - 1)
                 bar.update(len(chunk) // size)
 
         size = quantize.sample_bytes(params, features, k, False)
@@ -715,7 +728,7 @@ def _train_halp(dataset, *, board, port, epochs, step, seed, label, bits, sampli
                                offset_bits=bits, scale_log=scale_log)
                 send(everything)
                 full = link.status(clear=True)
-                link.configure(features, 1, shift, k=k, double=False, loss=loss_code,
+                link.configure(features, batch, shift, k=k, double=False, loss=loss_code,
                                cost_pos=COST_ONE, cost_neg=COST_ONE, phase=Phase.INNER,
                                offset_bits=bits, scale_log=scale_log,
                                seed=_inner_seed(seed, iteration), stochastic=True)

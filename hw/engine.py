@@ -37,11 +37,12 @@ model):
   ``E`` under the index carried by its label beat. The inner loop's clear pass
   keeps ``G``; then ``S = sum G**2`` is taken one word a cycle through one
   squarer, ``sh`` follows from ``S`` in five steps, and a pass over the words
-  turns ``G`` into ``gamma``. Every inner-loop sample then ends a batch: stage
-  1's loss uses ``E - C[i]`` and the shift ``shift + sh``; stage 2 reads ``a`` and
-  ``z`` with the model word and writes back ``w'`` and ``z'`` (never ``gamma``).
-  The full pass runs at the SGD engine's rate (a batch that fills); the inner
-  loop at the rate of batch size 1. Preparing the inner loop takes about
+  turns ``G`` into ``gamma`` (in its own banks) and clears ``G``. The inner loop is
+  SGD in mini-batches again: stage 1's loss uses ``E - C[i]`` and the shift
+  ``shift + sh``; stage 2 adds ``gamma`` with each sample's products, reads ``a``
+  and ``z`` with the model word and at a batch end writes back ``w'`` and
+  ``z'``. Both run at the SGD engine's rates: a beat a cycle while a batch fills,
+  ``batch_end_gap`` more per batch. Preparing the inner loop takes about
   ``max_features + bank_depth`` cycles.
 
 Steady state: one beat per cycle while a batch fills (``n + 1`` cycles a
@@ -188,6 +189,10 @@ class SGDEngine(wiring.Component):
                           for b, mem in enumerate(offset_mem)]
             anchor_wr = [mem.write_port() for mem in anchor_mem]
             offset_wr = [mem.write_port() for mem in offset_mem]
+            # gamma, banked like the gradient (the inner loop accumulates in the latter)
+            gamma_mem = [bank_mem(signed(GB), "gamma", b) for b in range(L)]
+            gamma_rd = [self._read_port(m, mem, f"gamma_rd{b}") for b, mem in enumerate(gamma_mem)]
+            gamma_wr = [mem.write_port() for mem in gamma_mem]
 
         # Level tables, one copy per lane sized for the largest k that lane serves:
         # entry j holds l_j (lo) and l_{j+1} (hi), so one read gives both samples.
@@ -337,8 +342,8 @@ class SGDEngine(wiring.Component):
                                         "addr": addr_shape, "tag": self._tag})
         ctl1, ctl2 = Signal(ctl_layout), Signal(ctl_layout)
         sample_end = Signal()
-        # HALP: the full pass never ends a batch; every inner-loop sample does
-        m.d.comb += sample_end.eq(~full & (inner | batch_full | flush_seen | beat.flush))
+        # HALP: the full pass never ends a batch
+        m.d.comb += sample_end.eq(~full & (batch_full | flush_seen | beat.flush))
         m.d.sync += [
             ctl1.valid.eq(take_word), ctl1.first.eq(take_word & (word == 0)),
             ctl1.last.eq(take_last), ctl1.bank.eq(first_bank), ctl1.addr.eq(first_addr),
@@ -467,7 +472,9 @@ class SGDEngine(wiring.Component):
                 model_addr = bank_addr(b, model_at.bank, model_at.addr)
                 m.d.comb += [anchor_upd[b].addr.eq(model_addr), offset_upd[b].addr.eq(model_addr),
                              update.anchor[b].eq(anchor_upd[b].data),
-                             update.offset[b].eq(offset_upd[b].data)]
+                             update.offset[b].eq(offset_upd[b].data),
+                             gamma_rd[b].addr.eq(bank_addr(b, grad_at.bank, grad_at.addr)),
+                             update.gamma[b].eq(gamma_rd[b].data)]
         for b in range(L):
             m.d.comb += [
                 grad_rd[b].addr.eq(Mux(norming | scaling, prep_word,                # HALP prep
@@ -483,16 +490,18 @@ class SGDEngine(wiring.Component):
 
         for b in range(L):
             wb_addr = bank_addr(b, wb.bank, wb.addr)
-            with m.If(clearing):          # the inner loop keeps G for its gamma
+            with m.If(clearing):          # the inner loop keeps G for gamma
                 m.d.comb += [grad_wr[b].addr.eq(clr_word), grad_wr[b].data.eq(0),
                              grad_wr[b].en.eq((clr_word < p.bank_depth) & ~inner)]
-            with m.Elif(scaling):
-                m.d.comb += [grad_wr[b].addr.eq(gamma_word), grad_wr[b].data.eq(gamma[b]),
+            with m.Elif(scaling):         # G becomes gamma; the inner loop starts from 0
+                m.d.comb += [grad_wr[b].addr.eq(gamma_word), grad_wr[b].data.eq(0),
                              grad_wr[b].en.eq(gamma_write)]
-            with m.Else():                # the inner loop only reads gamma
+            with m.Else():
                 m.d.comb += [grad_wr[b].addr.eq(wb_addr), grad_wr[b].data.eq(update.grad_out[b]),
-                             grad_wr[b].en.eq(write & wb.active[b] & ~inner)]
+                             grad_wr[b].en.eq(write & wb.active[b])]
             if p.halp:
+                m.d.comb += [gamma_wr[b].addr.eq(gamma_word), gamma_wr[b].data.eq(gamma[b]),
+                             gamma_wr[b].en.eq(gamma_write)]
                 # re-centre (full pass): a = w, z = 0; the inner loop writes z'
                 m.d.comb += [anchor_wr[b].addr.eq(copy_word),
                              anchor_wr[b].data.eq(model_upd[b].data),

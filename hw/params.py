@@ -98,23 +98,25 @@ the offset grid from ``S = sum_f G_f**2`` (exact, over every word):
 
 i.e. ``log2 delta`` rounded to the nearest integer with ``delta = |g| / (mu * (2**(b-1)
 - 1))`` when the host sends ``scale_log = round(2**LOG_FRAC * log2(mu * (2**(b-1) -
-1)))``; then every word's ``G_f`` becomes ``gamma_f = round_shift(G_f, sh + shift)``
-(identity for a shift of 0), ``shift`` being the inner step's: ``gamma`` is
-``alpha * g / delta`` with ``HALP_FRAC`` fraction bits. The PRNG is seeded. Then
-per sample (each one a model update):
+1)))``; then every word gets ``gamma_f = round_shift(G_f, sh + shift)`` (identity
+for a shift of 0), ``shift`` being the inner step's, and ``G_f = 0``: ``gamma`` is
+``2**-shift * g / delta`` with ``HALP_FRAC`` fraction bits. The PRNG is seeded.
+Then per sample ``G_f += gamma_f + sigma * q2_f``, and at the end of a batch (``batch``
+samples or a flush) the model update, after which ``G = 0``:
 
 ====================  ==========================================================
 ``Ed``                ``E(w) - C[i]`` (``E`` at the current ``w``, same loss)
 ``S``                 ``sat(round_shift(Ed, LF + shift + sh - SIGMA_FRAC), sigma.bits)``
 ``sigma``             ``sat(round_shift(S * cost, COST_FRAC), sigma.bits)``
-``acc_f``             ``gamma_f + sigma * q2_f``
-``z_f'``              ``clamp(z_f - ((acc_f + r_f) >> HALP_FRAC), -2**(b-1), 2**(b-1) - 1)``
+``z_f'``              ``clamp(z_f - ((G_f + r_f) >> HALP_FRAC), -2**(b-1), 2**(b-1) - 1)``
 ``w_f'``              ``sat(a_f + (z_f' << sh), model.bits)`` (a clip sets ``overflow``)
 ====================  ==========================================================
 
 ``r_f = 2**(HALP_FRAC - 1)`` (round to nearest, half up) unless mode bit 5 asks for
 stochastic rounding: then ``r_f`` is the top ``HALP_FRAC`` bits of PRNG lane
-``f % lanes`` after its step for the update beat that carries feature ``f``.
+``f % lanes`` after its step for the update beat that carries feature ``f`` in the
+batch's last sample. With ``2**-shift = alpha / B`` a batch of ``B`` samples takes
+the mini-batch SVRG step ``z - alpha (mean_i (grad f_i(w) - grad f_i(a)) + g) / delta``.
 PRNG lane ``l`` is xorshift32 (``x ^= x << 13; x ^= x >> 17; x ^= x << 5``, 32 bits)
 seeded with ``(seed + (l + 1) * 0x9E3779B9) mod 2**32`` (``0x6D2B79F5`` if that is
 0); every lane steps once per update beat of the inner loop, whatever the

@@ -5,9 +5,9 @@ gradient word becomes ``acc``; at the batch end the model word becomes
 ``sat(w - round_shift(acc, SIGMA_FRAC) - decay)`` (``decay = w >> l2_shift``, or 0
 when ``l2_shift`` is 0) and the gradient word 0.
 
-HALP builds also run the inner-loop update (``inner`` high): the gradient word
-holds ``gamma``, ``acc = gamma + sigma * q2`` and ``z' = clamp(z -
-((acc + r) >> HALP_FRAC))`` to ``offset_bits`` bits, ``w' = sat(a + (z' << sh))``
+HALP builds also run the inner-loop update (``inner`` high): ``acc = g + gamma +
+sigma * q2`` (``gamma`` arrives with the gradient word ``g``), and at a batch end
+``z' = clamp(z - ((acc + r) >> HALP_FRAC))`` to ``offset_bits`` bits, ``w' = sat(a + (z' << sh))``
 from the offset ``z`` and anchor ``a`` words (arriving with the model word),
 ``r`` the top bits of a per-lane xorshift32 PRNG when ``stochastic``, else half
 an LSB (``ziphalp.hw.params``). They take one cycle more (for every phase).
@@ -66,6 +66,8 @@ class UpdateLanes(wiring.Component):
         the PRNG seed, loaded into every lane's generator by the ``reseed`` strobe.
     offset : In(lanes x signed(OFFSET_BITS)); anchor : In(lanes x signed(model_bits))
         HALP builds: the word's ``z`` and ``a``, ``MODEL_AT`` cycles after ``valid``.
+    gamma : In(lanes x signed(params.grad_bits))
+        HALP builds: the word's ``gamma``, ``GRAD_AT`` cycles after ``valid``.
     offset_out : Out(lanes x signed(OFFSET_BITS))
         HALP builds: the updated offset word (with ``model_out``).
     """
@@ -82,6 +84,7 @@ class UpdateLanes(wiring.Component):
             "inner": In(1), "stochastic": In(1), "offset_bits": In(range(OFFSET_BITS + 1)),
             "offset_shift": In(range(OFFSET_SHIFT_MAX + 1)), "seed": In(32), "reseed": In(1),
             "offset": In(data.ArrayLayout(signed(OFFSET_BITS), K)),
+            "gamma": In(data.ArrayLayout(signed(params.grad_bits), K)),
             "anchor": In(data.ArrayLayout(signed(params.model_bits), K)),
             "offset_out": Out(data.ArrayLayout(signed(OFFSET_BITS), K)),
         } if params.halp else {}
@@ -137,9 +140,13 @@ class UpdateLanes(wiring.Component):
             # the product (cycle GRAD_AT)
             prod = Signal(signed(p.product_bits), name=f"prod{k}")
             m.d.sync += prod.eq(sum(terms))
-            # accumulate (the gradient word arrives at GRAD_AT)
+            # accumulate (the gradient word, and in the HALP inner loop gamma, arrive
+            # at GRAD_AT)
             acc = Signal(signed(p.grad_bits), name=f"acc{k}")
-            m.d.sync += acc.eq(self.grad[k] + prod)
+            if p.halp:
+                m.d.sync += acc.eq(self.grad[k] + prod + Mux(inner, self.gamma[k], 0))
+            else:
+                m.d.sync += acc.eq(self.grad[k] + prod)
             # the model word arrives at MODEL_AT: decay it; round the gradient meanwhile
             decayed = Signal(signed(WM + 1), name=f"decayed{k}")
             step = Signal(signed(p.grad_bits - SIGMA_FRAC + 1), name=f"step{k}")

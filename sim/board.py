@@ -565,8 +565,12 @@ class SimulatedBoard:
 
 # --- the board core ------------------------------------------------------------------
 
+@functools.cache
 def _sources_digest(package: str) -> str:
-    """Hash of the Python sources of ``package`` (so that a source change misses the key)."""
+    """Hash of the Python sources of ``package`` (so that a source change misses the key).
+
+    Taken once per process: the design a process elaborates is the code it imported,
+    so a source edited while it runs must not give a new key to the old design."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise SimBoardError(f"package {package} not found")

@@ -249,8 +249,9 @@ async def run_halp_case(dut, drv, golden, p, case, config, rng) -> dict:
             golden.configure(d, **phase_config)
             order = np.arange(n) if full else rng.integers(0, n, size=halp["inner_steps"])
             beats = pack(fields[order], labels[order], p, k, False, indices=order)
-            start, _ = await drv.stream(beats, False, case["bubble"], rng)
-            golden.stream(beats_to_bytes(beats, p))
+            flush = not full and halp["flush"]
+            start, _ = await drv.stream(beats, flush, case["bubble"], rng)
+            golden.stream(beats_to_bytes(beats, p), flush)
             await drv.wait_idle()
             cycles[f"{phase.name.lower()}{outer}"] = drv.cycle - start
             model = await drv.read_model(p.max_features)

@@ -160,8 +160,11 @@ class GoldenEngine:
         ``model == sat(anchor + (offset << offset_shift), model.bits)`` on the
         features it updates.
     ``_grad``
-        The full gradient ``G`` after a full pass; ``gamma`` once ``Phase.INNER``
-        is configured (``CONFIGURE`` overwrites it in place, as the gateware does).
+        The full gradient ``G`` after a full pass; in the inner loop the batch's
+        accumulator ``acc``.
+    ``gamma``
+        ``gamma_f`` (``max_features`` int64 words), set when ``Phase.INNER`` is
+        configured (which then clears ``_grad``).
     ``cache``
         The anchor errors ``C[i]`` (``halp_samples`` int64 entries: ``E`` has
         ``residual_bits <= 63`` bits).
@@ -173,10 +176,10 @@ class GoldenEngine:
         The configured :class:`~ziphalp.hw.params.Phase`.
 
     :meth:`load_model` writes the model only; a ``Phase.FULL`` configuration
-    re-centres the anchor on it. In the HALP phases the batch size, the flushes
-    and the L2 decay play no part, every label beat carries the sample index
-    (bits 16..31), and an index outside the cache raises ``ValueError`` (the
-    gateware wraps it; the host never sends one).
+    re-centres the anchor on it. In the HALP phases the L2 decay plays no part,
+    the full pass ignores the batch size and the flushes, every label beat
+    carries the sample index (bits 16..31), and an index outside the cache raises
+    ``ValueError`` (the gateware wraps it; the host never sends one).
     """
 
     def __init__(self, params: EngineParams):
@@ -197,6 +200,7 @@ class GoldenEngine:
         self.updates = 0
         self.features = 0
         self._grad = np.zeros(params.max_features, dtype=np.int64)
+        self.gamma = np.zeros(params.max_features, dtype=np.int64)
         self._reset_position()
 
     # --- commands -----------------------------------------------------------------
@@ -261,10 +265,9 @@ class GoldenEngine:
         if phase == Phase.INNER:
             norm2 = sum(g * g for g in self._grad.tolist())     # exact: Python integers
             self.offset_shift = halp_shift(norm2, self.scale_log)
-            self._grad = round_shift(self._grad, self.offset_shift + shift)
+            self.gamma = round_shift(self._grad, self.offset_shift + shift)
             self.prng = prng_seeds(self.seed, p.lanes)
-        else:
-            self._grad = np.zeros(p.max_features, dtype=np.int64)
+        self._grad = np.zeros(p.max_features, dtype=np.int64)
         self._reset_position()
 
     def load_levels(self, levels) -> None:
@@ -388,7 +391,7 @@ class GoldenEngine:
             self._grad[:d] += sigma * q2
             return
         if self.phase == Phase.INNER:
-            self._inner(error - int(self.cache[index]), label, q2)
+            self._inner(error - int(self.cache[index]), label, q2, flush)
             return
         sigma = self._scaled(error, 2 * LEVEL.frac + self.shift - SIGMA_FRAC, label)
         self._grad[:d] += sigma * q2
@@ -403,8 +406,8 @@ class GoldenEngine:
             self._batch_pos = 0
             self.updates += 1
 
-    def _inner(self, error: int, label: int, q2: np.ndarray) -> None:
-        """One inner-loop update from ``Ed = E(w) - C[i]``."""
+    def _inner(self, error: int, label: int, q2: np.ndarray, flush: bool) -> None:
+        """One inner-loop sample from ``Ed = E(w) - C[i]``; at a batch end, the update."""
         p, d, sh = self.p, self.features, self.offset_shift
         sigma = self._scaled(error, LEVEL.frac + self.shift + sh - SIGMA_FRAC, label)
         per_beat = p.values_per_beat(self.k, self.double)
@@ -413,17 +416,22 @@ class GoldenEngine:
         for j in range(beats):                 # every lane steps once per update beat
             self.prng = xorshift32(self.prng)
             states[j] = self.prng
+        self._grad[:d] += self.gamma[:d] + sigma * q2
+        self._batch_pos += 1
+        if not (flush or self._batch_pos == self.batch):
+            return
         if self.stochastic:
             f = np.arange(d)
             r = (states[f // per_beat, f % p.lanes] >> np.uint32(32 - HALP_FRAC)).astype(
                 np.int64)
         else:
             r = 1 << (HALP_FRAC - 1)
-        acc = self._grad[:d] + sigma * q2
         low, high = -(1 << (self.offset_bits - 1)), (1 << (self.offset_bits - 1)) - 1
-        z = np.clip(self.offset[:d] - ((acc + r) >> HALP_FRAC), low, high)
+        z = np.clip(self.offset[:d] - ((self._grad[:d] + r) >> HALP_FRAC), low, high)
         self.offset[:d] = z
         updated, overflow = saturate(self.anchor[:d] + (z << sh), p.model_bits)
         self.model[:d] = updated
         self.overflow |= overflow
+        self._grad[:d] = 0
+        self._batch_pos = 0
         self.updates += 1

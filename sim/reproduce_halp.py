@@ -33,6 +33,8 @@ iteration is ``(n + T) / n`` passes: a full-gradient pass plus ``T`` inner steps
 ==================  ==================================================================
 ``board_halp_b8``   the engine's HALP mode, 8-bit offsets
 ``board_halp_b4``   the same, 4-bit offsets
+``board_halp_mb8_b8`` 8-bit offsets, the inner loop in mini-batches of 8 (the same
+                    step on the batch mean): fewer model updates, fewer cycles
 ``sgd``             float64 SGD, batch 1, the same step
 ``lp_sgd_b<b>``     SGD with the model on a fixed b-bit grid (stochastic rounding) whose
                     range is twice the optimum's largest coordinate (an oracle choice,
@@ -66,7 +68,6 @@ a golden-model board).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import io
 import json
 import math
@@ -74,7 +75,7 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,9 +110,11 @@ class Plan:
     problems: dict[str, tuple[str, str]]      # key -> (data set spec, loss)
     bits: tuple[int, ...]
     passes: int                               # budget of passes over the data
+    batches: tuple[int, ...] = (8,)           # extra board runs at 8 bits: inner batch B
 
     def to_json(self) -> dict:
         return {"quick": self.quick, "seed": self.seed, "bits": list(self.bits),
+                "batches": list(self.batches),
                 "data_bits": DATA_BITS, "passes": self.passes,
                 "problems": {key: {"dataset": spec, "loss": loss}
                              for key, (spec, loss) in self.problems.items()},
@@ -165,7 +168,7 @@ def _float_method(result: hr.Result, per_epoch: float, bits: int | None) -> dict
     return _method("float64", bits, epochs, [e.suboptimality for e in result.history])
 
 
-def _board_method(result: TrainResult, f0: float) -> dict:
+def _board_method(result: TrainResult, f0: float, batch: int = 1) -> dict:
     s = result.settings
     n, steps = result.dataset.n, s["inner_steps"]
     history = result.history
@@ -178,7 +181,7 @@ def _board_method(result: TrainResult, f0: float) -> dict:
               "per_epoch": (full + inner) / ((n + steps) / n),
               "full_per_sample": full / n, "inner_per_sample": inner / steps,
               "seconds_per_iteration_at_clock": (full + inner) / result.identity.clock_hz}
-    return _method("board", s["offset_bits"], epochs, values, cycles=cycles,
+    return _method("board", s["offset_bits"], epochs, values, cycles=cycles, batch=batch,
                    mu=s["mu"], overflow=any(r.overflow for r in history),
                    clipped=any(r.clipped for r in history),
                    seconds=sum(r.seconds for r in history))
@@ -193,22 +196,23 @@ def _separability() -> dict:
     return out
 
 
-def run_problem(plan: Plan, key: str, board: str, port: str) -> dict:
+def run_problem(plan: Plan, key: str, board: str, port: str | None) -> dict:
     """One problem: the board at every b, then the float64 references."""
     spec, loss = plan.problems[key]
     dataset = load(spec)
     boards: dict[int, TrainResult] = {}
     iterations = plan.passes // 2
-    for bits in plan.bits:
+    batched: dict[int, TrainResult] = {}
+    for bits, batch in [(b, 1) for b in plan.bits] + [(8, B) for B in plan.batches]:
         begin = time.monotonic()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            boards[bits] = train(dataset, board=board, port=port, algo="halp", loss=loss,
-                                 bits=bits, data_bits=DATA_BITS, epochs=iterations,
-                                 seed=plan.seed, progress=False)
-        result = boards[bits]
+            result = train(dataset, board=board, port=port, algo="halp", loss=loss,
+                           bits=bits, data_bits=DATA_BITS, epochs=iterations, batch=batch,
+                           seed=plan.seed, progress=False)
+        (boards if batch == 1 else batched)[bits if batch == 1 else batch] = result
         last = result.history[-1].suboptimality
-        _log(f"[{key}] board HALP b={bits}: suboptimality {last:.3e} after "
+        _log(f"[{key}] board HALP b={bits} batch {batch}: suboptimality {last:.3e} after "
              f"{result.history[-1].epoch:g} passes ({time.monotonic() - begin:.1f} s)"
              + "".join(f"; warning: {w.message}" for w in caught))
     first = boards[plan.bits[0]]
@@ -221,6 +225,8 @@ def run_problem(plan: Plan, key: str, board: str, port: str) -> dict:
     per_outer = (len(y) + steps) / len(y)
     f0 = (reference.objective(q, y, np.zeros(q.shape[1]), s["loss"]) - f_star) / f_star
     methods = {f"board_halp_b{b}": _board_method(boards[b], f0) for b in plan.bits}
+    methods.update({f"board_halp_mb{B}_b8": _board_method(batched[B], f0, batch=B)
+                    for B in plan.batches})
     common = {"alpha": alpha, "f_star": f_star, "seed": plan.seed}
     methods["sgd"] = _float_method(hr.sgd(q, y, s["loss"], epochs=plan.passes, **common),
                                    1.0, None)
@@ -252,7 +258,8 @@ def run_problem(plan: Plan, key: str, board: str, port: str) -> dict:
 
 # --- figures -------------------------------------------------------------------------------
 
-STYLES = {"board_halp": ("tab:blue", "-", "o"), "halp": ("tab:blue", "--", None),
+STYLES = {"board_halp": ("tab:blue", "-", "o"), "board_halp_mb": ("tab:green", "-", "s"),
+          "halp": ("tab:blue", "--", None),
           "sgd": ("black", ":", None), "lp_sgd": ("tab:red", "-", None),
           "svrg": ("black", "-.", None), "lp_svrg": ("tab:orange", "-", None)}
 FLOOR = 1e-16
@@ -260,6 +267,8 @@ FLOOR = 1e-16
 
 def _style(name: str, bits: int | None) -> dict:
     family = name.rsplit("_b", 1)[0] if bits is not None else name
+    if family.startswith("board_halp_mb"):      # the inner loop in mini-batches
+        family = "board_halp_mb"
     colour, line, marker = STYLES[family]
     dim = bits is not None and bits < 8
     return {"color": colour, "linestyle": line, "marker": marker, "markersize": 3,
@@ -304,18 +313,6 @@ def _clean(value):
     return value
 
 
-@contextlib.contextmanager
-def _board_url(board: str, port: str | None) -> Iterator[str]:
-    """``port``, or the URL of one simulated board started for the whole run."""
-    if port is not None:
-        yield port
-        return
-    from ziphalp.sim.board import simulated_board
-
-    with simulated_board(BOARD_PARAMS[board]) as sim:
-        yield sim.url
-
-
 def run(plan: Plan, out: Path, board: str = "sim-ulx3s", port: str | None = None,
         log: Callable[[str], None] = _log) -> dict:
     """Run ``plan`` on ``board`` (at ``port``, or a simulated board started here); write
@@ -327,11 +324,12 @@ def run(plan: Plan, out: Path, board: str = "sim-ulx3s", port: str | None = None
     log("separable at 8 bits: " + ", ".join(f"{name} {entry['separable']}"
                                             for name, entry in separability.items()))
     problems = {}
-    with _board_url(board, port) as url:
-        for key in plan.problems:
-            begin = time.monotonic()
-            problems[key] = run_problem(plan, key, board, url)
-            problems[key]["seconds"] = time.monotonic() - begin
+    # without a port every run starts its own simulated board (a simulated board takes
+    # one connection; its compiled gateware is cached, so only the first one builds)
+    for key in plan.problems:
+        begin = time.monotonic()
+        problems[key] = run_problem(plan, key, board, port)
+        problems[key]["seconds"] = time.monotonic() - begin
     figures = {f"halp_{key}.png": plot_problem(key, section)
                for key, section in problems.items()}
     for name, data in figures.items():

@@ -98,8 +98,8 @@ HALP_BUILDS = [
 
 
 def make_halp_cases(params: EngineParams, seed: int) -> list[dict]:
-    """HALP cases: b, the offset grid (through scale_log), mu-like scale, T, loss,
-    rounding, d, n, bubbles; two outer iterations each."""
+    """HALP cases: b, the offset grid (through scale_log), mu-like scale, T, inner
+    batch size, loss, rounding, d, n, bubbles; two outer iterations each."""
     rng = np.random.default_rng(seed)
     cases = []
     for i in range(4):
@@ -109,7 +109,8 @@ def make_halp_cases(params: EngineParams, seed: int) -> list[dict]:
         cases.append({
             "seed": int(rng.integers(1 << 31)),
             "features": int(rng.integers(1, params.max_features + 1)),
-            "batch": 1, "shift": int(rng.choice([2, 5, 8, 12])), "k": k, "double": False,
+            "batch": int(rng.integers(1, params.max_batch + 1)) if i else 1,
+            "shift": int(rng.choice([2, 5, 8, 12])), "k": k, "double": False,
             "loss": int(rng.choice([Loss.SQUARED, Loss.LOGISTIC])), "l2_shift": 0,
             "cost_pos": 64, "cost_neg": 64,
             "levels": random_levels(params, rng),
@@ -123,6 +124,7 @@ def make_halp_cases(params: EngineParams, seed: int) -> list[dict]:
                 # sweeps the offset shift from clamped-low to clamped-high
                 "scale_log": int(rng.integers(-4000, 9000)),
                 "stochastic": bool(i != 1), "seed": int(rng.integers(1 << 32)),
+                "flush": bool(rng.random() < 0.5),      # ends the inner loop's last batch
                 "full_shift": full_shift,
                 "full_cost": min(255, round(2 ** (6 + full_shift) / n)),
             },

@@ -156,9 +156,10 @@ def test_prng_lanes_match_plain_xorshift32():
                                   lane_seeds_py((-PRNG_GOLDEN) & MASK32, 4))
 
 
-def inner_reference(engine: GoldenEngine, fields, label: int, index: int) -> None:
+def inner_reference(engine: GoldenEngine, fields, label: int, index: int, end: bool) -> None:
     """One inner-loop sample in plain Python integers, one feature at a time (the
-    table of the module docstring), applied to ``engine``'s arrays."""
+    table of the module docstring), applied to ``engine``'s arrays; ``end``: it ends
+    a batch."""
     p, d, k, double = engine.p, engine.features, engine.k, engine.double
     sh, shift = engine.offset_shift, engine.shift
     levels = engine.levels.tolist()
@@ -182,16 +183,21 @@ def inner_reference(engine: GoldenEngine, fields, label: int, index: int) -> Non
         steps.append(state)
     engine.prng = np.array(state, np.uint32)
     b = engine.offset_bits
+    engine.samples += 1
+    for f in range(d):
+        engine._grad[f] += int(engine.gamma[f]) + sigma * q2[f]     # 14 fraction bits
+    if not end:
+        return
     for f in range(d):
         r = steps[f // per_beat][f % p.lanes] >> 18 if engine.stochastic else 1 << 13
-        acc = int(engine._grad[f]) + sigma * q2[f]              # 14 fraction bits
+        acc = int(engine._grad[f])
+        engine._grad[f] = 0
         z = min(max(int(engine.offset[f]) - ((acc + r) >> 14), -(1 << (b - 1))),
                 (1 << (b - 1)) - 1)
         engine.offset[f] = z
         w = int(engine.anchor[f]) + (z << sh)
         engine.overflow |= not p.model.min_int <= w <= p.model.max_int
         engine.model[f] = min(max(w, p.model.min_int), p.model.max_int)
-    engine.samples += 1
     engine.updates += 1
 
 
@@ -200,7 +206,8 @@ def inner_reference(engine: GoldenEngine, fields, label: int, index: int) -> Non
 def test_halp_phases_bit_exact(loss, double, stochastic):
     """FULL then INNER against the plain-Python table: 40 features over several beats
     (``K`` = 7 or 6 values per beat, 32 lanes: lane ``f % 32`` is not the slot
-    ``f % K``), class costs, a clamped offset and a saturated weight."""
+    ``f % K``), class costs, a clamped offset and a saturated weight; inner batches
+    of 1, or of 3 with double sampling."""
     rng = np.random.default_rng(int(loss) * 4 + 2 * double + stochastic)
     d, k, n, b = 40, 8, 12, 5
     engine = halp_engine()
@@ -236,14 +243,16 @@ def test_halp_phases_bit_exact(loss, double, stochastic):
     norm2 = sum(int(g) ** 2 for g in grad)
     # a grid on which gamma is a few offset units: some offsets reach the clamp
     scale_log = round(2 ** LOG_FRAC * (0.5 * math.log2(norm2) - HALP_FRAC - 10))
-    engine.configure(d, 1, 3, phase=Phase.INNER, offset_bits=b, scale_log=scale_log,
+    batch = 3 if double else 1
+    engine.configure(d, batch, 3, phase=Phase.INNER, offset_bits=b, scale_log=scale_log,
                      seed=99, stochastic=stochastic, **common, **costs)
     sh = halp_shift(norm2, scale_log)
     assert engine.offset_shift == sh and 0 < sh < OFFSET_SHIFT_MAX
-    np.testing.assert_array_equal(engine._grad, round_shift(grad, sh + 3))
+    np.testing.assert_array_equal(engine.gamma, round_shift(grad, sh + 3))
+    assert not engine._grad.any()
     engine.anchor[3] = HALP.model.max_int - 5      # these saturate when their offsets move
     engine.anchor[4] = HALP.model.min_int + 5
-    for name in ("model", "anchor", "offset", "cache", "_grad", "prng"):
+    for name in ("model", "anchor", "offset", "cache", "_grad", "gamma", "prng"):
         setattr(reference, name, getattr(engine, name).copy())
     for name in ("features", "k", "double", "loss", "shift", "offset_shift", "offset_bits",
                  "stochastic", "cost_pos", "cost_neg"):
@@ -251,21 +260,23 @@ def test_halp_phases_bit_exact(loss, double, stochastic):
     reference.samples, reference.updates = engine.samples, engine.updates
     order = rng.integers(0, n, 3 * n)
     engine.train(fields[order], labels[order], indices=indices[order])
-    for i in order:
-        inner_reference(reference, fields[i], int(labels[i]), int(indices[i]))
+    for position, i in enumerate(order):
+        inner_reference(reference, fields[i], int(labels[i]), int(indices[i]),
+                        end=(position + 1) % batch == 0)
     for name in ("model", "offset", "prng"):
         np.testing.assert_array_equal(getattr(engine, name), getattr(reference, name), name)
     assert np.any(np.abs(engine.offset[:d]) == 1 << (b - 1))
     assert engine.overflow == reference.overflow
     assert engine.overflow or not stochastic       # nearest: tiny steps leave z_3, z_4 at 0
-    assert engine.samples == 4 * n and engine.updates == 3 * n
+    assert engine.samples == 4 * n and engine.updates == 3 * n // batch
     np.testing.assert_array_equal(engine.model[d:], model[d:])     # only 0..d-1 change
     assert not engine.offset[d:].any()
 
 
 def test_halp_stream_matches_train():
     """The beat stream (indices packed by the host into the label beats) drives the
-    engine exactly as train()."""
+    engine exactly as train(); the full pass ignores flushes, the inner loop's
+    batches end at a flush or after ``batch`` samples."""
     rng = np.random.default_rng(8)
     d, k, n = 19, 4, 30
     fields = rng.integers(0, 1 << field_bits(k, True), (n, d)).astype(np.uint8)
@@ -282,12 +293,13 @@ def test_halp_stream_matches_train():
         for engine in engines:
             engine.configure(d, 3, k=k, phase=phase, **config)
         stream = quantize.pack_samples(fields, labels, HALP, k, True, indices)
-        streamed.stream(stream[:len(stream) // 2 + 8], flush=True)   # flushes are ignored
-        streamed.stream(stream[len(stream) // 2 + 8:])
+        middle = len(stream) // 2 + 8
+        streamed.stream(stream[:middle], flush=phase == Phase.FULL)   # ignored there
+        streamed.stream(stream[middle:], flush=True)
         trained.train(fields, labels, indices=indices)
-        for name in ("model", "offset", "anchor", "cache", "_grad", "prng"):
+        for name in ("model", "offset", "anchor", "cache", "_grad", "gamma", "prng"):
             np.testing.assert_array_equal(getattr(streamed, name), getattr(trained, name))
-    assert streamed.updates == trained.updates == n
+    assert streamed.updates == trained.updates == n // 3
     assert streamed.samples == 2 * n
 
 

@@ -15,8 +15,8 @@ from ziphalp.hw.params import BOARD_PARAMS
 from ziphalp.sim.reproduce_halp import FORMAT, main, make_plan
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-METHODS = {"board_halp_b8", "board_halp_b4", "sgd", "svrg", "lp_sgd_b8", "lp_sgd_b4",
-           "lp_svrg_b8", "lp_svrg_b4", "halp_b8", "halp_b4"}
+METHODS = {"board_halp_b8", "board_halp_b4", "board_halp_mb8_b8", "sgd", "svrg", "lp_sgd_b8",
+           "lp_sgd_b4", "lp_svrg_b8", "lp_svrg_b4", "halp_b8", "halp_b4"}
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +37,7 @@ def test_document_shape(quick):
     settings = doc["settings"]
     assert settings["quick"] is True and settings["board"] == "sim-ulx3s"
     assert settings["passes"] == 12 and settings["bits"] == [8, 4]
+    assert settings["batches"] == [8]
     assert set(doc["problems"]) == {"least_squares", "logistic"}
     for key, section in doc["problems"].items():
         assert section["optimum_loss"] > 0 and "8-bit levels" in section["optimum_data"]
@@ -56,6 +57,7 @@ def test_document_shape(quick):
                     assert entry["suboptimality"][i] <= float(target)
                     assert all(v > float(target) for v in entry["suboptimality"][:i])
             if entry["kind"] == "board":
+                assert entry["batch"] == (8 if "_mb8_" in name else 1)
                 c = entry["cycles"]
                 assert c["full_per_iteration"] > 0 and c["inner_per_iteration"] > 0
                 assert c["per_epoch"] == pytest.approx(c["per_iteration"] / 2)

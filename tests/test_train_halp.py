@@ -31,7 +31,8 @@ def configures(fake: FakeSerial) -> list[dict]:
         if cmd == Command.CONFIGURE:
             (features, batch, shift, k, mode, l2_shift, cost_pos, cost_neg, offset_bits,
              scale_log, seed) = protocol.CONFIGURE_FORMAT.unpack(payload)
-            out.append(dict(features=features, shift=shift, k=k, cost=(cost_pos, cost_neg),
+            out.append(dict(features=features, batch=batch, shift=shift, k=k,
+                            cost=(cost_pos, cost_neg),
                             double=bool(mode & protocol.MODE_DOUBLE),
                             phase=Phase(mode >> protocol.MODE_PHASE_SHIFT & 3),
                             stochastic=bool(mode & protocol.MODE_STOCHASTIC),
@@ -94,9 +95,11 @@ def test_commands(ls_run):
         assert c["stochastic"] and c["offset_bits"] == 8
         assert c["scale_log"] == round(256 * math.log2(s["mu"] * 127)) == s["scale_log"]
     assert len({c["seed"] for c in inner}) == 10            # a fresh seed per iteration
-    streamed = sum(1 for cmd, _ in board.requests if cmd == Command.STREAM_FLUSH)
-    assert streamed == 0
+    # each phase's last frame flushes (the inner loop's last batch; ignored by the full pass)
+    flushed = sum(1 for cmd, _ in board.requests if cmd == Command.STREAM_FLUSH)
+    assert flushed == 2 * 10
     assert s["inner_steps"] == n and s["batch"] == 1
+    assert {c["batch"] for c in inner} == {1}
     # The defaults: step 1/(4 L) to a power of two, mu from halp_default_mu.
     assert s["mu"] == pytest.approx(halp_default_mu(result.problem.features,
                                                     result.problem.labels, "squared", 8,
@@ -189,3 +192,17 @@ def test_board_without_halp_is_refused(monkeypatch):
     monkeypatch.setattr(serial, "serial_for_url", lambda url, baudrate, timeout: fake)
     with pytest.raises(SettingsError, match="without HALP"):
         train(LS, board="sim-ulx3s", port="fake://0", algo="halp", epochs=1, progress=False)
+
+
+def test_mini_batch_inner_loop(fake):
+    """batch=8: the inner loop takes one step of the same size on each batch's mean
+    (the engine steps 2**-shift = step / 8 per sample); it still converges linearly.
+    Bar: below 1e-6 within 10 outer iterations."""
+    result = train(LS, board="sim-ulx3s", port="fake://0", algo="halp", bits=8, batch=8,
+                   epochs=10, seed=2, progress=False)
+    s = result.settings
+    inner = configures(fake)[1::2]
+    assert {c["batch"] for c in inner} == {8} and s["batch"] == 8
+    assert s["step"] == 8 * 2.0 ** -inner[0]["shift"]
+    gaps = [r.suboptimality for r in result.history]
+    assert gaps[-1] < 1e-6, gaps
