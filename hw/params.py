@@ -87,7 +87,9 @@ n)`` and both costs ``round(2**(COST_FRAC + shift) / n)``, so ``sigma`` is ``E /
 within the cost's precision); ``G_f += sigma * q2_f``. The model does not change.
 
 Inner loop (``Phase.INNER``). ``CONFIGURE`` (which does not clear ``G``) chooses
-the offset grid from ``S = sum_f G_f**2`` (exact, over every word):
+the offset grid from ``S = sum_f G_f**2`` (exact, over every word; so an inner loop
+needs a full pass right before it: a second ``Phase.INNER`` would take the last
+batch's leftovers for ``G``):
 
 * ``S = 0``: ``sh = 0``; else ``p = msb(S)`` (``2**p <= S < 2**(p+1)``),
   ``m = floor(S * 2**(LOG_FRAC - p)) - 2**LOG_FRAC`` (the ``LOG_FRAC`` bits below
