@@ -570,18 +570,22 @@ class SGDEngine(wiring.Component):
         m.d.sync += [copy_word.eq(clr_word),
                      copy_write.eq(clearing & full & (clr_word < p.bank_depth))]
         if p.halp:
-            self._prepare_inner(m, locals())
+            self._prepare_inner(m, SimpleNamespace(
+                ctrl=ctrl, grad_rd=grad_rd, prep_word=prep_word, prep_count=prep_count,
+                norming=norming, deciding=deciding, scaling=scaling, norm2=norm2,
+                offset_shift=offset_shift, gamma=gamma, gamma_word=gamma_word,
+                gamma_write=gamma_write))
         return m
 
-    def _prepare_inner(self, m, v):
+    def _prepare_inner(self, m, v: SimpleNamespace):
         """HALP: after the clear pass of the inner loop, ``S = sum G_f**2`` (one word
         of one bank per cycle, exact), the offset shift ``sh`` from ``S`` and
         ``scale_log``, then ``gamma_f = round_shift(G_f, sh + shift)`` in place (a
         word of every bank per cycle). Written out in ``ziphalp.hw.params``."""
-        p, ctrl, L = self.params, v["ctrl"], self.params.lanes
-        grad_rd, prep_word, prep_count = v["grad_rd"], v["prep_word"], v["prep_count"]
-        norming, deciding, scaling = v["norming"], v["deciding"], v["scaling"]
-        norm2, offset_shift = v["norm2"], v["offset_shift"]
+        p, ctrl, L = self.params, v.ctrl, self.params.lanes
+        grad_rd, prep_word, prep_count = v.grad_rd, v.prep_word, v.prep_count
+        norming, deciding, scaling = v.norming, v.deciding, v.scaling
+        norm2, offset_shift = v.norm2, v.offset_shift
         total = p.bank_depth * L
         lane_bits = (L - 1).bit_length()
         # --- S: address, select a lane, square, accumulate (three cycles behind) ----
@@ -634,7 +638,7 @@ class SGDEngine(wiring.Component):
         m.d.sync += amount.eq(offset_shift + ctrl.shift)
         less = Signal.like(amount)
         m.d.comb += less.eq(amount - 1)
-        gamma, gamma_word, gamma_write = v["gamma"], v["gamma_word"], v["gamma_write"]
+        gamma, gamma_word, gamma_write = v.gamma, v.gamma_word, v.gamma_write
         read_valid = Signal()
         read_word = Signal.like(gamma_word)
         m.d.sync += [read_valid.eq(scaling & (prep_count < p.bank_depth)), read_word.eq(prep_count),

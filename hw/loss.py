@@ -177,12 +177,11 @@ class ScaledError(wiring.Component):
         if p.halp:
             m.d.sync += error.eq(Mux(full | inner, (derivative - cached) << LEVEL.frac,
                                      derivative))
-        else:
-            m.d.sync += error.eq(derivative)
-        if p.halp:
-            # the full pass caches E (its `cached` is 0, so `error` is E)
+            # the full pass caches E
             m.d.comb += [cache_wr.addr.eq(index2), cache_wr.data.eq(derivative),
                          cache_wr.en.eq(full & valid[1])]
+        else:
+            m.d.sync += error.eq(derivative)
         # cycles 4-6: round_shift(E, s) = (floor(E / 2**(s-1)) + 1) >> 1 for s >= 1: a
         # constant shift, a barrel shift by `shift` only, then a narrow increment
         coarse = error >> (BASE_SHIFT - 1)
