@@ -29,6 +29,7 @@ from .params import (
     LABEL,
     LEVEL,
     OFFSET_SHIFT_MAX,
+    SAMPLE_INDEX_BITS,
     SHIFT_MAX,
     SIGMA_FRAC,
     SIGMOID_CELL_BITS,
@@ -57,7 +58,7 @@ class ScaledError(wiring.Component):
     cost_pos, cost_neg : In(COST_BITS)
         Configuration, held while samples flow (and for a cycle before the first one).
         In HALP builds ``shift`` goes up to ``SHIFT_MAX + OFFSET_SHIFT_MAX``.
-    phase : In(range(len(Phase))); index : In(16)
+    phase : In(range(len(Phase))); index : In(SAMPLE_INDEX_BITS)
         HALP builds: the phase (held) and the sample's cache index (with ``valid``).
     valid : In(1); tag : In(tag_bits)
     sigma : Out(signed(params.sigma.bits)); clipped : Out(1)
@@ -79,7 +80,7 @@ class ScaledError(wiring.Component):
             "loss": In(range(len(Loss))),
             "shift": In(range(self.shift_max + 1)),
             "phase": In(range(len(Phase))),
-            "index": In(16),
+            "index": In(SAMPLE_INDEX_BITS),
             "cost_pos": In(COST_BITS),
             "cost_neg": In(COST_BITS),
             "valid": In(1),
@@ -90,16 +91,22 @@ class ScaledError(wiring.Component):
             "tag_out": Out(tag_bits),
         })
 
+    @property
+    def _frac(self) -> int:
+        """Fraction bits of the dot product ``D`` and of ``E``."""
+        return self.params.model_frac + LEVEL.frac
+
+    @property
+    def _width(self) -> int:
+        """Width of ``E`` and of the values it is made from (HALP builds: the inner
+        loop's ``Ed << LEVEL.frac``, see ``ziphalp.hw.params``)."""
+        p = self.params
+        return max(p.residual_bits + (LEVEL.frac if p.halp else 0),
+                   BASE_SHIFT + self.shift_max + 1) + 1
+
     def elaborate(self, platform):
         m = Module()
         p = self.params
-        frac = p.model_frac + LEVEL.frac               # fraction bits of D and E
-        one = 1 << frac
-        # (HALP builds: the inner loop's Ed << LEVEL.frac, see ziphalp.hw.params)
-        width = max(p.residual_bits + (LEVEL.frac if p.halp else 0),
-                    BASE_SHIFT + self.shift_max + 1) + 1
-        sig = p.sigma.bits
-
         # valid, tag and the class travel alongside
         # bit i of `valid`, `pos` and tags[i]: the sample in stage i + 1 (cycle i + 1)
         stages = self.latency - 1
@@ -109,11 +116,29 @@ class ScaledError(wiring.Component):
         m.d.sync += [valid.eq(Cat(self.valid, valid)), pos.eq(Cat(self.label > 0, pos)),
                      tags[0].eq(self.tag)]
         m.d.sync += [tags[i + 1].eq(tags[i]) for i in range(stages - 1)]
-
         # configuration held in a register (static while samples flow)
         loss = Signal.like(self.loss)
         m.d.sync += loss.eq(self.loss)
 
+        derivative = self._derivative(m, loss, pos)
+        error = Signal(signed(self._width), name="error")
+        if p.halp:
+            m.d.sync += error.eq(self._halp_error(m, derivative, valid))
+        else:
+            m.d.sync += error.eq(derivative)
+        scaled, clip6 = self._scale(m, error, valid)
+        last = stages - 1                       # stage latency - 1, registered into the outputs
+        m.d.sync += [self.valid_out.eq(valid[last]), self.tag_out.eq(tags[last])]
+        if not p.class_costs:                   # sigma = S: costs are 1.0
+            m.d.sync += [self.sigma.eq(scaled), self.clipped.eq(clip6)]
+        else:
+            self._cost(m, scaled, clip6, pos, valid[last])
+        return m
+
+    def _derivative(self, m, loss, pos):
+        """Cycles 1-3: ``E`` by the loss (combinational in cycle 3)."""
+        frac, width = self._frac, self._width
+        one = 1 << frac
         # cycle 1: one subtraction serves every loss: D - Y (squared) or
         # D - (pos ? ONE : -ONE) (the margin of the hinges); the sigmoid table index
         diff = Signal(signed(width), name="diff")
@@ -140,22 +165,7 @@ class ScaledError(wiring.Component):
             t2.eq(read.data), diff2.eq(diff), neg2.eq(neg),
             active2.eq(Mux(pos[0], diff < 0, diff > 0)),
         ]
-        # HALP: the cache index addresses the cache in cycle 1; the cached E is there
-        # in cycle 2, with the loss's E
-        cached = Signal(signed(width), name="cached")
-        if p.halp:
-            full, inner = Signal(), Signal()
-            m.d.sync += [full.eq(self.phase == Phase.FULL), inner.eq(self.phase == Phase.INNER)]
-            index1, index2 = Signal(16, name="index1"), Signal(16, name="index2")
-            m.d.sync += [index1.eq(self.index), index2.eq(index1)]
-            m.submodules.cache = cache = memory.Memory(
-                shape=signed(p.residual_bits), depth=p.halp_samples, init=[],
-                attrs={"no_rw_check": 1})
-            cache_rd = cache.read_port(domain="comb")
-            cache_wr = cache.write_port()
-            m.d.comb += cache_rd.addr.eq(index1)
-            m.d.sync += cached.eq(Mux(inner, cache_rd.data, 0))
-        # cycle 3: E by the loss (HALP: E << LEVEL.frac, the inner loop's E - C[i])
+        # cycle 3: E by the loss
         prob = Signal(SIGMOID_FRAC + 1)
         excess = Signal(signed(SIGMOID_FRAC + 2))
         m.d.comb += [prob.eq(Mux(neg2, (1 << SIGMOID_FRAC) - t2, t2)),
@@ -163,7 +173,6 @@ class ScaledError(wiring.Component):
         logistic = excess << (frac - SIGMOID_FRAC)
         hinge = Mux(active2, Mux(pos[1], -one, one), 0)
         sq_hinge = Mux(active2, diff2, 0)
-        error = Signal(signed(width), name="error")
         derivative = Signal(signed(width), name="derivative")
         with m.Switch(loss):
             with m.Case(Loss.SQUARED):
@@ -174,32 +183,47 @@ class ScaledError(wiring.Component):
                 m.d.comb += derivative.eq(hinge)
             with m.Case(Loss.SQUARED_HINGE):
                 m.d.comb += derivative.eq(sq_hinge)
-        if p.halp:
-            m.d.sync += error.eq(Mux(full | inner, (derivative - cached) << LEVEL.frac,
-                                     derivative))
-            # the full pass caches E
-            m.d.comb += [cache_wr.addr.eq(index2), cache_wr.data.eq(derivative),
-                         cache_wr.en.eq(full & valid[1])]
-        else:
-            m.d.sync += error.eq(derivative)
-        # cycles 4-6: round_shift(E, s) = (floor(E / 2**(s-1)) + 1) >> 1 for s >= 1: a
-        # constant shift, a barrel shift by `shift` only, then a narrow increment
+        return derivative
+
+    def _halp_error(self, m, derivative, valid):
+        """HALP builds: the anchor-error cache. The sample's index addresses it in
+        cycle 1, the cached ``E`` is there in cycle 2; the full pass writes ``E`` in
+        cycle 3. Returns the cycle-3 value of ``error``: ``E << LEVEL.frac`` in the
+        full pass, ``(E - C[i]) << LEVEL.frac`` in the inner loop, else ``E``."""
+        p = self.params
+        full, inner = Signal(), Signal()
+        m.d.sync += [full.eq(self.phase == Phase.FULL), inner.eq(self.phase == Phase.INNER)]
+        index1 = Signal(SAMPLE_INDEX_BITS, name="index1")
+        index2 = Signal(SAMPLE_INDEX_BITS, name="index2")
+        m.d.sync += [index1.eq(self.index), index2.eq(index1)]
+        m.submodules.cache = cache = memory.Memory(
+            shape=signed(p.residual_bits), depth=p.halp_samples, init=[],
+            attrs={"no_rw_check": 1})
+        cache_rd = cache.read_port(domain="comb")
+        cache_wr = cache.write_port()
+        cached = Signal(signed(self._width), name="cached")
+        m.d.comb += cache_rd.addr.eq(index1)
+        m.d.sync += cached.eq(Mux(inner, cache_rd.data, 0))
+        m.d.comb += [cache_wr.addr.eq(index2), cache_wr.data.eq(derivative),
+                     cache_wr.en.eq(full & valid[1])]
+        return Mux(full | inner, (derivative - cached) << LEVEL.frac, derivative)
+
+    def _scale(self, m, error, valid):
+        """Cycles 4-6: ``S = sat(round_shift(E, s))``. ``round_shift(E, s) = (floor(E /
+        2**(s-1)) + 1) >> 1`` for s >= 1: a constant shift, a barrel shift by
+        ``shift`` only, then a narrow increment. Returns ``S`` and its clip flag."""
         coarse = error >> (BASE_SHIFT - 1)
         halved = Signal(signed(len(coarse)))
         rounded = Signal(signed(len(coarse)))
         m.d.sync += [halved.eq(coarse >> self.shift), rounded.eq((halved + 1) >> 1)]
-        s_sat, s_clip = saturate(m, rounded, sig, "scaled")
-        scaled = Signal(signed(sig))
+        s_sat, s_clip = saturate(m, rounded, self.params.sigma.bits, "scaled")
+        scaled = Signal(signed(self.params.sigma.bits))
         clip6 = Signal()
         m.d.sync += [scaled.eq(s_sat), clip6.eq(valid[4] & s_clip)]
-        last = stages - 1                       # stage latency - 1, registered into the outputs
-        if not p.class_costs:                   # sigma = S: costs are 1.0
-            m.d.sync += [
-                self.sigma.eq(scaled), self.clipped.eq(clip6), self.valid_out.eq(valid[last]),
-                self.tag_out.eq(tags[last]),
-            ]
-            return m
-        # cycles 7..: times the class cost, shift-and-add
+        return scaled, clip6
+
+    def _cost(self, m, scaled, clip6, pos, valid_last):
+        """Cycles 7..: ``sigma = sat(round_shift(S * cost, COST_FRAC))``, shift-and-add."""
         m.submodules.cost_tree = tree = self._cost_tree
         cost = Signal(COST_BITS)
         m.d.comb += cost.eq(Mux(pos[5], self.cost_pos, self.cost_neg))
@@ -207,12 +231,7 @@ class ScaledError(wiring.Component):
             m.d.comb += tree.inputs[i].eq(Mux(cost[i], scaled << i, 0))
         clip_late = Signal(max(1, tree.latency))
         m.d.sync += clip_late.eq(Cat(clip6, clip_late))
-        total = tree.sum
-        sigma, clip = saturate(m, (total + (1 << (COST_FRAC - 1))) >> COST_FRAC, sig, "sigma")
-        m.d.sync += [
-            self.sigma.eq(sigma),
-            self.clipped.eq(valid[last] & (clip | clip_late[-1])),
-            self.valid_out.eq(valid[last]),
-            self.tag_out.eq(tags[last]),
-        ]
-        return m
+        sigma, clip = saturate(m, (tree.sum + (1 << (COST_FRAC - 1))) >> COST_FRAC,
+                               self.params.sigma.bits, "sigma")
+        m.d.sync += [self.sigma.eq(sigma),
+                     self.clipped.eq(valid_last & (clip | clip_late[-1]))]

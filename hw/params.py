@@ -135,7 +135,8 @@ from enum import IntEnum
 __all__ = [
     "QFormat", "LEVEL", "LABEL", "SIGMA_FRAC", "SHIFT_MAX", "COST_BITS", "COST_FRAC", "COST_ONE",
     "L2_SHIFT_MAX", "SIGMOID_FRAC", "SIGMOID_CELL_BITS", "SIGMOID_CELLS",
-    "SIGMOID_ERROR_BOUND", "Loss", "field_bits", "sigmoid_table", "EngineParams",
+    "SIGMOID_ERROR_BOUND", "Loss", "LOSS_NAMES", "HALP_LOSSES", "field_bits", "sigmoid_table",
+    "EngineParams",
     "BOARD_PARAMS", "Phase", "HALP_FRAC", "OFFSET_BITS", "OFFSET_SHIFT_MAX", "LOG_FRAC",
     "SCALE_LOG_BITS", "PRNG_GOLDEN", "PRNG_ZERO_SEED", "halp_shift",
 ]
@@ -176,6 +177,11 @@ class QFormat:
 LEVEL = QFormat(10, 8)
 #: Labels: signed 16-bit, value ``y / 16384`` (range [-2, 2)).
 LABEL = QFormat(16, 14)
+#: The label beat carries the label (a ``LABEL`` word) in its low bits and, in the
+#: HALP phases, the sample's index into the anchor-error cache in bits
+#: ``SAMPLE_INDEX_OFFSET .. SAMPLE_INDEX_OFFSET + SAMPLE_INDEX_BITS - 1``.
+SAMPLE_INDEX_OFFSET = 16
+SAMPLE_INDEX_BITS = 16
 #: Extra fraction bits carried by the scaled residual ``sigma`` and the gradient.
 SIGMA_FRAC = 6
 #: Largest step shift: the step size is ``2**-shift``.
@@ -238,6 +244,20 @@ class Loss(IntEnum):
     LOGISTIC = 1
     HINGE = 2
     SQUARED_HINGE = 3
+
+
+#: The loss table: each ``Loss`` with its name on the command line (``ziphalp train
+#: --loss``), in code order; the float references of ``ziphalp.host.reference`` spell
+#: the names with ``_`` for ``-``.
+LOSS_NAMES: dict[Loss, str] = {
+    Loss.SQUARED: "squared",
+    Loss.LOGISTIC: "logistic",
+    Loss.HINGE: "hinge",
+    Loss.SQUARED_HINGE: "squared-hinge",
+}
+assert list(LOSS_NAMES) == list(Loss), "LOSS_NAMES names every Loss, in code order"
+#: The losses the HALP phases run.
+HALP_LOSSES = (Loss.SQUARED, Loss.LOGISTIC)
 
 
 def field_bits(k: int, double: bool) -> int:

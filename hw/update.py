@@ -75,10 +75,15 @@ class UpdateLanes(wiring.Component):
     GRAD_AT = PRODUCT_LATENCY + 1
     MODEL_AT = PRODUCT_LATENCY + 2
 
+    @staticmethod
+    def latency_of(params: EngineParams) -> int:
+        """Cycles from ``valid`` to ``valid_out`` in a build with ``params``."""
+        return PRODUCT_LATENCY + 5 + params.halp
+
     def __init__(self, params: EngineParams):
         self.params = params
         #: cycles from ``valid`` to ``valid_out``
-        self.latency = PRODUCT_LATENCY + 5 + params.halp
+        self.latency = self.latency_of(params)
         K = params.lanes
         halp = {
             "inner": In(1), "stochastic": In(1), "offset_bits": In(range(OFFSET_BITS + 1)),
@@ -105,29 +110,10 @@ class UpdateLanes(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         p = self.params
-        WM = p.model_bits
-
         valid = Signal(self.latency - 1)
         end = Signal(self.latency - 1)
         m.d.sync += [valid.eq(Cat(self.valid, valid)), end.eq(Cat(self.end, end))]
-        # the SGD results are ready PRODUCT_LATENCY + 5 cycles after `valid`
-        last_valid, last_end = valid[PRODUCT_LATENCY + 3], end[PRODUCT_LATENCY + 3]
-
-        # HALP: the run-time bounds of z and one xorshift32 per lane, stepped for
-        # every beat of the inner loop when its accumulator is ready (MODEL_AT)
-        if p.halp:
-            inner, stochastic = Signal(), Signal()
-            z_min = Signal(signed(OFFSET_BITS + 1))
-            z_max = Signal(signed(OFFSET_BITS + 1))
-            sh = Signal.like(self.offset_shift)
-            m.d.sync += [inner.eq(self.inner), stochastic.eq(self.stochastic),
-                         sh.eq(self.offset_shift)]
-            with m.Switch(self.offset_bits):
-                for b in range(2, OFFSET_BITS + 1):
-                    with m.Case(b):
-                        m.d.sync += [z_max.eq((1 << (b - 1)) - 1), z_min.eq(-(1 << (b - 1)))]
-            step_prng = valid[self.MODEL_AT - 1] & inner
-
+        halp = self._halp_settings(m, valid) if p.halp else None
         # the decay shift is static while samples flow: register its decode
         l2_on = Signal()
         l2_shift = Signal.like(self.l2_shift)
@@ -135,78 +121,13 @@ class UpdateLanes(wiring.Component):
             m.d.sync += [l2_on.eq(self.l2_shift != 0), l2_shift.eq(self.l2_shift)]
         sgd_overflow, halp_overflow = [], []
         for k in range(p.lanes):
-            # DSP products of sigma x code, PRODUCT_LATENCY cycles later
-            terms = product_terms(m, self.sigma, self.levels[k], name=f"upd{k}")
-            # the product (cycle GRAD_AT)
-            prod = Signal(signed(p.product_bits), name=f"prod{k}")
-            m.d.sync += prod.eq(sum(terms))
-            # accumulate (the gradient word, and in the HALP inner loop gamma, arrive
-            # at GRAD_AT)
-            acc = Signal(signed(p.grad_bits), name=f"acc{k}")
-            if p.halp:
-                m.d.sync += acc.eq(self.grad[k] + prod + Mux(inner, self.gamma[k], 0))
-            else:
-                m.d.sync += acc.eq(self.grad[k] + prod)
-            # the model word arrives at MODEL_AT: decay it; round the gradient meanwhile
-            decayed = Signal(signed(WM + 1), name=f"decayed{k}")
-            step = Signal(signed(p.grad_bits - SIGMA_FRAC + 1), name=f"step{k}")
-            acc5 = Signal(signed(p.grad_bits), name=f"acc5_{k}")
-            decay = Mux(l2_on, self.model[k] >> l2_shift, 0) if p.l2_decay else 0
-            rounding = 1 << (SIGMA_FRAC - 1)
-            if p.halp:
-                state = Signal(32, name=f"prng{k}")
-                start = Signal(32, name=f"prng_start{k}")
-                x1 = state ^ (state << 13)[:32]
-                x2 = x1 ^ (x1 >> 17)
-                x3 = Signal(32, name=f"prng_next{k}")
-                m.d.comb += [x3.eq(x2 ^ (x2 << 5)[:32]),
-                             start.eq(self.seed + (((k + 1) * PRNG_GOLDEN) & 0xFFFFFFFF))]
-                with m.If(self.reseed):
-                    m.d.sync += state.eq(Mux(start == 0, PRNG_ZERO_SEED, start))
-                with m.Elif(step_prng):
-                    m.d.sync += state.eq(x3)
-                fine = Mux(stochastic, x3[32 - HALP_FRAC:], 1 << (HALP_FRAC - 1))
-            m.d.sync += [decayed.eq(self.model[k] - decay),
-                         step.eq((acc + rounding) >> SIGMA_FRAC),
-                         acc5.eq(acc)]
-            # apply the rounded step
-            new = Signal(signed(max(WM + 1, p.grad_bits - SIGMA_FRAC + 1) + 1), name=f"new{k}")
-            acc6 = Signal(signed(p.grad_bits), name=f"acc6_{k}")
-            m.d.sync += [new.eq(decayed - step), acc6.eq(acc5)]
-            # saturate; at a batch end the gradient restarts from zero
-            word, clipped = saturate(m, new, WM, f"model{k}")
-            ovf = Signal(name=f"ovf{k}")
-            model_out = Signal(signed(WM), name=f"sgd_model{k}")
-            grad_out = Signal(signed(p.grad_bits), name=f"sgd_grad{k}")
-            m.d.sync += [
-                model_out.eq(word),
-                grad_out.eq(Mux(last_end, 0, acc6)),
-                ovf.eq(last_valid & last_end & clipped),
-            ]
+            acc, model_out, grad_out, ovf = self._sgd_lane(m, k, valid, end, l2_on, l2_shift,
+                                                           halp)
             sgd_overflow.append(ovf)
             if not p.halp:
                 m.d.comb += [self.model_out[k].eq(model_out), self.grad_out[k].eq(grad_out)]
                 continue
-            # HALP inner loop, from MODEL_AT: z - step, clamp to b bits, a + (z' << sh)
-            a3, a4 = Signal(signed(WM), name=f"a3_{k}"), Signal(signed(WM), name=f"a4_{k}")
-            zdiff = Signal(signed(max(OFFSET_BITS, p.grad_bits - HALP_FRAC) + 2), name=f"zdiff{k}")
-            znew = Signal(signed(OFFSET_BITS), name=f"znew{k}")
-            z5 = Signal(signed(OFFSET_BITS), name=f"z5_{k}")
-            wsum = Signal(signed(max(WM, OFFSET_BITS + OFFSET_SHIFT_MAX) + 1), name=f"wsum{k}")
-            m.d.sync += [
-                zdiff.eq(self.offset[k] - ((acc + fine) >> HALP_FRAC)), a3.eq(self.anchor[k]),
-                znew.eq(Mux(zdiff > z_max, z_max, Mux(zdiff < z_min, z_min, zdiff))), a4.eq(a3),
-                wsum.eq(a4 + (znew << sh)), z5.eq(znew),
-            ]
-            halp_word, halp_clipped = saturate(m, wsum, WM, f"halp_model{k}")
-            halp_ovf = Signal(name=f"halp_ovf{k}")
-            m.d.sync += [
-                self.model_out[k].eq(Mux(inner, halp_word, model_out)),
-                self.grad_out[k].eq(grad_out),
-                self.offset_out[k].eq(z5),
-                halp_ovf.eq(valid[-1] & inner & halp_clipped),
-            ]
-            halp_overflow.append(halp_ovf)
+            halp_overflow.append(self._halp_lane(m, k, acc, model_out, grad_out, valid, halp))
         overflow = Cat(*sgd_overflow).any()
         if p.halp:      # the SGD flag waits a cycle for the HALP results
             late = Signal()
@@ -215,3 +136,103 @@ class UpdateLanes(wiring.Component):
         m.d.comb += self.overflow.eq(overflow)
         m.d.sync += self.valid_out.eq(valid[-1])
         return m
+
+    def _halp_settings(self, m, valid) -> dict:
+        """HALP: the registered run-time settings and the run-time bounds of ``z``."""
+        inner, stochastic = Signal(), Signal()
+        z_min = Signal(signed(OFFSET_BITS + 1))
+        z_max = Signal(signed(OFFSET_BITS + 1))
+        sh = Signal.like(self.offset_shift)
+        m.d.sync += [inner.eq(self.inner), stochastic.eq(self.stochastic),
+                     sh.eq(self.offset_shift)]
+        with m.Switch(self.offset_bits):
+            for b in range(2, OFFSET_BITS + 1):
+                with m.Case(b):
+                    m.d.sync += [z_max.eq((1 << (b - 1)) - 1), z_min.eq(-(1 << (b - 1)))]
+        # every lane's PRNG steps for every beat of the inner loop when its
+        # accumulator is ready (MODEL_AT)
+        return {"inner": inner, "stochastic": stochastic, "z_min": z_min, "z_max": z_max,
+                "sh": sh, "step_prng": valid[self.MODEL_AT - 1] & inner}
+
+    def _sgd_lane(self, m, k, valid, end, l2_on, l2_shift, halp):
+        """Lane ``k``'s gradient accumulation and SGD model update. Returns the
+        accumulator and the (registered) SGD model word, gradient word and overflow."""
+        p, WM = self.params, self.params.model_bits
+        # the SGD results are ready PRODUCT_LATENCY + 5 cycles after `valid`
+        last_valid, last_end = valid[PRODUCT_LATENCY + 3], end[PRODUCT_LATENCY + 3]
+        # DSP products of sigma x code, PRODUCT_LATENCY cycles later
+        terms = product_terms(m, self.sigma, self.levels[k], name=f"upd{k}")
+        # the product (cycle GRAD_AT)
+        prod = Signal(signed(p.product_bits), name=f"prod{k}")
+        m.d.sync += prod.eq(sum(terms))
+        # accumulate (the gradient word, and in the HALP inner loop gamma, arrive
+        # at GRAD_AT)
+        acc = Signal(signed(p.grad_bits), name=f"acc{k}")
+        if p.halp:
+            m.d.sync += acc.eq(self.grad[k] + prod + Mux(halp["inner"], self.gamma[k], 0))
+        else:
+            m.d.sync += acc.eq(self.grad[k] + prod)
+        # the model word arrives at MODEL_AT: decay it; round the gradient meanwhile
+        decayed = Signal(signed(WM + 1), name=f"decayed{k}")
+        step = Signal(signed(p.grad_bits - SIGMA_FRAC + 1), name=f"step{k}")
+        acc5 = Signal(signed(p.grad_bits), name=f"acc5_{k}")
+        decay = Mux(l2_on, self.model[k] >> l2_shift, 0) if p.l2_decay else 0
+        m.d.sync += [decayed.eq(self.model[k] - decay),
+                     step.eq((acc + (1 << (SIGMA_FRAC - 1))) >> SIGMA_FRAC),
+                     acc5.eq(acc)]
+        # apply the rounded step
+        new = Signal(signed(max(WM + 1, p.grad_bits - SIGMA_FRAC + 1) + 1), name=f"new{k}")
+        acc6 = Signal(signed(p.grad_bits), name=f"acc6_{k}")
+        m.d.sync += [new.eq(decayed - step), acc6.eq(acc5)]
+        # saturate; at a batch end the gradient restarts from zero
+        word, clipped = saturate(m, new, WM, f"model{k}")
+        ovf = Signal(name=f"ovf{k}")
+        model_out = Signal(signed(WM), name=f"sgd_model{k}")
+        grad_out = Signal(signed(p.grad_bits), name=f"sgd_grad{k}")
+        m.d.sync += [
+            model_out.eq(word),
+            grad_out.eq(Mux(last_end, 0, acc6)),
+            ovf.eq(last_valid & last_end & clipped),
+        ]
+        return acc, model_out, grad_out, ovf
+
+    def _prng(self, m, k, halp):
+        """Lane ``k``'s xorshift32; returns the rounding term ``r`` (``HALP_FRAC`` bits)."""
+        state = Signal(32, name=f"prng{k}")
+        start = Signal(32, name=f"prng_start{k}")
+        x1 = state ^ (state << 13)[:32]
+        x2 = x1 ^ (x1 >> 17)
+        x3 = Signal(32, name=f"prng_next{k}")
+        m.d.comb += [x3.eq(x2 ^ (x2 << 5)[:32]),
+                     start.eq(self.seed + (((k + 1) * PRNG_GOLDEN) & 0xFFFFFFFF))]
+        with m.If(self.reseed):
+            m.d.sync += state.eq(Mux(start == 0, PRNG_ZERO_SEED, start))
+        with m.Elif(halp["step_prng"]):
+            m.d.sync += state.eq(x3)
+        return Mux(halp["stochastic"], x3[32 - HALP_FRAC:], 1 << (HALP_FRAC - 1))
+
+    def _halp_lane(self, m, k, acc, model_out, grad_out, valid, halp):
+        """Lane ``k``'s HALP inner-loop update, from MODEL_AT: z - step, clamp to b
+        bits, a + (z' << sh); drives the lane's outputs. Returns its overflow."""
+        WM, grad_bits = self.params.model_bits, self.params.grad_bits
+        fine = self._prng(m, k, halp)
+        z_min, z_max, inner = halp["z_min"], halp["z_max"], halp["inner"]
+        a3, a4 = Signal(signed(WM), name=f"a3_{k}"), Signal(signed(WM), name=f"a4_{k}")
+        zdiff = Signal(signed(max(OFFSET_BITS, grad_bits - HALP_FRAC) + 2), name=f"zdiff{k}")
+        znew = Signal(signed(OFFSET_BITS), name=f"znew{k}")
+        z5 = Signal(signed(OFFSET_BITS), name=f"z5_{k}")
+        wsum = Signal(signed(max(WM, OFFSET_BITS + OFFSET_SHIFT_MAX) + 1), name=f"wsum{k}")
+        m.d.sync += [
+            zdiff.eq(self.offset[k] - ((acc + fine) >> HALP_FRAC)), a3.eq(self.anchor[k]),
+            znew.eq(Mux(zdiff > z_max, z_max, Mux(zdiff < z_min, z_min, zdiff))), a4.eq(a3),
+            wsum.eq(a4 + (znew << halp["sh"])), z5.eq(znew),
+        ]
+        halp_word, halp_clipped = saturate(m, wsum, WM, f"halp_model{k}")
+        halp_ovf = Signal(name=f"halp_ovf{k}")
+        m.d.sync += [
+            self.model_out[k].eq(Mux(inner, halp_word, model_out)),
+            self.grad_out[k].eq(grad_out),
+            self.offset_out[k].eq(z5),
+            halp_ovf.eq(valid[-1] & inner & halp_clipped),
+        ]
+        return halp_ovf

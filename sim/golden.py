@@ -31,6 +31,8 @@ from ziphalp.hw.params import (
     OFFSET_BITS,
     PRNG_GOLDEN,
     PRNG_ZERO_SEED,
+    SAMPLE_INDEX_BITS,
+    SAMPLE_INDEX_OFFSET,
     SCALE_LOG_BITS,
     SHIFT_MAX,
     SIGMA_FRAC,
@@ -178,8 +180,9 @@ class GoldenEngine:
     :meth:`load_model` writes the model only; a ``Phase.FULL`` configuration
     re-centres the anchor on it. In the HALP phases the L2 decay plays no part,
     the full pass ignores the batch size and the flushes, every label beat
-    carries the sample index (bits 16..31), and an index outside the cache raises
-    ``ValueError`` (the gateware wraps it; the host never sends one).
+    carries the sample index (at ``SAMPLE_INDEX_OFFSET``, ``SAMPLE_INDEX_BITS``
+    wide), and an index outside the cache raises ``ValueError`` (the gateware
+    wraps it; the host never sends one).
     """
 
     def __init__(self, params: EngineParams):
@@ -349,9 +352,10 @@ class GoldenEngine:
     def _beat(self, beat: bytes, flush: bool) -> None:
         self._flush |= flush
         if self._pos == 0:
-            raw = beat[0] | beat[1] << 8
-            self._label = raw - (1 << 16) if raw & 0x8000 else raw
-            self._index = beat[2] | beat[3] << 8 if len(beat) >= 4 else 0
+            word = int.from_bytes(beat, "little")
+            raw = word & ((1 << LABEL.bits) - 1)
+            self._label = raw - (1 << LABEL.bits) if raw >> (LABEL.bits - 1) else raw
+            self._index = word >> SAMPLE_INDEX_OFFSET & ((1 << SAMPLE_INDEX_BITS) - 1)
             self._pos = 1
             return
         self._beats.append(beat)

@@ -1,0 +1,73 @@
+"""The clear pass: one sweep over the bank words after every ``start``.
+
+While it sweeps, the engine clears the gradient (and in the HALP full pass
+re-centres: anchor = model, offset = 0) one word of every bank per cycle, and
+:class:`ClearPass` derives the run-time geometry of a sample from the
+configured feature count and values per beat: the index of the last feature
+beat and which lanes that beat uses. It writes no memory itself.
+"""
+
+from amaranth import Cat, Module, Signal
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from .params import EngineParams
+
+__all__ = ["ClearPass"]
+
+
+class ClearPass(wiring.Component):
+    """Sweeps ``cycles = max(bank_depth, max_beats)`` words after ``start``.
+
+    Attributes
+    ----------
+    start : In(1)
+        Begin the sweep (the configuration is held from the cycle before).
+    features : In(range(max_features + 1)); per_beat : In(range(lanes + 1))
+        ``d`` and ``K``.
+    busy : Out(1)
+        The sweep runs; ``word`` is the bank word it is at.
+    word : Out(range(cycles))
+    word_valid : Out(1)
+        ``busy`` and ``word`` is a bank word (below ``bank_depth``).
+    late_word, late_valid : Out
+        ``word`` and ``word_valid`` one cycle later (for writes that follow a read).
+    done : Out(1)
+        The sweep's last cycle.
+    last_word : Out(range(max_beats)); last_mask : Out(lanes)
+        Feature beats of a sample minus one, and the lanes its last beat uses;
+        valid once the sweep is done.
+    """
+
+    def __init__(self, params: EngineParams):
+        self.params = params
+        self.cycles = max(params.bank_depth, params.max_beats)
+        super().__init__({
+            "start": In(1),
+            "features": In(range(params.max_features + 1)),
+            "per_beat": In(range(params.lanes + 1)),
+            "busy": Out(1), "word": Out(range(self.cycles)), "word_valid": Out(1),
+            "late_word": Out(range(self.cycles)), "late_valid": Out(1),
+            "done": Out(1),
+            "last_word": Out(range(params.max_beats)), "last_mask": Out(params.lanes),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        p = self.params
+        base = Signal(range(p.max_beats * p.lanes + p.lanes + 1))   # first feature of `word`
+        m.d.comb += [self.word_valid.eq(self.busy & (self.word < p.bank_depth)),
+                     self.done.eq(~self.start & self.busy & (self.word == self.cycles - 1))]
+        m.d.sync += [self.late_word.eq(self.word), self.late_valid.eq(self.word_valid)]
+        with m.If(self.start):
+            m.d.sync += [self.busy.eq(1), self.word.eq(0), base.eq(0)]
+        with m.Elif(self.busy):
+            with m.If(base < self.features):
+                m.d.sync += [
+                    self.last_word.eq(self.word),
+                    self.last_mask.eq(Cat(base + i < self.features for i in range(p.lanes))),
+                ]
+            m.d.sync += [self.word.eq(self.word + 1), base.eq(base + self.per_beat)]
+            with m.If(self.done):
+                m.d.sync += self.busy.eq(0)
+        return m

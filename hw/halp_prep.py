@@ -1,0 +1,156 @@
+"""HALP: preparing the inner loop from the full gradient ``G`` (bit centering).
+
+After the clear pass of ``Phase.INNER`` the gradient banks hold ``G`` from the
+full pass. :class:`InnerLoopPrep` then, as ``ziphalp.hw.params`` ("HALP mode")
+writes out and :func:`ziphalp.hw.params.halp_shift` and the golden model
+compute:
+
+1. ``S = sum_f G_f**2``, exact, one word of one bank per cycle through one squarer;
+2. the offset shift ``sh`` from ``S`` and ``scale_log`` in five steps (the
+   leading one of ``S``, the bits below it, the log-domain rule, rounding, the
+   clamp to ``0..OFFSET_SHIFT_MAX``): the offset grid ``2**(sh - model.frac)``;
+3. ``gamma_f = round_shift(G_f, sh + shift)``, a word of every bank per cycle,
+   for the engine to write into the gamma banks while it clears ``G``.
+
+It reads the gradient through the engine's port and writes nothing itself.
+"""
+
+from amaranth import Array, Module, Mux, Signal, signed
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+
+from .params import (
+    HALP_FRAC,
+    LOG_FRAC,
+    OFFSET_SHIFT_MAX,
+    SCALE_LOG_BITS,
+    SHIFT_MAX,
+    EngineParams,
+    clog2,
+)
+
+__all__ = ["InnerLoopPrep"]
+
+
+class InnerLoopPrep(wiring.Component):
+    """``S``, then ``sh``, then ``gamma``; about ``bank_depth * (lanes + 1)`` cycles.
+
+    Attributes
+    ----------
+    start : In(1)
+        Begin (the gradient banks hold ``G``).
+    scale_log : In(signed(SCALE_LOG_BITS)); shift : In(range(SHIFT_MAX + 1))
+        Held.
+    busy : Out(1)
+    reading : Out(1); word : Out(range(bank_depth + 1))
+        While ``reading``, the gradient banks are to be read at ``word`` (every bank).
+    grad : In(lanes x signed(grad_bits))
+        The words read, one cycle after ``word``.
+    offset_shift : Out(range(OFFSET_SHIFT_MAX + 1))
+        ``sh``, from step 2 on (held until the next preparation).
+    gamma : Out(lanes x signed(grad_bits)); gamma_word : Out; gamma_write : Out(1)
+        Step 3: write ``gamma`` to word ``gamma_word`` of every bank (and clear ``G``
+        there) while ``gamma_write``.
+    """
+
+    def __init__(self, params: EngineParams):
+        self.params = params
+        p = params
+        super().__init__({
+            "start": In(1),
+            "scale_log": In(signed(SCALE_LOG_BITS)), "shift": In(range(SHIFT_MAX + 1)),
+            "busy": Out(1), "reading": Out(1), "word": Out(range(p.bank_depth + 1)),
+            "grad": In(data.ArrayLayout(signed(p.grad_bits), p.lanes)),
+            "offset_shift": Out(range(OFFSET_SHIFT_MAX + 1)),
+            "gamma": Out(data.ArrayLayout(signed(p.grad_bits), p.lanes)),
+            "gamma_word": Out(range(p.bank_depth + 1)), "gamma_write": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        p = self.params
+        self._norming, self._deciding, self._scaling = Signal(), Signal(), Signal()
+        self._count = Signal(range(p.bank_depth * p.lanes + 8))
+        self._norm2 = Signal(2 * p.grad_bits + clog2(p.bank_depth * p.lanes))
+        m.d.comb += [self.busy.eq(self._norming | self._deciding | self._scaling),
+                     self.reading.eq(self._norming | self._scaling)]
+        self._norm(m)
+        self._decide(m)
+        self._scale(m)
+        with m.If(self.start):
+            m.d.sync += [self._norming.eq(1), self._count.eq(0), self._norm2.eq(0)]
+        return m
+
+    def _norm(self, m):
+        """``S``: address, select a lane, square, accumulate (three cycles behind)."""
+        p, count, norm2 = self.params, self._count, self._norm2
+        total = p.bank_depth * p.lanes
+        lane_bits = (p.lanes - 1).bit_length()
+        lane1 = Signal(range(p.lanes))
+        g2 = Signal(signed(p.grad_bits))
+        sq = Signal(2 * p.grad_bits)
+        v1, v2, v3 = Signal(), Signal(), Signal()
+        m.d.comb += self.word.eq(Mux(self._norming, count >> lane_bits, count))
+        m.d.sync += [lane1.eq(count[:lane_bits] if lane_bits else 0),
+                     v1.eq(self._norming & (count < total)),
+                     g2.eq(Array(self.grad)[lane1]), v2.eq(v1),
+                     sq.eq(g2 * g2), v3.eq(v2)]
+        with m.If(v3):
+            m.d.sync += norm2.eq(norm2 + sq)
+        with m.If(self._norming):
+            m.d.sync += count.eq(count + 1)
+            with m.If(count == total + 3):
+                m.d.sync += [self._norming.eq(0), self._deciding.eq(1), count.eq(0)]
+
+    def _decide(self, m):
+        """``sh``: the leading one of ``S`` and the bits below it, the log-domain
+        rule, rounding, the clamp."""
+        count, norm2 = self._count, self._norm2
+        msb = Signal(range(len(norm2)))
+        for i in range(len(norm2)):
+            with m.If(norm2[i]):
+                m.d.comb += msb.eq(i)
+        msb_r = Signal.like(msb)
+        zero = Signal()
+        mant = Signal(LOG_FRAC)
+        x = Signal(signed(len(norm2).bit_length() + LOG_FRAC + SCALE_LOG_BITS + 2))
+        rounded = Signal(signed(len(x)))
+        with m.If(self._deciding):
+            m.d.sync += count.eq(count + 1)
+            with m.Switch(count):
+                with m.Case(0):
+                    m.d.sync += [msb_r.eq(msb), zero.eq(norm2 == 0)]
+                with m.Case(1):
+                    m.d.sync += mant.eq(((norm2 << LOG_FRAC) >> msb_r)[:LOG_FRAC])
+                with m.Case(2):
+                    m.d.sync += x.eq((msb_r << LOG_FRAC) + mant - (HALP_FRAC << (LOG_FRAC + 1))
+                                     - 2 * self.scale_log)
+                with m.Case(3):
+                    m.d.sync += rounded.eq((x + (1 << LOG_FRAC)) >> (LOG_FRAC + 1))
+                with m.Case(4):
+                    m.d.sync += [
+                        self.offset_shift.eq(Mux(zero | (rounded < 0), 0,
+                                                 Mux(rounded > OFFSET_SHIFT_MAX,
+                                                     OFFSET_SHIFT_MAX, rounded))),
+                        self._deciding.eq(0), self._scaling.eq(1), count.eq(0),
+                    ]
+
+    def _scale(self, m):
+        """``gamma``: read a word of every bank, round-shift it, hand it on."""
+        p, count = self.params, self._count
+        amount = Signal(range(OFFSET_SHIFT_MAX + SHIFT_MAX + 1))
+        m.d.sync += amount.eq(self.offset_shift + self.shift)
+        less = Signal.like(amount)
+        m.d.comb += less.eq(amount - 1)
+        read_valid = Signal()
+        read_word = Signal.like(self.gamma_word)
+        m.d.sync += [read_valid.eq(self._scaling & (count < p.bank_depth)),
+                     read_word.eq(count),
+                     self.gamma_write.eq(read_valid), self.gamma_word.eq(read_word)]
+        for b in range(p.lanes):
+            g = self.grad[b]
+            m.d.sync += self.gamma[b].eq(Mux(amount == 0, g, ((g >> less) + 1) >> 1))
+        with m.If(self._scaling):
+            m.d.sync += count.eq(count + 1)
+            with m.If(count == p.bank_depth + 1):
+                m.d.sync += self._scaling.eq(0)

@@ -1,0 +1,136 @@
+"""Stage 2 of the engine: one update pass over the beats of each sample.
+
+For every ``sigma`` the loss queues, :class:`UpdatePass` pops the sample's
+``n`` beats of ``q2`` from the sample FIFO, one a cycle, and feeds them with
+``sigma`` to :class:`~ziphalp.hw.update.UpdateLanes`. The lanes want the
+gradient word ``GRAD_AT`` cycles after a beat, the model (and HALP) words
+``MODEL_AT`` cycles after it, and give results ``latency`` cycles after it; so
+the pass carries each beat's place (first bank and word, active banks, last
+beat, batch end) down a delay line and shows it at those three points, where
+the engine addresses the banks.
+
+Two passes start at least ``1 + latency - GRAD_AT`` cycles apart, so a pass
+never reads a gradient word the previous pass has not written yet.
+"""
+
+from amaranth import Module, Signal, signed
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .banks import BeatCursor
+from .params import LEVEL, EngineParams
+
+__all__ = ["UpdatePass", "sample_entry"]
+
+
+def sample_entry(p: EngineParams) -> data.StructLayout:
+    """One beat in the sample FIFO: ``q2`` in bank order and the banks it covers."""
+    return data.StructLayout({"q2": data.ArrayLayout(signed(LEVEL.bits), p.lanes),
+                              "active": p.lanes})
+
+
+def place_layout(p: EngineParams) -> data.StructLayout:
+    """Where a beat of a pass sits, and what it is."""
+    return data.StructLayout({"bank": range(p.lanes), "addr": range(p.bank_depth + 1),
+                              "active": p.lanes, "last": 1, "end": 1})
+
+
+class UpdatePass(wiring.Component):
+    """Sequences update passes: ``sigma`` and ``q2`` in, the update lanes' inputs out.
+
+    Parameters
+    ----------
+    params : EngineParams
+    grad_at, model_at, latency : int
+        The update lanes' operand and result timing (``UpdateLanes``).
+
+    Attributes
+    ----------
+    sigmas : In(stream.Signature(sigma.bits + 1))
+        ``sigma`` of a sample, and (top bit) whether it ends a batch.
+    samples : In(stream.Signature(sample_entry(params)))
+        The sample FIFO; a pass pops one beat a cycle (they are there: a sample's
+        ``sigma`` follows all its beats).
+    hold : In(1)
+        Start no pass (the engine is clearing or preparing).
+    last_word, per_beat : In
+        Feature beats per sample minus one; values per beat ``K``.
+    sigma, levels, valid, end : Out
+        The update lanes' cycle-0 operands.
+    grad_at, model_at : Out(place_layout(params))
+        The place of the beat whose gradient (model) words are to be read now: they
+        arrive ``grad_at`` (``model_at``) cycles after its ``valid``.
+    write_at : Out(place_layout(params))
+        The place of the beat whose results are on the update lanes' outputs.
+    written : In(1)
+        The update lanes' ``valid_out``.
+    pass_start, pass_done, model_write, update_done : Out(1)
+        A pass starts; a pass's last beat is written back; a batch-ending pass
+        writes a beat of model words; it writes its last.
+    """
+
+    def __init__(self, params: EngineParams, *, grad_at: int, model_at: int, latency: int):
+        self.params = params
+        self.grad_at_cycle, self.model_at_cycle, self.latency = grad_at, model_at, latency
+        p = params
+        self._cursor = BeatCursor(p.lanes, p.bank_depth)
+        place = place_layout(p)
+        super().__init__({
+            "sigmas": In(stream.Signature(p.sigma.bits + 1)),
+            "samples": In(stream.Signature(sample_entry(p))),
+            "hold": In(1),
+            "last_word": In(range(p.max_beats)), "per_beat": In(range(p.lanes + 1)),
+            "sigma": Out(signed(p.sigma.bits)),
+            "levels": Out(data.ArrayLayout(signed(LEVEL.bits), p.lanes)),
+            "valid": Out(1), "end": Out(1),
+            "grad_at": Out(place), "model_at": Out(place), "write_at": Out(place),
+            "written": In(1),
+            "pass_start": Out(1), "pass_done": Out(1),
+            "model_write": Out(1), "update_done": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        p = self.params
+        m.submodules.cursor = cursor = self._cursor
+        active = Signal()
+        word = Signal(range(p.max_beats))
+        end = Signal()
+        gap = Signal(range(self.latency + 1))
+        start = ~active & ~self.hold & self.sigmas.valid & (gap == 0)
+        m.d.comb += [self.pass_start.eq(start), self.sigmas.ready.eq(start)]
+        with m.If(start):
+            m.d.sync += [active.eq(1), word.eq(0),
+                         gap.eq(1 + self.latency - self.grad_at_cycle),
+                         self.sigma.eq(self.sigmas.payload[:p.sigma.bits]),
+                         end.eq(self.sigmas.payload[-1])]
+        with m.Elif(gap != 0):
+            m.d.sync += gap.eq(gap - 1)
+        issue = active                                # pop beat `word` of the pass
+        issue_last = active & (word == self.last_word)
+        with m.If(issue):
+            m.d.sync += word.eq(word + 1)
+        with m.If(issue_last):
+            m.d.sync += active.eq(0)
+        m.d.comb += [self.samples.ready.eq(issue), cursor.per_beat.eq(self.per_beat),
+                     cursor.restart.eq(start), cursor.step.eq(issue)]
+
+        # cycle 0 of the update lanes is one cycle after the pop; the beat's place
+        # follows down a delay line
+        trail = [Signal(place_layout(p), name=f"trail{i}") for i in range(self.latency + 1)]
+        m.d.sync += [trail[0].bank.eq(cursor.bank), trail[0].addr.eq(cursor.addr),
+                     trail[0].active.eq(self.samples.payload.active),
+                     trail[0].last.eq(issue_last), trail[0].end.eq(end)]
+        m.d.sync += [trail[i + 1].eq(trail[i]) for i in range(self.latency)]
+        m.d.sync += [self.levels.eq(self.samples.payload.q2), self.valid.eq(issue)]
+        write_at = trail[self.latency]
+        m.d.comb += [
+            self.end.eq(trail[0].end),
+            self.grad_at.eq(trail[self.grad_at_cycle - 1]),
+            self.model_at.eq(trail[self.model_at_cycle - 1]),
+            self.write_at.eq(write_at),
+            self.pass_done.eq(self.written & write_at.last),
+            self.model_write.eq(self.written & write_at.end),
+            self.update_done.eq(self.written & write_at.last & write_at.end),
+        ]
+        return m
