@@ -48,7 +48,7 @@ from ziphalp.hw.params import (
 )
 
 __all__ = ["round_shift", "saturate", "unpack_fields", "decode", "sigmoid_fixed",
-           "loss_derivative", "xorshift32", "prng_seeds", "GoldenEngine"]
+           "loss_derivative", "inner_loop_prep", "xorshift32", "prng_seeds", "GoldenEngine"]
 
 #: The losses the HALP phases run (the anchor error must be a derivative of the margin).
 HALP_LOSSES = (Loss.SQUARED, Loss.LOGISTIC)
@@ -129,6 +129,15 @@ def loss_derivative(dot: int, label: int, loss: Loss, params: EngineParams) -> i
     if loss == Loss.SQUARED_HINGE:
         return dot - (one if pos else -one)
     raise ValueError(f"unknown loss {loss!r}")
+
+
+def inner_loop_prep(grad: np.ndarray, scale_log: int, shift: int) -> tuple[int, np.ndarray]:
+    """HALP's preparation of the inner loop from the full gradient ``G``: the offset
+    shift ``sh`` from ``S = sum G_f**2`` (exact) and ``scale_log``, and
+    ``gamma = round_shift(G, sh + shift)``."""
+    norm2 = sum(g * g for g in np.asarray(grad).tolist())     # exact: Python integers
+    sh = halp_shift(norm2, scale_log)
+    return sh, round_shift(np.asarray(grad, dtype=np.int64), sh + shift)
 
 
 def xorshift32(state: np.ndarray) -> np.ndarray:
@@ -266,9 +275,7 @@ class GoldenEngine:
             self.anchor[:] = self.model
             self.offset[:] = 0
         if phase == Phase.INNER:
-            norm2 = sum(g * g for g in self._grad.tolist())     # exact: Python integers
-            self.offset_shift = halp_shift(norm2, self.scale_log)
-            self.gamma = round_shift(self._grad, self.offset_shift + shift)
+            self.offset_shift, self.gamma = inner_loop_prep(self._grad, self.scale_log, shift)
             self.prng = prng_seeds(self.seed, p.lanes)
         self._grad = np.zeros(p.max_features, dtype=np.int64)
         self._reset_position()

@@ -3,9 +3,9 @@
 Every stage is driven on its own, with bubbles where it takes a stream, and
 compared exactly with the golden model's helper for that stage
 (:func:`~ziphalp.sim.golden.unpack_fields`, :func:`~ziphalp.sim.golden.decode`,
-:func:`~ziphalp.sim.golden.round_shift`, :func:`~ziphalp.hw.params.halp_shift`,
-``EngineParams.beats_for``) or with the rule the engine's docstrings state
-(bank order, batch ends, the model hazard). The whole engine is checked
+:func:`~ziphalp.sim.golden.inner_loop_prep`, ``EngineParams.beats_for``) or
+with the rule the engine's docstrings state (bank order, batch ends, the model
+hazard). The whole engine is checked
 against the golden model by the cocotb benches (``test_engine_cocotb.py``).
 """
 
@@ -18,12 +18,12 @@ from ziphalp.hw.banks import Banks, BeatCursor, rotate
 from ziphalp.hw.clear import ClearPass
 from ziphalp.hw.decode import BeatDecoder
 from ziphalp.hw.halp_prep import InnerLoopPrep
-from ziphalp.hw.params import LEVEL, OFFSET_SHIFT_MAX, EngineParams, halp_shift
+from ziphalp.hw.params import LEVEL, OFFSET_SHIFT_MAX, EngineParams
 from ziphalp.hw.scheduler import INFLIGHT, SampleScheduler
 from ziphalp.hw.skid import RegisterSlice
 from ziphalp.hw.update import UpdateLanes
 from ziphalp.hw.update_pass import UpdatePass, sample_entry
-from ziphalp.sim.golden import decode, round_shift, unpack_fields
+from ziphalp.sim.golden import decode, inner_loop_prep, unpack_fields
 
 PARAMS = [EngineParams(beat_bits=16, lanes=2, max_features=64, max_batch=8),
           EngineParams(beat_bits=40, lanes=4, max_features=300, max_batch=3, model_bits=24,
@@ -182,7 +182,8 @@ def test_clear_pass_derives_the_sample_geometry(p):
 
 @pytest.mark.parametrize("p", HALP, ids=ids)
 def test_inner_loop_prep_matches_golden(p):
-    """``sh`` from ``sum G**2`` (``halp_shift``) and ``gamma = round_shift(G, sh + shift)``."""
+    """``sh`` from ``sum G**2`` and ``gamma = round_shift(G, sh + shift)``
+    (:func:`~ziphalp.sim.golden.inner_loop_prep`)."""
     m = Module()
     m.submodules.prep = dut = InnerLoopPrep(p)
     m.submodules.grad = grad = Banks(dut.grad.shape().elem_shape, p.lanes, p.bank_depth,
@@ -224,10 +225,10 @@ def test_inner_loop_prep_matches_golden(p):
                                                       for b in range(p.lanes)]
                 await ctx.tick()
             assert not ctx.get(dut.busy)
-            sh = halp_shift(norm2, scale_log)
+            sh, want = inner_loop_prep(G.ravel(), scale_log, shift)
+            want = want.reshape(G.shape)
             seen.add(min(max(sh, 1), OFFSET_SHIFT_MAX - 1) if 0 < sh < OFFSET_SHIFT_MAX else sh)
             assert ctx.get(dut.offset_shift) == sh
-            want = round_shift(G, sh + shift)
             assert sorted(gamma) == list(range(p.bank_depth))
             assert all(gamma[w] == [int(x) for x in want[w]] for w in gamma)
         assert {0, OFFSET_SHIFT_MAX} <= seen and len(seen) >= 3     # both clamps and between
