@@ -1,6 +1,6 @@
 """The board without pins: the link's command processor driving the SGD engine.
 
-``BoardCore`` is what every board top level (``ziphalp.hw.icebreaker``) wraps
+``BoardCore`` is what every board top level (``ziphalp.hw.top.BoardTop``) wraps
 with a clock and a UART, and what the simulated board (``ziphalp.sim.board``)
 compiles with its byte streams on a socket: the same gateware either way.
 """

@@ -1,11 +1,13 @@
-"""iCEBreaker top level and bitstream build.
+# amaranth: UnusedElaboratable=no
+"""Board top levels and the bitstream build, on the iCEBreaker.
 
-The fast tests cover the PLL divider search, the UART divisor, the reset hold,
-the top level's elaboration and the build command's exit codes. The test marked
+The fast tests cover the iCE40 PLL divider search, the UART divisor, the reset
+hold, the generic top level's clocking, the iCEBreaker top level's elaboration,
+the build targets and the build command's exit codes. The test marked
 ``bitstream`` runs the real flow (Yosys, nextpnr, icepack through YoWASP; select
 it with ``-m bitstream``, skip it with ``-m "not bitstream"``): the first YoWASP
 call compiles the tools (about a minute, cached in ``~/.cache/YoWASP``), a build
-then takes well under a minute.
+of the full design then takes one to five minutes (nextpnr fills a UP5K).
 """
 
 import json
@@ -14,18 +16,16 @@ import subprocess
 import sys
 
 import pytest
+from amaranth.hdl import Fragment, Instance, Module
+from amaranth.lib import io, stream, wiring
+from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 from ziphalp.hw import build as hwbuild
-from ziphalp.hw.icebreaker import (
-    CLK_IN_HZ,
-    ICEBreakerTop,
-    PLLConfig,
-    ResetHold,
-    clock_plan,
-    ice40_pll,
-    uart_divisor,
-)
+from ziphalp.hw import toolchain
+from ziphalp.hw.ice40 import ICE40, ICE40PLL, SB_MAC16, ICE40PLLConfig, ice40_pll
+from ziphalp.hw.icebreaker import CLK_IN_HZ, ICEBreakerTop
 from ziphalp.hw.params import BOARD_PARAMS, EngineParams
+from ziphalp.hw.top import BoardPins, BoardTop, ClockGenerator, ResetHold, uart_divisor
 
 # --- PLL -------------------------------------------------------------------------------
 
@@ -39,7 +39,7 @@ def test_pll_48mhz():
 
 @pytest.mark.parametrize("mhz", [20, 24, 30, 33, 36, 42, 48, 50, 54, 60, 72, 100, 133, 200, 250])
 def test_pll_matches_icepll(mhz):
-    icepll = hwbuild.find_tool("yowasp-icepll")
+    icepll = toolchain.find_tool("yowasp-icepll")
     if icepll is None:
         pytest.skip("yowasp-icepll not installed")
     text = subprocess.run([icepll, "-q", "-i", "12", "-o", str(mhz), "-f", "-"],
@@ -79,9 +79,9 @@ def test_pll_tolerance():
 ])
 def test_pll_check(fields, match):
     good = {"f_in_hz": CLK_IN_HZ, "divr": 0, "divf": 63, "divq": 4, "filter_range": 1}
-    PLLConfig(**good).check()
+    ICE40PLLConfig(**good).check()
     with pytest.raises(ValueError, match=match):
-        PLLConfig(**(good | fields)).check()
+        ICE40PLLConfig(**(good | fields)).check()
 
 
 # --- UART divisor ----------------------------------------------------------------------
@@ -148,37 +148,79 @@ def test_reset_hold():
 # --- top level -------------------------------------------------------------------------
 
 
-def test_clock_plan_follows_pll():
-    params, pll, divisor = clock_plan(EngineParams(clock_hz=50_000_000))
-    assert params.clock_hz == 50_250_000 == pll.f_out_hz
-    assert divisor == 17
-    params, pll, divisor = clock_plan(EngineParams(), clock_hz=36_000_000)
-    assert params.clock_hz == 36_000_000
-    assert divisor == 12
-    with pytest.raises(ValueError, match="too fast"):
-        clock_plan(EngineParams(), 12_000_000, clock_hz=36_000_000)
-
-
-def test_top_elaborates():
-    """The real top level (UART and board core) converts to RTLIL for the board."""
+def _pll_parameters(clock: ICE40PLL) -> dict:
+    """The SB_PLL40_PAD parameters an iCE40 clock generator elaborates to."""
     from amaranth_boards.icebreaker import ICEBreakerPlatform
 
-    top = ICEBreakerTop(hwbuild.BOARDS["icebreaker"].params)
-    plan = ICEBreakerPlatform().build(top, name="ziphalp", do_build=False)
+    fragment = Fragment.get(clock, ICEBreakerPlatform())
+    (pll,) = [sub for sub, _, _ in fragment.subfragments if isinstance(sub, Instance)]
+    assert pll.type == "SB_PLL40_PAD"
+    return {name: getattr(value, "value", value) for name, value in pll.parameters.items()}
+
+
+def test_top_clock_follows_pll():
+    top = ICEBreakerTop(EngineParams(clock_hz=50_000_000))
+    assert top.params.clock_hz == 50_250_000 == top.clock.f_out_hz
+    assert top.divisor == 17
+    assert top.clock.settings() == {"primitive": "SB_PLL40_PAD", "f_in_hz": CLK_IN_HZ,
+                                    "divr": 0, "divf": 66, "divq": 4, "filter_range": 1,
+                                    "f_out_hz": 50_250_000}
+    assert _pll_parameters(top.clock) == {"FEEDBACK_PATH": "SIMPLE", "PLLOUT_SELECT": "GENCLK",
+                                          "DIVR": 0, "DIVF": 66, "DIVQ": 4, "FILTER_RANGE": 1}
+    top = ICEBreakerTop(EngineParams(), clock_hz=36_000_000)
+    assert top.params.clock_hz == 36_000_000
+    assert top.divisor == 12
+    assert _pll_parameters(top.clock)["DIVF"] == top.clock.config.divf
+
+
+class _Loopback(wiring.Component):
+    """A stand-in board core: every request byte comes back."""
+
+    rx: In(stream.Signature(8))
+    tx: Out(stream.Signature(8))
+
+    def elaborate(self, platform):
+        m = Module()
+        wiring.connect(m, wiring.flipped(self.rx), wiring.flipped(self.tx))
+        return m
+
+
+class _OscillatorClock(ClockGenerator):
+    """A clock generator without a PLL: the oscillator itself, always locked."""
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.osc = osc = io.Buffer("i", platform.request("clk25", 0, dir="-"))
+        m.d.comb += [self.clk.eq(osc.i), self.lock.eq(1)]
+        return m
+
+
+def test_board_top_is_generic():
+    """The generic top elaborates for another family (ECP5) with any clock generator."""
+    from amaranth_boards.ulx3s import ULX3S_85F_Platform
+
+    pins = BoardPins(led_run=("led", 0), led_traffic=("led", 1))
+    top = BoardTop(EngineParams(clock_hz=24_000_000), _OscillatorClock(24_000_000), pins,
+                   core=_Loopback())
+    assert top.params.clock_hz == 24_000_000 and top.divisor == 8
+    with pytest.raises(TypeError, match="needs a platform"):
+        top.elaborate(None)
+    plan = ULX3S_85F_Platform().build(top, name="ziphalp", do_build=False)
     rtlil = plan.files["ziphalp.il"]
-    if isinstance(rtlil, bytes):
-        rtlil = rtlil.decode()
-    assert "SB_PLL40_PAD" in rtlil
-    pcf = plan.files["ziphalp.pcf"]
-    if isinstance(pcf, bytes):
-        pcf = pcf.decode()
-    clock_mhz = hwbuild.BOARDS["icebreaker"].params.clock_hz / 1e6
-    assert f"set_frequency clk {clock_mhz}" in pcf
-    for pin in ("35", "6", "9"):     # oscillator, UART rx, UART tx
-        assert re.search(rf"^set_io \S+ {pin}$", pcf, re.M)
+    rtlil = rtlil.decode() if isinstance(rtlil, bytes) else rtlil
+    assert not re.search(r"cell \\SB_", rtlil)      # no iCE40 primitive
+    assert "uart_rx" in rtlil and "reset_hold" in rtlil
 
 
-# --- command line ----------------------------------------------------------------------
+# --- build targets and command line ----------------------------------------------------
+
+
+def test_targets():
+    target = hwbuild.TARGETS["icebreaker"]
+    assert target.name == "icebreaker"
+    assert target.params == BOARD_PARAMS["icebreaker"]
+    assert target.family is ICE40 and ICE40.dsp is SB_MAC16
+    assert target.top is ICEBreakerTop
 
 
 def test_cli_unknown_board(capsys):
@@ -228,11 +270,31 @@ def test_read_multipliers(tmp_path):
         "    connect \\A \\w\n    connect \\B \\c\n    connect \\Y $1\n  end\n"
         "  cell $mul $m1\n    parameter \\A_WIDTH 4\n    parameter \\B_WIDTH 4\n"
         "    parameter \\Y_WIDTH 8\n    connect \\B 4'0011\n  end\n")
-    muls = hwbuild.read_multipliers(dump)
+    muls = toolchain.read_multipliers(dump)
     assert [m["name"] for m in muls] == ["$m0", "$m1"]
     assert muls[1]["const_b"] and "const_b" not in muls[0]
     # 32x8 splits into two 16x8 blocks; a 4x4 product with an 8-bit result stays in logic.
-    assert hwbuild.expected_dsps(muls) == 2
+    assert toolchain.expected_dsps(muls, SB_MAC16) == 2
+
+
+def _mac16(clk, **params):
+    return {"type": "SB_MAC16", "parameters": params,
+            "connections": {"CLK": clk, "A": [2, 3], "B": [4, "x"]}}
+
+
+def test_check_dsp_cells(tmp_path):
+    registered = {"A_REG": "1", "B_REG": "1", "PIPELINE_16x16_MULT_REG2": "1",
+                  "TOPOUTPUT_SELECT": "01", "BOTOUTPUT_SELECT": "01"}
+    cells = {
+        "bare": _mac16(["0"]),                                  # clock tied off
+        "piped": _mac16([7], **registered),
+        "adder": _mac16([7], **(registered | {"TOPOUTPUT_SELECT": "00"})),
+        "other": {"type": "SB_LUT4", "parameters": {}, "connections": {}},
+    }
+    netlist = tmp_path / "netlist.json"
+    netlist.write_text(json.dumps({"modules": {"top": {"cells": cells}}}))
+    assert toolchain.check_dsp_cells(netlist, SB_MAC16) == {
+        "cells": 3, "undefined_inputs": 3, "unregistered": 1, "comb_output": 1}
 
 
 # --- the real bitstream ----------------------------------------------------------------
@@ -268,7 +330,7 @@ def test_icebreaker_bitstream(tmp_path):
     assert report["fmax_mhz"]["constraint"] == pytest.approx(clock_hz / 1e6, rel=1e-3)
 
     # Parameters and build id are those of the board's engine.
-    params = hwbuild.BOARDS["icebreaker"].params
+    params = hwbuild.TARGETS["icebreaker"].params
     assert report["params"] == {k: getattr(params, k) for k in report["params"]}
     assert report["build_id"] == f"0x{params.build_id:08x}"
 
