@@ -39,6 +39,17 @@ and the narrow dot product ``a_i.z`` (for least squares this is exactly
 range ``2^(b-1) delta`` never falls below ``||g~|| / mu``. When ``g~`` is exactly
 zero the anchor is optimal: the epoch keeps ``z = 0``.
 
+Delayed (stale) HALP, ``delay = tau >= 0``: the gradient of inner step ``u``
+(``u = 0 .. T-1``, counted from the start of the epoch) is taken at the offset of
+``tau`` steps earlier, as in a pipeline whose update of step ``u`` reaches the dot
+product of step ``u + tau + 1``::
+
+    z_{u+1} = Q_delta(z_u - alpha (grad f_i(w~ + z_{u-tau}) - grad f_i(w~) + g~)),
+    z_{u-tau} = z_0 = 0 when u - tau < 0
+
+(the first ``tau`` steps of every epoch see the freshly re-centred model; the L2
+part of the gradient difference is ``l2 z_{u-tau}`` too). ``tau = 0`` is HALP.
+
 Schedules. One epoch of :func:`sgd` / :func:`lp_sgd` is one pass over a fresh
 permutation in batches of ``B`` consecutive samples (the last one possibly
 shorter; the batch gradient is the *mean*, so pass ``alpha * B`` to match
@@ -75,6 +86,7 @@ computed with :func:`ziphalp.host.reference.optimum` on the same data.
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -528,7 +540,8 @@ def halp(features: np.ndarray, labels: np.ndarray, loss: str | object = "squared
          epochs: int = 30, inner: int | None = None, seed: int = 0,
          stochastic: bool = True, power_of_two: bool = False,
          costs: Sequence[float] = (1.0, 1.0), l2: float = 0.0,
-         f_star: float | None = None, model: np.ndarray | None = None) -> Result:
+         f_star: float | None = None, model: np.ndarray | None = None,
+         delay: int = 0) -> Result:
     """Bit-centering SVRG (HALP): wide anchor ``w~`` plus a b-bit offset ``z``.
 
     Each epoch: ``w~ <- w~ + z``; ``g~ = grad f(w~)`` (with the margins
@@ -538,6 +551,14 @@ def halp(features: np.ndarray, labels: np.ndarray, loss: str | object = "squared
     ``Q_delta = quantise(., delta, bits)`` (module docstring). The anchor and
     all arithmetic are float64; only ``z`` is on the grid. An epoch with
     ``g~ = 0`` keeps ``z = 0``.
+
+    With ``delay = tau > 0`` the inner step ``u`` (from 0 in each epoch) is
+
+        ``z_{u+1} = Q_delta(z_u - alpha (grad f_i(w~ + z_{u-tau}) - grad f_i(w~) + g~))``
+
+    with ``z_{u-tau} = z_0 = 0`` for ``u < tau``: the gradient sees the offset of
+    ``tau`` steps earlier (a pipelined inner loop), the update applies to the
+    current one. ``delay = 0`` is the plain HALP step above, with the same results.
 
     Parameters
     ----------
@@ -567,6 +588,9 @@ def halp(features: np.ndarray, labels: np.ndarray, loss: str | object = "squared
         Optimal objective; default from :func:`ziphalp.host.reference.optimum`.
     model : ndarray, shape (d,), optional
         Starting anchor; default zeros.
+    delay : int
+        Staleness ``tau >= 0`` of the offset the inner gradients see, in inner
+        steps; default 0 (HALP).
 
     Returns
     -------
@@ -579,6 +603,9 @@ def halp(features: np.ndarray, labels: np.ndarray, loss: str | object = "squared
     _check(alpha, epochs)
     if not mu > 0 or bits < 2:
         raise ValueError("need mu > 0 and bits >= 2")
+    if isinstance(delay, bool) or int(delay) != delay or delay < 0:
+        raise ValueError(f"need an integer delay >= 0, not {delay!r}")
+    delay = int(delay)
     steps = problem.n if inner is None else int(inner)
     if steps < 1:
         raise ValueError("need at least one inner step")
@@ -598,12 +625,16 @@ def halp(features: np.ndarray, labels: np.ndarray, loss: str | object = "squared
         scales.append(delta)
         order = problem.order(rng, steps)
         u = rng.random((steps, problem.d)) if stochastic else None
+        # past[0] is z_{max(0, u - delay)}: the offsets of the last delay + 1 steps
+        past = deque([z], maxlen=delay + 1)
         if delta > 0:
             for k, i in enumerate(order):
                 ai = a[i]
-                e = problem.error(margins[i] + float(ai @ z), i) - problem.error(margins[i], i)
-                v = z - alpha * (e * ai + l2 * z + g)
+                seen = past[0] if delay else z
+                e = problem.error(margins[i] + float(ai @ seen), i) - problem.error(margins[i], i)
+                v = z - alpha * (e * ai + l2 * seen + g)
                 z, hits = _quantise_count(v, delta, top, u[k] if u is not None else 0.5)
                 saturations += hits
+                past.append(z)
         history.append(problem.entry(epoch, anchor + z))
     return Result(anchor + z, history, problem.f_star, scales, saturations)

@@ -178,3 +178,106 @@ def test_rejects_unsupported_loss(squared_problem):
     a, b, _, _ = squared_problem
     with pytest.raises(ValueError, match="not supported"):
         hr.svrg(a, np.sign(b), "hinge", f_star=1.0)
+
+
+# --- delayed (stale) HALP -----------------------------------------------------------------
+
+
+def transcribed_halp(a, b, loss, bits, epochs, delay, seed=0, inner=None, l2=0.0,
+                     stochastic=True, f_star=None):
+    """HALP's inner step written out from the docstring, keeping every offset of the
+    epoch: ``z_{u+1} = Q(z_u - alpha (grad f_i(w~ + z_{u-tau}) - grad f_i(w~) + g~))``,
+    ``z_{u-tau} = z_0`` for ``u < tau``; the draws in :func:`hr.halp`'s order."""
+    problem = hr._Problem(a, b, loss, (1.0, 1.0), l2, f_star)
+    alpha, mu = problem.default_step(), problem.default_mu()
+    steps = problem.n if inner is None else inner
+    rng = np.random.default_rng(seed)
+    anchor, z = np.zeros(problem.d), np.zeros(problem.d)
+    for _ in range(epochs):
+        anchor = anchor + z
+        z = np.zeros(problem.d)
+        g, margins = problem.full_gradient(anchor)
+        delta = hr.halp_scale(g, mu, bits)
+        order = problem.order(rng, steps)
+        u = rng.random((steps, problem.d)) if stochastic else np.full((steps, problem.d), 0.5)
+        offsets = [z]                                   # z_0, z_1, ...
+        for step, i in enumerate(order):
+            seen = offsets[max(0, step - delay)]
+            e = problem.error(margins[i] + float(a[i] @ seen), i) - problem.error(margins[i], i)
+            z = hr.quantise(z - alpha * (e * a[i] + l2 * seen + g), delta, bits, u[step])
+            offsets.append(z)
+    return anchor + z
+
+
+@pytest.mark.parametrize("loss", ["squared", "logistic"])
+@pytest.mark.parametrize("delay", [0, 3])
+def test_halp_delay_matches_the_formula(squared_problem, logistic_problem, loss, delay):
+    a, b, _, f = squared_problem if loss == "squared" else logistic_problem
+    for stochastic, inner, l2 in [(True, None, 0.0), (False, 57, 0.01)]:
+        expected = transcribed_halp(a, b, loss, 8, 3, delay, seed=2, inner=inner, l2=l2,
+                                    stochastic=stochastic, f_star=f)
+        got = hr.halp(a, b, loss, bits=8, epochs=3, seed=2, inner=inner, l2=l2,
+                      stochastic=stochastic, f_star=f, delay=delay)
+        assert np.array_equal(got.model, expected)          # exact, not approximate
+
+
+@pytest.mark.parametrize("loss", ["squared", "logistic"])
+def test_halp_delay_zero_is_the_default(squared_problem, logistic_problem, loss):
+    a, b, _, f = squared_problem if loss == "squared" else logistic_problem
+    for bits in (8, 4):
+        plain = hr.halp(a, b, loss, bits=bits, epochs=5, seed=4, f_star=f)
+        zero = hr.halp(a, b, loss, bits=bits, epochs=5, seed=4, f_star=f, delay=0)
+        assert np.array_equal(plain.model, zero.model)
+        assert plain.history == zero.history
+        assert plain.scales == zero.scales and plain.saturations == zero.saturations
+
+
+def test_halp_delay_4_converges_linearly_least_squares(squared_problem):
+    """The well-conditioned least squares problem (n = 200, d = 10, features uniform in
+    [-1, 1], noise 0.1), 8-bit offsets, default step and mu: a delay of 4 inner steps
+    keeps the linear rate, to a relative suboptimality below 1e-8 within 30 epochs."""
+    a, b, _, f = squared_problem
+    result = hr.halp(a, b, "squared", bits=8, epochs=EPOCHS, f_star=f, delay=4)
+    s = suboptimality(result)
+    assert s[-1] < 1e-8
+    assert result.epochs_to(1e-8) <= 15
+    assert result.epochs_to(1e-4) <= 8
+    assert result.scales[-1] < 1e-3 * result.scales[0]
+
+
+def test_halp_delay_is_used(squared_problem):
+    """At four times the default step, HALP without delay converges; with the gradients
+    32 steps stale it diverges."""
+    a, b, _, f = squared_problem
+    alpha = 4 * hr.default_step(a, b, "squared")
+    fresh = hr.halp(a, b, "squared", bits=8, alpha=alpha, epochs=EPOCHS, f_star=f)
+    stale = hr.halp(a, b, "squared", bits=8, alpha=alpha, epochs=EPOCHS, f_star=f, delay=32)
+    assert suboptimality(fresh)[-1] < 1e-8
+    assert suboptimality(stale)[-1] > 1.0
+    assert stale.saturations > fresh.saturations
+
+
+def test_halp_delay_beyond_the_epoch_freezes_the_gradient(squared_problem):
+    """With ``delay >= T`` every inner gradient is taken at the anchor: an epoch is T steps
+    ``z <- Q(z - alpha g~)`` (nearest rounding here)."""
+    a, b, _, f = squared_problem
+    inner, bits = 50, 8
+    result = hr.halp(a, b, "squared", bits=bits, epochs=1, inner=inner, delay=inner,
+                     stochastic=False, f_star=f)
+    g = a.T @ (0.0 - b) / len(b)                        # grad f(0), the first anchor
+    alpha = hr.default_step(a, b, "squared")
+    delta = hr.halp_scale(g, hr.default_mu(a, b, "squared"), bits)
+    z = np.zeros(a.shape[1])
+    for _ in range(inner):
+        z = hr.quantise(z - alpha * g, delta, bits)
+    assert np.allclose(result.model, z, rtol=0, atol=1e-12 * delta)
+    assert not np.allclose(result.model, hr.halp(a, b, "squared", bits=bits, epochs=1,
+                                                 inner=inner, stochastic=False,
+                                                 f_star=f).model)
+
+
+@pytest.mark.parametrize("delay", [-1, 1.5, True])
+def test_halp_rejects_bad_delay(squared_problem, delay):
+    a, b, _, f = squared_problem
+    with pytest.raises(ValueError, match="delay"):
+        hr.halp(a, b, "squared", epochs=1, f_star=f, delay=delay)
