@@ -44,6 +44,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from ziphalp.hw.params import LOSS_NAMES
 
 from .data import Dataset, Normalised, normalise
 from .levels import sample_intervals
@@ -66,8 +67,9 @@ __all__ = [
     "sklearn_model",
 ]
 
-#: Loss names, in the order of the engine's ``Loss`` codes.
-LOSSES = ("squared", "logistic", "hinge", "squared_hinge")
+#: Loss names, in the order of the engine's ``Loss`` codes (``ziphalp.hw.params.LOSS_NAMES``
+#: with ``_`` for ``-``).
+LOSSES = tuple(name.replace("-", "_") for name in LOSS_NAMES.values())
 
 #: ``quantiser(samples, rng) -> (q1, q2)``: low-precision copies of ``samples``
 #: (same shape), ``q1`` for the dot product and ``q2`` for the gradient.

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
+from ziphalp.hw import params as hw_params
 from ziphalp.hw import protocol
 from ziphalp.hw.params import (
     BOARD_PARAMS,
@@ -40,6 +41,7 @@ from ziphalp.hw.params import (
     L2_SHIFT_MAX,
     LABEL,
     LOG_FRAC,
+    LOSS_NAMES,
     OFFSET_BITS,
     SCALE_LOG_BITS,
     SHIFT_MAX,
@@ -77,11 +79,11 @@ DEFAULTS = {"epochs": 30, "step": 2.0 ** -9, "batch": 8, "seed": 0, "bits": 4,
 SAMPLINGS = quantize.SAMPLINGS
 LEVEL_KINDS = ("uniform", "optimal")
 #: Loss names (``-`` spelling), in the order of the engine's ``Loss`` codes.
-LOSSES = tuple(name.replace("_", "-") for name in reference.LOSSES)
+LOSSES = tuple(LOSS_NAMES.values())
 #: Training algorithms: mini-batch SGD (ZipML) or bit-centering SVRG (HALP).
 ALGOS = ("sgd", "halp")
 #: Losses of the engine's HALP mode.
-HALP_LOSSES = ("squared", "logistic")
+HALP_LOSSES = tuple(LOSS_NAMES[loss] for loss in hw_params.HALP_LOSSES)
 #: HALP defaults: the offset width (and data precision) ``bits``. The step is
 #: derived from the data (see :func:`train`), ``mu`` by :func:`halp_default_mu`
 #: and the inner loop has ``n`` steps.
