@@ -8,7 +8,6 @@ waits for its reply; every failure becomes a :class:`BoardError`.
 
 from __future__ import annotations
 
-import operator
 import struct
 import time
 from collections.abc import Sequence
@@ -18,18 +17,7 @@ from typing import Self
 import numpy as np
 import serial
 from ziphalp.hw import protocol
-from ziphalp.hw.params import (
-    COST_BITS,
-    COST_ONE,
-    L2_SHIFT_MAX,
-    LEVEL,
-    OFFSET_BITS,
-    SCALE_LOG_BITS,
-    SHIFT_MAX,
-    EngineParams,
-    Loss,
-    Phase,
-)
+from ziphalp.hw.params import LEVEL, EngineParams
 from ziphalp.hw.protocol import Command, Status
 
 __all__ = ["BAUDRATE", "ArgumentError", "Board", "BoardError"]
@@ -50,17 +38,6 @@ class ArgumentError(BoardError, ValueError):
     Raised before anything is sent; it is both a :class:`BoardError` and a
     :class:`ValueError`.
     """
-
-
-def _integer(cmd: Command, name: str, value, low: int, high: int, where: str = "") -> int:
-    """``value`` as an int, checked to lie in ``low..high``, else :class:`ArgumentError`."""
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise ArgumentError(f"{cmd.name}: {name} must be an integer, not {value!r}") from None
-    if not low <= value <= high:
-        raise ArgumentError(f"{cmd.name}: {name} must be {low}..{high}{where}, not {value}")
-    return value
 
 
 class Board:
@@ -122,18 +99,8 @@ class Board:
     @property
     def params(self) -> EngineParams:
         """The engine parameters the board reports, as :class:`EngineParams`."""
-        i = self.identity
         try:
-            if bool(i.options & protocol.Options.HALP) != (i.halp_samples > 0):
-                raise ValueError(f"HALP option {bool(i.options & protocol.Options.HALP)} "
-                                 f"with halp_samples {i.halp_samples}")
-            return EngineParams(beat_bits=i.beat_bits, lanes=i.lanes, max_k=i.max_k,
-                                max_features=i.max_features, max_batch=i.max_batch,
-                                model_bits=i.model_bits, model_frac=i.model_frac,
-                                frame_bytes=i.frame_bytes, clock_hz=i.clock_hz,
-                                class_costs=bool(i.options & protocol.Options.CLASS_COSTS),
-                                l2_decay=bool(i.options & protocol.Options.L2_DECAY),
-                                halp_samples=i.halp_samples)
+            return self.identity.params()
         except ValueError as e:
             raise BoardError(f"the board on {self.url} reports impossible parameters: "
                              f"{e}") from None
@@ -150,11 +117,7 @@ class Board:
         """Entries of the board's largest level table, ``2**max_k + 1``."""
         return (1 << self.identity.max_k) + 1
 
-    def configure(self, features: int, batch: int, shift: int, k: int = 8,
-                  double: bool = True, loss: Loss = Loss.SQUARED, l2_shift: int = 0,
-                  cost_pos: int = COST_ONE, cost_neg: int = COST_ONE, *,
-                  phase: Phase = Phase.SGD, offset_bits: int = 8, scale_log: int = 0,
-                  seed: int = 0, stochastic: bool = False) -> None:
+    def configure(self, features: int, batch: int, shift: int, **fields) -> None:
         """Set the run-time configuration (``CONFIGURE``).
 
         In the SGD phase: clear the gradient and the batch position. The HALP
@@ -166,98 +129,31 @@ class Board:
 
         Parameters
         ----------
-        features : int
-            d, 1..``max_features`` of the board.
-        batch : int
-            Mini-batch size, 1..``max_batch`` of the board.
-        shift : int
-            Step size ``2**-shift``, 0..``SHIFT_MAX``. In ``Phase.FULL`` it scales
-            the sum with the costs (``ceil(log2 n)`` for ``n`` samples).
-        k : int
-            Precision, 1..``max_k`` of the board: features are fields of ``k + 1 +
-            double`` bits over the levels ``l_0 .. l_{2**k}`` of the level table
-            (:meth:`load_levels`).
-        double : bool
-            Double sampling (a field carries two roundings of the value).
-        loss : Loss
-            The loss whose gradient the engine follows (squared or logistic in
-            the HALP phases).
-        l2_shift : int
-            L2 decay ``w >> l2_shift`` subtracted at each update, 1..``L2_SHIFT_MAX``;
-            0 turns it off.
-        cost_pos, cost_neg : int
-            Cost of the positive and of the negative class, 0..255 with
-            ``COST_FRAC`` fraction bits (64 is 1.0). In ``Phase.FULL`` both are
-            ``round(2**(COST_FRAC + shift) / n)``.
-        phase : Phase
-            ``SGD``, or a HALP phase (``FULL``, ``INNER``) on a board built with HALP.
-        offset_bits : int
-            HALP offset width b, 2..``OFFSET_BITS``.
-        scale_log : int
-            HALP grid scale, int16: ``round(2**LOG_FRAC * log2(mu * (2**(b-1) - 1)))``.
-        seed : int
-            Seed of the PRNG lanes (u32), applied by ``Phase.INNER``.
-        stochastic : bool
-            Stochastic rounding of the offset (else round to nearest).
+        features, batch, shift : int
+            d (1..``max_features`` of the board), the mini-batch size
+            (1..``max_batch``) and the step size ``2**-shift``.
+        **fields
+            Any other field of :data:`ziphalp.hw.protocol.CONFIGURE` by name (``k``,
+            ``double``, ``loss``, ``phase``, ``stochastic``, ``l2_shift``,
+            ``cost_pos``, ``cost_neg``, ``offset_bits``, ``scale_log``, ``seed``);
+            the table gives each one's meaning, range and default
+            (``print(protocol.CONFIGURE.describe())``).
 
         Raises
         ------
         ArgumentError
-            An argument out of range, or a HALP phase the board does not run
-            (nothing is sent).
+            An unknown field, a value out of range, a field the board is built
+            without (a value other than its default), or a HALP phase with a loss
+            it does not run (nothing is sent).
         BoardError
             The board refused the configuration or could not be reached.
         """
-        cmd, identity = Command.CONFIGURE, self.identity
-        board = f" on the board on {self.url}"
-        features = _integer(cmd, "features", features, 1, identity.max_features, board)
-        batch = _integer(cmd, "batch", batch, 1, identity.max_batch, board)
-        shift = _integer(cmd, "shift", shift, 0, SHIFT_MAX)
-        k = _integer(cmd, "k", k, 1, identity.max_k, board)
-        if double not in (0, 1):
-            raise ArgumentError(f"CONFIGURE: double must be a bool, not {double!r}")
         try:
-            loss = Loss(loss)
-        except ValueError:
-            raise ArgumentError(f"CONFIGURE: loss must be a Loss "
-                                f"({', '.join(member.name for member in Loss)}), "
-                                f"not {loss!r}") from None
-        l2_shift = _integer(cmd, "l2_shift", l2_shift, 0, L2_SHIFT_MAX)
-        cost_pos = _integer(cmd, "cost_pos", cost_pos, 0, (1 << COST_BITS) - 1)
-        cost_neg = _integer(cmd, "cost_neg", cost_neg, 0, (1 << COST_BITS) - 1)
-        try:
-            phase = Phase(phase)
-        except ValueError:
-            raise ArgumentError(f"CONFIGURE: phase must be a Phase "
-                                f"({', '.join(member.name for member in Phase)}), "
-                                f"not {phase!r}") from None
-        offset_bits = _integer(cmd, "offset_bits", offset_bits, 2, OFFSET_BITS)
-        half = 1 << (SCALE_LOG_BITS - 1)
-        scale_log = _integer(cmd, "scale_log", scale_log, -half, half - 1)
-        seed = _integer(cmd, "seed", seed, 0, (1 << 32) - 1)
-        if stochastic not in (0, 1):
-            raise ArgumentError(f"CONFIGURE: stochastic must be a bool, not {stochastic!r}")
-        options = self.identity.options
-        if l2_shift and not options & protocol.Options.L2_DECAY:
-            raise ArgumentError(f"CONFIGURE: the engine on {self.url} is built without the "
-                                "L2 decay (l2_shift must be 0)")
-        costs_built = options & protocol.Options.CLASS_COSTS
-        if (cost_pos, cost_neg) != (COST_ONE, COST_ONE) and not costs_built:
-            raise ArgumentError(f"CONFIGURE: the engine on {self.url} is built without class "
-                                "costs (both costs must be 1.0)")
-        if phase != Phase.SGD:
-            if not options & protocol.Options.HALP:
-                raise ArgumentError(f"CONFIGURE: the engine on {self.url} is built without "
-                                    f"HALP mode (phase {phase.name} needs it; use SGD)")
-            if loss not in (Loss.SQUARED, Loss.LOGISTIC):
-                raise ArgumentError(f"CONFIGURE: phase {phase.name} runs the SQUARED or the "
-                                    f"LOGISTIC loss, not {loss.name}")
-        mode = (protocol.MODE_DOUBLE * bool(double) | int(loss) << protocol.MODE_LOSS_SHIFT
-                | int(phase) << protocol.MODE_PHASE_SHIFT
-                | protocol.MODE_STOCHASTIC * bool(stochastic))
-        self._expect_empty(cmd, protocol.CONFIGURE_FORMAT.pack(
-            features, batch, shift, k, mode, l2_shift, cost_pos, cost_neg, offset_bits,
-            scale_log, seed))
+            config = protocol.Configure(features, batch, shift, **fields)
+            config = config.check(self.identity, board=f"the board on {self.url}")
+        except (TypeError, ValueError) as e:
+            raise ArgumentError(f"CONFIGURE: {e}") from None
+        self._expect_empty(Command.CONFIGURE, config.pack())
 
     def load_levels(self, levels: Sequence[int] | np.ndarray) -> None:
         """Load the level table: ``n`` ``LEVEL`` words ``l_0 .. l_{n-1}``.

@@ -6,16 +6,18 @@ and the engine ``In(control_signature(p))``; ``wiring.connect`` joins them.
 Members
 -------
 ``beats``        stream of W-bit beats with a ``flush`` bit. Per sample: one label
-                 beat (label in the low ``LABEL.bits`` bits) then
-                 ``ceil(features / lanes)`` feature beats. ``flush`` on any beat
-                 ends the mini-batch with the sample that holds it.
-``features``     d, 1..max_features; ``batch`` B, 1..max_batch; ``shift`` step
-                 shift 0..SHIFT_MAX; ``k`` precision 1..max_k; ``double``
-                 double sampling; ``loss`` a ``Loss``; ``l2_shift`` 0..L2_SHIFT_MAX;
-                 ``cost_pos``/``cost_neg`` class costs. Held stable from
-                 ``start`` on while samples stream; the link checks the ranges.
-``phase``        a ``Phase``; ``stochastic``, ``offset_bits``, ``scale_log``, ``seed``:
-                 the HALP fields of ``CONFIGURE`` (``ziphalp.hw.params``).
+                 beat (label in the low ``LABEL.bits`` bits) then ``ceil(features /
+                 K)`` feature beats, ``K = p.values_per_beat(k, double)`` the
+                 values a beat carries at the run-time precision and sampling
+                 mode. ``flush`` on any beat ends the mini-batch with the sample
+                 that holds it.
+configuration    one member per field of ``protocol.CONFIGURE``, of the same name
+                 (``features``, ``batch``, ``shift``, ``k``, ``double``, ``loss``,
+                 ``phase``, ``stochastic``, ``l2_shift``, ``cost_pos``,
+                 ``cost_neg``, ``offset_bits``, ``scale_log``, ``seed``), just wide
+                 enough for the field's valid range in this build (the table says
+                 what each means). Held stable from ``start`` on while samples
+                 stream; the link checks the ranges.
 ``start``        one-cycle strobe: clear the gradient buffer and the sample and
                  batch position (SGD), re-centre (HALP full pass) or choose the
                  offset grid (HALP inner loop). The engine is busy (``idle`` low)
@@ -34,46 +36,32 @@ Members
                  ``update_done`` one per model update (batch end).
 """
 
-from amaranth.hdl import signed
+from amaranth.hdl import Shape, signed
 from amaranth.lib import data, stream
 from amaranth.lib.wiring import In, Out, Signature
 
-from .params import (
-    COST_BITS,
-    L2_SHIFT_MAX,
-    LEVEL,
-    OFFSET_BITS,
-    SCALE_LOG_BITS,
-    SHIFT_MAX,
-    EngineParams,
-    Loss,
-    Phase,
-)
+from .params import LEVEL, EngineParams
+from .protocol import CONFIGURE, Field
 
-__all__ = ["beat_layout", "control_signature"]
+__all__ = ["beat_layout", "config_shape", "control_signature"]
 
 
 def beat_layout(p: EngineParams) -> data.StructLayout:
+    """A beat on the engine's input: ``beat_bits`` of data and the ``flush`` bit."""
     return data.StructLayout({"data": p.beat_bits, "flush": 1})
 
 
+def config_shape(field: Field, p: EngineParams) -> range | Shape:
+    """The control member of a CONFIGURE field: wide enough for its range in this build."""
+    values = field.values(p)
+    return range(values.stop) if values.start >= 0 else Shape.cast(values)
+
+
 def control_signature(p: EngineParams) -> Signature:
+    """The link's side of the engine's control interface (module docstring)."""
     return Signature({
         "beats": Out(stream.Signature(beat_layout(p))),
-        "features": Out(range(p.max_features + 1)),
-        "batch": Out(range(p.max_batch + 1)),
-        "shift": Out(range(SHIFT_MAX + 1)),
-        "k": Out(range(p.max_k + 1)),
-        "double": Out(1),
-        "loss": Out(range(len(Loss))),
-        "l2_shift": Out(range(L2_SHIFT_MAX + 1)),
-        "cost_pos": Out(COST_BITS),
-        "cost_neg": Out(COST_BITS),
-        "phase": Out(range(len(Phase))),
-        "stochastic": Out(1),
-        "offset_bits": Out(range(OFFSET_BITS + 1)),
-        "scale_log": Out(signed(SCALE_LOG_BITS)),
-        "seed": Out(32),
+        **{field.name: Out(config_shape(field, p)) for field in CONFIGURE.fields},
         "start": Out(1),
         "idle": In(1),
         "model_word": Out(range(p.bank_depth)),

@@ -1,7 +1,14 @@
 """The host <-> board link protocol: one source of truth for gateware and host.
 
 It must not import Amaranth: the host driver imports it without a hardware
-toolchain, and the gateware (``ziphalp.hw.link``) takes its constants from here.
+toolchain. Each payload with fields is declared once, as a :class:`Message`
+table (:data:`CONFIGURE`, :data:`IDENTIFY`, :data:`STATUS`,
+:data:`MODEL_HEADER`): name, struct code or width, meaning and valid range of
+every field. The struct formats, the host's records (:class:`Configure`,
+:class:`Identity`, :class:`Counters`) with their ``pack``, ``unpack`` and range
+checks, the gateware's payload layouts (``ziphalp.hw.link_messages``), its
+checks of CONFIGURE (``ziphalp.hw.link_check``), the engine's control members
+(``ziphalp.hw.control``) and the test doubles are all derived from these tables.
 
 Framing
 -------
@@ -25,28 +32,23 @@ bytes is dropped and answered with ``TIMEOUT``.
 
 Commands
 --------
-``IDENTIFY``      no payload. Reply: :data:`IDENTIFY_FORMAT`.
-``CONFIGURE``     :data:`CONFIGURE_FORMAT`: features d, batch B, step shift,
-                  precision k, mode (bit 0: double sampling; bits 1-2: the
-                  :class:`~ziphalp.hw.params.Loss`; bits 3-4: the
-                  :class:`~ziphalp.hw.params.Phase`; bit 5: stochastic rounding
-                  of the HALP offset; bits 6-7 zero), L2 decay shift (0: off),
-                  cost of the positive and of the negative class (``COST_FRAC``
-                  fraction bits), HALP offset width b (2..``OFFSET_BITS``),
-                  ``scale_log`` (int16) and the PRNG ``seed`` (u32); the HALP
-                  fields are ignored in the SGD phase and must still be in
-                  range. SGD: clears the gradient buffer and the sample/batch
-                  position; the HALP phases do what ``ziphalp.hw.params`` says.
-                  A HALP phase on a build without HALP, or with a loss other
-                  than squared or logistic, is ``ARGUMENT``. Reply: empty.
+``IDENTIFY``      no payload. Reply: :data:`IDENTIFY`.
+``CONFIGURE``     :data:`CONFIGURE`. Every field must be in its range (the table's,
+                  the build's where it says so) and the mode byte's reserved bits
+                  zero; a build without an option takes only the field's default
+                  there; a HALP phase runs a loss of ``HALP_LOSSES`` only. The HALP
+                  fields are ignored in the SGD phase and must still be in range.
+                  SGD: clears the gradient buffer and the sample/batch position;
+                  the HALP phases do what ``ziphalp.hw.params`` says. A bad field
+                  is ``ARGUMENT``. Reply: empty.
 ``LOAD_LEVELS``   ``n`` int16 levels ``l_0 .. l_{n-1}`` (``LEVEL`` words, each within
                   the ``LEVEL`` range), 2 <= n <= ``2**max_k + 1``: the level
                   table (precision k uses ``l_0 .. l_{2**k}``). Kept across
                   ``CONFIGURE``. A payload of other than 2..``2**max_k + 1``
                   whole int16s is ``LENGTH``, a level out of range ``ARGUMENT``.
                   Reply: empty.
-``LOAD_MODEL``    ``start:u16, 0:u16`` then ``count`` int32 weights. Reply: empty.
-``READ_MODEL``    ``start:u16, count:u16``. Reply: ``count`` int32 weights.
+``LOAD_MODEL``    :data:`MODEL_HEADER` (``count`` 0) then int32 weights. Reply: empty.
+``READ_MODEL``    :data:`MODEL_HEADER`. Reply: ``count`` int32 weights.
 ``STREAM``        whole beats (a multiple of ``beat_bits // 8`` bytes): per
                   sample one label beat (label in the low 16 bits) then
                   ``ceil(d / K)`` feature beats of packed fields (the layout is
@@ -56,22 +58,41 @@ Commands
                   holds the frame's last beat (the model is updated even if the
                   batch is not full). Reply: empty.
 ``STATUS``        optional ``flags:u8`` (bit 0: clear counters and sticky flags
-                  after reading). Reply: :data:`STATUS_FORMAT`.
+                  after reading). Reply: :data:`STATUS`.
 """
 
 from __future__ import annotations
 
 import binascii
+import dataclasses
+import operator
 import struct
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from enum import IntEnum, IntFlag
+from enum import Enum, IntEnum, IntFlag
+from typing import Any, ClassVar, Protocol, Self
+
+from .params import (
+    COST_BITS,
+    COST_ONE,
+    HALP_LOSSES,
+    L2_SHIFT_MAX,
+    OFFSET_BITS,
+    SCALE_LOG_BITS,
+    SHIFT_MAX,
+    EngineParams,
+    Loss,
+    Phase,
+    clog2,
+)
 
 __all__ = [
-    "VERSION", "SYNC", "MAGIC", "Command", "Status", "StatusFlags", "Options",
-    "IDENTIFY_FORMAT", "CONFIGURE_FORMAT", "MODE_DOUBLE", "MODE_LOSS_SHIFT", "MODE_PHASE_SHIFT",
-    "MODE_STOCHASTIC", "STATUS_FORMAT",
-    "MODEL_HEADER_FORMAT",
-    "crc16", "encode_request", "encode_reply", "Identity", "Counters",
+    "VERSION", "SYNC", "MAGIC", "TIMEOUT_BYTES_TIME", "Command", "Status", "StatusFlags",
+    "Options", "Field", "Bits", "Fixed", "Message", "Record",
+    "CONFIGURE", "IDENTIFY", "STATUS", "MODEL_HEADER", "Configure", "Identity", "Counters",
+    "CONFIGURE_FORMAT", "IDENTIFY_FORMAT", "STATUS_FORMAT", "MODEL_HEADER_FORMAT",
+    "MODE_DOUBLE", "MODE_LOSS_SHIFT", "MODE_PHASE_SHIFT", "MODE_STOCHASTIC", "COUNTER_BITS",
+    "crc16", "encode_request", "encode_reply",
 ]
 
 #: Protocol version, reported by ``IDENTIFY``.
@@ -123,6 +144,10 @@ class Options(IntFlag):
     L2_DECAY = 0x02     # an L2 decay shift other than 0
     HALP = 0x04         # the HALP phases (bit-centering SVRG)
 
+    def describe(self) -> str:
+        return {Options.CLASS_COSTS: "class costs", Options.L2_DECAY: "the L2 decay",
+                Options.HALP: "HALP mode"}[self]
+
 
 class StatusFlags(IntFlag):
     OVERFLOW = 0x01    # sticky: a model update saturated
@@ -130,26 +155,403 @@ class StatusFlags(IntFlag):
     CONFIGURED = 0x04  # CONFIGURE has been accepted since reset
 
 
-#: magic, version, options, beat_bits, lanes, max_k, max_features,
-#: max_batch, model_bits, model_frac, frame_bytes, clock_hz, build_id, halp_samples
-IDENTIFY_FORMAT = struct.Struct("<4sBBHBBHHBBHIIH")
-#: features, batch, shift, k, mode, l2_shift, cost_pos, cost_neg, offset_bits,
-#: scale_log, seed
-CONFIGURE_FORMAT = struct.Struct("<HHBBBBBBBhI")
-#: bit 0 of the CONFIGURE mode byte: double sampling; bits 1-2: the loss;
-#: bits 3-4: the phase; bit 5: stochastic rounding of the HALP offset
-MODE_DOUBLE = 0x01
-MODE_LOSS_SHIFT = 1
-MODE_PHASE_SHIFT = 3
-MODE_STOCHASTIC = 0x20
-#: start index, then (LOAD_MODEL) a reserved zero u16 or (READ_MODEL) a count
-MODEL_HEADER_FORMAT = struct.Struct("<HH")
-#: flags, 3 reserved, cycles (engine busy cycles), samples, beats, updates,
-#: frames accepted, frames rejected
-STATUS_FORMAT = struct.Struct("<B3xQIIIHH")
+class Build(Protocol):
+    """What a range may depend on: ``EngineParams`` or an ``Identity`` alike."""
+
+    max_features: int
+    max_batch: int
+    max_k: int
+    options: int
+
+
+# --- field tables ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Field:
+    """One integer field of a message.
+
+    Parameters
+    ----------
+    name : str
+        The record's attribute; for CONFIGURE also the engine's control member
+        (``ziphalp.hw.control``) and the golden model's keyword.
+    code : str or int
+        Struct code of a whole field (``"B"``, ``"H"``, ``"h"``, ``"I"``, ``"Q"``),
+        or the width in bits of a field of a :class:`Bits` byte.
+    meaning : str
+        What it holds.
+    valid : range, callable or None
+        The values a board takes: a range, a function of the :class:`Build` that
+        gives one (the range is the build's), or None: every value the field holds
+        (an enum: its members).
+    kind : type
+        The value's type in a record: ``int``, ``bool`` or an enum.
+    default : optional
+        The value the host sends when it is not given (None: always given).
+    needs : Options, optional
+        A build without this option takes ``default`` only.
+    """
+
+    name: str
+    code: str | int
+    meaning: str
+    valid: range | Callable[[Build], range] | None = None
+    kind: type = int
+    default: Any = None
+    needs: Options | None = None
+
+    @property
+    def bits(self) -> int:
+        """Width on the wire."""
+        return self.code if isinstance(self.code, int) else 8 * struct.calcsize(self.code)
+
+    @property
+    def signed(self) -> bool:
+        return isinstance(self.code, str) and self.code.islower()
+
+    @property
+    def per_build(self) -> bool:
+        """The range depends on the build."""
+        return callable(self.valid)
+
+    def values(self, build: Build | None = None) -> range:
+        """The values a board (``build``; needed if :attr:`per_build`) takes,
+        before the build's options restrict them."""
+        if self.per_build:
+            return self.valid(build)
+        if self.valid is not None:
+            return self.valid
+        if issubclass(self.kind, Enum):
+            assert [int(member) for member in self.kind] == list(range(len(self.kind)))
+            return range(len(self.kind))
+        low = -(1 << (self.bits - 1)) if self.signed else 0
+        return range(low, low + (1 << self.bits))
+
+    def cast(self, value) -> Any:
+        """``value`` as :attr:`kind`, or ValueError naming the field."""
+        if self.kind is bool:
+            if value not in (0, 1):
+                raise ValueError(f"{self.name} must be a bool, not {value!r}")
+            return bool(value)
+        if issubclass(self.kind, IntFlag):
+            return self.kind(operator.index(value))
+        if issubclass(self.kind, Enum):
+            try:
+                return self.kind(value)
+            except ValueError:
+                names = ", ".join(member.name for member in self.kind)
+                raise ValueError(f"{self.name} must be a {self.kind.__name__} ({names}), "
+                                 f"not {value!r}") from None
+        try:
+            return operator.index(value)
+        except TypeError:
+            raise ValueError(f"{self.name} must be an integer, not {value!r}") from None
+
+
+@dataclass(frozen=True)
+class Bits:
+    """One byte of bit fields, the first :class:`Field` in the low bits; the bits
+    above the last are reserved and zero."""
+
+    name: str
+    fields: tuple[Field, ...]
+    code: ClassVar[str] = "B"
+
+    def __post_init__(self):
+        assert sum(f.bits for f in self.fields) <= 8, f"{self.name}: more than a byte"
+
+    def offset(self, name: str) -> int:
+        """Position of field ``name``'s low bit."""
+        offset = 0
+        for f in self.fields:
+            if f.name == name:
+                return offset
+            offset += f.bits
+        raise KeyError(name)
+
+
+@dataclass(frozen=True)
+class Fixed:
+    """Bytes of a fixed value (``value``), or reserved zero padding (``value`` None)."""
+
+    name: str
+    code: str
+    value: bytes | None = None
+
+
+class Message:
+    """The field table of one payload, and what is derived from it.
+
+    Parameters
+    ----------
+    name : str
+        For messages: CONFIGURE, IDENTIFY, ...
+    items : sequence of Field, Bits or Fixed
+        The payload in wire order.
+
+    Attributes
+    ----------
+    format : struct.Struct
+    size : int
+        Bytes of the payload.
+    fields : tuple of Field
+        The record's fields in wire order, those of a :class:`Bits` byte in place.
+    groups : dict
+        Field name to the name of the :class:`Bits` byte it is in (None: a whole field).
+    """
+
+    def __init__(self, name: str, items: Sequence[Field | Bits | Fixed]):
+        self.name, self.items = name, tuple(items)
+        self.format = struct.Struct("<" + "".join(item.code for item in self.items))
+        self.size = self.format.size
+        self.fields, self.groups = (), {}
+        for item in self.items:
+            if isinstance(item, Fixed):
+                continue
+            inner = item.fields if isinstance(item, Bits) else (item,)
+            self.fields += inner
+            self.groups.update((f.name, item.name if isinstance(item, Bits) else None)
+                               for f in inner)
+
+    def field(self, name: str) -> Field:
+        return next(f for f in self.fields if f.name == name)
+
+    def item(self, name: str) -> Field | Bits | Fixed:
+        return next(item for item in self.items if item.name == name)
+
+    def byte_offset(self, name: str) -> int:
+        """Where item ``name`` starts in the payload."""
+        before = self.items[:self.items.index(self.item(name))]
+        return struct.calcsize("<" + "".join(item.code for item in before))
+
+    def record_fields(self) -> list[tuple]:
+        """Fields for ``dataclasses.make_dataclass``: wire order, defaults keyword-only."""
+        return [(f.name, f.kind) if f.default is None else
+                (f.name, f.kind, dataclasses.field(default=f.default, kw_only=True))
+                for f in self.fields]
+
+    def pack(self, record: Record) -> bytes:
+        values = []
+        for item in self.items:
+            if isinstance(item, Fixed):
+                if item.value is not None:
+                    values.append(item.value)
+                continue
+            if isinstance(item, Field):
+                values.append(int(getattr(record, item.name)))
+                continue
+            byte = 0
+            for f in item.fields:
+                value = int(getattr(record, f.name))
+                if not 0 <= value < 1 << f.bits:
+                    raise ValueError(f"{self.name}: {f.name} {value} does not fit "
+                                     f"{f.bits} bits")
+                byte |= value << item.offset(f.name)
+            values.append(byte)
+        try:
+            return self.format.pack(*values)
+        except struct.error as e:
+            raise ValueError(f"{self.name}: {e}") from None
+
+    def unpack(self, payload: bytes, record: type[Record]) -> Record:
+        """``payload`` as ``record``; ValueError if it has the wrong size, a fixed
+        field another value, a reserved bit set or a value its kind does not take."""
+        if len(payload) != self.size:
+            raise ValueError(f"{self.name} payload has {len(payload)} bytes, "
+                             f"expected {self.size}")
+        values, fields = iter(self.format.unpack(payload)), {}
+        for item in self.items:
+            if isinstance(item, Fixed):
+                if item.value is not None and (got := next(values)) != item.value:
+                    raise ValueError(f"{self.name} has {item.name} {got!r}, "
+                                     f"expected {item.value!r}")
+            elif isinstance(item, Field):
+                fields[item.name] = item.cast(next(values))
+            else:
+                byte = next(values)
+                for f in item.fields:
+                    fields[f.name] = f.cast(byte >> item.offset(f.name) & ((1 << f.bits) - 1))
+                used = sum(f.bits for f in item.fields)
+                if byte >> used:
+                    raise ValueError(f"{self.name}: reserved bits of {item.name} set "
+                                     f"(0x{byte:02x})")
+        return record(**fields)
+
+    def check(self, record: Record, build: Build, board: str = "the board") -> Record:
+        """``record`` with its values cast to their kinds, if ``build`` takes every
+        field; else ValueError saying which field, why, and (for a range of the
+        build or an option) that it is ``board``'s."""
+        values = {}
+        for f in self.fields:
+            value = values[f.name] = f.cast(getattr(record, f.name))
+            span = f.values(build)
+            if value not in span:
+                where = f" on {board}" if f.per_build else ""
+                raise ValueError(f"{f.name} must be {span.start}..{span.stop - 1}{where}, "
+                                 f"not {value}")
+        for f in self.fields:
+            if f.needs and not build.options & f.needs and values[f.name] != f.default:
+                default = getattr(f.default, "name", f.default)
+                raise ValueError(f"{board} is built without {f.needs.describe()} "
+                                 f"({f.name} must be {default})")
+        return dataclasses.replace(record, **values)
+
+    def describe(self) -> str:
+        """The table as text: one line per field (name, bits, range, default, meaning)."""
+        lines = []
+        for f in self.fields:
+            span = "the build's" if f.per_build else f"{f.values().start}..{f.values().stop - 1}"
+            default = getattr(f.default, "name", f.default)
+            default = "" if f.default is None else f", default {default}"
+            lines.append(f"{f.name} ({f.bits} bits, {span}{default}): {f.meaning}")
+        return "\n".join(lines)
+
+
+class Record:
+    """Base of the message records: they pack and unpack by their :class:`Message`."""
+
+    MESSAGE: ClassVar[Message]
+
+    def pack(self) -> bytes:
+        return self.MESSAGE.pack(self)
+
+    @classmethod
+    def unpack(cls, payload: bytes) -> Self:
+        return cls.MESSAGE.unpack(payload, cls)
+
+
+def record(message: Message) -> type:
+    """A frozen dataclass with the fields of ``message``, :class:`Record` methods."""
+    return dataclasses.make_dataclass(f"{message.name.title()}Fields", message.record_fields(),
+                                      bases=(Record,), namespace={"MESSAGE": message},
+                                      frozen=True)
+
+
+#: CONFIGURE's payload: the run-time configuration of the engine.
+CONFIGURE = Message("CONFIGURE", [
+    Field("features", "H", "d, features per sample",
+          lambda build: range(1, build.max_features + 1)),
+    Field("batch", "H", "B, samples per mini-batch (ignored by the HALP phases)",
+          lambda build: range(1, build.max_batch + 1)),
+    Field("shift", "B", "step size 2**-shift (Phase.FULL: ceil(log2 n), scaling the sum "
+          "with the costs)", range(SHIFT_MAX + 1)),
+    Field("k", "B", "precision: fields of k + 1 + double bits over the levels "
+          "l_0 .. l_{2**k}", lambda build: range(1, build.max_k + 1), default=8),
+    Bits("mode", (
+        Field("double", 1, "double sampling (a field carries two roundings)", kind=bool,
+              default=True),
+        Field("loss", clog2(len(Loss)), "the loss whose gradient the engine follows", kind=Loss,
+              default=Loss.SQUARED),
+        Field("phase", clog2(len(Phase)), "SGD, or a HALP phase (FULL, INNER)", kind=Phase,
+              default=Phase.SGD, needs=Options.HALP),
+        Field("stochastic", 1, "stochastic rounding of the HALP offset (else to nearest)",
+              kind=bool, default=False),
+    )),
+    Field("l2_shift", "B", "L2 decay w >> l2_shift at each update (0: off)",
+          range(L2_SHIFT_MAX + 1), default=0, needs=Options.L2_DECAY),
+    Field("cost_pos", "B", "cost of the positive class (COST_FRAC fraction bits; "
+          "Phase.FULL: round(2**(COST_FRAC + shift) / n))", default=COST_ONE,
+          needs=Options.CLASS_COSTS),
+    Field("cost_neg", "B", "cost of the negative class (as cost_pos)", default=COST_ONE,
+          needs=Options.CLASS_COSTS),
+    Field("offset_bits", "B", "HALP offset width b", range(2, OFFSET_BITS + 1), default=8),
+    Field("scale_log", "h", "HALP grid scale, round(2**LOG_FRAC * log2(mu (2**(b-1) - 1)))",
+          default=0),
+    Field("seed", "I", "seed of the PRNG lanes (applied by Phase.INNER)", default=0),
+])
+assert CONFIGURE.field("cost_pos").bits == COST_BITS
+assert CONFIGURE.field("scale_log").bits == SCALE_LOG_BITS
+
+
+class Configure(record(CONFIGURE)):
+    """A CONFIGURE payload (fields: :data:`CONFIGURE`)."""
+
+    def check(self, build: Build, board: str = "the board") -> Configure:
+        """This configuration with its values cast (``Loss``, ``Phase``, bool), if
+        ``build`` takes it; else ValueError (see :meth:`Message.check`)."""
+        config = CONFIGURE.check(self, build, board)
+        if config.phase != Phase.SGD and config.loss not in HALP_LOSSES:
+            losses = " or the ".join(loss.name for loss in HALP_LOSSES)
+            raise ValueError(f"phase {config.phase.name} runs the {losses} loss, "
+                             f"not {config.loss.name}")
+        return config
+
+
+#: IDENTIFY's reply: the build's parameters.
+IDENTIFY = Message("IDENTIFY", [
+    Fixed("magic", "4s", MAGIC),
+    Field("version", "B", "protocol version (VERSION)"),
+    Field("options", "B", "the optional engine blocks built", kind=Options),
+    Field("beat_bits", "H", "W, bits of a stream beat"),
+    Field("lanes", "B", "lanes of the dot product and the update"),
+    Field("max_k", "B", "largest precision k"),
+    Field("max_features", "H", "largest d"),
+    Field("max_batch", "H", "largest mini-batch"),
+    Field("model_bits", "B", "model word width"),
+    Field("model_frac", "B", "model word fraction bits"),
+    Field("frame_bytes", "H", "largest request payload"),
+    Field("clock_hz", "I", "engine clock"),
+    Field("build_id", "I", "identifier of the parameters and protocol version"),
+    Field("halp_samples", "H", "entries of the HALP anchor-error cache (0: no HALP)"),
+])
+
+
+class Identity(record(IDENTIFY)):
+    """The board's answer to IDENTIFY (fields: :data:`IDENTIFY`)."""
+
+    @classmethod
+    def of(cls, params: EngineParams, version: int = VERSION) -> Identity:
+        """What a board built with ``params`` answers."""
+        return cls(**{f.name: f.cast(getattr(params, f.name)) for f in IDENTIFY.fields
+                      if f.name != "version"}, version=version)
+
+    def params(self) -> EngineParams:
+        """The engine parameters reported, or ValueError if they are impossible."""
+        if bool(self.options & Options.HALP) != (self.halp_samples > 0):
+            raise ValueError(f"HALP option {bool(self.options & Options.HALP)} "
+                             f"with halp_samples {self.halp_samples}")
+        names = {f.name for f in IDENTIFY.fields} & set(EngineParams.__dataclass_fields__)
+        return EngineParams(**{name: getattr(self, name) for name in names},
+                            class_costs=bool(self.options & Options.CLASS_COSTS),
+                            l2_decay=bool(self.options & Options.L2_DECAY))
+
+
+#: STATUS's reply: flags and counters (each wraps at its range).
+STATUS = Message("STATUS", [
+    Field("flags", "B", "sticky flags, and CONFIGURED", kind=StatusFlags),
+    Fixed("reserved", "3x"),
+    Field("cycles", "Q", "cycles the engine was busy or fed", range(1 << 48)),
+    Field("samples", "I", "samples processed"),
+    Field("beats", "I", "beats the engine took"),
+    Field("updates", "I", "model updates (batch ends)"),
+    Field("frames_ok", "H", "requests accepted"),
+    Field("frames_bad", "H", "requests rejected"),
+])
+
+
+class Counters(record(STATUS)):
+    """The board's answer to STATUS (fields: :data:`STATUS`)."""
+
+
+#: The start of LOAD_MODEL's and READ_MODEL's payloads.
+MODEL_HEADER = Message("MODEL_HEADER", [
+    Field("start", "H", "index of the first weight"),
+    Field("count", "H", "READ_MODEL: weights to read; LOAD_MODEL: reserved, 0"),
+])
+
+IDENTIFY_FORMAT = IDENTIFY.format
+CONFIGURE_FORMAT = CONFIGURE.format
+STATUS_FORMAT = STATUS.format
+MODEL_HEADER_FORMAT = MODEL_HEADER.format
+#: The CONFIGURE mode byte's fields, for code that packs it by hand.
+_MODE = CONFIGURE.item("mode")
+MODE_DOUBLE = 1 << _MODE.offset("double")
+MODE_LOSS_SHIFT = _MODE.offset("loss")
+MODE_PHASE_SHIFT = _MODE.offset("phase")
+MODE_STOCHASTIC = 1 << _MODE.offset("stochastic")
 #: Width in bits of the counters in ``STATUS`` (they wrap).
-COUNTER_BITS = {"cycles": 48, "samples": 32, "beats": 32, "updates": 32,
-                "frames_ok": 16, "frames_bad": 16}
+COUNTER_BITS = {f.name: f.values().stop.bit_length() - 1 for f in STATUS.fields
+                if f.kind is int}
 
 
 def crc16(data: bytes, crc: int = 0xFFFF) -> int:
@@ -167,59 +569,3 @@ def encode_reply(cmd: int, status: int, payload: bytes = b"") -> bytes:
     """One board -> host frame (used by tests and models of the board)."""
     body = struct.pack("<BBH", cmd, status, len(payload)) + payload
     return SYNC + body + struct.pack("<H", crc16(body))
-
-
-@dataclass(frozen=True)
-class Identity:
-    """The board's answer to ``IDENTIFY``."""
-
-    version: int
-    beat_bits: int
-    lanes: int
-    max_k: int
-    max_features: int
-    max_batch: int
-    model_bits: int
-    model_frac: int
-    frame_bytes: int
-    clock_hz: int
-    build_id: int
-    options: Options = Options(0)
-    halp_samples: int = 0
-
-    @classmethod
-    def unpack(cls, payload: bytes) -> Identity:
-        if len(payload) != IDENTIFY_FORMAT.size:
-            raise ValueError(f"IDENTIFY reply has {len(payload)} bytes, "
-                             f"expected {IDENTIFY_FORMAT.size}")
-        magic, version, options, *rest, halp_samples = IDENTIFY_FORMAT.unpack(payload)
-        if magic != MAGIC:
-            raise ValueError(f"IDENTIFY reply has magic {magic!r}, expected {MAGIC!r}")
-        return cls(version, *rest, options=Options(options), halp_samples=halp_samples)
-
-    def pack(self) -> bytes:
-        return IDENTIFY_FORMAT.pack(
-            MAGIC, self.version, self.options, self.beat_bits, self.lanes, self.max_k,
-            self.max_features, self.max_batch, self.model_bits, self.model_frac,
-            self.frame_bytes, self.clock_hz, self.build_id, self.halp_samples)
-
-
-@dataclass(frozen=True)
-class Counters:
-    """The board's answer to ``STATUS``."""
-
-    flags: StatusFlags
-    cycles: int
-    samples: int
-    beats: int
-    updates: int
-    frames_ok: int
-    frames_bad: int
-
-    @classmethod
-    def unpack(cls, payload: bytes) -> Counters:
-        if len(payload) != STATUS_FORMAT.size:
-            raise ValueError(f"STATUS reply has {len(payload)} bytes, "
-                             f"expected {STATUS_FORMAT.size}")
-        flags, *rest = STATUS_FORMAT.unpack(payload)
-        return cls(StatusFlags(flags), *rest)

@@ -1,38 +1,27 @@
 """Test doubles for the host side: a board that answers requests with the golden
 model as its engine, and a serial port that talks to it in memory."""
 
+import dataclasses
 import struct
 
 import numpy as np
 from ziphalp.hw import protocol
-from ziphalp.hw.params import BOARD_PARAMS, EngineParams, Loss, Phase
+from ziphalp.hw.params import BOARD_PARAMS, EngineParams
 from ziphalp.hw.protocol import Command, Status, StatusFlags
 from ziphalp.sim.golden import GoldenEngine
-
-#: CONFIGURE fields in the order of ``CONFIGURE_FORMAT``, the mode byte split up
-#: (double, loss, then phase and stochastic at the end).
-CONFIG_FIELDS = ("features", "batch", "shift", "k", "double", "loss", "l2_shift",
-                 "cost_pos", "cost_neg", "offset_bits", "scale_log", "seed", "phase",
-                 "stochastic")
-#: Mode bits no field uses (6-7).
-MODE_RESERVED = 0xFF & ~(protocol.MODE_DOUBLE | 0b11 << protocol.MODE_LOSS_SHIFT
-                         | 0b11 << protocol.MODE_PHASE_SHIFT | protocol.MODE_STOCHASTIC)
 
 
 class FakeBoard:
     """Answers requests like the board, with ``GoldenEngine`` as its engine.
 
-    ``config`` is the last configuration accepted (``CONFIG_FIELDS``), ``levels``
-    the last level table loaded; both ``None`` until then.
+    ``config`` is the last configuration accepted (a dict of the fields of
+    ``protocol.CONFIGURE``, also the golden model's keywords), ``levels`` the last
+    level table loaded; both ``None`` until then.
     """
 
     def __init__(self, params: EngineParams = BOARD_PARAMS["sim"], version=protocol.VERSION):
         self.p = params
-        self.identity = protocol.Identity(
-            version, params.beat_bits, params.lanes, params.max_k, params.max_features,
-            params.max_batch, params.model_bits, params.model_frac, params.frame_bytes,
-            params.clock_hz, params.build_id, protocol.Options(params.options),
-            params.halp_samples)
+        self.identity = protocol.Identity.of(params, version)
         self.engine = GoldenEngine(params)
         self.configured = False
         self.config: dict | None = None
@@ -48,21 +37,10 @@ class FakeBoard:
         if cmd == Command.IDENTIFY:
             return protocol.encode_reply(cmd, Status.OK, self.identity.pack())
         if cmd == Command.CONFIGURE:
-            if len(payload) != protocol.CONFIGURE_FORMAT.size:
+            if len(payload) != protocol.CONFIGURE.size:
                 return protocol.encode_reply(cmd, Status.LENGTH)
-            (features, batch, shift, k, mode, l2_shift, cost_pos, cost_neg, offset_bits,
-             scale_log, seed) = protocol.CONFIGURE_FORMAT.unpack(payload)
-            phase = mode >> protocol.MODE_PHASE_SHIFT & 0b11
-            if mode & MODE_RESERVED or phase not in set(Phase):
-                return protocol.encode_reply(cmd, Status.ARGUMENT)
-            config = dict(features=features, batch=batch, shift=shift, k=k,
-                          double=bool(mode & protocol.MODE_DOUBLE),
-                          loss=Loss(mode >> protocol.MODE_LOSS_SHIFT & 0b11),
-                          l2_shift=l2_shift, cost_pos=cost_pos, cost_neg=cost_neg,
-                          offset_bits=offset_bits, scale_log=scale_log, seed=seed,
-                          phase=Phase(phase),
-                          stochastic=bool(mode & protocol.MODE_STOCHASTIC))
-            try:
+            try:    # a reserved bit, a phase that is none, or the golden model refuses
+                config = dataclasses.asdict(protocol.Configure.unpack(payload))
                 self.engine.configure(**config)
             except ValueError:
                 return protocol.encode_reply(cmd, Status.ARGUMENT)
@@ -94,8 +72,8 @@ class FakeBoard:
             e = self.engine
             flags = (StatusFlags.OVERFLOW * e.overflow | StatusFlags.CLIPPED * e.clipped
                      | StatusFlags.CONFIGURED * self.configured)
-            reply = protocol.STATUS_FORMAT.pack(flags, self.cycles, self.samples, self.cycles,
-                                                self.updates, 0, 0)
+            reply = protocol.Counters(flags, self.cycles, self.samples, self.cycles,
+                                      self.updates, 0, 0).pack()
             if payload[:1] == b"\x01":
                 self.samples = self.cycles = self.updates = 0
                 e.clear_flags()
@@ -105,7 +83,7 @@ class FakeBoard:
 
 def engine_config(board: FakeBoard) -> tuple[int, int, int]:
     """features, batch and shift of the last configuration accepted."""
-    return tuple(board.config[field] for field in CONFIG_FIELDS[:3])
+    return tuple(board.config[field] for field in ("features", "batch", "shift"))
 
 
 class FakeSerial:

@@ -9,7 +9,7 @@ one-cycle read latency of the real one.
 
 import random
 import struct
-from typing import NamedTuple
+from dataclasses import replace
 
 import pytest
 from amaranth.hdl import Array, Cat, Module, Signal, signed
@@ -29,19 +29,13 @@ from ziphalp.hw.params import (
     Phase,
 )
 from ziphalp.hw.protocol import (
-    CONFIGURE_FORMAT,
-    MODE_DOUBLE,
-    MODE_LOSS_SHIFT,
-    MODE_PHASE_SHIFT,
-    MODE_STOCHASTIC,
+    CONFIGURE,
     MODEL_HEADER_FORMAT,
-    STATUS_FORMAT,
     SYNC,
-    VERSION,
     Command,
+    Configure,
     Counters,
     Identity,
-    Options,
     Status,
     StatusFlags,
     encode_reply,
@@ -66,31 +60,23 @@ PARAMS = {
 LEVEL_RANGE = (LEVEL.min_int, LEVEL.max_int + 1)
 
 
-class Config(NamedTuple):
-    """The engine configuration, as CONFIGURE carries it and the link drives it."""
 
-    features: int
-    batch: int
-    shift: int
-    k: int = 1
-    double: int = 1
-    loss: int = Loss.SQUARED
-    l2_shift: int = 0
-    cost_pos: int = 64
-    cost_neg: int = 64
-    phase: int = Phase.SGD
-    stochastic: int = 0
-    offset_bits: int = 8
-    scale_log: int = 0
-    seed: int = 0
 
-    def pack(self, mode=None):
-        if mode is None:
-            mode = (self.double * MODE_DOUBLE | self.loss << MODE_LOSS_SHIFT
-                    | self.phase << MODE_PHASE_SHIFT | self.stochastic * MODE_STOCHASTIC)
-        return CONFIGURE_FORMAT.pack(self.features, self.batch, self.shift, self.k, mode,
-                                     self.l2_shift, self.cost_pos, self.cost_neg,
-                                     self.offset_bits, self.scale_log, self.seed)
+def make_config(features, batch, shift, **fields) -> Configure:
+    """The engine configuration as CONFIGURE carries it and the link drives it (the
+    fields of ``protocol.CONFIGURE`` are the engine's control members), ``k`` 1
+    unless given: every build takes it."""
+    return Configure(features, batch, shift, **{"k": 1} | fields)
+
+def with_mode(config: Configure, mode: int) -> bytes:
+    """``config``'s payload with the mode byte replaced (to set reserved bits)."""
+    payload = bytearray(config.pack())
+    payload[CONFIGURE.byte_offset("mode")] = mode
+    return bytes(payload)
+
+
+def config_fields():
+    return [field.name for field in CONFIGURE.fields]
 
 
 def clamp(value, bits):
@@ -220,7 +206,7 @@ class Bench:
                     eng.beats.payload, eng.idle, self.engine.hold, eng.start, eng.model_write,
                     eng.level_write, eng.level_index, eng.level_data, eng.clear_flags,
                     eng.sample_done, eng.update_done,
-                    *(getattr(eng, field) for field in Config._fields)):
+                    *(getattr(eng, field) for field in config_fields())):
             if rx_ready:        # the link sees idle a cycle late
                 assert was_idle and not tx_valid and not valid and not start and not write \
                     and not level_write, "rx.ready high while something is in flight"
@@ -230,7 +216,7 @@ class Bench:
             if valid and ready:
                 self.beats.append((beat.data, beat.flush))
             if start:
-                self.starts.append(Config(*config))
+                self.starts.append(Configure(**dict(zip(config_fields(), config, strict=True))))
             self.writes += write
             if level_write:
                 self.levels.append((level_index, level_data))
@@ -282,7 +268,8 @@ class Bench:
 
     def config(self, ctx):
         """The configuration the link drives now."""
-        return Config(*(ctx.get(getattr(self.link.engine, field)) for field in Config._fields))
+        values = {field: ctx.get(getattr(self.link.engine, field)) for field in config_fields()}
+        return Configure(**values)
 
     async def status(self, ctx, flags=b""):
         """STATUS, checking every field against what the monitor saw."""
@@ -296,9 +283,7 @@ class Bench:
         expected = Counters(expected_flags, frames_ok=self.frames["ok"] + 1,  # counts itself
                             frames_bad=self.frames["bad"], **self.events)
         clears = self.clears
-        payload = await self.request(ctx, Command.STATUS, flags, reply=STATUS_FORMAT.pack(
-            expected.flags, expected.cycles, expected.samples, expected.beats, expected.updates,
-            expected.frames_ok, expected.frames_bad))
+        payload = await self.request(ctx, Command.STATUS, flags, reply=expected.pack())
         await ctx.tick().repeat(4)
         if flags and flags[0] & 1:
             assert self.clears == clears + 1, "clear_flags not pulsed once"
@@ -328,9 +313,7 @@ def beats_of(p, payload):
 
 
 def identity(p):
-    return Identity(VERSION, p.beat_bits, p.lanes, p.max_k, p.max_features, p.max_batch,
-                    p.model_bits, p.model_frac, p.frame_bytes, p.clock_hz, p.build_id,
-                    Options(p.options), p.halp_samples)
+    return Identity.of(p)
 
 
 @pytest.mark.parametrize("name", PARAMS)
@@ -350,7 +333,7 @@ def test_identify(name):
 def test_configure_and_stream(name):
     p = PARAMS[name]
     bench = Bench(p, seed=1)
-    config = Config(p.max_features - 1, 2, 9, k=p.max_k, double=1, loss=Loss.LOGISTIC,
+    config = make_config(p.max_features - 1, 2, 9, k=p.max_k, double=1, loss=Loss.LOGISTIC,
                     l2_shift=5, cost_pos=100, cost_neg=3)
     bytes_per_beat = p.beat_bits // 8
     sample_bytes = bytes_per_beat * (1 + p.beats_for(config.features, config.k, config.double))
@@ -419,27 +402,27 @@ def test_load_and_read_model(name):
 
 def bad_configurations(p):
     """CONFIGURE payloads with one field out of range (or a reserved mode bit set)."""
-    good = Config(1, 1, 0)
+    good = make_config(1, 1, 0)
     cases = [
-        good._replace(features=0), good._replace(features=p.max_features + 1),
-        good._replace(features=0xFFFF),
-        good._replace(batch=0), good._replace(batch=p.max_batch + 1),
-        good._replace(batch=0xFFFF),
-        good._replace(shift=SHIFT_MAX + 1), good._replace(shift=0xFF),
-        good._replace(k=0), good._replace(k=p.max_k + 1), good._replace(k=0xFF),
-        good._replace(l2_shift=L2_SHIFT_MAX + 1), good._replace(l2_shift=0xFF),
-        good._replace(offset_bits=0), good._replace(offset_bits=1),
-        good._replace(offset_bits=OFFSET_BITS + 1), good._replace(offset_bits=0xFF),
-        good._replace(phase=3),
+        replace(good, features=0), replace(good, features=p.max_features + 1),
+        replace(good, features=0xFFFF),
+        replace(good, batch=0), replace(good, batch=p.max_batch + 1),
+        replace(good, batch=0xFFFF),
+        replace(good, shift=SHIFT_MAX + 1), replace(good, shift=0xFF),
+        replace(good, k=0), replace(good, k=p.max_k + 1), replace(good, k=0xFF),
+        replace(good, l2_shift=L2_SHIFT_MAX + 1), replace(good, l2_shift=0xFF),
+        replace(good, offset_bits=0), replace(good, offset_bits=1),
+        replace(good, offset_bits=OFFSET_BITS + 1), replace(good, offset_bits=0xFF),
+        replace(good, phase=3),
         # HALP takes the squared and the logistic loss only
-        good._replace(phase=Phase.FULL, loss=Loss.HINGE),
-        good._replace(phase=Phase.INNER, loss=Loss.SQUARED_HINGE),
+        replace(good, phase=Phase.FULL, loss=Loss.HINGE),
+        replace(good, phase=Phase.INNER, loss=Loss.SQUARED_HINGE),
     ]
     if not p.halp:
-        cases += [good._replace(phase=Phase.FULL), good._replace(phase=Phase.INNER)]
+        cases += [replace(good, phase=Phase.FULL), replace(good, phase=Phase.INNER)]
     payloads = [config.pack() for config in cases]
     for bit in range(6, 8):     # reserved mode bits, with any double/loss below them
-        payloads.append(good.pack(mode=1 << bit | (bit % 8)))
+        payloads.append(with_mode(good, 1 << bit | (bit % 8)))
     return payloads
 
 
@@ -462,13 +445,13 @@ def bad_requests(p):
     """(cmd, payload, status) of requests that must be rejected once configured."""
     bytes_per_beat = p.beat_bits // 8
     head = MODEL_HEADER_FORMAT.pack
-    good = Config(1, 1, 0).pack()
+    good = make_config(1, 1, 0).pack()
     cases = [
         (Command.IDENTIFY, b"\0", Status.LENGTH),
         (Command.CONFIGURE, good[:-1], Status.LENGTH),
         (Command.CONFIGURE, good + b"\0", Status.LENGTH),
         (Command.CONFIGURE, good[:5], Status.LENGTH),       # the version 1 format
-        (Command.CONFIGURE, Config(0, 1, 0).pack()[:-1], Status.LENGTH),   # before ARGUMENT
+        (Command.CONFIGURE, make_config(0, 1, 0).pack()[:-1], Status.LENGTH),   # before ARGUMENT
         *((Command.CONFIGURE, payload, Status.ARGUMENT) for payload in bad_configurations(p)),
         (Command.LOAD_LEVELS, b"", Status.LENGTH),
         (Command.LOAD_LEVELS, levels([0]), Status.LENGTH),
@@ -519,7 +502,7 @@ def test_rejected_requests_change_nothing(name):
     p = PARAMS[name]
     bench = Bench(p, seed=3)
     bytes_per_beat = p.beat_bits // 8
-    good_config = Config(1, 1, 3, k=p.max_k, double=0, loss=Loss.HINGE, l2_shift=2,
+    good_config = make_config(1, 1, 3, k=p.max_k, double=0, loss=Loss.HINGE, l2_shift=2,
                          cost_pos=7, cost_neg=200)
 
     async def testbench(ctx, bench):
@@ -572,7 +555,7 @@ def test_framing_and_timeouts():
         stalls = [
             (SYNC, 0),
             (SYNC + bytes([Command.CONFIGURE]), Command.CONFIGURE),
-            (encode_request(Command.CONFIGURE, Config(1, 1, 0).pack())[:8], Command.CONFIGURE),
+            (encode_request(Command.CONFIGURE, make_config(1, 1, 0).pack())[:8], Command.CONFIGURE),
             (encode_request(Command.LOAD_LEVELS, levels([1, 2]))[:-3], Command.LOAD_LEVELS),
             (encode_request(Command.LOAD_MODEL, load(0, [7]))[:-1], Command.LOAD_MODEL),
         ]
@@ -602,7 +585,7 @@ def test_status_flags_and_clear():
     async def testbench(ctx, bench):
         counters = await bench.status(ctx)
         assert counters.flags == 0 and counters.frames_ok == 1 and counters.cycles == 0
-        await bench.request(ctx, Command.CONFIGURE, Config(3, 2, 0).pack())
+        await bench.request(ctx, Command.CONFIGURE, make_config(3, 2, 0).pack())
         await bench.request(ctx, Command.STREAM, bench.rng.randbytes(p.frame_bytes))
         await bench.request(ctx, Command.IDENTIFY, b"\0", status=Status.LENGTH)
         ctx.set(bench.engine.overflow, 1)
@@ -638,7 +621,7 @@ def test_busy_engine_holds_the_link():
             assert not ready
         ctx.set(rx.valid, 0)
         ctx.set(hold, 0)
-        await bench.request(ctx, Command.CONFIGURE, Config(2, 1, 0).pack())
+        await bench.request(ctx, Command.CONFIGURE, make_config(2, 1, 0).pack())
         # the engine going busy during a command delays the model and level ports and
         # the reply
         weights = [10, -20, 30]
@@ -670,16 +653,16 @@ def test_configure_arguments(name):
     p = PARAMS[name]
     bench = Bench(p, seed=7)
     accepted = [
-        Config(1, 1, 0, k=1, double=0, loss=Loss.SQUARED, l2_shift=0, cost_pos=0, cost_neg=0),
-        Config(p.max_features, p.max_batch, SHIFT_MAX, k=p.max_k, double=1,
+        make_config(1, 1, 0, k=1, double=0, loss=Loss.SQUARED, l2_shift=0, cost_pos=0, cost_neg=0),
+        make_config(p.max_features, p.max_batch, SHIFT_MAX, k=p.max_k, double=1,
                loss=Loss.SQUARED_HINGE, l2_shift=L2_SHIFT_MAX, cost_pos=255, cost_neg=255),
-        *(Config(2, 1, 4, k=1 + i % p.max_k, double=i % 2, loss=loss, l2_shift=i,
+        *(make_config(2, 1, 4, k=1 + i % p.max_k, double=i % 2, loss=loss, l2_shift=i,
                  cost_pos=64 + i, cost_neg=64 - i, stochastic=i % 2, offset_bits=2 + 4 * i,
                  scale_log=-32768 + 9000 * i, seed=0xFFFFFFFF - 12345 * i)
           for i, loss in enumerate(Loss)),
-        *([Config(3, 2, 7, k=2, double=0, loss=Loss.LOGISTIC, phase=Phase.FULL,
+        *([make_config(3, 2, 7, k=2, double=0, loss=Loss.LOGISTIC, phase=Phase.FULL,
                   offset_bits=OFFSET_BITS, scale_log=32767, seed=1),
-           Config(3, 2, 7, k=2, double=0, loss=Loss.SQUARED, phase=Phase.INNER,
+           make_config(3, 2, 7, k=2, double=0, loss=Loss.SQUARED, phase=Phase.INNER,
                   stochastic=1, offset_bits=2, scale_log=-1, seed=0)] if p.halp else []),
     ]
 
@@ -701,13 +684,13 @@ def test_configure_without_options():
     p = EngineParams(beat_bits=16, lanes=2, max_k=3, max_features=8, max_batch=2,
                      frame_bytes=64, class_costs=False, l2_decay=False)
     bench = Bench(p, seed=9)
-    good = Config(3, 2, 5, k=2, double=1, loss=Loss.HINGE, l2_shift=0, cost_pos=64,
+    good = make_config(3, 2, 5, k=2, double=1, loss=Loss.HINGE, l2_shift=0, cost_pos=64,
                   cost_neg=64)
-    bad = [Config(3, 2, 5, k=2, double=1, loss=Loss.HINGE, l2_shift=1, cost_pos=64,
+    bad = [make_config(3, 2, 5, k=2, double=1, loss=Loss.HINGE, l2_shift=1, cost_pos=64,
                   cost_neg=64),
-           Config(3, 2, 5, k=2, double=1, loss=Loss.HINGE, l2_shift=0, cost_pos=65,
+           make_config(3, 2, 5, k=2, double=1, loss=Loss.HINGE, l2_shift=0, cost_pos=65,
                   cost_neg=64),
-           Config(3, 2, 5, k=2, double=1, loss=Loss.HINGE, l2_shift=0, cost_pos=64,
+           make_config(3, 2, 5, k=2, double=1, loss=Loss.HINGE, l2_shift=0, cost_pos=64,
                   cost_neg=0)]
 
     async def testbench(ctx, bench):
@@ -744,7 +727,7 @@ def test_load_levels(name):
             assert not bench.levels
         # other commands may carry any bytes where LOAD_LEVELS keeps its high bytes
         await bench.request(ctx, Command.LOAD_MODEL, load(0, [0x7FFF7FFF, -0x7F000000]))
-        await bench.request(ctx, Command.CONFIGURE, Config(1, 1, 0).pack())
+        await bench.request(ctx, Command.CONFIGURE, make_config(1, 1, 0).pack())
         assert not bench.levels and not bench.beats and len(bench.starts) == 1
         await bench.idle(ctx)
     bench.run(testbench)

@@ -1,0 +1,431 @@
+"""The link's request executor: a checked request in, the engine driven, the reply out.
+
+:class:`LinkExecutor` runs one state machine whose states are grouped by
+command family, one method each: taking and dispatching a request
+(:meth:`~LinkExecutor._request_states`, which also drives CONFIGURE's fields),
+the engine's start and the beat stream (:meth:`~LinkExecutor._engine_states`),
+the model port (:meth:`~LinkExecutor._model_states`), the level table
+(:meth:`~LinkExecutor._level_states`) and the reply frame
+(:meth:`~LinkExecutor._reply_states`). The verdict comes from
+:class:`~ziphalp.hw.link_check.LinkCheck`; the reply bytes leave through
+:class:`~ziphalp.hw.link_reply.ReplySender`.
+"""
+
+from functools import reduce
+from operator import or_
+from types import SimpleNamespace
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
+from amaranth.lib import stream, wiring
+from amaranth.lib.memory import ReadPort
+from amaranth.lib.wiring import Component, In, Out
+from amaranth.utils import ceil_log2
+
+from .control import control_signature
+from .link_check import LinkCheck
+from .link_messages import (
+    LEVEL_BYTES,
+    REPLY_HEADER_BYTES,
+    WEIGHT_BYTES,
+    buffer_depth,
+    field_value,
+    message_value,
+    request_signature,
+)
+from .link_reply import ReplySender, StatusCounters
+from .params import LEVEL, EngineParams
+from .protocol import (
+    CONFIGURE,
+    IDENTIFY,
+    MODEL_HEADER,
+    STATUS,
+    SYNC,
+    Command,
+    Identity,
+    Status,
+    StatusFlags,
+)
+
+__all__ = ["LinkExecutor", "saturate"]
+
+
+def saturate(value, bits):
+    """``value`` (signed) clamped to ``bits`` bits, or sign-extended if it is narrower."""
+    if len(value) <= bits:
+        return value
+    top, sign = value[bits - 1:], value[-1]
+    fits = top.all() | ~top.any()
+    return Mux(fits, value[:bits], Cat((~sign).replicate(bits - 1), sign)).as_signed()
+
+
+class LinkExecutor(Component):
+    """Request executor: has a received request judged, acts on it, sends the reply.
+
+    Only a request that :class:`~ziphalp.hw.link_check.LinkCheck` accepts acts.
+    The frame counters count a request when its status is decided, so a STATUS
+    reply includes itself; clearing after reading takes effect once the reply is
+    sent.
+
+    Parameters
+    ----------
+    params : EngineParams
+
+    Attributes
+    ----------
+    req : In(request_signature(params))
+        The received request.
+    buf : In(ReadPort.Signature)
+        Frame buffer read port (``beat_bits`` wide, synchronous).
+    tx : Out(stream.Signature(8))
+        Reply bytes.
+    engine : Out(control_signature(params))
+        The engine.
+    """
+
+    #: Cycles from ``req.valid`` to a valid verdict (the check's register steps).
+    CHECK_CYCLES = LinkCheck.CYCLES
+
+    def __init__(self, params: EngineParams):
+        self.params = params
+        super().__init__({
+            "req": In(request_signature(params)),
+            "buf": In(ReadPort.Signature(addr_width=ceil_log2(buffer_depth(params)),
+                                         shape=unsigned(params.beat_bits))),
+            "tx": Out(stream.Signature(8)),
+            "engine": Out(control_signature(params)),
+        })
+
+    def identity(self) -> bytes:
+        """The IDENTIFY reply payload of this build."""
+        return Identity.of(self.params).pack()
+
+    def elaborate(self, platform):
+        m = Module()
+        req = self.req
+        m.submodules.check = check = LinkCheck(self.params)
+        m.submodules.counters = counters = StatusCounters()
+        m.submodules.sender = sender = ReplySender()
+        wiring.connect(m, sender.tx, wiring.flipped(self.tx))
+        x = SimpleNamespace(
+            check=check, counters=counters, sender=sender,
+            is_cmd={cmd: check.is_cmd[cmd.name.lower()] for cmd in Command},
+            configured=Signal(),
+            clear_after=Signal(),               # clear counters and flags once replied
+            status=Signal(Status),
+            reply_len=Signal(16),
+            no_payload=Signal(),                # reply_len == 0
+            checking=Signal(range(self.CHECK_CYCLES)),
+            index=Signal(range(max(REPLY_HEADER_BYTES, IDENTIFY.size, STATUS.size))),
+            replaying=Signal(),                 # STREAM: beats go to the engine
+        )
+        m.d.comb += [
+            check.cmd.eq(req.cmd), check.length.eq(req.length), check.received.eq(req.status),
+            check.args.eq(req.args), check.whole.eq(req.whole), check.wide.eq(req.wide),
+            check.configured.eq(x.configured),
+        ]
+        self._model_position(m, x)
+        self._buffer_cursor(m, x)
+        self._count_events(m, x)
+        source = self._reply_sources(m, x)
+        with m.FSM() as fsm:
+            self._request_states(m, x)
+            self._engine_states(m, x)
+            self._model_states(m, x)
+            self._level_states(m, x)
+            self._reply_states(m, x, source)
+        # one-hot: short decode paths in synthesis (the domain's reset sets the state)
+        fsm.state.attrs["fsm_encoding"] = "one-hot"
+        return m
+
+    # --- datapaths ---------------------------------------------------------------------
+
+    def _model_position(self, m, x):
+        """Where the model and level ports point: feature ``start + i`` sits at
+        (word, lane), tracked by counters; the weight or level assembled or sent."""
+        p, eng = self.params, self.engine
+        x.seek = Signal(16)                     # start, walked down to start % lanes
+        x.seek_low = Signal()                   # seek < lanes
+        x.word = Signal(range(p.bank_depth + 1))
+        x.lane = Signal(range(p.lanes))
+        x.weights_left = Signal(16)             # including the current one
+        x.final = Signal()                      # the current weight is the last
+        x.weight = Signal(8 * WEIGHT_BYTES)     # LOAD: assembled from bytes; READ: sent as bytes
+        x.weight_byte = Signal(range(WEIGHT_BYTES))
+        x.level = Signal(range(p.levels_max))   # LOAD_LEVELS: index of the current level
+        x.levels_left = Signal(range(p.levels_max + 1))     # including the current one
+        x.level_final = Signal()                # the current level is the last
+        m.d.comb += [
+            eng.model_word.eq(x.word),
+            eng.model_lane.eq(x.lane),
+            eng.model_wdata.eq(saturate(x.weight.as_signed(), p.model_bits)),
+            # an int16 assembled from two bytes sits in the top half (checked to fit)
+            eng.level_index.eq(x.level),
+            eng.level_data.eq(x.weight[8 * (WEIGHT_BYTES - LEVEL_BYTES):][:LEVEL.bits]),
+        ]
+
+    def _buffer_cursor(self, m, x):
+        """The frame buffer's read cursor. The read port is addressed with the cursor's
+        next value, so that ``buf.data`` always holds the beat at ``rd_addr``."""
+        p, eng = self.params, self.engine
+        bytes_per_beat = p.beat_bits // 8
+        x.rd_addr = Signal(range(buffer_depth(p) + 1))
+        rd_addr_next = Signal.like(x.rd_addr)
+        x.rd_lane = Signal(bytes_per_beat)      # LOAD: one-hot byte lane of the next byte
+        x.rd_byte = reduce(or_, (self.buf.data.word_select(i, 8) & x.rd_lane[i].replicate(8)
+                                 for i in range(bytes_per_beat)))
+        x.rd_restart = Signal()                 # move the cursor to the payload's start
+        x.rd_advance = Signal()                 # move the cursor to the next beat
+        x.before_last = Signal.like(x.rd_addr)  # STREAM: rd_addr of the beat before the last
+        x.at_last = Signal()                    # STREAM: rd_addr is the frame's last beat
+        rd_start = Mux(x.is_cmd[Command.LOAD_MODEL], MODEL_HEADER.size // bytes_per_beat, 0)
+        m.d.comb += [
+            rd_addr_next.eq(Mux(x.rd_restart, rd_start,
+                                Mux(x.rd_advance, x.rd_addr + 1, x.rd_addr))),
+            self.buf.addr.eq(rd_addr_next),
+            eng.beats.payload.data.eq(self.buf.data),
+            eng.beats.payload.flush.eq(x.is_cmd[Command.STREAM_FLUSH] & x.at_last),
+        ]
+        m.d.sync += x.rd_addr.eq(rd_addr_next)
+
+    def _count_events(self, m, x):
+        """What the STATUS counters count (the frames are counted at dispatch)."""
+        eng, counters = self.engine, x.counters
+        m.d.comb += [
+            counters.busy.eq(x.replaying | ~eng.idle),
+            counters.sample.eq(eng.sample_done),
+            counters.update.eq(eng.update_done),
+            counters.beat.eq(eng.beats.valid & eng.beats.ready),
+        ]
+
+    def _reply_sources(self, m, x) -> dict:
+        """Each reply part's byte at ``index``, registered (the sender waits a cycle
+        for them to settle): header, IDENTIFY and STATUS payloads, CRC."""
+        eng, req = self.engine, self.req
+        flags = Signal(8)
+        for flag, value in ((StatusFlags.OVERFLOW, eng.overflow),
+                            (StatusFlags.CLIPPED, eng.clipped),
+                            (StatusFlags.CONFIGURED, x.configured)):
+            m.d.comb += flags[flag.bit_length() - 1].eq(value)
+        counters = x.counters.counters
+        parts = {
+            "header": Cat(Const(SYNC[0], 8), Const(SYNC[1], 8), req.cmd, x.status,
+                          Const(0, 8 - len(x.status)), x.reply_len),
+            "identity": Const(int.from_bytes(self.identity(), "little"), 8 * IDENTIFY.size),
+            "status": message_value(STATUS, {"flags": flags, **{
+                name: counters[name] for name in STATUS.groups if name != "flags"}}),
+        }
+        source = {name: Signal(8, name=f"{name}_byte") for name in (*parts, "crc")}
+        m.d.sync += [source[name].eq(part.word_select(x.index, 8)) for name, part in parts.items()]
+        m.d.sync += source["crc"].eq(x.sender.crc.word_select(x.index[0], 8))
+        return source
+
+    # --- sending ---------------------------------------------------------------------
+
+    @staticmethod
+    def _put(m, x, byte, *, checked=True):
+        """Offer ``byte`` to the sender; it goes on ``x.sender.send``."""
+        m.d.comb += [x.sender.offer.eq(1), x.sender.byte.eq(byte), x.sender.checked.eq(checked)]
+
+    def _put_each(self, m, x, byte, size, next_state):
+        """Send ``size`` bytes, ``byte`` at each ``index``, then go to ``next_state``."""
+        self._put(m, x, byte)
+        with m.If(x.sender.send):
+            m.d.sync += x.index.eq(x.index + 1)
+            with m.If(x.index == size - 1):
+                m.d.sync += x.index.eq(0)
+                m.next = next_state
+
+    def _shift_in_byte(self, m, x):
+        """Shift the frame buffer's next byte into the top of ``weight``."""
+        m.d.sync += [
+            x.weight.eq(Cat(x.weight[8:], x.rd_byte)),
+            x.weight_byte.eq(x.weight_byte + 1),
+            x.rd_lane.eq(x.rd_lane.rotate_left(1)),
+        ]
+        m.d.comb += x.rd_advance.eq(x.rd_lane[-1])
+
+    def _next_feature(self, m, x):
+        """Step the model position to the next weight."""
+        m.d.sync += [x.weights_left.eq(x.weights_left - 1), x.final.eq(x.weights_left == 2)]
+        with m.If(x.lane == self.params.lanes - 1):
+            m.d.sync += [x.lane.eq(0), x.word.eq(x.word + 1)]
+        with m.Else():
+            m.d.sync += x.lane.eq(x.lane + 1)
+
+    # --- states, by command family -----------------------------------------------------
+
+    def _request_states(self, m, x):
+        """IDLE, CHECK (the verdict settles; positions are prepared meanwhile) and
+        DISPATCH: the reply's status and length, the frame counters, CONFIGURE's
+        fields into the engine, and the command family's first state."""
+        p, req, eng, is_cmd, check = self.params, self.req, self.engine, x.is_cmd, x.check
+        args = req.args
+        with m.State("IDLE"):
+            m.d.comb += x.sender.restart.eq(1)
+            m.d.sync += [x.index.eq(0), x.weight_byte.eq(0), x.word.eq(0), x.level.eq(0),
+                         x.checking.eq(self.CHECK_CYCLES - 1)]
+            with m.If(req.valid):
+                m.next = "CHECK"
+        with m.State("CHECK"):
+            bytes_per_beat = p.beat_bits // 8
+            m.d.sync += [
+                x.checking.eq(x.checking - 1),
+                x.seek.eq(args.model.start),
+                x.seek_low.eq(args.model.start < p.lanes),
+                x.rd_lane.eq(Mux(is_cmd[Command.LOAD_LEVELS], 1,
+                                 1 << (MODEL_HEADER.size % bytes_per_beat))),
+                x.before_last.eq(req.beats - 2),
+                x.at_last.eq(req.beats == 1),
+                x.levels_left.eq(req.length[1:]),     # LOAD_LEVELS: at least 2 if accepted
+                x.level_final.eq(0),
+            ]
+            m.d.comb += x.rd_restart.eq(1)
+            with m.If(is_cmd[Command.LOAD_MODEL]):       # length is 4 + 4 * count
+                m.d.sync += [x.weights_left.eq(req.length[2:] - 1),
+                             x.final.eq(req.length[2:] == 2)]
+            with m.Else():
+                m.d.sync += [x.weights_left.eq(args.model.count),
+                             x.final.eq(args.model.count == 1)]
+            with m.If(x.checking == 0):
+                m.next = "DISPATCH"
+        with m.State("DISPATCH"):
+            m.d.sync += [
+                x.status.eq(check.verdict),
+                x.reply_len.eq(Mux(check.accepted, check.payload_len, 0)),
+                x.no_payload.eq(~check.accepted | (check.payload_len == 0)),
+                x.clear_after.eq(check.accepted & is_cmd[Command.STATUS] & check.clear),
+            ]
+            m.d.comb += [x.counters.frame_ok.eq(check.accepted),
+                         x.counters.frame_bad.eq(~check.accepted)]
+            m.next = "HEADER"
+            with m.If(check.accepted):
+                with m.If(is_cmd[Command.CONFIGURE]):
+                    m.d.sync += [getattr(eng, field.name).eq(
+                                     field_value(args.configure, CONFIGURE, field.name))
+                                 for field in CONFIGURE.fields]
+                    m.d.sync += x.configured.eq(1)
+                    m.next = "CONFIGURE"
+                with m.If(is_cmd[Command.LOAD_MODEL] | is_cmd[Command.READ_MODEL]):
+                    m.next = "SEEK"
+                with m.If(is_cmd[Command.LOAD_LEVELS]):
+                    m.next = "LEVEL_LOAD"
+                with m.If(is_cmd[Command.STREAM] | is_cmd[Command.STREAM_FLUSH]):
+                    m.next = "STREAM"
+
+    def _engine_states(self, m, x):
+        """CONFIGURE: the engine's start strobe; STREAM: the frame's beats replayed into
+        the engine (the last one flushing for STREAM_FLUSH); SETTLE: until it is idle."""
+        eng = self.engine
+        with m.State("CONFIGURE"):
+            m.d.comb += eng.start.eq(1)
+            m.next = "SETTLE"
+        with m.State("STREAM"):
+            m.d.comb += [x.replaying.eq(1), eng.beats.valid.eq(1),
+                         x.rd_advance.eq(eng.beats.ready)]
+            with m.If(eng.beats.ready):
+                m.d.sync += x.at_last.eq(x.rd_addr == x.before_last)
+                with m.If(x.at_last):
+                    m.next = "SETTLE"
+        with m.State("SETTLE"):
+            with m.If(eng.idle):
+                m.next = "HEADER"
+
+    def _model_states(self, m, x):
+        """LOAD_MODEL and READ_MODEL: seek the start's (word, lane); LOAD assembles each
+        weight from four bytes and writes it (saturated); READ sends each weight's
+        bytes after the reply header."""
+        p, eng = self.params, self.engine
+        with m.State("SEEK"):
+            with m.If(~x.seek_low):
+                m.d.sync += [x.seek.eq(x.seek - p.lanes),
+                             x.seek_low.eq(x.seek - p.lanes < p.lanes), x.word.eq(x.word + 1)]
+            with m.Else():
+                m.d.sync += x.lane.eq(x.seek)
+                with m.If(x.is_cmd[Command.LOAD_MODEL]):
+                    m.next = "LOAD"
+                with m.Else():
+                    m.next = "HEADER"
+        with m.State("LOAD"):
+            self._shift_in_byte(m, x)
+            with m.If(x.weight_byte == WEIGHT_BYTES - 1):
+                m.next = "WRITE"
+        with m.State("WRITE"):
+            with m.If(eng.idle):
+                m.d.comb += eng.model_write.eq(1)
+                m.next = "NEXT_WEIGHT"
+        with m.State("NEXT_WEIGHT"):
+            self._next_feature(m, x)
+            m.next = "LOAD"
+            with m.If(x.final):
+                m.next = "HEADER"
+        with m.State("FETCH"):
+            with m.If(eng.idle):
+                m.d.comb += eng.model_read.eq(1)
+                m.next = "LATCH"
+        with m.State("LATCH"):
+            m.d.sync += x.weight.eq(eng.model_rdata.as_signed())   # sign-extended to int32
+            m.next = "READ"
+        with m.State("READ"):
+            self._put(m, x, x.weight[:8])
+            with m.If(x.sender.send):
+                m.d.sync += [x.weight.eq(x.weight[8:]), x.weight_byte.eq(x.weight_byte + 1)]
+                with m.If(x.weight_byte == WEIGHT_BYTES - 1):
+                    self._next_feature(m, x)
+                    m.next = "FETCH"
+                    with m.If(x.final):
+                        m.next = "CRC"
+
+    def _level_states(self, m, x):
+        """LOAD_LEVELS: each level assembled from two bytes and written, in order."""
+        eng = self.engine
+        with m.State("LEVEL_LOAD"):             # two bytes into the top of `weight`
+            self._shift_in_byte(m, x)
+            with m.If(x.weight_byte[0]):
+                m.next = "LEVEL_WRITE"
+        with m.State("LEVEL_WRITE"):
+            with m.If(eng.idle):
+                m.d.comb += eng.level_write.eq(1)
+                m.next = "NEXT_LEVEL"
+        with m.State("NEXT_LEVEL"):
+            m.d.sync += [x.level.eq(x.level + 1), x.levels_left.eq(x.levels_left - 1),
+                         x.level_final.eq(x.levels_left == 2)]
+            m.next = "LEVEL_LOAD"
+            with m.If(x.level_final):
+                m.next = "HEADER"
+
+    def _reply_states(self, m, x, source):
+        """The reply frame: header, the IDENTIFY or STATUS payload (READ_MODEL's is in
+        :meth:`_model_states`), CRC; then release the request (and clear if asked)."""
+        send, index, is_cmd = x.sender.send, x.index, x.is_cmd
+        with m.State("HEADER"):
+            self._put(m, x, source["header"], checked=index >= len(SYNC))
+            with m.If(send):
+                m.d.sync += index.eq(index + 1)
+                with m.If(index == REPLY_HEADER_BYTES - 1):
+                    m.d.sync += index.eq(0)
+                    with m.If(x.no_payload):
+                        m.next = "CRC"
+                    with m.Elif(is_cmd[Command.IDENTIFY]):
+                        m.next = "IDENTIFY"
+                    with m.Elif(is_cmd[Command.STATUS]):
+                        m.next = "STATUS"
+                    with m.Else():
+                        m.next = "FETCH"
+        with m.State("IDENTIFY"):
+            self._put_each(m, x, source["identity"], IDENTIFY.size, "CRC")
+        with m.State("STATUS"):
+            self._put_each(m, x, source["status"], STATUS.size, "CRC")
+        with m.State("CRC"):
+            self._put(m, x, source["crc"], checked=False)
+            with m.If(send):
+                m.d.sync += index.eq(1)
+                with m.If(index[0]):
+                    m.next = "DONE"
+        with m.State("DONE"):
+            with m.If(~self.tx.valid):          # the last byte has gone
+                m.next = "RELEASE"
+        with m.State("RELEASE"):
+            m.d.comb += self.req.done.eq(1)
+            with m.If(x.clear_after):
+                m.d.comb += [self.engine.clear_flags.eq(1), x.counters.clear.eq(1)]
+            m.next = "IDLE"
