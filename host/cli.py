@@ -123,6 +123,12 @@ def parser() -> argparse.ArgumentParser:
                         "with replacement (default: n, the number of samples)")
     p.add_argument("--data-bits", type=_positive_int, default=None, metavar="K",
                    help="halp: data precision K = 1..8 when it differs from --bits")
+    p.add_argument("--stale", type=int, default=None, metavar="TAU",
+                   help="halp: delay of the inner loop's gradients in samples, 0 (exact "
+                        "HALP) up to the board's maximum (6 on the ULX3S): each step's dot "
+                        "product sees the model from TAU steps before, so the engine streams "
+                        "while it writes the previous update (default: the smallest delay "
+                        "that hides the update)")
     p.add_argument("--sampling", choices=SAMPLINGS, default=None,
                    help="sgd: double: two independent stochastic samples per value "
                         "(unbiased); single: one (biased by a hidden ridge term); nearest: "
@@ -190,7 +196,8 @@ def _summary(result: TrainResult) -> str:
         return (f"final loss {result.loss:.9g}, suboptimality {gap}{accuracy} after "
                 f"{len(result.history)} HALP iterations ({last.epoch:.2f} epochs; "
                 f"{s['offset_bits']}-bit offsets, {s['data_bits']}-bit data, mu {s['mu']:.4g}, "
-                f"T {s['inner_steps']}, step 2**-{s['shift']}) on {result.board}: "
+                f"T {s['inner_steps']}, step 2**-{s['shift']}, stale {s['stale']}) on "
+                f"{result.board}: "
                 f"{cycles} engine cycles ({per_sample} per sample), {seconds:.2f} s")
     return (f"final loss {result.loss:.6g} = {_ratio(result.loss, result.optimum_loss)}"
             f"{accuracy} "
@@ -218,7 +225,7 @@ def _run(args: argparse.Namespace) -> None:
                    costs=(args.cost_pos, args.cost_neg), l2=args.l2,
                    progress=not args.no_progress,
                    on_epoch=on_epoch, algo=args.algo, mu=args.mu,
-                   inner_steps=args.inner_steps, data_bits=args.data_bits)
+                   inner_steps=args.inner_steps, data_bits=args.data_bits, stale=args.stale)
     print(_summary(result))
     if args.out is not None:
         for path in write_outputs(result, args.out):

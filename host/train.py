@@ -61,6 +61,7 @@ __all__ = [
     "DEFAULTS",
     "HALP_DEFAULTS",
     "HALP_LOSSES",
+    "default_stale",
     "LEVEL_KINDS",
     "LOSSES",
     "SAMPLINGS",
@@ -330,7 +331,8 @@ def train(dataset: str | Path | Dataset, *, board: str = "sim", port: str | None
           l2: float = 0.0, shuffle: bool = True, progress: bool = True, timeout: float = 5.0,
           on_epoch: Callable[[TrainResult, EpochRecord], None] | None = None,
           halve_every: int = 0, algo: str = "sgd", mu: float | None = None,
-          inner_steps: int | None = None, data_bits: int | None = None) -> TrainResult:
+          inner_steps: int | None = None, data_bits: int | None = None,
+          stale: int | None = None) -> TrainResult:
     """Train a linear model on a board.
 
     Parameters
@@ -405,6 +407,12 @@ def train(dataset: str | Path | Dataset, *, board: str = "sim", port: str | None
         replacement; default ``n``.
     data_bits : int, optional
         HALP: data precision k (1..8) when it is not ``bits``.
+    stale : int, optional
+        HALP: delay of the inner loop's gradients, in samples (0..``max_stale`` of
+        the board; ``ziphalp.hw.params``, "Delayed gradients"): each inner step's
+        dot product sees the model from that many steps before, so the engine need
+        not wait for the previous step's update. Default :func:`default_stale`, the
+        smallest delay that hides the board's update; 0 is exact HALP.
 
     Returns
     -------
@@ -423,8 +431,9 @@ def train(dataset: str | Path | Dataset, *, board: str = "sim", port: str | None
                            levels=levels, loss=loss, costs=costs, l2=l2,
                            progress=progress, timeout=timeout, on_epoch=on_epoch,
                            halve_every=halve_every, mu=mu, inner_steps=inner_steps,
-                           data_bits=data_bits)
-    for name, value in (("mu", mu), ("inner_steps", inner_steps), ("data_bits", data_bits)):
+                           data_bits=data_bits, stale=stale)
+    for name, value in (("mu", mu), ("inner_steps", inner_steps), ("data_bits", data_bits),
+                        ("stale", stale)):
         if value is not None:
             raise SettingsError(f"{name} is a HALP setting (algo 'halp')")
     step = DEFAULTS["step"] if step is None else step
@@ -604,7 +613,7 @@ def _scale_log(mu: float, bits: int) -> int:
 def _train_halp(dataset, *, board, port, epochs, step, batch, seed, label, bits, sampling,
                 levels,
                 loss, costs, l2, progress, timeout, on_epoch, halve_every, mu, inner_steps,
-                data_bits) -> TrainResult:
+                data_bits, stale) -> TrainResult:
     """:func:`train` with ``algo="halp"`` (module docstring)."""
     if board not in BOARD_PARAMS:
         raise SettingsError(f"unknown board {board!r}; choose from {', '.join(BOARD_PARAMS)}")
@@ -642,6 +651,10 @@ def _train_halp(dataset, *, board, port, epochs, step, batch, seed, label, bits,
     if inner_steps is not None and (isinstance(inner_steps, bool)
                                     or not isinstance(inner_steps, int) or inner_steps < 1):
         raise SettingsError(f"inner steps must be an integer >= 1, not {inner_steps!r}")
+    if stale is not None and (isinstance(stale, bool) or not isinstance(stale, int)
+                              or not 0 <= stale <= kind.max_stale):
+        raise SettingsError(f"stale must be 0..{kind.max_stale} on the {board} board, "
+                            f"not {stale!r}")
     if step is not None:
         try:
             quantize.step_to_shift(step)
@@ -700,6 +713,11 @@ def _train_halp(dataset, *, board, port, epochs, step, batch, seed, label, bits,
         if n > identity.halp_samples:
             raise SettingsError(f"{dataset.name} has {n} samples; HALP on the board on {url} "
                                 f"takes at most {identity.halp_samples}")
+        if stale is None:
+            stale = default_stale(identity, params.beats_for(features, k, False))
+        elif stale > params.max_stale:
+            raise SettingsError(f"stale must be 0..{params.max_stale} on the board on {url}")
+        settings["stale"] = stale
         link.load_levels(level_words(table))
         link.load_model(0, np.zeros(features, np.int64))
         link.status(clear=True)
@@ -733,7 +751,7 @@ def _train_halp(dataset, *, board, port, epochs, step, batch, seed, label, bits,
                 link.configure(features, batch, shift, k=k, double=False, loss=loss_code,
                                cost_pos=COST_ONE, cost_neg=COST_ONE, phase=Phase.INNER,
                                offset_bits=bits, scale_log=scale_log,
-                               seed=_inner_seed(seed, iteration), stochastic=True)
+                               seed=_inner_seed(seed, iteration), stochastic=True, stale=stale)
                 send(rng.integers(0, n, steps))
                 words = link.read_model(0, features)
                 inner = link.status(clear=True)
@@ -745,6 +763,13 @@ def _train_halp(dataset, *, board, port, epochs, step, batch, seed, label, bits,
                 if on_epoch is not None:
                     on_epoch(result, record)
     return result
+
+
+def default_stale(identity: protocol.Identity, beats: int) -> int:
+    """The smallest delay of the inner loop's gradients (``stale``) that lets one-sample
+    steps of ``beats`` feature beats (and a label beat) stream while the board
+    writes each update (``identity.update_gap`` cycles), within the board's range."""
+    return min(identity.params().max_stale, math.ceil(identity.update_gap / (beats + 1)))
 
 
 def _halp_record(result: TrainResult, iteration: int, passes: float, words: np.ndarray,

@@ -32,11 +32,16 @@ class AdderTree(wiring.Component):
     latency : int
     """
 
+    @staticmethod
+    def latency_of(count: int) -> int:
+        """Cycles from ``inputs`` to ``sum`` for ``count`` inputs."""
+        return clog2(count)
+
     def __init__(self, width: int, count: int):
         if width < 1 or count < 1:
             raise ValueError(f"AdderTree needs width >= 1 and count >= 1, not {width}, {count}")
         self.width, self.count = width, count
-        self.latency = clog2(count)
+        self.latency = self.latency_of(count)
         super().__init__({
             "inputs": In(data.ArrayLayout(signed(width), count)),
             "sum": Out(signed(width + self.latency)),

@@ -4,7 +4,9 @@ While it sweeps, the engine clears the gradient (and in the HALP full pass
 re-centres: anchor = model, offset = 0) one word of every bank per cycle, and
 :class:`ClearPass` derives the run-time geometry of a sample from the
 configured feature count and values per beat: the index of the last feature
-beat and which lanes that beat uses. It writes no memory itself.
+beat and which lanes that beat uses. In builds with model copies (delayed
+gradients), :class:`CopyFill` makes every copy of the model equal at the start of
+an inner loop. Neither writes a memory itself.
 """
 
 from amaranth import Cat, Module, Signal
@@ -13,7 +15,7 @@ from amaranth.lib.wiring import In, Out
 
 from .params import EngineParams
 
-__all__ = ["ClearPass"]
+__all__ = ["ClearPass", "CopyFill"]
 
 
 class ClearPass(wiring.Component):
@@ -70,4 +72,48 @@ class ClearPass(wiring.Component):
             m.d.sync += [self.word.eq(self.word + 1), base.eq(base + self.per_beat)]
             with m.If(self.done):
                 m.d.sync += self.busy.eq(0)
+        return m
+
+
+class CopyFill(wiring.Component):
+    """Builds with model copies: at the start of an inner loop, every other copy of
+    the model becomes a copy of the current one (every word, one per bank a cycle).
+
+    The inner loop's updates write the words of the ``d`` features into a new copy
+    each; this keeps the words they do not write the same in every copy.
+
+    Attributes
+    ----------
+    start : In(1); base : In(range(model_copies))
+        Begin; the copy that holds the model (held).
+    busy : Out(1)
+    word : Out(range(bank_depth))
+        While ``busy``, the word of copy ``base`` to read (every bank).
+    write : Out(1); write_word : Out(range(bank_depth)); write_copy : Out(range(model_copies))
+        One cycle later: write the words read into ``write_copy``.
+    """
+
+    def __init__(self, params: EngineParams):
+        self.params = params
+        copies, depth = params.model_copies, params.bank_depth
+        super().__init__({
+            "start": In(1), "base": In(range(copies)), "busy": Out(1),
+            "word": Out(range(depth)),
+            "write": Out(1), "write_word": Out(range(depth)), "write_copy": Out(range(copies)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        p = self.params
+        other = Signal(range(p.model_copies))          # the copy after `base` being filled
+        m.d.sync += [self.write.eq(self.busy), self.write_word.eq(self.word),
+                     self.write_copy.eq(self.base + other)]
+        with m.If(self.start):
+            m.d.sync += [self.busy.eq(1), self.word.eq(0), other.eq(1)]
+        with m.Elif(self.busy):
+            m.d.sync += self.word.eq(self.word + 1)
+            with m.If(self.word == p.bank_depth - 1):
+                m.d.sync += [self.word.eq(0), other.eq(other + 1)]
+                with m.If(other == p.model_copies - 1):
+                    m.d.sync += self.busy.eq(0)
         return m

@@ -37,12 +37,18 @@ class DotProduct(wiring.Component):
         One cycle, ``latency`` cycles after a ``last`` beat.
     """
 
+    @staticmethod
+    def latency_of(params: EngineParams) -> int:
+        """Cycles from a beat on the inputs to ``done`` in a build with ``params``."""
+        return PRODUCT_LATENCY + 1 + AdderTree.latency_of(params.lanes
+                                                          * term_count(params.model_bits))
+
     def __init__(self, params: EngineParams, tag_bits: int):
         self.params = params
         self._tree = AdderTree(params.model_bits + LEVEL.bits,
                                params.lanes * term_count(params.model_bits))
         #: cycles from a beat on the inputs to ``done``
-        self.latency = PRODUCT_LATENCY + 1 + self._tree.latency
+        self.latency = self.latency_of(params)
         super().__init__({
             "weights": In(data.ArrayLayout(signed(params.model_bits), params.lanes)),
             "levels": In(data.ArrayLayout(signed(LEVEL.bits), params.lanes)),

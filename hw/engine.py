@@ -56,14 +56,14 @@ from amaranth.lib import data, fifo, wiring
 from amaranth.lib.wiring import In
 
 from .banks import Banks, rotate, word_address
-from .clear import ClearPass
+from .clear import ClearPass, CopyFill
 from .control import beat_layout, control_signature
 from .decode import BeatDecoder
 from .dot import DotProduct
 from .halp_prep import InnerLoopPrep
 from .loss import ScaledError
 from .params import LABEL, OFFSET_BITS, SAMPLE_INDEX_BITS, EngineParams, Phase
-from .scheduler import INFLIGHT, SampleScheduler
+from .scheduler import SampleScheduler, inflight_limit
 from .skid import RegisterSlice
 from .update import UpdateLanes
 from .update_pass import UpdatePass, sample_entry
@@ -102,13 +102,18 @@ class SGDEngine(wiring.Component):
         self._pass = UpdatePass(p, grad_at=UpdateLanes.GRAD_AT, model_at=UpdateLanes.MODEL_AT,
                                 latency=self._update.latency)
         L, depth = p.lanes, p.bank_depth
-        self._model = Banks(signed(p.model_bits), L, depth, reads=("dot", "update"))
+        # builds with delayed gradients keep model_copies copies of the model, copy c
+        # of word w at address (c, w)
+        self._word_bits = (depth - 1).bit_length()
+        model_depth = depth if p.model_copies == 1 else p.model_copies << self._word_bits
+        self._model = Banks(signed(p.model_bits), L, model_depth, reads=("dot", "update"))
         self._grad = Banks(signed(p.grad_bits), L, depth, reads=("read",))
         if p.halp:
             self._anchor = Banks(signed(p.model_bits), L, depth, reads=("update",))
             self._offset = Banks(signed(OFFSET_BITS), L, depth, reads=("update",))
             self._gamma = Banks(signed(p.grad_bits), L, depth, reads=("read",))
             self._prep = InnerLoopPrep(p)
+            self._fill = CopyFill(p)
         super().__init__({"ctrl": In(control_signature(p))})
 
     @property
@@ -116,28 +121,34 @@ class SGDEngine(wiring.Component):
         """Sample FIFO depth: the longest sample plus the beats in flight around it."""
         return self.params.max_beats + 16
 
-    @property
-    def batch_end_gap(self) -> int:
+    @staticmethod
+    def update_gap(params: EngineParams) -> int:
         """Idle input cycles after the last beat of a batch-ending sample before the
         next sample's first feature beat is accepted: the fixed cost of a model
-        update. (Decode, dot product, loss, sigma FIFO (2), pass start, RAM read,
-        update lanes, write-back, and two for the registered, one-word-early
-        hazard check.)"""
-        return (self._decoder.latency + self._dot.latency + self._loss.latency
-                + self._update.latency + 6)
+        update (without delayed gradients). (Decode, dot product, loss, sigma FIFO
+        (2), pass start, RAM read, update lanes, write-back, and two for the
+        registered, one-word-early hazard check.) The board reports it
+        (``IDENTIFY``'s ``update_gap``)."""
+        return (BeatDecoder.latency + DotProduct.latency_of(params)
+                + ScaledError.latency_of(params) + UpdateLanes.latency_of(params) + 6)
+
+    @property
+    def batch_end_gap(self) -> int:
+        """:meth:`update_gap` of this engine."""
+        return self.update_gap(self.params)
 
     def elaborate(self, platform):
         m = Module()
         p, ctrl = self.params, self.ctrl
         for name in ("slice", "decoder", "scheduler", "clear", "dot", "loss", "update",
-                     "pass", "model", "grad") + (("anchor", "offset", "gamma", "prep")
+                     "pass", "model", "grad") + (("anchor", "offset", "gamma", "prep", "fill")
                                                   if p.halp else ()):
             m.submodules[name] = getattr(self, f"_{name}")
         # `start` empties the sample FIFO: a sample left half-streamed is dropped.
         samples = fifo.SyncFIFOBuffered(width=sample_entry(p).size, depth=self.fifo_depth)
         m.submodules.samples = ResetInserter(ctrl.start)(samples)
         m.submodules.sigmas = sigmas = fifo.SyncFIFOBuffered(
-            width=p.sigma.bits + 1, depth=INFLIGHT)
+            width=p.sigma.bits + 1, depth=inflight_limit(p))
         # the phase (HALP builds), registered (the configuration is static from
         # the cycle before `start` on)
         self._full, self._inner = Signal(), Signal()
@@ -145,7 +156,11 @@ class SGDEngine(wiring.Component):
             m.d.sync += [self._full.eq(ctrl.phase == Phase.FULL),
                          self._inner.eq(ctrl.phase == Phase.INNER)]
         self._offset_shift = self._prep.offset_shift if p.halp else 0
-        self._preparing = self._clear.busy | (self._prep.busy if p.halp else 0)
+        # the model copy that holds the newest model (builds with model copies: the
+        # inner loop's updates each write the next copy)
+        self._current = Signal(range(p.model_copies))
+        m.d.sync += self._current.eq(self._current + (self._pass.update_done & self._inner))
+        self._preparing = self._clear.busy | (self._prep.busy | self._fill.busy if p.halp else 0)
         self._input(m, samples)
         self._stage1(m, samples, sigmas)
         self._stage2(m, samples, sigmas)
@@ -156,7 +171,8 @@ class SGDEngine(wiring.Component):
 
     def _input(self, m, samples):
         """Beats into the register slice, the scheduler and the decoder; the clear pass."""
-        ctrl, sched, dec, clear = self.ctrl, self._scheduler, self._decoder, self._clear
+        p, ctrl, sched, dec, clear = (self.params, self.ctrl, self._scheduler, self._decoder,
+                                      self._clear)
         wiring.connect(m, wiring.flipped(ctrl.beats), self._slice.i)
         wiring.connect(m, self._slice.o, sched.beats)
         m.d.comb += [
@@ -167,7 +183,9 @@ class SGDEngine(wiring.Component):
             sched.hold.eq(self._preparing), sched.fifo_level.eq(samples.level),
             sched.pass_start.eq(self._pass.pass_start), sched.pass_done.eq(self._pass.pass_done),
             sched.model_written.eq(self._pass.model_write),
-            sched.update_done.eq(self._pass.update_done),
+            sched.update_done.eq(self._pass.update_done), sched.base.eq(self._current),
+            *([sched.stale.eq(Mux(self._inner, ctrl.stale, 0)), sched.rotate.eq(self._inner)]
+              if p.model_copies > 1 else []),
             dec.k.eq(ctrl.k), dec.double.eq(ctrl.double),
             dec.data.eq(self._slice.o.payload.data), dec.last.eq(sched.last_beat),
             dec.last_mask.eq(clear.last_mask),
@@ -183,11 +201,13 @@ class SGDEngine(wiring.Component):
         dot, loss, model = self._dot, self._loss, self._model
         # each beat's place and tag, delayed to meet its decoded lane values
         layout = data.StructLayout({"valid": 1, "first": 1, "last": 1, "bank": range(p.lanes),
-                                    "addr": range(p.bank_depth + 1), "tag": self._tag})
+                                    "addr": range(p.bank_depth + 1), "tag": self._tag,
+                                    "copy": range(p.model_copies)})
         ctl = [Signal(layout, name=f"ctl{i}") for i in range(dec.latency + 1)]
         m.d.comb += [ctl[0].valid.eq(sched.take), ctl[0].first.eq(sched.first),
                      ctl[0].last.eq(sched.last), ctl[0].bank.eq(sched.bank),
-                     ctl[0].addr.eq(sched.addr), ctl[0].tag.label.eq(sched.label),
+                     ctl[0].addr.eq(sched.addr), ctl[0].copy.eq(sched.copy),
+                     ctl[0].tag.label.eq(sched.label),
                      ctl[0].tag.end.eq(sched.end)]
         if p.halp:
             m.d.comb += ctl[0].tag.index.eq(sched.index)
@@ -196,8 +216,9 @@ class SGDEngine(wiring.Component):
         # model words are read a cycle ahead; the link reads the model through the
         # same port while the engine is idle
         for b in range(p.lanes):
-            m.d.comb += model.dot.addr[b].eq(Mux(ctrl.model_read, ctrl.model_word,
-                                                 word_address(b, ctl[1].bank, ctl[1].addr)))
+            m.d.comb += model.dot.addr[b].eq(Mux(
+                ctrl.model_read, self._model_address(ctrl.model_word, self._current),
+                self._model_address(word_address(b, ctl[1].bank, ctl[1].addr), ctl[1].copy)))
         lane_sel = Signal.like(ctrl.model_lane)
         m.d.sync += lane_sel.eq(ctrl.model_lane)
         m.d.comb += ctrl.model_rdata.eq(Array(model.dot.data[b] for b in range(p.lanes))[lane_sel])
@@ -233,6 +254,7 @@ class SGDEngine(wiring.Component):
             ps.samples.valid.eq(samples.r_rdy), ps.samples.payload.eq(samples.r_data),
             samples.r_en.eq(ps.samples.ready),
             ps.hold.eq(self._preparing), ps.last_word.eq(self._clear.last_word),
+            ps.start.eq(ctrl.start), ps.base.eq(self._current), ps.rotate.eq(self._inner),
             ps.per_beat.eq(self._decoder.per_beat), ps.written.eq(upd.valid_out),
             upd.sigma.eq(ps.sigma), upd.levels.eq(ps.levels), upd.end.eq(ps.end),
             upd.valid.eq(ps.valid), upd.l2_shift.eq(ctrl.l2_shift),
@@ -248,6 +270,7 @@ class SGDEngine(wiring.Component):
                 upd.gamma.eq(self._gamma.read.data),
                 prep.start.eq(self._clear.done & self._inner), prep.scale_log.eq(ctrl.scale_log),
                 prep.shift.eq(ctrl.shift), prep.grad.eq(self._grad.read.data),
+                self._fill.start.eq(ctrl.start & self._inner), self._fill.base.eq(self._current),
             ]
         for b in range(p.lanes):
             grad_addr = word_address(b, ps.grad_at.bank, ps.grad_at.addr)
@@ -259,10 +282,20 @@ class SGDEngine(wiring.Component):
                 grad_addr = Mux(self._prep.reading, self._prep.word, grad_addr)   # HALP prep
             m.d.comb += [
                 self._grad.read.addr[b].eq(grad_addr),
-                # the clear pass reads the model to re-centre the anchor on it
-                self._model.update.addr[b].eq(Mux(self._clear.busy, self._clear.word,
-                                                  model_addr)),
+                # the clear pass reads the model to re-centre the anchor on it, the
+                # copy fill to copy it; the updates read it (SGD) from the newest copy
+                self._model.update.addr[b].eq(self._model_address(
+                    Mux(self._fill.busy, self._fill.word, Mux(self._clear.busy, self._clear.word,
+                                                              model_addr))
+                    if p.halp else Mux(self._clear.busy, self._clear.word, model_addr),
+                    self._current)),
             ]
+
+    def _model_address(self, word, copy):
+        """The model banks' address of ``word`` in model copy ``copy``."""
+        if self.params.model_copies == 1:
+            return word
+        return Cat(word[:self._word_bits], copy)
 
     def _grad_writes(self, m):
         """Gradient (and HALP gamma) writes: the clear pass, gamma, the update lanes."""
@@ -294,11 +327,20 @@ class SGDEngine(wiring.Component):
             wb_addr = word_address(b, ps.write_at.bank, ps.write_at.addr)
             wb_model = ps.model_write & ps.write_at.active[b]
             with m.If(ctrl.model_write):
-                m.d.comb += [model.write.addr[b].eq(ctrl.model_word),
+                m.d.comb += [model.write.addr[b].eq(self._model_address(ctrl.model_word,
+                                                                        self._current)),
                              model.write.data[b].eq(ctrl.model_wdata),
                              model.write.en[b].eq(ctrl.model_lane == b)]
+            if p.halp:
+                fill = self._fill
+                with m.Elif(fill.write):
+                    m.d.comb += [model.write.addr[b].eq(self._model_address(fill.write_word,
+                                                                            fill.write_copy)),
+                                 model.write.data[b].eq(model.update.data[b]),
+                                 model.write.en[b].eq(1)]
             with m.Else():
-                m.d.comb += [model.write.addr[b].eq(wb_addr),
+                m.d.comb += [model.write.addr[b].eq(self._model_address(wb_addr,
+                                                                        ps.write_at.copy)),
                              model.write.data[b].eq(upd.model_out[b]),
                              model.write.en[b].eq(wb_model)]
             if not p.halp:

@@ -59,6 +59,8 @@ class LinkCheck(Component):
         The request (``received``: the receiver's status).
     configured : In(1)
         A CONFIGURE has been accepted.
+    inner : In(1)
+        The configuration accepted is HALP's inner loop (LOAD_MODEL is STATE then).
     verdict : Out(Status)
     accepted : Out(1)
         ``verdict`` is OK: the executor acts.
@@ -77,7 +79,7 @@ class LinkCheck(Component):
         self.params = params
         super().__init__({
             "cmd": In(8), "length": In(16), "received": In(Status), "args": In(ARGS_LAYOUT),
-            "whole": In(1), "wide": In(1), "configured": In(1),
+            "whole": In(1), "wide": In(1), "configured": In(1), "inner": In(1),
             "verdict": Out(Status), "accepted": Out(1), "payload_len": Out(16),
             "is_cmd": Out(command_layout()), "clear": Out(1),
         })
@@ -111,7 +113,8 @@ class LinkCheck(Component):
         length_good = step(Cat(is_cmd[cmd] & length_ok[cmd] for cmd in Command).any(),
                            "length_good")
         stream = is_cmd[Command.STREAM] | is_cmd[Command.STREAM_FLUSH]
-        state_good = step(self.configured | ~stream, "state_good")
+        state_good = step((self.configured | ~stream)
+                          & ~(self.inner & is_cmd[Command.LOAD_MODEL]), "state_good")
 
         # step 3: the status, by priority
         args_good = Cat(is_cmd[cmd] & args_ok.get(cmd, 1) for cmd in Command).any()

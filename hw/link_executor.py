@@ -22,6 +22,7 @@ from amaranth.lib.wiring import Component, In, Out
 from amaranth.utils import ceil_log2
 
 from .control import control_signature
+from .engine import SGDEngine
 from .link_check import LinkCheck
 from .link_messages import (
     LEVEL_BYTES,
@@ -33,7 +34,7 @@ from .link_messages import (
     request_signature,
 )
 from .link_reply import ReplySender, StatusCounters
-from .params import LEVEL, EngineParams
+from .params import LEVEL, EngineParams, Phase
 from .protocol import (
     CONFIGURE,
     IDENTIFY,
@@ -97,7 +98,7 @@ class LinkExecutor(Component):
 
     def identity(self) -> bytes:
         """The IDENTIFY reply payload of this build."""
-        return Identity.of(self.params).pack()
+        return Identity.of(self.params, update_gap=SGDEngine.update_gap(self.params)).pack()
 
     def elaborate(self, platform):
         m = Module()
@@ -122,6 +123,7 @@ class LinkExecutor(Component):
             check.cmd.eq(req.cmd), check.length.eq(req.length), check.received.eq(req.status),
             check.args.eq(req.args), check.whole.eq(req.whole), check.wide.eq(req.wide),
             check.configured.eq(x.configured),
+            check.inner.eq(x.configured & (self.engine.phase == Phase.INNER)),
         ]
         self._model_position(m, x)
         self._buffer_cursor(m, x)

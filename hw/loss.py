@@ -66,13 +66,18 @@ class ScaledError(wiring.Component):
     valid_out : Out(1); tag_out : Out(tag_bits)
     """
 
+    @staticmethod
+    def latency_of(params: EngineParams) -> int:
+        """Cycles from ``valid`` to ``valid_out`` in a build with ``params``."""
+        return 7 + AdderTree.latency_of(COST_BITS) if params.class_costs else 7
+
     def __init__(self, params: EngineParams, tag_bits: int):
         assert BASE_SHIFT >= 1
         self.params = params
         self._cost_tree = (AdderTree(params.sigma.bits + COST_BITS, COST_BITS)
                            if params.class_costs else None)
         #: cycles from ``valid`` to ``valid_out``
-        self.latency = 7 + self._cost_tree.latency if params.class_costs else 7
+        self.latency = self.latency_of(params)
         self.shift_max = SHIFT_MAX + (OFFSET_SHIFT_MAX if params.halp else 0)
         super().__init__({
             "dot": In(signed(params.dot_bits)),

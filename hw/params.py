@@ -78,6 +78,18 @@ full gradient to ``2**-SIGMA_FRAC`` of a model LSB per level unit (a floor near
 ``1e-7`` relative suboptimality at ``n = 1000``) and an inner step to a quarter
 of an offset LSB (which stalls a 4-bit grid).
 
+Delayed gradients in the inner loop (``stale``; builds with ``model_copies > 1``,
+the HALP builds). ``CONFIGURE``'s ``stale`` ``tau`` (``0..max_stale``) lets inner-loop
+sample ``u`` (counted from 0 at ``CONFIGURE``) take its dot product, and so ``E``,
+at the model as it was before sample ``max(u - tau, 0)``: after the updates of the
+batches that ended at samples ``< u - tau``, none later. Every update still starts
+from the newest offset ``z``. ``tau = 0`` is plain mini-batch HALP; the SGD phase
+and the full pass ignore ``tau``. The engine keeps ``model_copies`` copies of the
+model (each inner-loop update writes the next one; all are made equal when an
+inner loop starts), so a sample can read a past model while newer updates are
+written: with ``tau`` about ``batch_end_gap / (n + 1)`` one-sample batches stream at
+a beat a cycle. ``LOAD_MODEL`` is refused while an inner loop is configured.
+
 Full pass (``Phase.FULL``). ``CONFIGURE`` re-centres, for every word: ``a = w``,
 ``z = 0``, ``G = 0``. Then per sample: ``E`` at ``w`` as above; the *anchor
 error* ``C[i] = E`` is cached; ``S = sat(round_shift(E, LF + shift - SIGMA_FRAC),
@@ -138,7 +150,7 @@ __all__ = [
     "SIGMOID_ERROR_BOUND", "Loss", "LOSS_NAMES", "HALP_LOSSES", "field_bits", "sigmoid_table",
     "EngineParams",
     "BOARD_PARAMS", "Phase", "HALP_FRAC", "OFFSET_BITS", "OFFSET_SHIFT_MAX", "LOG_FRAC",
-    "SCALE_LOG_BITS", "PRNG_GOLDEN", "PRNG_ZERO_SEED", "halp_shift",
+    "SCALE_LOG_BITS", "MODEL_COPIES", "PRNG_GOLDEN", "PRNG_ZERO_SEED", "halp_shift",
 ]
 
 
@@ -208,6 +220,9 @@ OFFSET_BITS = 16
 OFFSET_SHIFT_MAX = 23
 #: Fraction bits of the inner loop's accumulator, in offset LSBs (HALP).
 HALP_FRAC = SIGMA_FRAC + LEVEL.frac
+#: Copies of the model in builds with delayed gradients (the HALP builds); the
+#: largest ``stale`` is two fewer.
+MODEL_COPIES = 8
 #: Fraction bits of the log-domain scale rule (``lam`` and ``scale_log``).
 LOG_FRAC = 8
 #: ``scale_log`` is a signed 16-bit ``CONFIGURE`` field.
@@ -403,6 +418,17 @@ class EngineParams:
     def halp(self) -> bool:
         """HALP mode is built."""
         return self.halp_samples > 0
+
+    @property
+    def model_copies(self) -> int:
+        """Copies of the model kept for delayed gradients (``stale``): ``MODEL_COPIES``
+        in HALP builds, else 1."""
+        return MODEL_COPIES if self.halp else 1
+
+    @property
+    def max_stale(self) -> int:
+        """Largest run-time ``stale`` (delay in samples of the dot product's model)."""
+        return max(0, self.model_copies - 2)
 
     @property
     def levels_max(self) -> int:

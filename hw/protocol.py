@@ -47,7 +47,9 @@ Commands
                   ``CONFIGURE``. A payload of other than 2..``2**max_k + 1``
                   whole int16s is ``LENGTH``, a level out of range ``ARGUMENT``.
                   Reply: empty.
-``LOAD_MODEL``    :data:`MODEL_HEADER` (``count`` 0) then int32 weights. Reply: empty.
+``LOAD_MODEL``    :data:`MODEL_HEADER` (``count`` 0) then int32 weights. ``STATE``
+                  while HALP's inner loop is configured (the model is anchor plus
+                  offset there). Reply: empty.
 ``READ_MODEL``    :data:`MODEL_HEADER`. Reply: ``count`` int32 weights.
 ``STREAM``        whole beats (a multiple of ``beat_bits // 8`` bytes): per
                   sample one label beat (label in the low 16 bits) then
@@ -77,6 +79,7 @@ from .params import (
     COST_ONE,
     HALP_LOSSES,
     L2_SHIFT_MAX,
+    MODEL_COPIES,
     OFFSET_BITS,
     SCALE_LOG_BITS,
     SHIFT_MAX,
@@ -96,7 +99,7 @@ __all__ = [
 ]
 
 #: Protocol version, reported by ``IDENTIFY``.
-VERSION = 3
+VERSION = 4
 #: Sync word that opens every frame.
 SYNC = bytes([0xA5, 0x5A])
 #: Magic bytes at the start of the ``IDENTIFY`` reply.
@@ -122,7 +125,7 @@ class Status(IntEnum):
     COMMAND = 0x02    # unknown command
     LENGTH = 0x03     # payload length wrong for the command or larger than the buffer
     ARGUMENT = 0x04   # an argument out of range (configuration, model range, level)
-    STATE = 0x05      # command not allowed now (STREAM before CONFIGURE)
+    STATE = 0x05      # not allowed now (STREAM before CONFIGURE, LOAD_MODEL in the inner loop)
     TIMEOUT = 0x06    # request stalled mid-frame
 
     def describe(self) -> str:
@@ -132,7 +135,7 @@ class Status(IntEnum):
             Status.COMMAND: "unknown command",
             Status.LENGTH: "bad payload length",
             Status.ARGUMENT: "argument out of range",
-            Status.STATE: "not configured",
+            Status.STATE: "not allowed now (not configured, or a model load in the inner loop)",
             Status.TIMEOUT: "request timed out mid-frame",
         }[self]
 
@@ -458,6 +461,9 @@ CONFIGURE = Message("CONFIGURE", [
     Field("scale_log", "h", "HALP grid scale, round(2**LOG_FRAC * log2(mu (2**(b-1) - 1)))",
           default=0),
     Field("seed", "I", "seed of the PRNG lanes (applied by Phase.INNER)", default=0),
+    Field("stale", "B", "Phase.INNER: delay tau, in samples, of the model a sample's dot "
+          "product sees (params: Delayed gradients)", range(MODEL_COPIES - 1), default=0,
+          needs=Options.HALP),
 ])
 assert CONFIGURE.field("cost_pos").bits == COST_BITS
 assert CONFIGURE.field("scale_log").bits == SCALE_LOG_BITS
@@ -493,6 +499,8 @@ IDENTIFY = Message("IDENTIFY", [
     Field("clock_hz", "I", "engine clock"),
     Field("build_id", "I", "identifier of the parameters and protocol version"),
     Field("halp_samples", "H", "entries of the HALP anchor-error cache (0: no HALP)"),
+    Field("update_gap", "B", "cycles a batch-ending sample adds for its model update "
+          "(SGDEngine.update_gap; delayed gradients hide them)"),
 ])
 
 
@@ -500,10 +508,13 @@ class Identity(record(IDENTIFY)):
     """The board's answer to IDENTIFY (fields: :data:`IDENTIFY`)."""
 
     @classmethod
-    def of(cls, params: EngineParams, version: int = VERSION) -> Identity:
-        """What a board built with ``params`` answers."""
+    def of(cls, params: EngineParams, version: int = VERSION, *,
+           update_gap: int) -> Identity:
+        """What a board built with ``params`` answers (``update_gap``: the engine's,
+        ``ziphalp.hw.engine.SGDEngine.update_gap``)."""
         return cls(**{f.name: f.cast(getattr(params, f.name)) for f in IDENTIFY.fields
-                      if f.name != "version"}, version=version)
+                      if f.name not in ("version", "update_gap")}, version=version,
+                   update_gap=update_gap)
 
     def params(self) -> EngineParams:
         """The engine parameters reported, or ValueError if they are impossible."""

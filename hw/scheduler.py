@@ -4,13 +4,15 @@ Stage 1 of the engine takes a sample's label beat, then its ``n`` feature
 beats, one a cycle at most. :class:`SampleScheduler` decides each cycle whether
 the waiting beat may enter and keeps the per-sample and per-batch position:
 
-* A label beat enters while fewer than ``INFLIGHT`` samples wait for their
-  update pass (the ``sigma`` FIFO has room).
+* A label beat enters while fewer than :func:`inflight_limit` samples wait for
+  their update pass (the ``sigma`` FIFO has room).
 * A feature beat enters while the sample FIFO has room for it and the beats in
   flight, and, when a batch-ending update is due, only once that update has
   written the model words of this beat (the model is read-only inside a batch;
   every sample sees the model of the previous batch, whatever the bubbles, as
-  the golden model does).
+  the golden model does). With delayed gradients (``stale`` = tau, builds with
+  model copies) a sample waits only for the updates of batches that ended more
+  than tau samples before it, and reads the model copy they wrote.
 * A sample ends a batch when the batch is full or a flush came with one of its
   beats; never in the HALP full pass.
 
@@ -19,7 +21,7 @@ early and on the safe side. This module decodes no fields and touches no
 memory; ``ziphalp.hw.engine`` wires it to the decoder and the update pass.
 """
 
-from amaranth import Module, Mux, Signal, signed
+from amaranth import Cat, Module, Mux, Signal, signed
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -27,10 +29,13 @@ from .banks import BeatCursor
 from .control import beat_layout
 from .params import LABEL, SAMPLE_INDEX_BITS, SAMPLE_INDEX_OFFSET, EngineParams
 
-__all__ = ["SampleScheduler", "INFLIGHT"]
+__all__ = ["SampleScheduler", "inflight_limit"]
 
-#: Samples allowed between their label beat and the start of their update pass.
-INFLIGHT = 8
+
+def inflight_limit(p: EngineParams) -> int:
+    """Samples allowed between their label beat and the start of their update pass
+    (more where delayed gradients let stage 1 run further ahead)."""
+    return 8 if p.model_copies == 1 else 16
 
 
 class SampleScheduler(wiring.Component):
@@ -72,6 +77,13 @@ class SampleScheduler(wiring.Component):
         Where the waiting feature beat's first feature sits (:class:`BeatCursor`).
     drained : Out(1)
         Every sample whose last beat was taken has been written back.
+    stale : In(range(max_stale + 1)); base : In(range(model_copies)); rotate : In(1)
+        Builds with model copies: the delay tau, the copy that holds the model at
+        ``start``, and whether each update writes the next copy (HALP's inner
+        loop; else every update writes copy ``base`` in place and tau must be 0).
+        Held.
+    copy : Out(range(model_copies))
+        The model copy the current sample reads.
     """
 
     def __init__(self, params: EngineParams, fifo_depth: int, decode_latency: int):
@@ -91,6 +103,9 @@ class SampleScheduler(wiring.Component):
             "label": Out(signed(LABEL.bits)), "index": Out(SAMPLE_INDEX_BITS),
             "bank": Out(range(p.lanes)), "addr": Out(range(p.bank_depth + 1)),
             "drained": Out(1),
+            "stale": In(range(p.max_stale + 1)), "base": In(range(p.model_copies)),
+            "rotate": In(1),
+            "copy": Out(range(p.model_copies)),
         })
 
     def elaborate(self, platform):
@@ -111,22 +126,31 @@ class SampleScheduler(wiring.Component):
 
     def _admit(self, m, at_label):
         """The accept decision and the counts it rests on."""
-        p = self.params
-        inflight = Signal(range(INFLIGHT + 1))    # label taken, pass not started
-        pending = Signal(range(INFLIGHT + 2))     # last beat taken, not written back
-        end_pending = Signal()                    # a batch-ending pass is due
-        end_written = Signal(range(p.max_beats + 1))   # beats it has written so far
+        p, limit = self.params, inflight_limit(self.params)
+        inflight = Signal(range(limit + 1))       # label taken, pass not started
+        pending = Signal(range(limit + 2))        # last beat taken, not written back
         pos = Signal(range(p.max_beats + 1))      # 0: label beat next; j+1: beat j
-        room, model_ready = Signal(), Signal()
+        room = Signal()
         self._pos = pos
-        m.d.sync += [room.eq(self.fifo_level + self.decode_latency + 3 <= self.fifo_depth),
-                     model_ready.eq(~end_pending | (end_written > pos))]
-        m.d.comb += self.beats.ready.eq(~self.hold & Mux(at_label, inflight < INFLIGHT,
-                                                         room & model_ready))
         take_label = self.beats.valid & self.beats.ready & at_label
+        if p.model_copies == 1:
+            model_ready = self._latest_model(m)
+        else:
+            model_ready = self._delayed_model(m, at_label, take_label)
+        m.d.sync += room.eq(self.fifo_level + self.decode_latency + 3 <= self.fifo_depth)
+        m.d.comb += self.beats.ready.eq(~self.hold & Mux(at_label, inflight < limit,
+                                                         room & model_ready))
         m.d.sync += [inflight.eq(inflight + take_label - self.pass_start),
                      pending.eq(pending + self.last - self.pass_done)]
         m.d.comb += self.drained.eq(pending == 0)
+
+    def _latest_model(self, m):
+        """The hazard without delayed gradients: after a batch end, beat ``j`` waits
+        until that update has written its words (a register, one beat early)."""
+        end_pending = Signal()                    # a batch-ending pass is due
+        end_written = Signal(range(self.params.max_beats + 1))   # beats it has written
+        model_ready = Signal()
+        m.d.sync += model_ready.eq(~end_pending | (end_written > self._pos))
         with m.If(self.model_written):
             m.d.sync += end_written.eq(end_written + 1)
         with m.If(self.update_done):
@@ -135,6 +159,41 @@ class SampleScheduler(wiring.Component):
             m.d.sync += [end_pending.eq(1), end_written.eq(0)]
         with m.If(self.start):
             m.d.sync += end_pending.eq(0)
+        return model_ready
+
+    def _delayed_model(self, m, at_label, take_label):
+        """The hazard with delayed gradients (``stale`` = tau): sample ``u`` reads the
+        model copy of the updates of the batches that ended at samples ``< u - tau``,
+        and beat ``j`` waits until the last of them has written its words. Updates
+        are written in order, one after the other."""
+        p, copies = self.params, self.params.model_copies
+        ends = Signal(8)                          # batch ends taken since `start`
+        done = Signal(8)                          # updates written since `start`
+        written = Signal(range(p.max_beats + 1))  # beats of update `done` written
+        recent = Signal(p.max_stale)              # the last samples' batch ends, newest first
+        need, base = Signal(8), Signal(range(copies))
+        # updates the next sample must see: all but those of its `stale` predecessors
+        window = Signal(p.max_stale)
+        m.d.comb += window.eq(recent & ((1 << self.stale) - 1))
+        need_next = Signal(8)
+        m.d.comb += need_next.eq(ends - sum(window[i] for i in range(p.max_stale)))
+        lag = Signal(signed(8))
+        m.d.comb += lag.eq(Mux(at_label, need_next, need) - done)
+        model_ready = Signal()
+        m.d.sync += model_ready.eq((lag <= 0) | ((lag == 1) & (written > self._pos)))
+        with m.If(take_label):
+            m.d.sync += [need.eq(need_next),
+                         self.copy.eq(base + Mux(self.rotate, need_next, 0))]
+        with m.If(self.last):
+            m.d.sync += [ends.eq(ends + self.end), recent.eq(Cat(self.end, recent))]
+        with m.If(self.update_done):
+            m.d.sync += [done.eq(done + 1), written.eq(0)]
+        with m.Elif(self.model_written):
+            m.d.sync += written.eq(written + 1)
+        with m.If(self.start):
+            m.d.sync += [ends.eq(0), done.eq(0), written.eq(0), recent.eq(0), need.eq(0),
+                         base.eq(self.base)]
+        return model_ready
 
     def _sample(self, m, at_label, take_label, take_word):
         """The position inside the sample, its label and cache index."""

@@ -32,7 +32,8 @@ def sample_entry(p: EngineParams) -> data.StructLayout:
 def place_layout(p: EngineParams) -> data.StructLayout:
     """Where a beat of a pass sits, and what it is."""
     return data.StructLayout({"bank": range(p.lanes), "addr": range(p.bank_depth + 1),
-                              "active": p.lanes, "last": 1, "end": 1})
+                              "active": p.lanes, "last": 1, "end": 1,
+                              "copy": range(p.model_copies)})
 
 
 class UpdatePass(wiring.Component):
@@ -53,6 +54,11 @@ class UpdatePass(wiring.Component):
         ``sigma`` follows all its beats).
     hold : In(1)
         Start no pass (the engine is clearing or preparing).
+    start : In(1); base : In(range(model_copies)); rotate : In(1)
+        Builds with model copies: the engine restarts, and the model is in copy
+        ``base``; with ``rotate`` (held), the ``i``-th batch-ending pass after
+        ``start`` writes copy ``base + i + 1`` (its place's ``copy``), else copy
+        ``base``.
     last_word, per_beat : In
         Feature beats per sample minus one; values per beat ``K``.
     sigma, levels, valid, end : Out
@@ -78,7 +84,7 @@ class UpdatePass(wiring.Component):
         super().__init__({
             "sigmas": In(stream.Signature(p.sigma.bits + 1)),
             "samples": In(stream.Signature(sample_entry(p))),
-            "hold": In(1),
+            "hold": In(1), "start": In(1), "base": In(range(p.model_copies)), "rotate": In(1),
             "last_word": In(range(p.max_beats)), "per_beat": In(range(p.lanes + 1)),
             "sigma": Out(signed(p.sigma.bits)),
             "levels": Out(data.ArrayLayout(signed(LEVEL.bits), p.lanes)),
@@ -99,8 +105,14 @@ class UpdatePass(wiring.Component):
         gap = Signal(range(self.latency + 1))
         start = ~active & ~self.hold & self.sigmas.valid & (gap == 0)
         m.d.comb += [self.pass_start.eq(start), self.sigmas.ready.eq(start)]
+        copy = Signal(range(p.model_copies))        # this pass's model copy
+        target = Signal(range(p.model_copies))      # the next batch end's
+        with m.If(self.start):
+            m.d.sync += target.eq(self.base + self.rotate)
+        with m.Elif(start & self.sigmas.payload[-1] & self.rotate):
+            m.d.sync += target.eq(target + 1)
         with m.If(start):
-            m.d.sync += [active.eq(1), word.eq(0),
+            m.d.sync += [active.eq(1), word.eq(0), copy.eq(target),
                          gap.eq(1 + self.latency - self.grad_at_cycle),
                          self.sigma.eq(self.sigmas.payload[:p.sigma.bits]),
                          end.eq(self.sigmas.payload[-1])]
@@ -120,7 +132,8 @@ class UpdatePass(wiring.Component):
         trail = [Signal(place_layout(p), name=f"trail{i}") for i in range(self.latency + 1)]
         m.d.sync += [trail[0].bank.eq(cursor.bank), trail[0].addr.eq(cursor.addr),
                      trail[0].active.eq(self.samples.payload.active),
-                     trail[0].last.eq(issue_last), trail[0].end.eq(end)]
+                     trail[0].last.eq(issue_last), trail[0].end.eq(end),
+                     trail[0].copy.eq(copy)]
         m.d.sync += [trail[i + 1].eq(trail[i]) for i in range(self.latency)]
         m.d.sync += [self.levels.eq(self.samples.payload.q2), self.valid.eq(issue)]
         write_at = trail[self.latency]

@@ -204,6 +204,8 @@ class GoldenEngine:
         self.prng = prng_seeds(0, params.lanes)
         self.offset_shift = 0
         self.phase = Phase.SGD
+        self.stale = 0
+        self._past: list[np.ndarray] = []
         self.stochastic = False
         self.offset_bits = 8
         self.overflow = False
@@ -221,7 +223,7 @@ class GoldenEngine:
                   double: bool = True, loss: Loss = Loss.SQUARED, l2_shift: int = 0,
                   cost_pos: int = COST_ONE, cost_neg: int = COST_ONE,
                   phase: Phase = Phase.SGD, offset_bits: int = 8, scale_log: int = 0,
-                  seed: int = 0, stochastic: bool = False) -> None:
+                  seed: int = 0, stochastic: bool = False, stale: int = 0) -> None:
         """Set the run-time configuration and clear the position in the sample and batch.
 
         ``Phase.SGD`` clears the gradient. ``Phase.FULL`` re-centres every word
@@ -230,7 +232,9 @@ class GoldenEngine:
         (:func:`~ziphalp.hw.params.halp_shift`), turns every ``G_f`` into
         ``gamma_f = round_shift(G_f, offset_shift + shift)`` and seeds the PRNG
         lanes with ``seed``. The HALP fields (``offset_bits``, ``scale_log``,
-        ``seed``, ``stochastic``) must be in range in every phase.
+        ``seed``, ``stochastic``, ``stale``) must be in range in every phase.
+        ``stale`` delays the model each inner-loop sample's dot product sees by that
+        many samples (section "Delayed gradients" of ``ziphalp.hw.params``).
         """
         p = self.p
         try:
@@ -258,6 +262,7 @@ class GoldenEngine:
             (scale_low <= scale_log < -scale_low,
              f"scale_log must be {scale_low}..{-scale_low - 1}"),
             (0 <= seed < 1 << 32, "seed must be 0..2**32 - 1"),
+            (0 <= stale <= p.max_stale, f"stale must be 0..{p.max_stale}"),
             (stochastic in (0, 1), "stochastic must be a bool"),
             (p.halp or not halp, "this engine has no HALP mode: phase must be SGD"),
             (loss in HALP_LOSSES or not halp,
@@ -271,6 +276,8 @@ class GoldenEngine:
         self.l2_shift, self.cost_pos, self.cost_neg = l2_shift, cost_pos, cost_neg
         self.phase, self.offset_bits = phase, int(offset_bits)
         self.scale_log, self.seed, self.stochastic = int(scale_log), int(seed), bool(stochastic)
+        self.stale = int(stale)
+        self._past = []                          # the models before the last stale + 1 samples
         if phase == Phase.FULL:
             self.anchor[:] = self.model
             self.offset[:] = 0
@@ -291,6 +298,10 @@ class GoldenEngine:
         self.levels[:len(levels)] = levels
 
     def load_model(self, start: int, weights) -> None:
+        """Write model words from ``start`` on; refused (``RuntimeError``) while an
+        inner loop is configured (the board answers ``STATE``)."""
+        if self.phase == Phase.INNER:
+            raise RuntimeError("LOAD_MODEL while the HALP inner loop is configured")
         weights = np.asarray(weights, dtype=np.int64)
         if start < 0 or start + len(weights) > self.p.max_features:
             raise ValueError("model range outside the engine")
@@ -393,7 +404,10 @@ class GoldenEngine:
                              f"(0..{p.halp_samples - 1})")
         q1, q2 = decode(fields, self.levels, self.k, self.double)
         w = self.model[:d]
-        dot = int(np.dot(w, q1))
+        # the inner loop's dot product sees the model from before sample max(u - stale, 0)
+        stale = self.stale if self.phase == Phase.INNER else 0
+        self._past = (self._past + [w.copy()])[-(stale + 1):]
+        dot = int(np.dot(self._past[0], q1))
         error = loss_derivative(dot, label, self.loss, p)
         self.samples += 1
         if self.phase == Phase.FULL:

@@ -6,6 +6,7 @@ import struct
 
 import numpy as np
 from ziphalp.hw import protocol
+from ziphalp.hw.engine import SGDEngine
 from ziphalp.hw.params import BOARD_PARAMS, EngineParams
 from ziphalp.hw.protocol import Command, Status, StatusFlags
 from ziphalp.sim.golden import GoldenEngine
@@ -21,7 +22,8 @@ class FakeBoard:
 
     def __init__(self, params: EngineParams = BOARD_PARAMS["sim"], version=protocol.VERSION):
         self.p = params
-        self.identity = protocol.Identity.of(params, version)
+        self.identity = protocol.Identity.of(params, version,
+                                             update_gap=SGDEngine.update_gap(params))
         self.engine = GoldenEngine(params)
         self.configured = False
         self.config: dict | None = None
@@ -56,7 +58,10 @@ class FakeBoard:
             self.levels = levels.tolist()
         elif cmd == Command.LOAD_MODEL:
             start, _ = protocol.MODEL_HEADER_FORMAT.unpack(payload[:4])
-            self.engine.load_model(start, np.frombuffer(payload[4:], "<i4"))
+            try:
+                self.engine.load_model(start, np.frombuffer(payload[4:], "<i4"))
+            except RuntimeError:        # in the HALP inner loop
+                return protocol.encode_reply(cmd, Status.STATE)
         elif cmd == Command.READ_MODEL:
             start, count = protocol.MODEL_HEADER_FORMAT.unpack(payload)
             words = self.engine.read_model(start, count).astype("<i4").tobytes()

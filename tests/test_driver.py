@@ -19,6 +19,7 @@ from ziphalp.host import driver, quantize
 from ziphalp.host.driver import ArgumentError, Board, BoardError
 from ziphalp.host.train import train
 from ziphalp.hw import protocol
+from ziphalp.hw.engine import SGDEngine
 from ziphalp.hw.params import (
     BOARD_PARAMS,
     L2_SHIFT_MAX,
@@ -33,11 +34,12 @@ from ziphalp.hw.protocol import Command, Status, StatusFlags
 from ziphalp.sim.golden import GoldenEngine
 
 #: CONFIGURE v3 (``protocol.CONFIGURE_FORMAT``), written out to check the driver by.
-CONFIGURE_V3 = "<HHBBBBBBBhI"
+CONFIGURE_V4 = "<HHBBBBBBBhIB"
 #: The HALP fields' defaults: offset_bits, scale_log, seed.
 HALP_DEFAULTS = (8, 0, 0)
 #: The configuration fields the fake board reports for the HALP defaults.
-SGD_FIELDS = dict(offset_bits=8, scale_log=0, seed=0, phase=Phase.SGD, stochastic=False)
+SGD_FIELDS = dict(offset_bits=8, scale_log=0, seed=0, phase=Phase.SGD, stochastic=False,
+                  stale=0)
 
 
 @pytest.fixture
@@ -85,11 +87,14 @@ def test_identity_reports_halp(connect):
     """The ULX3S build has HALP: options and cache size come through IDENTIFY."""
     fake = connect(FakeBoard(BOARD_PARAMS["sim-ulx3s"]))
     payload = fake.board.identity.pack()
-    assert payload[-2:] == (4096).to_bytes(2, "little")      # halp_samples, the last field
+    # halp_samples, then update_gap, the last fields
+    assert payload[-3:] == (4096).to_bytes(2, "little") + bytes([SGDEngine.update_gap(
+        BOARD_PARAMS["ulx3s"])])
     with Board("fake://0") as board:
         identity = board.identify()
         assert identity.options & protocol.Options.HALP and identity.halp_samples == 4096
         assert board.halp_samples == 4096
+        assert identity.update_gap == 36
         assert board.params == BOARD_PARAMS["ulx3s"]
     connect(FakeBoard(BOARD_PARAMS["sim"]))
     with Board("fake://0") as board:
@@ -172,24 +177,26 @@ def test_configure_fields(connect):
                         phase=Phase.FULL, offset_bits=4)
         board.configure(9, 1, 3, k=4, double=False, loss=Loss.LOGISTIC, phase=Phase.INNER,
                         offset_bits=OFFSET_BITS, scale_log=-32768, seed=0xDEADBEEF,
-                        stochastic=True)
+                        stochastic=True, stale=5)
         assert fake.board.config == dict(features=9, batch=1, shift=3, k=4, double=False,
                                          loss=Loss.LOGISTIC, l2_shift=0, cost_pos=64,
                                          cost_neg=64, offset_bits=16, scale_log=-32768,
-                                         seed=0xDEADBEEF, phase=Phase.INNER, stochastic=True)
+                                         seed=0xDEADBEEF, phase=Phase.INNER, stochastic=True,
+                                         stale=5)
         board.configure(2, 1, 3, phase=2, offset_bits=np.int16(2), scale_log=32767,
                         seed=(1 << 32) - 1, stochastic=1)
     configures = [p for c, p in fake.requests if c == Command.CONFIGURE]
     assert configures == [
-        struct.pack(CONFIGURE_V3, 5, 2, 7, 8, 0b001, 0, 64, 64, *HALP_DEFAULTS),
-        struct.pack(CONFIGURE_V3, 512, 16, SHIFT_MAX, 3, 0b110, L2_SHIFT_MAX, 255, 0,
-                    *HALP_DEFAULTS),
-        struct.pack(CONFIGURE_V3, 1, 1, 0, 1, 0b011, 0, 10, 20, *HALP_DEFAULTS),
-        struct.pack(CONFIGURE_V3, 9, 1, 8, 4, 0b001000, 0, 43, 43, 4, 0, 0),
-        struct.pack(CONFIGURE_V3, 9, 1, 3, 4, 0b110010, 0, 64, 64, 16, -32768, 0xDEADBEEF),
-        struct.pack(CONFIGURE_V3, 2, 1, 3, 8, 0b110001, 0, 64, 64, 2, 32767, (1 << 32) - 1),
+        struct.pack(CONFIGURE_V4, 5, 2, 7, 8, 0b001, 0, 64, 64, *HALP_DEFAULTS, 0),
+        struct.pack(CONFIGURE_V4, 512, 16, SHIFT_MAX, 3, 0b110, L2_SHIFT_MAX, 255, 0,
+                    *HALP_DEFAULTS, 0),
+        struct.pack(CONFIGURE_V4, 1, 1, 0, 1, 0b011, 0, 10, 20, *HALP_DEFAULTS, 0),
+        struct.pack(CONFIGURE_V4, 9, 1, 8, 4, 0b001000, 0, 43, 43, 4, 0, 0, 0),
+        struct.pack(CONFIGURE_V4, 9, 1, 3, 4, 0b110010, 0, 64, 64, 16, -32768, 0xDEADBEEF, 5),
+        struct.pack(CONFIGURE_V4, 2, 1, 3, 8, 0b110001, 0, 64, 64, 2, 32767, (1 << 32) - 1,
+                    0),
     ]
-    assert protocol.CONFIGURE_FORMAT.format == CONFIGURE_V3
+    assert protocol.CONFIGURE_FORMAT.format == CONFIGURE_V4
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -279,15 +286,17 @@ def test_fakeboard_answers_like_the_link():
     fake = FakeBoard()
     halp = FakeBoard(BOARD_PARAMS["sim-ulx3s"])
 
-    def configure(k=1, mode=0, l2_shift=0, cost=64, offset_bits=8):
-        return struct.pack(CONFIGURE_V3, 1, 1, 0, k, mode, l2_shift, cost, cost,
-                           offset_bits, -5, 99)
+    def configure(k=1, mode=0, l2_shift=0, cost=64, offset_bits=8, stale=0):
+        return struct.pack(CONFIGURE_V4, 1, 1, 0, k, mode, l2_shift, cost, cost,
+                           offset_bits, -5, 99, stale)
 
     good = configure()
     cases = [
         (Command.CONFIGURE, good, Status.OK),
         (Command.CONFIGURE, good[:5], Status.LENGTH),
-        (Command.CONFIGURE, good[:-4], Status.LENGTH),                  # a v2 payload
+        (Command.CONFIGURE, good[:-5], Status.LENGTH),                  # a v2 payload
+        (Command.CONFIGURE, good[:-1], Status.LENGTH),                  # a v3 payload
+        (Command.CONFIGURE, configure(stale=1), Status.ARGUMENT),       # no delays without HALP
         (Command.CONFIGURE, good + b"\0", Status.LENGTH),
         (Command.CONFIGURE, configure(k=p.max_k + 1, cost=0), Status.ARGUMENT),
         (Command.CONFIGURE, configure(mode=0x08), Status.ARGUMENT),     # no HALP in the build
@@ -308,6 +317,8 @@ def test_fakeboard_answers_like_the_link():
     for cmd, payload, status in cases:
         assert fake.handle(cmd, payload) == protocol.encode_reply(cmd, status), (cmd, payload)
     assert fake.config["k"] == 1 and fake.levels == [-1, 1]
+    assert halp.handle(Command.CONFIGURE, configure(stale=7)) == \
+        protocol.encode_reply(Command.CONFIGURE, Status.ARGUMENT)        # beyond max_stale
     for mode, status in ((0x08, Status.OK), (0x10 | 0x20 | 0x02, Status.OK),
                          (0x08 | 0x04, Status.ARGUMENT),                # hinge
                          (0x10 | 0x06, Status.ARGUMENT)):               # squared hinge
@@ -316,7 +327,7 @@ def test_fakeboard_answers_like_the_link():
     assert halp.config == dict(features=1, batch=1, shift=0, k=1, double=False,
                                loss=Loss.LOGISTIC, l2_shift=0, cost_pos=64, cost_neg=64,
                                offset_bits=8, scale_log=-5, seed=99, phase=Phase.INNER,
-                               stochastic=True)
+                               stochastic=True, stale=0)
 
 
 def test_halp_outer_steps_through_the_driver(connect):

@@ -15,11 +15,11 @@ from amaranth import Module, Signal
 from amaranth.lib import data
 from amaranth.sim import Simulator
 from ziphalp.hw.banks import Banks, BeatCursor, rotate
-from ziphalp.hw.clear import ClearPass
+from ziphalp.hw.clear import ClearPass, CopyFill
 from ziphalp.hw.decode import BeatDecoder
 from ziphalp.hw.halp_prep import InnerLoopPrep
 from ziphalp.hw.params import LEVEL, OFFSET_SHIFT_MAX, EngineParams
-from ziphalp.hw.scheduler import INFLIGHT, SampleScheduler
+from ziphalp.hw.scheduler import SampleScheduler, inflight_limit
 from ziphalp.hw.skid import RegisterSlice
 from ziphalp.hw.update import UpdateLanes
 from ziphalp.hw.update_pass import UpdatePass, sample_entry
@@ -181,6 +181,32 @@ def test_clear_pass_derives_the_sample_geometry(p):
 
 
 @pytest.mark.parametrize("p", HALP, ids=ids)
+def test_copy_fill_writes_every_other_copy(p):
+    """Every word of every copy but ``base`` is written once, from the same word of
+    ``base``, one cycle after it is read."""
+    dut = CopyFill(p)
+    base = 5 % p.model_copies
+
+    async def bench(ctx):
+        ctx.set(dut.base, base)
+        ctx.set(dut.start, 1)
+        await ctx.tick()
+        ctx.set(dut.start, 0)
+        reads, writes = [], []
+        for _ in range(p.model_copies * p.bank_depth + 10):
+            if ctx.get(dut.write):
+                writes.append((ctx.get(dut.write_copy), ctx.get(dut.write_word)))
+                assert writes[-1][1] == reads[-1]         # the word read the cycle before
+            reads.append(ctx.get(dut.word) if ctx.get(dut.busy) else None)
+            await ctx.tick()
+        assert not ctx.get(dut.busy)
+        assert sorted(writes) == sorted((c, w) for c in range(p.model_copies) if c != base
+                                        for w in range(p.bank_depth))
+
+    run(dut, bench)
+
+
+@pytest.mark.parametrize("p", HALP, ids=ids)
 def test_inner_loop_prep_matches_golden(p):
     """``sh`` from ``sum G**2`` and ``gamma = round_shift(G, sh + shift)``
     (:func:`~ziphalp.sim.golden.inner_loop_prep`)."""
@@ -247,84 +273,109 @@ def batch_ends(flushes: list[bool], batch: int) -> list[bool]:
     return ends
 
 
-@pytest.mark.parametrize("p", PARAMS[:2], ids=ids)
-def test_scheduler_batches_and_hazard(p):
+@pytest.mark.parametrize("p,stale,rotate", [
+    (PARAMS[0], 0, False), (PARAMS[1], 0, False), (HALP[0], 0, False), (HALP[0], 0, True),
+    (HALP[0], 2, True), (HALP[1], HALP[1].max_stale, True)],
+    ids=lambda x: ids(x) if isinstance(x, EngineParams) else str(x))
+def test_scheduler_batches_and_hazard(p, stale, rotate):
     """Labels and cache indices pass through, batch ends follow the golden rule, and
-    after a batch end beat ``j`` of a later sample enters only once the update has
-    written ``j + 1`` beats of model words (a fake stage 2 with random delays)."""
+    beat ``j`` of sample ``u`` enters only once every update of a batch that ended
+    at a sample ``< u - stale`` has written ``j + 1`` beats of model words, reading
+    the model copy the last of them wrote when updates rotate through the copies,
+    else copy ``base`` (a fake stage 2: updates in order, each beat written after a
+    random delay)."""
     fifo_depth = p.max_beats + 16
     dut = SampleScheduler(p, fifo_depth, 2)
-    rng = np.random.default_rng(5)
-    n, batch = 3, 2
+    rng = np.random.default_rng(5 + stale)
+    n, batch, base = 3, 2, p.model_copies - 1
 
     async def bench(ctx):
         ctx.set(dut.batch, batch)
         ctx.set(dut.last_word, n - 1)
         ctx.set(dut.per_beat, 1)
+        if p.model_copies > 1:
+            ctx.set(dut.stale, stale)
+            ctx.set(dut.base, base)
+            ctx.set(dut.rotate, rotate)
         ctx.set(dut.start, 1)
         await ctx.tick()
         ctx.set(dut.start, 0)
-        samples = [(int(rng.integers(-30000, 30000)), [bool(rng.random() < 0.15)
-                                                        for _ in range(n + 1)])
-                   for _ in range(40)]
+        samples = [(int(rng.integers(-30000, 30000)), int(rng.integers(p.halp_samples or 1)),
+                    [bool(rng.random() < 0.15) for _ in range(n + 1)]) for _ in range(60)]
         beats = []
-        for label, flush in samples:
-            beats.append(((label & 0xFFFF), flush[0]))
+        for label, index, flush in samples:
+            beats.append(((label & 0xFFFF) | index << 16, flush[0]))
             beats += [(int(rng.integers(0, 1 << 16)), f) for f in flush[1:]]
-        want_ends = batch_ends([any(f) for _, f in samples], batch)
-        got_labels, got_ends, queue, written, due = [], [], [], 0, False
+        want_ends = batch_ends([any(f) for _, _, f in samples], batch)
+        got, ends, updates = [], [], []        # ends: per sample; updates: ended samples
+        done, written, u = 0, 0, -1            # updates written; beats of update `done`
         i, started = 0, False
-        for _ in range(3000):
+        for _ in range(4000):
             ctx.set(dut.pass_start, started)       # a sample's pass starts after its last beat
             started = False
             ctx.set(dut.beats.valid, i < len(beats) and rng.random() < 0.8)
             ctx.set(dut.beats.payload.data, beats[i][0] if i < len(beats) else 0)
             ctx.set(dut.beats.payload.flush, beats[i][1] if i < len(beats) else 0)
-            # fake stage 2: an update pass writes one beat of model words now and then
-            write = due and written < n and rng.random() < 0.3
+            # fake stage 2: updates in order, one beat of model words now and then
+            write = done < len(updates) and rng.random() < 0.3
             ctx.set(dut.model_written, write)
             ctx.set(dut.update_done, write and written == n - 1)
             if ctx.get(dut.take):
                 word = ctx.get(dut.word)
-                assert not due or written > word, "beat taken before its model words"
                 if ctx.get(dut.first):
-                    got_labels.append(ctx.get(dut.label))
+                    u += 1
+                    got.append((ctx.get(dut.label), ctx.get(dut.index) if p.halp else 0))
+                needed = sum(ends[:max(u - stale, 0)])
+                assert done >= needed or (done == needed - 1 and written > word), \
+                    f"sample {u} beat {word} taken before its model words"
+                if p.model_copies > 1:
+                    assert ctx.get(dut.copy) == (base + needed * rotate) % p.model_copies
                 if ctx.get(dut.last):
                     started = True
-                    got_ends.append(bool(ctx.get(dut.end)))
-                    if got_ends[-1]:
-                        queue.append(True)
+                    ends.append(bool(ctx.get(dut.end)))
+                    if ends[-1]:
+                        updates.append(u)
             if ctx.get(dut.beats.valid) and ctx.get(dut.beats.ready):
                 i += 1
             written += write
             if written == n:
-                due, written = False, 0
-            if queue and not due:
-                queue.pop()
-                due = True
+                done, written = done + 1, 0
             await ctx.tick()
-        assert got_labels == [label for label, _ in samples]
-        assert got_ends == want_ends
+        assert got == [(label, index if p.halp else 0) for label, index, _ in samples]
+        assert ends == want_ends
 
     run(dut, bench)
 
 
-@pytest.mark.parametrize("p", PARAMS[1:], ids=ids)
-def test_update_pass_sequences_the_beats(p):
+@pytest.mark.parametrize("p,rotate", [(PARAMS[1], False), (PARAMS[2], False),
+                                      (HALP[0], False), (HALP[0], True)],
+                         ids=lambda x: ids(x) if isinstance(x, EngineParams) else str(x))
+def test_update_pass_sequences_the_beats(p, rotate):
     """Each ``sigma`` pops its sample's beats in order; their places reach the update
-    lanes' operand points on time; passes start far enough apart."""
+    lanes' operand points on time; passes start far enough apart; with model copies
+    rotating, the ``i``-th batch-ending pass after ``start`` writes copy ``base + i +
+    1``, else copy ``base``."""
     lat, grad_at, model_at = UpdateLanes.latency_of(p), UpdateLanes.GRAD_AT, UpdateLanes.MODEL_AT
     dut = UpdatePass(p, grad_at=grad_at, model_at=model_at, latency=lat)
     rng = np.random.default_rng(9)
     n, K = 3, p.lanes
     entry = sample_entry(p)
-    passes = [(int(rng.integers(-1000, 1000)), bool(rng.integers(2))) for _ in range(INFLIGHT)]
+    passes = [(int(rng.integers(-1000, 1000)), bool(rng.integers(2)))
+              for _ in range(inflight_limit(p))]
     beats = [[[int(x) for x in rng.integers(-256, 257, p.lanes)] for _ in range(n)]
              for _ in passes]
+
+    base = p.model_copies - 1
+    ends_before = np.cumsum([0] + [end for _, end in passes])
 
     async def bench(ctx):
         ctx.set(dut.last_word, n - 1)
         ctx.set(dut.per_beat, K)
+        ctx.set(dut.base, base)
+        ctx.set(dut.rotate, rotate)
+        ctx.set(dut.start, 1)
+        await ctx.tick()
+        ctx.set(dut.start, 0)
         starts, levels, places, cycle, p_i, b_i = [], [], {}, 0, 0, 0
         flat = [b for sample in beats for b in sample]
         for _ in range(200):
@@ -354,6 +405,10 @@ def test_update_pass_sequences_the_beats(p):
                     assert (ctx.get(place.bank), ctx.get(place.addr)) == \
                         (j % n * K % p.lanes, j % n * K // p.lanes)
                     assert ctx.get(place.last) == (j % n == n - 1)
+            if cycle - lat in places:
+                j = places[cycle - lat]
+                assert ctx.get(dut.write_at.copy) == \
+                    (base + rotate * (1 + ends_before[j // n])) % p.model_copies
             await ctx.tick()
             cycle += 1
         assert len(starts) == len(passes)

@@ -18,10 +18,12 @@ from amaranth.lib.memory import Memory
 from amaranth.sim import Simulator
 from streams import stream_put
 from ziphalp.hw.control import control_signature
+from ziphalp.hw.engine import SGDEngine
 from ziphalp.hw.link import Link
 from ziphalp.hw.params import (
     L2_SHIFT_MAX,
     LEVEL,
+    MODEL_COPIES,
     OFFSET_BITS,
     SHIFT_MAX,
     EngineParams,
@@ -313,7 +315,7 @@ def beats_of(p, payload):
 
 
 def identity(p):
-    return Identity.of(p)
+    return Identity.of(p, update_gap=SGDEngine.update_gap(p))
 
 
 @pytest.mark.parametrize("name", PARAMS)
@@ -414,12 +416,14 @@ def bad_configurations(p):
         replace(good, offset_bits=0), replace(good, offset_bits=1),
         replace(good, offset_bits=OFFSET_BITS + 1), replace(good, offset_bits=0xFF),
         replace(good, phase=3),
+        replace(good, stale=MODEL_COPIES - 1), replace(good, stale=0xFF),
         # HALP takes the squared and the logistic loss only
         replace(good, phase=Phase.FULL, loss=Loss.HINGE),
         replace(good, phase=Phase.INNER, loss=Loss.SQUARED_HINGE),
     ]
-    if not p.halp:
-        cases += [replace(good, phase=Phase.FULL), replace(good, phase=Phase.INNER)]
+    if not p.halp:     # no HALP, no delayed gradients
+        cases += [replace(good, phase=Phase.FULL), replace(good, phase=Phase.INNER),
+                  replace(good, stale=1)]
     payloads = [config.pack() for config in cases]
     for bit in range(6, 8):     # reserved mode bits, with any double/loss below them
         payloads.append(with_mode(good, 1 << bit | (bit % 8)))
@@ -698,6 +702,27 @@ def test_configure_without_options():
         for config in bad:
             await bench.request(ctx, Command.CONFIGURE, config.pack(), status=Status.ARGUMENT)
         assert bench.starts == [good] and bench.config(ctx) == good
+        await bench.idle(ctx)
+    bench.run(testbench)
+
+
+def test_no_model_load_in_the_inner_loop():
+    """LOAD_MODEL is STATE while HALP's inner loop is configured (and changes nothing),
+    and accepted again once another phase is."""
+    p = PARAMS["w64"]
+    bench = Bench(p, seed=10)
+    inner = make_config(3, 1, 5, k=4, double=0, phase=Phase.INNER, stale=p.max_stale)
+    sgd = make_config(3, 1, 5, k=4)
+
+    async def testbench(ctx, bench):
+        before = bench.model(ctx)
+        await bench.request(ctx, Command.CONFIGURE, inner.pack())
+        await bench.request(ctx, Command.LOAD_MODEL, load(0, [7, 8]), status=Status.STATE)
+        assert bench.model(ctx) == before
+        await bench.request(ctx, Command.CONFIGURE, sgd.pack())
+        await bench.request(ctx, Command.LOAD_MODEL, load(0, [7, 8]))
+        assert bench.model(ctx)[:2] == [7, 8]
+        assert bench.starts == [inner, sgd]
         await bench.idle(ctx)
     bench.run(testbench)
 

@@ -29,14 +29,12 @@ def configures(fake: FakeSerial) -> list[dict]:
     out = []
     for cmd, payload in fake.requests:
         if cmd == Command.CONFIGURE:
-            (features, batch, shift, k, mode, l2_shift, cost_pos, cost_neg, offset_bits,
-             scale_log, seed) = protocol.CONFIGURE_FORMAT.unpack(payload)
-            out.append(dict(features=features, batch=batch, shift=shift, k=k,
-                            cost=(cost_pos, cost_neg),
-                            double=bool(mode & protocol.MODE_DOUBLE),
-                            phase=Phase(mode >> protocol.MODE_PHASE_SHIFT & 3),
-                            stochastic=bool(mode & protocol.MODE_STOCHASTIC),
-                            offset_bits=offset_bits, scale_log=scale_log, seed=seed))
+            c = protocol.Configure.unpack(payload)
+            out.append(dict(features=c.features, batch=c.batch, shift=c.shift, k=c.k,
+                            cost=(c.cost_pos, c.cost_neg), double=c.double,
+                            phase=Phase(c.phase), stochastic=c.stochastic,
+                            offset_bits=c.offset_bits, scale_log=c.scale_log, seed=c.seed,
+                            stale=c.stale))
     return out
 
 
@@ -100,6 +98,10 @@ def test_commands(ls_run):
     assert flushed == 2 * 10
     assert s["inner_steps"] == n and s["batch"] == 1
     assert {c["batch"] for c in inner} == {1}
+    # delayed gradients by default: 2 feature beats and a label beat a sample hide the
+    # update_gap of 36 cycles at 12 samples; the board allows 6 (the full pass takes 0)
+    assert {c["stale"] for c in inner} == {s["stale"]} == {6}
+    assert {c["stale"] for c in full} == {0}
     # The defaults: step 1/(4 L) to a power of two, mu from halp_default_mu.
     assert s["mu"] == pytest.approx(halp_default_mu(result.problem.features,
                                                     result.problem.labels, "squared", 8,
@@ -206,3 +208,19 @@ def test_mini_batch_inner_loop(fake):
     assert s["step"] == 8 * 2.0 ** -inner[0]["shift"]
     gaps = [r.suboptimality for r in result.history]
     assert gaps[-1] < 1e-6, gaps
+
+
+def test_stale_choices(fake):
+    """stale 0 is exact HALP, held to the same bar as the default delay (below 1e-6
+    within 10 outer iterations); out-of-range delays are refused."""
+    result = train(LS, board="sim-ulx3s", port="fake://0", algo="halp", epochs=10, seed=2,
+                   progress=False, stale=0)
+    assert {c["stale"] for c in configures(fake) if c["phase"] == Phase.INNER} == {0}
+    assert result.settings["stale"] == 0
+    assert result.history[-1].suboptimality < 1e-6
+    for bad in (-1, 7, 1.5, True):
+        with pytest.raises(SettingsError, match="stale must be 0..6"):
+            train(LS, board="sim-ulx3s", port="fake://0", algo="halp", stale=bad,
+                  progress=False)
+    with pytest.raises(SettingsError, match="stale is a HALP setting"):
+        train(LS, board="sim", stale=1, progress=False)
