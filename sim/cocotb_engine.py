@@ -7,8 +7,11 @@ the model port and a random level table through the level port, configures the
 engine (precision, sampling, loss, costs, L2 decay, d, B, step), streams random
 samples with random bubbles on the input (valid low) in one or more frames, reads the model back and
 requires it, and the sticky flags and strobe counts, to equal
-``ziphalp.sim.golden.GoldenEngine`` exactly. A case without bubbles also
-measures cycles per sample, which the runner checks against the bound.
+``ziphalp.sim.golden.GoldenEngine`` exactly. Every case also reports its cycles:
+from the first beat taken to idle, the span from the first beat taken to the
+last, and which samples ended a batch; the runner checks them for the cases
+without bubbles. The engine is configured with every field of
+``protocol.CONFIGURE`` (the case's value, else the table's default).
 
 A HALP case (``"halp"`` in the case) runs outer iterations instead: a full pass
 over ``n`` samples (each with its cache index) and an inner loop of ``T``
@@ -17,6 +20,7 @@ samples at random indices, comparing the model after every phase.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -25,6 +29,7 @@ import numpy as np
 from cocotb.clock import Clock
 from cocotb.triggers import ReadOnly, RisingEdge
 from ziphalp.hw.params import LABEL, EngineParams, Phase, field_bits
+from ziphalp.hw.protocol import CONFIGURE, Configure
 from ziphalp.sim.golden import GoldenEngine
 
 
@@ -67,9 +72,11 @@ class EngineDriver:
                 return
         raise AssertionError("engine never became idle")
 
-    async def configure(self, **config):
+    async def configure(self, config: Configure):
+        """Drive every field of ``config`` on the control member of its name, then
+        strobe ``start`` and wait for the engine to be idle."""
         d = self.dut
-        for name, value in config.items():
+        for name, value in dataclasses.asdict(config).items():
             signal = getattr(d, f"ctrl__{name}")
             signal.value = int(value) & ((1 << len(signal)) - 1)
         await self.tick()
@@ -157,6 +164,13 @@ def pack(fields: np.ndarray, labels: np.ndarray, p: EngineParams, k: int,
     return beats
 
 
+def configuration(case: dict) -> Configure:
+    """The case's configuration: each field of ``protocol.CONFIGURE`` that the case
+    names, the table's default for the others."""
+    return Configure(**{field.name: case[field.name] for field in CONFIGURE.fields
+                        if field.name in case})
+
+
 def beats_to_bytes(beats: list[int], p: EngineParams) -> bytes:
     return b"".join(b.to_bytes(p.beat_bits // 8, "little") for b in beats)
 
@@ -172,8 +186,7 @@ async def engine_matches_golden(dut):
     for case in spec["cases"]:
         rng = np.random.default_rng(case["seed"])
         d = case["features"]
-        config = {name: case[name] for name in
-                  ("batch", "shift", "k", "double", "loss", "l2_shift", "cost_pos", "cost_neg")}
+        config = configuration(case)
         k, double = case["k"], case["double"]
         golden = GoldenEngine(p)
         init = rng.integers(-(1 << case["model_scale"]), 1 << case["model_scale"],
@@ -187,11 +200,12 @@ async def engine_matches_golden(dut):
         if "halp" in case:
             results.append(await run_halp_case(dut, drv, golden, p, case, config, rng))
             continue
-        await drv.configure(features=d, **config)
-        golden.configure(d, **config)
+        await drv.configure(config)
+        golden.configure(**dataclasses.asdict(config))
         samples0, updates0 = drv.samples_done, drv.updates_done
 
         first = last = None
+        ends = []                   # per sample: it ends a batch
         for frame in case["frames"]:
             n, flush = frame["samples"], frame["flush"]
             fields = rng.integers(0, 1 << field_bits(k, double), size=(n, d))
@@ -200,7 +214,13 @@ async def engine_matches_golden(dut):
             beats = pack(fields, labels, p, k, double)
             start, last = await drv.stream(beats, flush, case["bubble"], rng)
             first = start if first is None else first
-            golden.stream(beats_to_bytes(beats, p), flush)
+            updates = golden.updates
+            for i in range(n):
+                golden.stream(beats_to_bytes(pack(fields[i:i + 1], labels[i:i + 1], p, k,
+                                                  double), p), flush and i == n - 1)
+                ends.append(golden.updates > updates)
+                updates = golden.updates
+        span = last - first         # cycles from the first beat taken to the last, inclusive
         await drv.wait_idle()
         cycles = drv.cycle - first
         model = await drv.read_model(p.max_features)
@@ -215,7 +235,8 @@ async def engine_matches_golden(dut):
         assert clipped == golden.clipped, f"case {case}: clipped {clipped} != golden"
         assert drv.samples_done - samples0 == golden.samples
         assert drv.updates_done - updates0 == golden.updates
-        results.append({"case": case, "cycles": cycles, "samples": golden.samples,
+        results.append({"case": case, "cycles": cycles, "span": span, "ends": ends,
+                        "samples": golden.samples,
                         "updates": golden.updates, "overflow": bool(golden.overflow),
                         "clipped": bool(golden.clipped)})
         dut.ctrl__clear_flags.value = 1
@@ -241,12 +262,12 @@ async def run_halp_case(dut, drv, golden, p, case, config, rng) -> dict:
             extra = dict(phase=int(phase), offset_bits=halp["offset_bits"],
                          scale_log=halp["scale_log"], seed=halp["seed"] + outer,
                          stochastic=halp["stochastic"])
-            phase_config = dict(config, **extra)
             if full:
-                phase_config.update(shift=halp["full_shift"], cost_pos=halp["full_cost"],
-                                    cost_neg=halp["full_cost"])
-            await drv.configure(features=d, **phase_config)
-            golden.configure(d, **phase_config)
+                extra.update(shift=halp["full_shift"], cost_pos=halp["full_cost"],
+                             cost_neg=halp["full_cost"])
+            phase_config = dataclasses.replace(config, **extra)
+            await drv.configure(phase_config)
+            golden.configure(**dataclasses.asdict(phase_config))
             order = np.arange(n) if full else rng.integers(0, n, size=halp["inner_steps"])
             beats = pack(fields[order], labels[order], p, k, False, indices=order)
             flush = not full and halp["flush"]

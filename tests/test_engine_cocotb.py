@@ -7,8 +7,9 @@ multiple of the values per beat, B, step shift, initial model, labels, frames
 with and without flush, random bubbles) give 50 configurations, every one
 compared bit for bit with the golden model. A post-synthesis run puts the iCE40
 netlist of a two-lane engine through the same bench. Cases without bubbles also
-check cycles per sample against ``ceil(d / K) + SGDEngine.batch_end_gap`` (plus
-one drain). Each build has its own directory so ``pytest -n auto`` is safe.
+check the cycles: exactly ``n + 1`` a sample plus ``SGDEngine.batch_end_gap - 1``
+a batch end at the engine's full rate (:func:`check_cycles`). Each build has its
+own directory so ``pytest -n auto`` is safe.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import sys
 import numpy as np
 import pytest
 from ziphalp.hw.params import LEVEL, EngineParams, Loss
+from ziphalp.hw.update import UpdateLanes
 
 pytestmark = pytest.mark.skipif(shutil.which("iverilog") is None,
                                 reason="Icarus Verilog (iverilog) is not installed")
@@ -167,15 +169,45 @@ def test_engine_matches_golden(build, tmp_path_factory):
     source.write_text(verilog.convert(engine, name="engine"))
     results = run_bench(work, [source], params, make_cases(params, 1000 + build))
     for r in results:
-        case = r["case"]
-        if case["bubble"] == 0.0 and r["samples"]:
-            # every sample costs at most ceil(d/K) + gap; the last one also drains
-            gap = engine.batch_end_gap
-            beats = params.beats_for(case["features"], case["k"], case["double"])
-            bound = r["samples"] * (beats + gap) + gap + 1
-            assert r["cycles"] <= bound, (
-                f"{r['cycles']} cycles for {r['samples']} samples exceeds "
-                f"samples * (ceil(d/K) + {gap}) + {gap + 1} = {bound} for {case}")
+        if r["case"]["bubble"] == 0.0:
+            check_cycles(r, params, engine.batch_end_gap)
+
+
+def check_cycles(r: dict, params: EngineParams, gap: int) -> None:
+    """The cycles of a case without input bubbles: exact where the engine streams at
+    its full rate, a loose bound for the shortest samples.
+
+    A beat is offered every cycle. With ``n = ceil(d / K)`` feature beats a sample,
+    ``n >= UpdateLanes.latency - UpdateLanes.GRAD_AT`` (the engine's steady state)
+    the engine takes one a cycle: each sample's label beat and its ``n`` feature
+    beats, except that after a sample that ends a batch the next sample's first
+    feature beat waits ``batch_end_gap`` cycles for the updated model (its label
+    beat is taken meanwhile): ``gap - 1`` cycles more per batch end before the last
+    sample. So the span from the first beat taken to the last is exactly
+    ``samples * (n + 1) + (batch ends before the last sample) * (gap - 1)``, and
+    one cycle more per sample fails it. After the last beat the engine drains in
+    ``gap + n - 1`` cycles if that sample ends a batch (its update pass, then the
+    update), in no more otherwise. Shorter samples are bound by the update pass,
+    not the input: they are only held to ``ceil(d/K) + gap`` cycles each.
+    """
+    case = r["case"]
+    n = params.beats_for(case["features"], case["k"], case["double"])
+    samples, ends = len(r["ends"]), r["ends"]
+    if n < UpdateLanes(params).latency - UpdateLanes.GRAD_AT:
+        bound = samples * (n + gap) + gap + 1
+        assert r["cycles"] <= bound, (
+            f"{r['cycles']} cycles for {samples} samples exceeds samples * (ceil(d/K) + "
+            f"{gap}) + {gap + 1} = {bound} for {case}")
+        return
+    expected = samples * (n + 1) + sum(ends[:-1]) * (gap - 1)
+    assert r["span"] == expected, (
+        f"{r['span']} cycles from the first beat to the last, expected {samples} * "
+        f"({n} + 1) + {sum(ends[:-1])} batch ends * ({gap} - 1) = {expected} for {case}")
+    drain = r["cycles"] - r["span"]
+    if ends[-1]:
+        assert drain == gap + n - 1, f"{drain} cycles to drain, not {gap} + {n} - 1 for {case}"
+    else:
+        assert drain <= gap + n - 1, f"{drain} cycles to drain, more than {gap} + {n} - 1"
 
 
 @pytest.mark.parametrize("build", range(len(HALP_BUILDS)))
