@@ -719,6 +719,9 @@ def _train_halp(dataset, *, board, port, epochs, step, batch, seed, label, bits,
             raise SettingsError(f"stale must be 0..{params.max_stale} on the board on {url}")
         settings["stale"] = stale
         link.load_levels(level_words(table))
+        loss_code = Loss(LOSSES.index(loss))
+        # the SGD phase first: a board left in an inner loop refuses LOAD_MODEL
+        link.configure(features, 1, full_shift, k=k, double=False, loss=loss_code)
         link.load_model(0, np.zeros(features, np.int64))
         link.status(clear=True)
         result = TrainResult(dataset, data, identity, params, board, url, settings, table,
@@ -726,7 +729,6 @@ def _train_halp(dataset, *, board, port, epochs, step, batch, seed, label, bits,
                              np.zeros(features, np.int64), np.zeros(features),
                              None if optimum is None else optimum[0],
                              None if optimum is None else optimum[1], problem=problem)
-        loss_code = Loss(LOSSES.index(loss))
 
         def send(order: np.ndarray) -> None:
             stream = quantize.pack_samples(problem.fields[order], problem.label_words[order],

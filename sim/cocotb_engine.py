@@ -261,7 +261,7 @@ async def run_halp_case(dut, drv, golden, p, case, config, rng) -> dict:
             full = phase == Phase.FULL
             extra = dict(phase=int(phase), offset_bits=halp["offset_bits"],
                          scale_log=halp["scale_log"], seed=halp["seed"] + outer,
-                         stochastic=halp["stochastic"])
+                         stochastic=halp["stochastic"], stale=halp["stale"])
             if full:
                 extra.update(shift=halp["full_shift"], cost_pos=halp["full_cost"],
                              cost_neg=halp["full_cost"])

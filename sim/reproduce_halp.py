@@ -182,6 +182,7 @@ def _board_method(result: TrainResult, f0: float, batch: int = 1) -> dict:
               "full_per_sample": full / n, "inner_per_sample": inner / steps,
               "seconds_per_iteration_at_clock": (full + inner) / result.identity.clock_hz}
     return _method("board", s["offset_bits"], epochs, values, cycles=cycles, batch=batch,
+                   stale=s["stale"],
                    mu=s["mu"], overflow=any(r.overflow for r in history),
                    clipped=any(r.clipped for r in history),
                    seconds=sum(r.seconds for r in history))
@@ -203,17 +204,25 @@ def run_problem(plan: Plan, key: str, board: str, port: str | None) -> dict:
     boards: dict[int, TrainResult] = {}
     iterations = plan.passes // 2
     batched: dict[int, TrainResult] = {}
-    for bits, batch in [(b, 1) for b in plan.bits] + [(8, B) for B in plan.batches]:
+    exact: TrainResult | None = None
+    # the board's default delay (stale), then exact HALP (stale 0) at 8 bits
+    runs = ([(b, 1, None) for b in plan.bits] + [(8, B, None) for B in plan.batches]
+            + [(8, 1, 0)])
+    for bits, batch, stale in runs:
         begin = time.monotonic()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             result = train(dataset, board=board, port=port, algo="halp", loss=loss,
                            bits=bits, data_bits=DATA_BITS, epochs=iterations, batch=batch,
-                           seed=plan.seed, progress=False)
-        (boards if batch == 1 else batched)[bits if batch == 1 else batch] = result
+                           seed=plan.seed, progress=False, stale=stale)
+        if stale == 0:
+            exact = result
+        else:
+            (boards if batch == 1 else batched)[bits if batch == 1 else batch] = result
         last = result.history[-1].suboptimality
-        _log(f"[{key}] board HALP b={bits} batch {batch}: suboptimality {last:.3e} after "
-             f"{result.history[-1].epoch:g} passes ({time.monotonic() - begin:.1f} s)"
+        _log(f"[{key}] board HALP b={bits} batch {batch} stale {result.settings['stale']}: "
+             f"suboptimality {last:.3e} after {result.history[-1].epoch:g} passes "
+             f"({time.monotonic() - begin:.1f} s)"
              + "".join(f"; warning: {w.message}" for w in caught))
     first = boards[plan.bits[0]]
     problem, s = first.problem, first.settings
@@ -227,6 +236,7 @@ def run_problem(plan: Plan, key: str, board: str, port: str | None) -> dict:
     methods = {f"board_halp_b{b}": _board_method(boards[b], f0) for b in plan.bits}
     methods.update({f"board_halp_mb{B}_b8": _board_method(batched[B], f0, batch=B)
                     for B in plan.batches})
+    methods["board_halp_exact_b8"] = _board_method(exact, f0)
     common = {"alpha": alpha, "f_star": f_star, "seed": plan.seed}
     methods["sgd"] = _float_method(hr.sgd(q, y, s["loss"], epochs=plan.passes, **common),
                                    1.0, None)
@@ -243,6 +253,11 @@ def run_problem(plan: Plan, key: str, board: str, port: str | None) -> dict:
         methods[f"halp_b{b}"] = _float_method(
             hr.halp(q, y, s["loss"], bits=b, mu=boards[b].settings["mu"], epochs=iterations,
                     inner=steps, power_of_two=True, **common), per_outer, b)
+        # float64 HALP with the board's delay (stale) in the inner loop
+        methods[f"halp_delayed_b{b}"] = _float_method(
+            hr.halp(q, y, s["loss"], bits=b, mu=boards[b].settings["mu"], epochs=iterations,
+                    inner=steps, power_of_two=True, delay=boards[b].settings["stale"],
+                    **common), per_outer, b)
     for name, entry in methods.items():
         if entry["kind"] == "float64":
             _log(f"[{key}] {name}: suboptimality {entry['final_suboptimality']:.3e}")
@@ -259,7 +274,8 @@ def run_problem(plan: Plan, key: str, board: str, port: str | None) -> dict:
 # --- figures -------------------------------------------------------------------------------
 
 STYLES = {"board_halp": ("tab:blue", "-", "o"), "board_halp_mb": ("tab:green", "-", "s"),
-          "halp": ("tab:blue", "--", None),
+          "board_halp_exact": ("tab:purple", "-", "^"),
+          "halp": ("tab:blue", "--", None), "halp_delayed": ("tab:cyan", "--", None),
           "sgd": ("black", ":", None), "lp_sgd": ("tab:red", "-", None),
           "svrg": ("black", "-.", None), "lp_svrg": ("tab:orange", "-", None)}
 FLOOR = 1e-16
@@ -357,11 +373,11 @@ def summary(document: dict) -> str:
         lines += ["", f"{key} ({section['spec']}, f* = {section['optimum_loss']:.6g})"]
         for name, entry in section["methods"].items():
             final = entry["final_suboptimality"]
-            lines.append(f"  {name:<15} {final if final is not None else float('nan'):10.3e}"
+            lines.append(f"  {name:<19} {final if final is not None else float('nan'):10.3e}"
                          f"  {_fmt(entry['epochs_to_1e-3']):>6} / {_fmt(entry['epochs_to_1e-6'])}")
             if entry["kind"] == "board":
                 c = entry["cycles"]
-                lines.append(f"  {'':<15} cycles per iteration: full pass "
+                lines.append(f"  {'':<19} cycles per iteration: full pass "
                              f"{c['full_per_iteration']:.0f} + inner loop "
                              f"{c['inner_per_iteration']:.0f} ({c['per_epoch']:.0f} per epoch)")
     lines += ["", f"{document['seconds']:.0f} s in all"]

@@ -101,7 +101,7 @@ HALP_BUILDS = [
 
 def make_halp_cases(params: EngineParams, seed: int) -> list[dict]:
     """HALP cases: b, the offset grid (through scale_log), mu-like scale, T, inner
-    batch size, loss, rounding, d, n, bubbles; two outer iterations each."""
+    batch size, delay (stale), loss, rounding, d, n, bubbles; two outer iterations each."""
     rng = np.random.default_rng(seed)
     cases = []
     for i in range(4):
@@ -126,6 +126,9 @@ def make_halp_cases(params: EngineParams, seed: int) -> list[dict]:
                 # sweeps the offset shift from clamped-low to clamped-high
                 "scale_log": int(rng.integers(-4000, 9000)),
                 "stochastic": bool(i != 1), "seed": int(rng.integers(1 << 32)),
+                # delayed gradients: none, the largest, and between
+                "stale": [0, params.max_stale, int(rng.integers(1, params.max_stale + 1)),
+                          int(rng.integers(0, params.max_stale + 1))][i],
                 "flush": bool(rng.random() < 0.5),      # ends the inner loop's last batch
                 "full_shift": full_shift,
                 "full_cost": min(255, round(2 ** (6 + full_shift) / n)),

@@ -15,8 +15,9 @@ from ziphalp.hw.params import BOARD_PARAMS
 from ziphalp.sim.reproduce_halp import FORMAT, main, make_plan
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-METHODS = {"board_halp_b8", "board_halp_b4", "board_halp_mb8_b8", "sgd", "svrg", "lp_sgd_b8",
-           "lp_sgd_b4", "lp_svrg_b8", "lp_svrg_b4", "halp_b8", "halp_b4"}
+METHODS = {"board_halp_b8", "board_halp_b4", "board_halp_mb8_b8", "board_halp_exact_b8", "sgd",
+           "svrg", "lp_sgd_b8", "lp_sgd_b4", "lp_svrg_b8", "lp_svrg_b4", "halp_b8", "halp_b4",
+           "halp_delayed_b8", "halp_delayed_b4"}
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +59,8 @@ def test_document_shape(quick):
                     assert all(v > float(target) for v in entry["suboptimality"][:i])
             if entry["kind"] == "board":
                 assert entry["batch"] == (8 if "_mb8_" in name else 1)
+                # the default delay hides the update (n = 300, d = 8: 2 feature beats)
+                assert entry["stale"] == (0 if "_exact_" in name else 6)
                 c = entry["cycles"]
                 assert c["full_per_iteration"] > 0 and c["inner_per_iteration"] > 0
                 assert c["per_epoch"] == pytest.approx(c["per_iteration"] / 2)

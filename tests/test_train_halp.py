@@ -25,7 +25,8 @@ def fake(monkeypatch):
     return fake
 
 
-def configures(fake: FakeSerial) -> list[dict]:
+def configures(fake: FakeSerial, phases=(Phase.FULL, Phase.INNER)) -> list[dict]:
+    """The CONFIGURE requests sent, of the given phases (the HALP ones by default)."""
     out = []
     for cmd, payload in fake.requests:
         if cmd == Command.CONFIGURE:
@@ -35,7 +36,7 @@ def configures(fake: FakeSerial) -> list[dict]:
                             phase=Phase(c.phase), stochastic=c.stochastic,
                             offset_bits=c.offset_bits, scale_log=c.scale_log, seed=c.seed,
                             stale=c.stale))
-    return out
+    return [c for c in out if c["phase"] in phases]
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +82,12 @@ def test_commands(ls_run):
     s = result.settings
     seen = configures(board)
     assert len(seen) == 2 * 10
+    # before anything, the SGD phase: a board left in an inner loop refuses LOAD_MODEL
+    setup = configures(board, phases=(Phase.SGD,))
+    assert len(setup) == 1 and board.requests[0][0] == Command.IDENTIFY
+    first = [cmd for cmd, _ in board.requests if cmd in (Command.CONFIGURE,
+                                                          Command.LOAD_MODEL)][:2]
+    assert first == [Command.CONFIGURE, Command.LOAD_MODEL]
     full, inner = seen[0::2], seen[1::2]
     assert {c["phase"] for c in full} == {Phase.FULL}
     assert {c["phase"] for c in inner} == {Phase.INNER}
