@@ -473,21 +473,21 @@ def train(dataset: str | Path | Dataset, *, board: str = "sim", port: str | None
     labels = quantize.quantize_labels(data.labels)
     rng = np.random.default_rng(seed)
 
-    with _port_url(board, port) as url, Board(url, timeout=timeout) as link:
-        identity = link.identify()
-        params = link.params
+    with _port_url(board, port) as url, Board(url, timeout=timeout) as driver:
+        identity = driver.identify()
+        params = driver.params
         _check_fit(dataset.name, dataset.d, batch, bits, params, url)
-        link.load_levels(level_words(table))
+        driver.load_levels(level_words(table))
 
         def configure(halvings: int) -> None:
-            link.configure(features, batch, min(shift + halvings, SHIFT_MAX), k=bits,
+            driver.configure(features, batch, min(shift + halvings, SHIFT_MAX), k=bits,
                            double=sampling == "double", loss=Loss(LOSSES.index(loss)),
                            l2_shift=min(l2_shift + halvings, L2_SHIFT_MAX) if l2_shift else 0,
                            cost_pos=cost_words[0], cost_neg=cost_words[1])
 
         configure(0)
-        link.load_model(0, np.zeros(features, np.int64))
-        link.status(clear=True)
+        driver.load_model(0, np.zeros(features, np.int64))
+        driver.status(clear=True)
         result = TrainResult(dataset, data, identity, params, board, url, settings, table,
                              quantisation_variance(data.features.ravel(), table),
                              np.zeros(features, np.int64), np.zeros(features),
@@ -499,7 +499,7 @@ def train(dataset: str | Path | Dataset, *, board: str = "sim", port: str | None
                 if halve_every and epoch > 1 and (epoch - 1) % halve_every == 0:
                     configure((epoch - 1) // halve_every)
                 order = rng.permutation(dataset.n) if shuffle else np.arange(dataset.n)
-                record = _epoch(link, result, epoch, order, labels, rng, bar)
+                record = _epoch(driver, result, epoch, order, labels, rng, bar)
                 bar.set_postfix(loss=f"{record.loss:.5g}")
                 _warn(record, dataset.n, first=not any(
                     r.overflow or r.clipped for r in result.history[:-1]))
@@ -508,7 +508,7 @@ def train(dataset: str | Path | Dataset, *, board: str = "sim", port: str | None
     return result
 
 
-def _epoch(link: Board, result: TrainResult, epoch: int, order: np.ndarray,
+def _epoch(driver: Board, result: TrainResult, epoch: int, order: np.ndarray,
            labels: np.ndarray, rng: np.random.Generator, bar: tqdm) -> EpochRecord:
     """Stream one epoch in ``order``, read the model back, append to the history."""
     start = time.perf_counter()
@@ -520,10 +520,10 @@ def _epoch(link: Board, result: TrainResult, epoch: int, order: np.ndarray,
     chunks = quantize.frames(stream, params, features, s["bits"], double)
     size = quantize.sample_bytes(params, features, s["bits"], double)
     for i, chunk in enumerate(chunks):
-        link.stream(chunk, flush=i == len(chunks) - 1)
+        driver.stream(chunk, flush=i == len(chunks) - 1)
         bar.update(len(chunk) // size)
-    words = link.read_model(0, features)
-    counters = link.status(clear=True)
+    words = driver.read_model(0, features)
+    counters = driver.status(clear=True)
     seconds = time.perf_counter() - start
     beta = quantize.words_to_coefficients(words, params)
     accuracy = (reference.accuracy(data.features, data.labels, beta)
@@ -704,9 +704,9 @@ def _train_halp(dataset, *, board, port, epochs, step, batch, seed, label, bits,
     rng = np.random.default_rng(seed)
     passes = (n + steps) / n
 
-    with _port_url(board, port) as url, Board(url, timeout=timeout) as link:
-        identity = link.identify()
-        params = link.params
+    with _port_url(board, port) as url, Board(url, timeout=timeout) as driver:
+        identity = driver.identify()
+        params = driver.params
         _check_fit(dataset.name, dataset.d, 1, k, params, url)
         if not identity.options & Options.HALP:
             raise SettingsError(f"the board on {url} is built without HALP mode")
@@ -718,12 +718,12 @@ def _train_halp(dataset, *, board, port, epochs, step, batch, seed, label, bits,
         elif stale > params.max_stale:
             raise SettingsError(f"stale must be 0..{params.max_stale} on the board on {url}")
         settings["stale"] = stale
-        link.load_levels(level_words(table))
+        driver.load_levels(level_words(table))
         loss_code = Loss(LOSSES.index(loss))
         # the SGD phase first: a board left in an inner loop refuses LOAD_MODEL
-        link.configure(features, 1, full_shift, k=k, double=False, loss=loss_code)
-        link.load_model(0, np.zeros(features, np.int64))
-        link.status(clear=True)
+        driver.configure(features, 1, full_shift, k=k, double=False, loss=loss_code)
+        driver.load_model(0, np.zeros(features, np.int64))
+        driver.status(clear=True)
         result = TrainResult(dataset, data, identity, params, board, url, settings, table,
                              quantisation_variance(data.features.ravel(), table),
                              np.zeros(features, np.int64), np.zeros(features),
@@ -736,7 +736,7 @@ def _train_halp(dataset, *, board, port, epochs, step, batch, seed, label, bits,
             chunks = list(quantize.frames(stream, params, features, k, False))
             for number, chunk in enumerate(chunks):
                 # the last frame flushes: the inner loop's last batch takes its step
-                link.stream(chunk, flush=number == len(chunks) - 1)
+                driver.stream(chunk, flush=number == len(chunks) - 1)
                 bar.update(len(chunk) // size)
 
         size = quantize.sample_bytes(params, features, k, False)
@@ -745,18 +745,18 @@ def _train_halp(dataset, *, board, port, epochs, step, batch, seed, label, bits,
                   desc="training (HALP)", leave=False) as bar:
             for iteration in range(1, epochs + 1):
                 start = time.perf_counter()
-                link.configure(features, 1, full_shift, k=k, double=False, loss=loss_code,
+                driver.configure(features, 1, full_shift, k=k, double=False, loss=loss_code,
                                cost_pos=full_cost, cost_neg=full_cost, phase=Phase.FULL,
                                offset_bits=bits, scale_log=scale_log)
                 send(everything)
-                full = link.status(clear=True)
-                link.configure(features, batch, shift, k=k, double=False, loss=loss_code,
+                full = driver.status(clear=True)
+                driver.configure(features, batch, shift, k=k, double=False, loss=loss_code,
                                cost_pos=COST_ONE, cost_neg=COST_ONE, phase=Phase.INNER,
                                offset_bits=bits, scale_log=scale_log,
                                seed=_inner_seed(seed, iteration), stochastic=True, stale=stale)
                 send(rng.integers(0, n, steps))
-                words = link.read_model(0, features)
-                inner = link.status(clear=True)
+                words = driver.read_model(0, features)
+                inner = driver.status(clear=True)
                 record = _halp_record(result, iteration, iteration * passes, words, full, inner,
                                       time.perf_counter() - start)
                 bar.set_postfix(loss=f"{record.loss:.5g}")
