@@ -315,11 +315,13 @@ def plot_problem(key: str, section: dict) -> bytes:
 
 # --- the document ----------------------------------------------------------------------------
 
-def _clean(value):
+def json_ready(value):
+    """``value`` with NumPy scalars as Python numbers, non-finite floats as None and
+    dict keys as strings (what ``json`` writes)."""
     if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
+        return {str(k): json_ready(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
+        return [json_ready(v) for v in value]
     if isinstance(value, bool | np.bool_):
         return bool(value)
     if isinstance(value, int | np.integer):
@@ -355,7 +357,7 @@ def run(plan: Plan, out: Path, board: str = "sim-ulx3s", port: str | None = None
                     engine_note="board runs through ziphalp.host.train.train(algo='halp') "
                                 f"on {board}" + (f" at {port}" if port else
                                                  " (the gateware compiled with CXXRTL)"))
-    document = _clean({"format": FORMAT, "settings": settings, "separability": separability,
+    document = json_ready({"format": FORMAT, "settings": settings, "separability": separability,
                        "problems": problems, "seconds": time.monotonic() - start})
     write_atomic(out / "halp.json", (json.dumps(document, indent=1) + "\n").encode())
     return document

@@ -73,7 +73,7 @@ from ziphalp.host.data import load, normalise
 from ziphalp.host.report import write_atomic
 from ziphalp.host.train import halp_default_mu, quantised_problem
 from ziphalp.hw.params import SHIFT_MAX
-from ziphalp.sim.reproduce_halp import DATA_BITS, make_plan
+from ziphalp.sim.reproduce_halp import DATA_BITS, json_ready, make_plan
 
 __all__ = ["FORMAT", "TARGETS", "TAUS", "BEYOND", "main", "run", "summary"]
 
@@ -179,20 +179,6 @@ def _conclusion(problems: dict, taus: Sequence[int]) -> dict:
     return out
 
 
-def _clean(value):
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    if isinstance(value, bool | np.bool_):
-        return bool(value)
-    if isinstance(value, int | np.integer):
-        return int(value)
-    if isinstance(value, float | np.floating):
-        return float(value) if math.isfinite(value) else None
-    return value
-
-
 def run(out: Path, passes: int = 40, seed: int = 1, taus: Sequence[int] = TAUS,
         beyond: Sequence[int] = BEYOND, bits: Sequence[int] = BITS) -> dict:
     """Run the study; write ``out/stale.json`` and return its document."""
@@ -236,7 +222,7 @@ def run(out: Path, passes: int = 40, seed: int = 1, taus: Sequence[int] = TAUS,
                              "logistic": "final <= max(10 x final at tau 0, 1e-12) and "
                                          "1e-6 reached at most 2 passes after tau 0 "
                                          "(if tau 0 reaches it)"}}
-    document = _clean({"format": FORMAT, "settings": settings, "problems": problems,
+    document = json_ready({"format": FORMAT, "settings": settings, "problems": problems,
                        "conclusion": _conclusion(problems, taus),
                        "seconds": time.monotonic() - start})
     write_atomic(out / "stale.json", (json.dumps(document, indent=1) + "\n").encode())
