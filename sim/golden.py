@@ -25,6 +25,7 @@ from ziphalp.hw.params import (
     COST_FRAC,
     COST_ONE,
     HALP_FRAC,
+    HALP_LOSSES,
     L2_SHIFT_MAX,
     LABEL,
     LEVEL,
@@ -50,8 +51,6 @@ from ziphalp.hw.params import (
 __all__ = ["round_shift", "saturate", "unpack_fields", "decode", "sigmoid_fixed",
            "loss_derivative", "inner_loop_prep", "xorshift32", "prng_seeds", "GoldenEngine"]
 
-#: The losses the HALP phases run (the anchor error must be a derivative of the margin).
-HALP_LOSSES = (Loss.SQUARED, Loss.LOGISTIC)
 
 _SIGMOID = np.array(sigmoid_table(), dtype=np.int64)
 
