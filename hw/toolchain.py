@@ -29,6 +29,7 @@ __all__ = [
     "expected_dsps",
     "find_tool",
     "first_error",
+    "read_critical_path",
     "read_multipliers",
     "read_nextpnr_report",
     "setup_tools",
@@ -115,6 +116,48 @@ def _pseudo_clock_paths(paths: list, clocks: dict) -> dict:
         if clock_of(path.get("from", "")) is not None and clock_of(path.get("to", "")) is None:
             out_of = delay if out_of is None else max(out_of, delay)
     return {"into_ns": into, "out_of_ns": out_of}
+
+
+def read_critical_path(path: Path, net: str) -> dict | None:
+    """The critical path of clock ``net`` in nextpnr's ``--report`` JSON, summarised.
+
+    Returns None if the report has no register-to-register path on ``net``. The
+    summary gives the path's delay split by step type (``clk-to-q``, ``logic``,
+    ``routing``, ``setup``), its first and last cell, the number of logic steps
+    and the Python source lines (file name and line) of the nets it routes
+    through, in path order.
+    """
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise BuildError(f"cannot read nextpnr report {path}: {exc}") from None
+    edge = f"posedge {net}"
+    steps = next((entry.get("path", []) for entry in data.get("critical_paths", [])
+                  if entry.get("from") == edge and entry.get("to") == edge), None)
+    if not steps:
+        return None
+    by_type: dict[str, float] = {}
+    sources: list[str] = []
+    for step in steps:
+        kind = step.get("type", "?")
+        by_type[kind] = round(by_type.get(kind, 0.0) + float(step.get("delay", 0.0)), 3)
+        for source in step.get("sources", []):
+            short = Path(source).name       # "dot.py:61"; Yosys' own cell maps left out
+            if ".py:" in short and short not in sources:
+                sources.append(short)
+
+    def end(point: dict) -> str:
+        return f"{point.get('cell', '?')}.{point.get('port', '?')}"
+
+    return {
+        "clock": net,
+        "delay_ns": round(sum(by_type.values()), 3),
+        "by_type_ns": by_type,
+        "from": end(steps[0].get("from", {})),
+        "to": end(steps[-1].get("to", {})),
+        "logic_steps": sum(step.get("type") == "logic" for step in steps),
+        "sources": sources,
+    }
 
 
 def worst_clock(clocks: dict) -> dict | None:

