@@ -152,6 +152,9 @@ class SGDEngine(wiring.Component):
         # the phase (HALP builds), registered (the configuration is static from
         # the cycle before `start` on)
         self._full, self._inner = Signal(), Signal()
+        # what happens in the `start` cycle itself follows the phase the link drives
+        # in that cycle (the registers above catch up a cycle later)
+        self._inner_now = (ctrl.phase == Phase.INNER) if p.halp else 0
         if p.halp:
             m.d.sync += [self._full.eq(ctrl.phase == Phase.FULL),
                          self._inner.eq(ctrl.phase == Phase.INNER)]
@@ -184,7 +187,8 @@ class SGDEngine(wiring.Component):
             sched.pass_start.eq(self._pass.pass_start), sched.pass_done.eq(self._pass.pass_done),
             sched.model_written.eq(self._pass.model_write),
             sched.update_done.eq(self._pass.update_done), sched.base.eq(self._current),
-            *([sched.stale.eq(Mux(self._inner, ctrl.stale, 0)), sched.rotate.eq(self._inner)]
+            *([sched.stale.eq(Mux(self._inner_now, ctrl.stale, 0)),
+               sched.rotate.eq(self._inner_now)]
               if p.model_copies > 1 else []),
             dec.k.eq(ctrl.k), dec.double.eq(ctrl.double),
             dec.data.eq(self._slice.o.payload.data), dec.last.eq(sched.last_beat),
@@ -254,7 +258,7 @@ class SGDEngine(wiring.Component):
             ps.samples.valid.eq(samples.r_rdy), ps.samples.payload.eq(samples.r_data),
             samples.r_en.eq(ps.samples.ready),
             ps.hold.eq(self._preparing), ps.last_word.eq(self._clear.last_word),
-            ps.start.eq(ctrl.start), ps.base.eq(self._current), ps.rotate.eq(self._inner),
+            ps.start.eq(ctrl.start), ps.base.eq(self._current), ps.rotate.eq(self._inner_now),
             ps.per_beat.eq(self._decoder.per_beat), ps.written.eq(upd.valid_out),
             upd.sigma.eq(ps.sigma), upd.levels.eq(ps.levels), upd.end.eq(ps.end),
             upd.valid.eq(ps.valid), upd.l2_shift.eq(ctrl.l2_shift),
@@ -270,7 +274,8 @@ class SGDEngine(wiring.Component):
                 upd.gamma.eq(self._gamma.read.data),
                 prep.start.eq(self._clear.done & self._inner), prep.scale_log.eq(ctrl.scale_log),
                 prep.shift.eq(ctrl.shift), prep.grad.eq(self._grad.read.data),
-                self._fill.start.eq(ctrl.start & self._inner), self._fill.base.eq(self._current),
+                self._fill.start.eq(ctrl.start & self._inner_now),
+                self._fill.base.eq(self._current),
             ]
         for b in range(p.lanes):
             grad_addr = word_address(b, ps.grad_at.bank, ps.grad_at.addr)

@@ -73,13 +73,13 @@ class EngineDriver:
         raise AssertionError("engine never became idle")
 
     async def configure(self, config: Configure):
-        """Drive every field of ``config`` on the control member of its name, then
-        strobe ``start`` and wait for the engine to be idle."""
+        """Drive every field of ``config`` on the control member of its name with
+        ``start`` in the same cycle, and wait for the engine to be idle."""
         d = self.dut
+        # as the link does: the new configuration and `start` in the same cycle
         for name, value in dataclasses.asdict(config).items():
             signal = getattr(d, f"ctrl__{name}")
             signal.value = int(value) & ((1 << len(signal)) - 1)
-        await self.tick()
         d.ctrl__start.value = 1
         await self.tick()
         d.ctrl__start.value = 0
