@@ -8,15 +8,40 @@ must hold its default), the reserved mode bits zero, and a HALP phase only with
 a loss of ``HALP_LOSSES``. It changes nothing.
 """
 
-from amaranth.hdl import Cat, Module, Mux, Signal, Value
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value
 from amaranth.lib import data
 from amaranth.lib.wiring import Component, In, Out
 
 from .link_messages import ARGS_LAYOUT, LEVEL_BYTES, WEIGHT_BYTES, field_value
-from .params import HALP_LOSSES, EngineParams, Phase
-from .protocol import CONFIGURE, IDENTIFY, MODEL_HEADER, STATUS, Bits, Command, Status
+from .params import HALP_LOSSES, EngineParams, Phase, clog2
+from .protocol import (
+    CONFIGURE,
+    DATA_HEADER,
+    IDENTIFY,
+    MODEL_HEADER,
+    RUN,
+    STATUS,
+    Bits,
+    Command,
+    Region,
+    Status,
+)
 
-__all__ = ["LinkCheck", "command_layout"]
+__all__ = ["LinkCheck", "command_layout", "commands", "loaded_layout"]
+
+#: The commands only builds with resident data have.
+RESIDENT_COMMANDS = (Command.LOAD_DATA, Command.RUN)
+
+
+def commands(p: EngineParams) -> list[Command]:
+    """The commands a build knows (the others are answered ``COMMAND``)."""
+    return [cmd for cmd in Command if p.resident or cmd not in RESIDENT_COMMANDS]
+
+
+def loaded_layout(p: EngineParams) -> data.StructLayout:
+    """The loaded length of each resident region, in beats."""
+    return data.StructLayout({region.name.lower(): range(region.beats(p) + 1)
+                              for region in Region})
 
 
 def command_layout() -> data.StructLayout:
@@ -61,6 +86,9 @@ class LinkCheck(Component):
         A CONFIGURE has been accepted.
     inner : In(1)
         The configuration accepted is HALP's inner loop (LOAD_MODEL is STATE then).
+    features : In(range(max_features + 1)); halp : In(1); loaded : In(loaded_layout(params))
+        Builds with resident data: the configured ``d``, whether a HALP phase is
+        configured, and the loaded length of each region (RUN's checks).
     verdict : Out(Status)
     accepted : Out(1)
         ``verdict`` is OK: the executor acts.
@@ -80,6 +108,8 @@ class LinkCheck(Component):
         super().__init__({
             "cmd": In(8), "length": In(16), "received": In(Status), "args": In(ARGS_LAYOUT),
             "whole": In(1), "wide": In(1), "configured": In(1), "inner": In(1),
+            "features": In(range(params.max_features + 1)), "halp": In(1),
+            "loaded": In(loaded_layout(params)) if params.resident else In(1),
             "verdict": Out(Status), "accepted": Out(1), "payload_len": Out(16),
             "is_cmd": Out(command_layout()), "clear": Out(1),
         })
@@ -94,7 +124,8 @@ class LinkCheck(Component):
             return reg
 
         # step 1: facts about the request
-        is_cmd = {cmd: step(self.cmd == cmd, f"is_{cmd.name.lower()}") for cmd in Command}
+        is_cmd = {cmd: step(self.cmd == cmd, f"is_{cmd.name.lower()}")
+                  if cmd in commands(self.params) else Const(0) for cmd in Command}
         m.d.comb += [self.is_cmd[cmd.name.lower()].eq(is_cmd[cmd]) for cmd in Command]
         length_ok = self._length_facts(step)
         args_facts = self._args_facts(step)
@@ -110,11 +141,13 @@ class LinkCheck(Component):
         # step 2: per-command verdicts
         args_ok = {cmd: step(ok, f"args_ok_{cmd.name.lower()}") for cmd, ok in args_facts.items()}
         known = step(Cat(*is_cmd.values()).any(), "known")
-        length_good = step(Cat(is_cmd[cmd] & length_ok[cmd] for cmd in Command).any(),
+        length_good = step(Cat(is_cmd[cmd] & length_ok[cmd]
+                               for cmd in commands(self.params)).any(),
                            "length_good")
         stream = is_cmd[Command.STREAM] | is_cmd[Command.STREAM_FLUSH]
-        state_good = step((self.configured | ~stream)
-                          & ~(self.inner & is_cmd[Command.LOAD_MODEL]), "state_good")
+        state_good = step((self.configured | ~(stream | is_cmd[Command.RUN]))
+                          & ~(self.inner & is_cmd[Command.LOAD_MODEL])
+                          & (self._run_state(step) | ~is_cmd[Command.RUN]), "state_good")
 
         # step 3: the status, by priority
         args_good = Cat(is_cmd[cmd] & args_ok.get(cmd, 1) for cmd in Command).any()
@@ -147,6 +180,9 @@ class LinkCheck(Component):
             # whole int16s, at least two (an even length >= 4 has a bit above bit 1)
             Command.LOAD_LEVELS: (length[0] == 0) & (length[2:] != 0),
         }
+        if p.resident:
+            ok[Command.LOAD_DATA] = (length > DATA_HEADER.size) & self.whole
+            ok[Command.RUN] = length == RUN.size
         ok = {cmd: step(fact, f"length_ok_{cmd.name.lower()}") for cmd, fact in ok.items()}
         ok[Command.STREAM_FLUSH] = ok[Command.STREAM]
         most = LEVEL_BYTES * min(p.levels_max, p.frame_bytes // LEVEL_BYTES)
@@ -161,13 +197,56 @@ class LinkCheck(Component):
         load_end = step(model.start + length[2:], "load_end")   # start + count + 1
         read_end = step(model.start + model.count, "read_end")
         flags_ok = step((length == 0) | (self.args.status.flags[1:] == 0), "flags_ok")
-        return {
+        facts = {
             Command.CONFIGURE: Cat(*self._configure_facts(step)).all(),
             Command.LOAD_MODEL: count_zero & (load_end <= p.max_features + 1),
             Command.READ_MODEL: ~count_zero & count_fits & (read_end <= p.max_features),
             Command.STATUS: flags_ok,
             Command.LOAD_LEVELS: ~self.wide,    # a receiver register, held with the request
         }
+        if p.resident:
+            facts.update(self._resident_facts(step))
+        return facts
+
+    def _resident_facts(self, step) -> dict:
+        """Step 1 of LOAD_DATA (a known region, inside it, no gap after its loaded
+        length) and RUN (``samples`` in range, ``first`` and ``stride`` below it)."""
+        p, header, run = self.params, self.args.data, self.args.run
+        beats = self.length[clog2(p.beat_bits // 8):] - DATA_HEADER.size // (p.beat_bits // 8)
+        region_ok, end_ok, gap_ok = [], [], []
+        for region in Region:
+            here = header.region == region
+            loaded = self.loaded[region.name.lower()]
+            region_ok.append(here)
+            end_ok.append(~here | (header.start + beats <= region.beats(p)))
+            gap_ok.append(~here | (header.start <= loaded))
+        halp_most = p.halp_samples if p.halp else p.resident_samples
+        return {
+            Command.LOAD_DATA: step(Cat(*region_ok).any() & Cat(*end_ok).all()
+                                    & Cat(*gap_ok).all() & (header.start < 1 << 24),
+                                    "data_ok"),
+            Command.RUN: step((run.count != 0) & (run.samples != 0)
+                              & (run.samples <= p.resident_samples)
+                              & (~self.halp | (run.samples <= halp_most))
+                              & (run.first < run.samples) & (run.stride < run.samples),
+                              "run_ok"),
+        }
+
+    def _run_state(self, step):
+        """Step 1 of RUN's state: the loaded data covers ``samples`` samples of the
+        configured ``d`` (codes, labels, the whole sampler table)."""
+        p = self.params
+        if not p.resident:
+            return Const(1)
+        rows = (self.features + p.lanes - 1) >> clog2(p.lanes)
+        needed = step(self.args.run.samples * rows, "rows_needed")
+        loaded = self.loaded
+        labels = step(loaded.labels << clog2(p.beat_bits // 16), "labels_loaded")
+        sampler = step(loaded.sampler == Region.SAMPLER.beats(p), "sampler_loaded")
+        samples = step(self.args.run.samples, "run_samples")
+        return ((needed <= p.resident_rows)
+                & (loaded.codes >= needed * p.beats_per_row)
+                & (labels >= samples) & sampler)
 
     def _configure_facts(self, step) -> list:
         """Step 1 of CONFIGURE: one register per field of the table that can be out of

@@ -5,7 +5,10 @@ command family, one method each: taking and dispatching a request
 (:meth:`~LinkExecutor._request_states`, which also drives CONFIGURE's fields),
 the engine's start and the beat stream (:meth:`~LinkExecutor._engine_states`),
 the model port (:meth:`~LinkExecutor._model_states`), the level table
-(:meth:`~LinkExecutor._level_states`) and the reply frame
+(:meth:`~LinkExecutor._level_states`), the resident store's loads and runs
+(:meth:`~LinkExecutor._resident_states`, builds with resident data: the store,
+:class:`~ziphalp.hw.resident.ResidentSource`, is the executor's second source of
+beats besides the frame buffer) and the reply frame
 (:meth:`~LinkExecutor._reply_states`). The verdict comes from
 :class:`~ziphalp.hw.link_check.LinkCheck`; the reply bytes leave through
 :class:`~ziphalp.hw.link_reply.ReplySender`.
@@ -23,7 +26,7 @@ from amaranth.utils import ceil_log2
 
 from .control import control_signature
 from .engine import SGDEngine
-from .link_check import LinkCheck
+from .link_check import LinkCheck, loaded_layout
 from .link_messages import (
     LEVEL_BYTES,
     REPLY_HEADER_BYTES,
@@ -37,15 +40,18 @@ from .link_reply import ReplySender, StatusCounters
 from .params import LEVEL, EngineParams, Phase
 from .protocol import (
     CONFIGURE,
+    DATA_HEADER,
     IDENTIFY,
     MODEL_HEADER,
     STATUS,
     SYNC,
     Command,
     Identity,
+    Region,
     Status,
     StatusFlags,
 )
+from .resident import ResidentSource
 
 __all__ = ["LinkExecutor", "saturate"]
 
@@ -118,12 +124,18 @@ class LinkExecutor(Component):
             checking=Signal(range(self.CHECK_CYCLES)),
             index=Signal(range(max(REPLY_HEADER_BYTES, IDENTIFY.size, STATUS.size))),
             replaying=Signal(),                 # STREAM: beats go to the engine
+            from_store=Signal(),                # RUN: the resident store feeds the engine
         )
+        if self.params.resident:
+            m.submodules.resident = x.resident = ResidentSource(self.params)
+            x.written = Signal.like(req.args.data.start)   # LOAD_DATA: the beat being written
         m.d.comb += [
             check.cmd.eq(req.cmd), check.length.eq(req.length), check.received.eq(req.status),
             check.args.eq(req.args), check.whole.eq(req.whole), check.wide.eq(req.wide),
             check.configured.eq(x.configured),
             check.inner.eq(x.configured & (self.engine.phase == Phase.INNER)),
+            check.features.eq(self.engine.features),
+            check.halp.eq(self.engine.phase != Phase.SGD),
         ]
         self._model_position(m, x)
         self._buffer_cursor(m, x)
@@ -134,6 +146,8 @@ class LinkExecutor(Component):
             self._engine_states(m, x)
             self._model_states(m, x)
             self._level_states(m, x)
+            if self.params.resident:
+                self._resident_states(m, x)
             self._reply_states(m, x, source)
         # one-hot: short decode paths in synthesis (the domain's reset sets the state)
         fsm.state.attrs["fsm_encoding"] = "one-hot"
@@ -179,21 +193,33 @@ class LinkExecutor(Component):
         x.rd_advance = Signal()                 # move the cursor to the next beat
         x.before_last = Signal.like(x.rd_addr)  # STREAM: rd_addr of the beat before the last
         x.at_last = Signal()                    # STREAM: rd_addr is the frame's last beat
-        rd_start = Mux(x.is_cmd[Command.LOAD_MODEL], MODEL_HEADER.size // bytes_per_beat, 0)
+        x.header_beats = DATA_HEADER.size // bytes_per_beat if p.resident else 0
+        rd_start = Mux(x.is_cmd[Command.LOAD_MODEL], MODEL_HEADER.size // bytes_per_beat,
+                       Mux(x.is_cmd[Command.LOAD_DATA], x.header_beats, 0))
         m.d.comb += [
             rd_addr_next.eq(Mux(x.rd_restart, rd_start,
                                 Mux(x.rd_advance, x.rd_addr + 1, x.rd_addr))),
             self.buf.addr.eq(rd_addr_next),
-            eng.beats.payload.data.eq(self.buf.data),
-            eng.beats.payload.flush.eq(x.is_cmd[Command.STREAM_FLUSH] & x.at_last),
         ]
+        if p.resident:
+            store = x.resident.beats
+            m.d.comb += [
+                eng.beats.payload.data.eq(Mux(x.from_store, store.payload.data, self.buf.data)),
+                eng.beats.payload.flush.eq(Mux(x.from_store, store.payload.flush,
+                                               x.is_cmd[Command.STREAM_FLUSH] & x.at_last)),
+            ]
+        else:
+            m.d.comb += [
+                eng.beats.payload.data.eq(self.buf.data),
+                eng.beats.payload.flush.eq(x.is_cmd[Command.STREAM_FLUSH] & x.at_last),
+            ]
         m.d.sync += x.rd_addr.eq(rd_addr_next)
 
     def _count_events(self, m, x):
         """What the STATUS counters count (the frames are counted at dispatch)."""
         eng, counters = self.engine, x.counters
         m.d.comb += [
-            counters.busy.eq(x.replaying | ~eng.idle),
+            counters.busy.eq(x.replaying | x.from_store | ~eng.idle),
             counters.sample.eq(eng.sample_done),
             counters.update.eq(eng.update_done),
             counters.beat.eq(eng.beats.valid & eng.beats.ready),
@@ -277,7 +303,7 @@ class LinkExecutor(Component):
                 x.rd_lane.eq(Mux(is_cmd[Command.LOAD_LEVELS], 1,
                                  1 << (MODEL_HEADER.size % bytes_per_beat))),
                 x.before_last.eq(req.beats - 2),
-                x.at_last.eq(req.beats == 1),
+                x.at_last.eq(req.beats == Mux(is_cmd[Command.LOAD_DATA], x.header_beats + 1, 1)),
                 x.levels_left.eq(req.length[1:]),     # LOAD_LEVELS: at least 2 if accepted
                 x.level_final.eq(0),
             ]
@@ -313,6 +339,12 @@ class LinkExecutor(Component):
                     m.next = "LEVEL_LOAD"
                 with m.If(is_cmd[Command.STREAM] | is_cmd[Command.STREAM_FLUSH]):
                     m.next = "STREAM"
+                if p.resident:
+                    with m.If(is_cmd[Command.LOAD_DATA]):
+                        m.d.sync += x.written.eq(args.data.start)
+                        m.next = "DATA_LOAD"
+                    with m.If(is_cmd[Command.RUN]):
+                        m.next = "RUN_START"
 
     def _engine_states(self, m, x):
         """CONFIGURE: the engine's start strobe; STREAM: the frame's beats replayed into
@@ -394,6 +426,44 @@ class LinkExecutor(Component):
             m.next = "LEVEL_LOAD"
             with m.If(x.level_final):
                 m.next = "HEADER"
+
+    def _resident_states(self, m, x):
+        """LOAD_DATA: the frame's beats written into the store's region, one a cycle (a
+        sampler beat one entry a cycle), then the region's loaded length extended.
+        RUN: the store started, its beats into the engine until it is drained, then
+        SETTLE. The loaded lengths live here (the check reads them)."""
+        eng, store, header, run = self.engine, x.resident, self.req.args.data, self.req.args.run
+        loaded = Signal(loaded_layout(self.params))
+        m.d.comb += x.check.loaded.eq(loaded)
+        written = x.written
+        m.d.comb += [store.region.eq(header.region), store.addr.eq(written),
+                     store.data.eq(self.buf.data),
+                     store.features.eq(eng.features), store.k.eq(eng.k),
+                     store.double.eq(eng.double), store.indexed.eq(eng.phase != Phase.SGD),
+                     store.count.eq(run.count), store.first.eq(run.first),
+                     store.stride.eq(run.stride), store.samples.eq(run.samples),
+                     store.seed.eq(run.seed)]
+        with m.State("DATA_LOAD"):
+            m.d.comb += [store.write.eq(1), x.rd_advance.eq(store.write_ready)]
+            with m.If(store.write_ready):
+                m.d.sync += [written.eq(written + 1), x.at_last.eq(x.rd_addr == x.before_last)]
+                with m.If(x.at_last):
+                    m.next = "DATA_LOADED"
+        with m.State("DATA_LOADED"):            # written is one past the last beat
+            for region in Region:
+                name = region.name.lower()
+                with m.If(header.region == region):
+                    with m.If((header.start == 0) | (written > loaded[name])):
+                        m.d.sync += loaded[name].eq(written)
+            m.next = "HEADER"
+        with m.State("RUN_START"):
+            m.d.comb += store.start.eq(1)
+            m.next = "RUN"
+        with m.State("RUN"):
+            m.d.comb += [x.from_store.eq(1), eng.beats.valid.eq(store.beats.valid),
+                         store.beats.ready.eq(eng.beats.ready)]
+            with m.If(~store.busy):
+                m.next = "SETTLE"
 
     def _reply_states(self, m, x, source):
         """The reply frame: header, the IDENTIFY or STATUS payload (READ_MODEL's is in

@@ -14,7 +14,18 @@ from amaranth.lib import data
 from amaranth.lib.wiring import In, Out, Signature
 
 from .params import EngineParams
-from .protocol import CONFIGURE, MODEL_HEADER, SYNC, Bits, Field, Fixed, Message, Status
+from .protocol import (
+    CONFIGURE,
+    DATA_HEADER,
+    MODEL_HEADER,
+    RUN,
+    SYNC,
+    Bits,
+    Field,
+    Fixed,
+    Message,
+    Status,
+)
 
 __all__ = [
     "ARGS_LAYOUT", "ARGS_BYTES", "LEVEL_BYTES", "REPLY_HEADER_BYTES", "WEIGHT_BYTES",
@@ -82,6 +93,8 @@ ARGS_LAYOUT = data.UnionLayout({
     "configure": message_layout(CONFIGURE),
     "model": message_layout(MODEL_HEADER),      # count is reserved (0) for LOAD
     "status": data.StructLayout({"flags": 8}),
+    "data": message_layout(DATA_HEADER),
+    "run": message_layout(RUN),
 })
 ARGS_BYTES = ARGS_LAYOUT.size // 8
 assert CONFIGURE.size == ARGS_BYTES

@@ -135,6 +135,33 @@ PRNG lane ``l`` is xorshift32 (``x ^= x << 13; x ^= x >> 17; x ^= x << 5``, 32 b
 seeded with ``(seed + (l + 1) * 0x9E3779B9) mod 2**32`` (``0x6D2B79F5`` if that is
 0); every lane steps once per update beat of the inner loop, whatever the
 features in it. A clamp of ``z`` is not a fault and sets no flag.
+Resident data (builds with ``resident_rows > 0``)
+-----------------------------------------------
+The board can hold a data set and feed the engine from it, so that an epoch
+needs no host traffic. Each feature value is stored once as an 8-bit *code*
+``c`` (value ``(c - CODE_ZERO) / CODE_SCALE``, so 1..255 covers [-1, 1] in steps
+of 1/127 and 0.0 is exact); sample ``s`` of the resident set takes rows ``s*R ..
+s*R + R - 1`` of ``lanes`` codes each, ``R = ceil(d / lanes)``, feature ``f`` in
+row ``s*R + f // lanes``, column ``f % lanes``. Its label (a ``LABEL`` word) is
+label ``s`` of a separate label store. The *sampler table* (``SAMPLER_ENTRIES``
+entries, loaded with the data) maps a code to an interval ``j`` of the level
+table and a threshold ``t`` (0..``2**SAMPLER_T_BITS``, in ``2**-16``): the value
+rounds up (``l_{j+1}``) with probability ``t / 2**16``, down (``l_j``) otherwise.
+The host derives it from the levels, so one resident copy serves every
+precision, level set and sampling mode.
+
+``RUN`` feeds ``count`` samples: sample ``u`` (from 0) is resident sample
+``(first + u * stride) mod n``. Each becomes exactly the beats the host would
+stream (encoding above; a ``Phase.FULL``/``INNER`` label beat carries the index),
+the run's last beat flushing the batch. Feature beat ``b`` of a sample holds
+features ``f = b*K + i`` in field ``i < K``; before each feature beat every
+sampling lane ``i < lanes`` steps its xorshift32 state (seeded by ``RUN``'s
+``seed`` like the HALP PRNG lanes: ``(seed + (i + 1) * PRNG_GOLDEN) mod 2**32``),
+and with ``r1``/``r2`` its low/high 16 bits field ``i`` of a feature ``f < d`` is
+``j | up1 << k | up2 << (k + 1)`` (double sampling; ``j | up1 << k`` single),
+``up = r < t``; fields of ``f >= d`` are 0. Double sampling gets two independent
+roundings of the stored value, fresh each run; ``t`` in {0, 2**16} for every
+code gives deterministic rounding.
 """
 
 from __future__ import annotations
@@ -151,6 +178,7 @@ __all__ = [
     "EngineParams",
     "BOARD_PARAMS", "Phase", "HALP_FRAC", "OFFSET_BITS", "OFFSET_SHIFT_MAX", "LOG_FRAC",
     "SCALE_LOG_BITS", "MODEL_COPIES", "PRNG_GOLDEN", "PRNG_ZERO_SEED", "halp_shift",
+    "CODE_BITS", "CODE_ZERO", "CODE_SCALE", "SAMPLER_ENTRIES", "SAMPLER_T_BITS",
 ]
 
 
@@ -231,6 +259,16 @@ SCALE_LOG_BITS = 16
 #: or at ``PRNG_ZERO_SEED`` when that is 0.
 PRNG_GOLDEN = 0x9E3779B9
 PRNG_ZERO_SEED = 0x6D2B79F5
+
+
+#: Resident data: bits of a stored code, the code of 0.0 and the codes per unit.
+CODE_BITS = 8
+CODE_ZERO = 128
+CODE_SCALE = 127
+#: Entries of the sampler table (one per code) and the width of a threshold ``t``
+#: (``0..2**16``: ``2**16`` always rounds up).
+SAMPLER_ENTRIES = 1 << CODE_BITS
+SAMPLER_T_BITS = 17
 
 
 class Phase(IntEnum):
@@ -325,6 +363,12 @@ class EngineParams:
         Build HALP mode with an anchor-error cache of this many samples (0: no
         HALP). Needs ``beat_bits >= 32`` (the sample index rides in the label
         beat) and the class costs (they scale the full gradient by ``1/n``).
+    resident_rows : int
+        Rows of ``lanes`` 8-bit codes the resident data store holds (0: no
+        resident data). Needs ``beat_bits`` 32 or 64 and ``lanes * 8`` a multiple
+        of ``beat_bits`` (a loaded beat fills part of one row).
+    resident_samples : int
+        Labels the resident store holds: the most samples of a resident set.
     """
 
     beat_bits: int = 32
@@ -339,6 +383,8 @@ class EngineParams:
     class_costs: bool = True
     l2_decay: bool = True
     halp_samples: int = 0
+    resident_rows: int = 0
+    resident_samples: int = 0
 
     def __post_init__(self):
         def fail(msg):
@@ -376,6 +422,13 @@ class EngineParams:
             fail("HALP mode needs beat_bits >= 32 and the class costs")
         if self.clock_hz <= 0:
             fail(f"clock_hz must be positive, not {self.clock_hz}")
+        if not 0 <= self.resident_rows <= 1 << 24 or not 0 <= self.resident_samples <= 65535:
+            fail("resident_rows must be 0..2**24 and resident_samples 0..65535")
+        if bool(self.resident_rows) != bool(self.resident_samples):
+            fail("resident data needs both resident_rows and resident_samples")
+        if self.resident_rows and (self.beat_bits not in (32, 64)
+                                   or (self.lanes * 8) % self.beat_bits):
+            fail("resident data needs beat_bits 32 or 64 and lanes * 8 a multiple of it")
 
     # --- run-time modes ------------------------------------------------------------
 
@@ -412,12 +465,27 @@ class EngineParams:
     @property
     def options(self) -> int:
         """The optional blocks built, as ``IDENTIFY`` reports them (``protocol.Options``)."""
-        return int(self.class_costs) | int(self.l2_decay) << 1 | int(self.halp) << 2
+        return (int(self.class_costs) | int(self.l2_decay) << 1 | int(self.halp) << 2
+                | int(self.resident) << 3)
 
     @property
     def halp(self) -> bool:
         """HALP mode is built."""
         return self.halp_samples > 0
+
+    @property
+    def resident(self) -> bool:
+        """Resident data is built."""
+        return self.resident_rows > 0
+
+    def resident_rows_for(self, features: int) -> int:
+        """Rows ``R`` of the resident store one sample of ``features`` features takes."""
+        return math.ceil(features / self.lanes)
+
+    @property
+    def beats_per_row(self) -> int:
+        """Loaded beats that fill one resident row (``lanes * 8 / beat_bits``)."""
+        return self.lanes * 8 // self.beat_bits
 
     @property
     def model_copies(self) -> int:
@@ -481,9 +549,12 @@ class EngineParams:
 #: wider than 16 bits, two SB_MAC16 each, and the UP5K has eight; so a 16-bit beat
 #: carries at most two values (one at k = 8 with double sampling). The class-cost
 #: multiply and the L2 decay do not fit its 5280 logic cells beside two lanes.
-#: ULX3S (ECP5-85F, 156 multipliers): 64-bit beats and 32 lanes, every option
-#: (HALP with a 4096-sample anchor-error cache);
-#: values per beat 32/21/16/12/10/7/6 from k = 1 to 8 (single/double sampling).
+#: ULX3S (ECP5-85F, 156 multipliers, 208 DP16KD): 64-bit beats and 16 lanes, every
+#: option (HALP with a 4096-sample anchor-error cache), values per beat
+#: 16/16/16/12/10/9/8/7 from k = 1 to 8 with single sampling, 16/16/12/10/9/8/7/6 double.
+#: 32 lanes need 100k LUT4 cells after synthesis, 119% of the device; 16 lanes 45k.
+#: Resident data in the block RAM the 16-lane engine leaves (it takes 150 DP16KD):
+#: 4096 rows of 16 codes (64 KB, 32 DP16KD), 4096 labels, a sampler table per lane.
 #: "sim" runs the iCEBreaker's parameters, so what trains in simulation fits the
 #: board; "sim-ulx3s" the ULX3S's.
 BOARD_PARAMS: dict[str, EngineParams] = {
@@ -491,9 +562,10 @@ BOARD_PARAMS: dict[str, EngineParams] = {
                                max_batch=16, model_bits=32, model_frac=24,
                                frame_bytes=1024, clock_hz=33_000_000,
                                class_costs=False, l2_decay=False),
-    "ulx3s": EngineParams(beat_bits=64, lanes=32, max_k=8, max_features=1024,
+    "ulx3s": EngineParams(beat_bits=64, lanes=16, max_k=8, max_features=1024,
                           max_batch=64, model_bits=32, model_frac=24, frame_bytes=8192,
-                          clock_hz=50_000_000, halp_samples=4096),
+                          clock_hz=50_000_000, halp_samples=4096,
+                          resident_rows=4096, resident_samples=4096),
 }
 BOARD_PARAMS["sim"] = BOARD_PARAMS["icebreaker"]
 BOARD_PARAMS["sim-ulx3s"] = BOARD_PARAMS["ulx3s"]

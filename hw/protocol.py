@@ -59,6 +59,21 @@ Commands
 ``STREAM_FLUSH``  as ``STREAM``, and the mini-batch ends with the sample that
                   holds the frame's last beat (the model is updated even if the
                   batch is not full). Reply: empty.
+``LOAD_DATA``     :data:`DATA_HEADER` (8 bytes) then whole beats written into the
+                  resident store's :class:`Region`, from beat ``start`` on (builds
+                  with resident data; ``ziphalp.hw.params``, "Resident data"). A
+                  region's *loaded* length is what a run may use: a load from
+                  beat 0 sets it to the beats written, one from a beat at most
+                  the loaded length extends it. A load past the region or
+                  starting beyond its loaded length (a gap) is ``ARGUMENT``, a
+                  payload of other than the header and whole beats ``LENGTH``;
+                  a rejected load writes nothing. Reply: empty.
+``RUN``           :data:`RUN`. Feeds ``count`` samples from the resident store to
+                  the engine as ``STREAM`` beats would (the last one flushing).
+                  ``STATE`` before ``CONFIGURE`` or when the loaded codes, labels
+                  or sampler table do not cover ``samples`` samples of the
+                  configured ``d``; ``ARGUMENT`` for ``first`` or ``stride`` not
+                  below ``samples``. Reply (once the engine is idle): empty.
 ``STATUS``        optional ``flags:u8`` (bit 0: clear counters and sticky flags
                   after reading). Reply: :data:`STATUS`.
 """
@@ -81,6 +96,7 @@ from .params import (
     L2_SHIFT_MAX,
     MODEL_COPIES,
     OFFSET_BITS,
+    SAMPLER_ENTRIES,
     SCALE_LOG_BITS,
     SHIFT_MAX,
     EngineParams,
@@ -93,13 +109,14 @@ __all__ = [
     "VERSION", "SYNC", "MAGIC", "TIMEOUT_BYTES_TIME", "Command", "Status", "StatusFlags",
     "Options", "Field", "Bits", "Fixed", "Message", "Record",
     "CONFIGURE", "IDENTIFY", "STATUS", "MODEL_HEADER", "Configure", "Identity", "Counters",
+    "Region", "DATA_HEADER", "RUN", "Run",
     "CONFIGURE_FORMAT", "IDENTIFY_FORMAT", "STATUS_FORMAT", "MODEL_HEADER_FORMAT",
     "MODE_DOUBLE", "MODE_LOSS_SHIFT", "MODE_PHASE_SHIFT", "MODE_STOCHASTIC", "COUNTER_BITS",
     "crc16", "encode_request", "encode_reply",
 ]
 
 #: Protocol version, reported by ``IDENTIFY``.
-VERSION = 4
+VERSION = 5
 #: Sync word that opens every frame.
 SYNC = bytes([0xA5, 0x5A])
 #: Magic bytes at the start of the ``IDENTIFY`` reply.
@@ -117,6 +134,25 @@ class Command(IntEnum):
     STREAM_FLUSH = 0x06
     STATUS = 0x07
     LOAD_LEVELS = 0x08
+    LOAD_DATA = 0x09
+    RUN = 0x0A
+
+
+class Region(IntEnum):
+    """The parts of the resident store ``LOAD_DATA`` writes (``ziphalp.hw.params``,
+    "Resident data")."""
+
+    CODES = 0      # rows of `lanes` 8-bit codes; beat a: row a // beats_per_row
+    LABELS = 1     # LABEL words; beat a: labels a * (beat_bits // 16) ...
+    SAMPLER = 2    # the sampler table, one uint32 entry (j | t << 8) per code
+
+    def beats(self, params: EngineParams) -> int:
+        """Beats the region holds in a build."""
+        if self == Region.CODES:
+            return params.resident_rows * params.beats_per_row
+        if self == Region.LABELS:
+            return -(-params.resident_samples // (params.beat_bits // 16))
+        return SAMPLER_ENTRIES * 32 // params.beat_bits
 
 
 class Status(IntEnum):
@@ -125,7 +161,8 @@ class Status(IntEnum):
     COMMAND = 0x02    # unknown command
     LENGTH = 0x03     # payload length wrong for the command or larger than the buffer
     ARGUMENT = 0x04   # an argument out of range (configuration, model range, level)
-    STATE = 0x05      # not allowed now (STREAM before CONFIGURE, LOAD_MODEL in the inner loop)
+    STATE = 0x05      # not allowed now (STREAM before CONFIGURE, LOAD_MODEL in the inner
+                      # loop, RUN beyond the data loaded)
     TIMEOUT = 0x06    # request stalled mid-frame
 
     def describe(self) -> str:
@@ -135,7 +172,8 @@ class Status(IntEnum):
             Status.COMMAND: "unknown command",
             Status.LENGTH: "bad payload length",
             Status.ARGUMENT: "argument out of range",
-            Status.STATE: "not allowed now (not configured, or a model load in the inner loop)",
+            Status.STATE: "not allowed now (not configured, a model load in the inner loop, "
+                          "or a run beyond the data loaded)",
             Status.TIMEOUT: "request timed out mid-frame",
         }[self]
 
@@ -146,10 +184,11 @@ class Options(IntFlag):
     CLASS_COSTS = 0x01  # class costs other than 1.0
     L2_DECAY = 0x02     # an L2 decay shift other than 0
     HALP = 0x04         # the HALP phases (bit-centering SVRG)
+    RESIDENT = 0x08     # the resident data store (LOAD_DATA, RUN)
 
     def describe(self) -> str:
         return {Options.CLASS_COSTS: "class costs", Options.L2_DECAY: "the L2 decay",
-                Options.HALP: "HALP mode"}[self]
+                Options.HALP: "HALP mode", Options.RESIDENT: "resident data"}[self]
 
 
 class StatusFlags(IntFlag):
@@ -165,6 +204,7 @@ class Build(Protocol):
     max_batch: int
     max_k: int
     options: int
+    resident_samples: int
 
 
 # --- field tables ------------------------------------------------------------------------
@@ -501,6 +541,8 @@ IDENTIFY = Message("IDENTIFY", [
     Field("halp_samples", "H", "entries of the HALP anchor-error cache (0: no HALP)"),
     Field("update_gap", "B", "cycles a batch-ending sample adds for its model update "
           "(SGDEngine.update_gap; delayed gradients hide them)"),
+    Field("resident_rows", "I", "rows of lanes codes in the resident store (0: none)"),
+    Field("resident_samples", "H", "labels in the resident store"),
 ])
 
 
@@ -521,6 +563,9 @@ class Identity(record(IDENTIFY)):
         if bool(self.options & Options.HALP) != (self.halp_samples > 0):
             raise ValueError(f"HALP option {bool(self.options & Options.HALP)} "
                              f"with halp_samples {self.halp_samples}")
+        if bool(self.options & Options.RESIDENT) != (self.resident_rows > 0):
+            raise ValueError(f"resident option {bool(self.options & Options.RESIDENT)} "
+                             f"with resident_rows {self.resident_rows}")
         names = {f.name for f in IDENTIFY.fields} & set(EngineParams.__dataclass_fields__)
         return EngineParams(**{name: getattr(self, name) for name in names},
                             class_costs=bool(self.options & Options.CLASS_COSTS),
@@ -549,6 +594,40 @@ MODEL_HEADER = Message("MODEL_HEADER", [
     Field("start", "H", "index of the first weight"),
     Field("count", "H", "READ_MODEL: weights to read; LOAD_MODEL: reserved, 0"),
 ])
+
+#: The start of LOAD_DATA's payload (then whole beats of the region).
+DATA_HEADER = Message("DATA_HEADER", [
+    Field("region", "B", "the part of the store written", kind=Region),
+    Fixed("reserved", "3x"),
+    Field("start", "I", "index of the first beat written, in beats of the region"),
+])
+
+#: RUN's payload: feed the engine from the resident store.
+RUN = Message("RUN", [
+    Field("count", "I", "samples to feed", range(1, 1 << 32)),
+    Field("first", "H", "resident sample fed first (less than samples)"),
+    Field("stride", "H", "step between the samples fed, mod samples (less than samples)"),
+    Field("samples", "H", "n, the resident samples the walk covers",
+          lambda build: range(1, build.resident_samples + 1)),
+    Fixed("reserved", "2x"),
+    Field("seed", "I", "seed of the sampling lanes"),
+])
+
+
+class Run(record(RUN)):
+    """A RUN payload (fields: :data:`RUN`)."""
+
+    def check(self, build: Build, board: str = "the board") -> Run:
+        """This run with its values cast, if ``build`` takes it; else ValueError."""
+        if not build.options & Options.RESIDENT:
+            raise ValueError(f"{board} is built without resident data")
+        run = RUN.check(self, build, board)
+        for name in ("first", "stride"):
+            if getattr(run, name) >= run.samples:
+                raise ValueError(f"{name} must be below samples ({run.samples}), "
+                                 f"not {getattr(run, name)}")
+        return run
+
 
 IDENTIFY_FORMAT = IDENTIFY.format
 CONFIGURE_FORMAT = CONFIGURE.format

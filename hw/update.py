@@ -31,11 +31,10 @@ from .params import (
     LEVEL,
     OFFSET_BITS,
     OFFSET_SHIFT_MAX,
-    PRNG_GOLDEN,
-    PRNG_ZERO_SEED,
     SIGMA_FRAC,
     EngineParams,
 )
+from .prng import PRNGLane
 from .saturate import saturate
 
 __all__ = ["UpdateLanes"]
@@ -198,18 +197,10 @@ class UpdateLanes(wiring.Component):
 
     def _prng(self, m, k, halp):
         """Lane ``k``'s xorshift32; returns the rounding term ``r`` (``HALP_FRAC`` bits)."""
-        state = Signal(32, name=f"prng{k}")
-        start = Signal(32, name=f"prng_start{k}")
-        x1 = state ^ (state << 13)[:32]
-        x2 = x1 ^ (x1 >> 17)
-        x3 = Signal(32, name=f"prng_next{k}")
-        m.d.comb += [x3.eq(x2 ^ (x2 << 5)[:32]),
-                     start.eq(self.seed + (((k + 1) * PRNG_GOLDEN) & 0xFFFFFFFF))]
-        with m.If(self.reseed):
-            m.d.sync += state.eq(Mux(start == 0, PRNG_ZERO_SEED, start))
-        with m.Elif(halp["step_prng"]):
-            m.d.sync += state.eq(x3)
-        return Mux(halp["stochastic"], x3[32 - HALP_FRAC:], 1 << (HALP_FRAC - 1))
+        m.submodules[f"prng{k}"] = prng = PRNGLane(k)
+        m.d.comb += [prng.seed.eq(self.seed), prng.reseed.eq(self.reseed),
+                     prng.step.eq(halp["step_prng"])]
+        return Mux(halp["stochastic"], prng.next[32 - HALP_FRAC:], 1 << (HALP_FRAC - 1))
 
     def _halp_lane(self, m, k, acc, model_out, grad_out, valid, halp):
         """Lane ``k``'s HALP inner-loop update, from MODEL_AT: z - step, clamp to b

@@ -15,6 +15,11 @@ the host's packer, so a packing mistake on either side shows up as a mismatch.
 Besides mini-batch SGD it models HALP mode (bit-centering SVRG, the section
 "HALP mode" of ``ziphalp.hw.params``): the anchor, the offset, the anchor-error
 cache and the per-lane xorshift32 PRNG (:func:`xorshift32`, :func:`prng_seeds`).
+
+Builds with resident data (section "Resident data" of ``ziphalp.hw.params``)
+also hold the resident store: :meth:`GoldenEngine.load_data` writes it,
+:meth:`GoldenEngine.run` turns ``RUN`` into the beats the board feeds itself
+(:func:`resident_beats`, the on-chip sampling included) and streams them.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ from ziphalp.hw.params import (
     PRNG_ZERO_SEED,
     SAMPLE_INDEX_BITS,
     SAMPLE_INDEX_OFFSET,
+    SAMPLER_ENTRIES,
+    SAMPLER_T_BITS,
     SCALE_LOG_BITS,
     SHIFT_MAX,
     SIGMA_FRAC,
@@ -47,9 +54,11 @@ from ziphalp.hw.params import (
     halp_shift,
     sigmoid_table,
 )
+from ziphalp.hw.protocol import Region
 
 __all__ = ["round_shift", "saturate", "unpack_fields", "decode", "sigmoid_fixed",
-           "loss_derivative", "inner_loop_prep", "xorshift32", "prng_seeds", "GoldenEngine"]
+           "loss_derivative", "inner_loop_prep", "xorshift32", "prng_seeds", "walk",
+           "sample_fields", "resident_beats", "GoldenEngine"]
 
 
 _SIGMOID = np.array(sigmoid_table(), dtype=np.int64)
@@ -156,6 +165,61 @@ def prng_seeds(seed: int, lanes: int) -> np.ndarray:
     return np.array([s or PRNG_ZERO_SEED for s in states], dtype=np.uint32)
 
 
+def walk(count: int, first: int, stride: int, samples: int) -> np.ndarray:
+    """The resident samples a ``RUN`` feeds: ``(first + u * stride) mod samples``."""
+    return (first + np.arange(count, dtype=np.int64) * stride) % samples
+
+
+def sample_fields(codes: np.ndarray, sampler: np.ndarray, lanes: int, seed: int,
+                  k: int, double: bool, per_beat: int) -> np.ndarray:
+    """On-chip sampling: the fields of ``codes`` (``(samples, d)`` codes, in feed
+    order) as the sampling lanes draw them, ``(samples, d)`` int64.
+
+    Before each feature beat (``ceil(d / per_beat)`` per sample) every lane
+    ``i < lanes`` steps its xorshift32 state (seeded with ``seed``); field ``i`` of
+    the beat draws from lane ``i``: ``up = r < t`` with ``r`` the state's low (first
+    sample) or high (second) 16 bits, ``(j, t)`` the code's sampler entry.
+    """
+    codes = np.asarray(codes, dtype=np.int64)
+    count, d = codes.shape
+    beats = -(-d // per_beat)
+    state = prng_seeds(seed, lanes)
+    draws = np.empty((count * beats, lanes), dtype=np.uint32)
+    for b in range(count * beats):
+        state = xorshift32(state)
+        draws[b] = state
+    f = np.arange(d)
+    draws = draws.reshape(count, beats, lanes)[:, f // per_beat, f % per_beat]
+    entry = np.asarray(sampler, dtype=np.int64)[codes]
+    j, t = entry & 0xFF & ((1 << k) - 1), entry >> 8 & ((1 << SAMPLER_T_BITS) - 1)
+    up1 = ((draws & 0xFFFF).astype(np.int64) < t).astype(np.int64)
+    up2 = ((draws >> 16).astype(np.int64) < t).astype(np.int64) if double else up1
+    return j | up1 << k | (up2 << (k + 1) if double else 0)
+
+
+def resident_beats(fields: np.ndarray, labels: np.ndarray, indices: np.ndarray | None,
+                   params: EngineParams, k: int, double: bool) -> bytes:
+    """Fields and labels packed into beats as the resident store feeds them: a label
+    beat (with the index in ``SAMPLE_INDEX_OFFSET`` when ``indices`` is given), then
+    ``ceil(d / K)`` feature beats of ``K`` fields, those past ``d`` zero. For the
+    resident builds' beats of 32 or 64 bits."""
+    fields = np.asarray(fields, dtype=np.uint64)
+    count, d = fields.shape
+    per_beat, bits = params.values_per_beat(k, double), field_bits(k, double)
+    beats = -(-d // per_beat)
+    padded = np.zeros((count, beats * per_beat), dtype=np.uint64)
+    padded[:, :d] = fields
+    shifts = (np.arange(per_beat, dtype=np.uint64) * np.uint64(bits))
+    words = np.zeros((count, beats + 1), dtype=np.uint64)
+    words[:, 1:] = np.bitwise_or.reduce(padded.reshape(count, beats, per_beat) << shifts,
+                                        axis=2)
+    words[:, 0] = np.asarray(labels, dtype=np.int64).astype(np.uint64) & np.uint64(0xFFFF)
+    if indices is not None:
+        words[:, 0] |= np.asarray(indices, dtype=np.uint64) << np.uint64(SAMPLE_INDEX_OFFSET)
+    dtype = {64: "<u8", 32: "<u4"}[params.beat_bits]
+    return words.astype(dtype).tobytes()
+
+
 class GoldenEngine:
     """Bit-exact model of one ``SGDEngine`` (mini-batch SGD on ZipML-encoded samples,
     and HALP mode in builds with ``halp_samples > 0``).
@@ -214,6 +278,11 @@ class GoldenEngine:
         self.features = 0
         self._grad = np.zeros(params.max_features, dtype=np.int64)
         self.gamma = np.zeros(params.max_features, dtype=np.int64)
+        # the resident store (builds with resident data)
+        self.codes = np.zeros((params.resident_rows, params.lanes), dtype=np.uint8)
+        self.resident_labels = np.zeros(params.resident_samples, dtype=np.int64)
+        self.sampler = np.zeros(SAMPLER_ENTRIES, dtype=np.uint32)
+        self.loaded = {region: 0 for region in Region}
         self._reset_position()
 
     # --- commands -----------------------------------------------------------------
@@ -307,6 +376,71 @@ class GoldenEngine:
         if saturate(weights, self.p.model_bits)[1]:
             raise ValueError(f"weights do not fit {self.p.model_bits} bits")
         self.model[start:start + len(weights)] = weights
+
+    def load_data(self, region: Region, start: int, data: bytes) -> None:
+        """``LOAD_DATA``: write whole beats into ``region`` of the resident store
+        from beat ``start`` on, and extend its loaded length (``ziphalp.hw.protocol``).
+        ValueError (``ARGUMENT``) for a load past the region or beyond its loaded
+        length; nothing is written then."""
+        p = self.p
+        if not p.resident:
+            raise ValueError("this engine has no resident data")
+        region, width = Region(region), p.beat_bits // 8
+        if len(data) % width or not data:
+            raise ValueError(f"a load is whole {width}-byte beats")
+        beats = len(data) // width
+        if start > self.loaded[region] or start + beats > region.beats(p):
+            raise ValueError(f"load of beats {start}..{start + beats - 1} into {region.name} "
+                             f"(loaded {self.loaded[region]}, holds {region.beats(p)})")
+        raw = np.frombuffer(data, dtype=np.uint8)
+        if region == Region.CODES:
+            flat = self.codes.reshape(-1)
+            flat[start * width:start * width + len(raw)] = raw
+        elif region == Region.LABELS:
+            per_beat = width // 2
+            labels = np.frombuffer(data, dtype="<i2").astype(np.int64)
+            first = start * per_beat
+            keep = min(len(labels), p.resident_samples - first)
+            self.resident_labels[first:first + keep] = labels[:keep]
+        else:
+            per_beat = width // 4
+            self.sampler[start * per_beat:start * per_beat + len(raw) // 4] = \
+                np.frombuffer(data, dtype="<u4")
+        self.loaded[region] = start + beats if start == 0 else max(self.loaded[region],
+                                                                    start + beats)
+
+    def run(self, count: int, first: int, stride: int, samples: int, seed: int) -> bytes:
+        """``RUN``: feed ``count`` resident samples (``walk``) sampled on chip, the
+        last beat flushing; returns the beats fed. ValueError for arguments out of
+        range (``ARGUMENT``), RuntimeError before ``configure`` or beyond the data
+        loaded (``STATE``)."""
+        p = self.p
+        if not p.resident:
+            raise ValueError("this engine has no resident data")
+        if not (1 <= count < 1 << 32 and 1 <= samples <= p.resident_samples
+                and 0 <= first < samples and 0 <= stride < samples):
+            raise ValueError("RUN arguments out of range")
+        if self.phase != Phase.SGD and samples > p.halp_samples:
+            raise ValueError(f"a HALP phase runs at most {p.halp_samples} samples")
+        if self.features == 0:
+            raise RuntimeError("RUN before configure")
+        rows = p.resident_rows_for(self.features)
+        width = p.beat_bits // 8
+        if (samples * rows > p.resident_rows
+                or self.loaded[Region.CODES] < samples * rows * p.beats_per_row
+                or self.loaded[Region.LABELS] * (width // 2) < samples
+                or self.loaded[Region.SAMPLER] < Region.SAMPLER.beats(p)):
+            raise RuntimeError("RUN beyond the resident data loaded")
+        order = walk(count, first, stride, samples)
+        rows_of = order[:, None] * rows + np.arange(rows)
+        codes = self.codes[rows_of].reshape(count, rows * p.lanes)[:, :self.features]
+        fields = sample_fields(codes, self.sampler, p.lanes, seed, self.k, self.double,
+                               p.values_per_beat(self.k, self.double))
+        beats = resident_beats(fields, self.resident_labels[order],
+                               order if self.phase != Phase.SGD else None, p, self.k,
+                               self.double)
+        self.stream(beats, flush=True)
+        return beats
 
     def read_model(self, start: int = 0, count: int | None = None) -> np.ndarray:
         count = self.p.max_features - start if count is None else count

@@ -1,0 +1,54 @@
+"""The engine's pseudo-random lanes: one xorshift32 generator each.
+
+The HALP update lanes (stochastic rounding of the offset) and the resident
+store's sampling lanes (on-chip stochastic rounding of the data) use the same
+generator and seeding (``ziphalp.hw.params``): lane ``l`` starts at ``(seed + (l +
+1) * PRNG_GOLDEN) mod 2**32`` (``PRNG_ZERO_SEED`` if that is 0) and steps ``x ^= x
+<< 13; x ^= x >> 17; x ^= x << 5``. The golden model's
+:func:`~ziphalp.sim.golden.xorshift32` and :func:`~ziphalp.sim.golden.prng_seeds`
+are the same in NumPy.
+"""
+
+from amaranth import Module, Mux, Signal
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from .params import PRNG_GOLDEN, PRNG_ZERO_SEED
+
+__all__ = ["PRNGLane"]
+
+
+class PRNGLane(wiring.Component):
+    """Lane ``lane``'s xorshift32 generator.
+
+    Attributes
+    ----------
+    seed : In(32); reseed : In(1)
+        ``reseed`` loads the lane's start state for ``seed``.
+    step : In(1)
+        Step the state (``reseed`` wins).
+    state : Out(32)
+        The current state.
+    next : Out(32)
+        The state after one step (combinational): what a draw in a ``step`` cycle
+        uses.
+    """
+
+    def __init__(self, lane: int):
+        self.lane = lane
+        super().__init__({"seed": In(32), "reseed": In(1), "step": In(1),
+                          "state": Out(32), "next": Out(32)})
+
+    def elaborate(self, platform):
+        m = Module()
+        state = self.state
+        x1 = state ^ (state << 13)[:32]
+        x2 = x1 ^ (x1 >> 17)
+        start = Signal(32)
+        m.d.comb += [self.next.eq(x2 ^ (x2 << 5)[:32]),
+                     start.eq(self.seed + (((self.lane + 1) * PRNG_GOLDEN) & 0xFFFFFFFF))]
+        with m.If(self.reseed):
+            m.d.sync += state.eq(Mux(start == 0, PRNG_ZERO_SEED, start))
+        with m.Elif(self.step):
+            m.d.sync += state.eq(self.next)
+        return m

@@ -1,0 +1,283 @@
+"""The resident store: a data set held on the board, fed to the engine with no host traffic.
+
+The encoding and the sampling rule are written down in ``ziphalp.hw.params``
+("Resident data"); the golden model's :meth:`~ziphalp.sim.golden.GoldenEngine.run`
+(:func:`~ziphalp.sim.golden.walk`, :func:`~ziphalp.sim.golden.sample_fields`,
+:func:`~ziphalp.sim.golden.resident_beats`) is the same in NumPy.
+
+:class:`ResidentSource` holds three memories, written a beat at a time by the
+link's ``LOAD_DATA``:
+
+* the codes: one memory per column ``c < lanes`` (8 bits, ``resident_rows`` deep),
+  so that a feature beat reads ``K`` consecutive features from one or two rows
+  in one cycle whatever ``K``: column ``c`` reads row ``base + f0 // lanes + (c <
+  f0 % lanes)``, and the columns are rotated so that field ``i`` gets feature
+  ``f0 + i``;
+* the labels: words of ``beat_bits // 16`` labels;
+* the sampler table: one copy per sampling lane (code to ``(j, t)``).
+
+A ``RUN`` (``start`` with ``count``, ``first``, ``stride``, ``samples``, ``seed``) walks
+the samples ``(first + u * stride) mod samples`` and emits, for each, the label
+beat and ``ceil(d / K)`` feature beats in the stream format the link would
+replay, at one beat a cycle. Pipeline: S0 issues a beat (memory addresses), S1
+rotates the codes into fields and looks them up in the sampler table (the label
+word is picked), S2 draws (each lane's xorshift32 steps per feature beat) and
+packs the fields for the run-time ``(k, double)``, S3 holds the beat for the
+output FIFO. A beat is issued only when the FIFO has room for it and every beat
+in flight, so the engine's back-pressure never stalls the pipeline.
+"""
+
+from functools import reduce
+from operator import or_
+
+from amaranth import Cat, Module, Mux, Signal
+from amaranth.lib import data, fifo, memory, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .banks import rotate
+from .control import beat_layout
+from .decode import modes
+from .params import (
+    CODE_BITS,
+    LABEL,
+    SAMPLE_INDEX_OFFSET,
+    SAMPLER_ENTRIES,
+    SAMPLER_T_BITS,
+    EngineParams,
+    clog2,
+    field_bits,
+)
+from .prng import PRNGLane
+from .protocol import Region
+
+__all__ = ["ResidentSource"]
+
+#: Beats the output FIFO holds (the pipeline's three stages fit in it twice over).
+FIFO_DEPTH = 8
+#: Pipeline stages between issue and the FIFO.
+STAGES = 3
+
+
+class ResidentSource(wiring.Component):
+    """The resident store and its run sequencer (module docstring).
+
+    Attributes
+    ----------
+    features : In(range(max_features + 1)); k : In(range(max_k + 1)); double : In(1)
+        The engine's configuration (held during a run).
+    indexed : In(1)
+        Label beats carry the sample index (the HALP phases).
+    start : In(1)
+        Begin a run of ``count`` samples from ``first``, ``stride`` and ``samples``,
+        the sampling lanes seeded with ``seed`` (all held during the run).
+    busy : Out(1)
+        A run has beats still to emit.
+    write : In(1); region : In(Region); addr : In(range(...)); data : In(beat_bits)
+        Write beat ``addr`` of ``region``; ``write_ready`` says it is taken this
+        cycle (a sampler beat takes one cycle per entry).
+    beats : Out(stream.Signature(beat_layout(params)))
+        The beats of the run, the last one flushing.
+    """
+
+    def __init__(self, params: EngineParams):
+        if not params.resident:
+            raise ValueError("ResidentSource needs a build with resident data")
+        self.params = p = params
+        most = max(region.beats(p) for region in Region)
+        super().__init__({
+            "features": In(range(p.max_features + 1)),
+            "k": In(range(p.max_k + 1)),
+            "double": In(1),
+            "indexed": In(1),
+            "start": In(1),
+            "count": In(32), "first": In(16), "stride": In(16), "samples": In(16),
+            "seed": In(32),
+            "busy": Out(1),
+            "write": In(1), "write_ready": Out(1), "region": In(Region),
+            "addr": In(range(most)), "data": In(p.beat_bits),
+            "beats": Out(stream.Signature(beat_layout(p))),
+        })
+
+    @property
+    def entry_bits(self) -> int:
+        """Bits of a sampler entry kept: ``j`` (8) and ``t``."""
+        return 8 + SAMPLER_T_BITS
+
+    def elaborate(self, platform):
+        m = Module()
+        p = self.params
+        mems = self._memories(m)
+        m.submodules.out = out = fifo.SyncFIFOBuffered(width=p.beat_bits + 1, depth=FIFO_DEPTH)
+        m.d.comb += [self.beats.valid.eq(out.r_rdy), out.r_en.eq(self.beats.ready),
+                     self.beats.payload.data.eq(out.r_data[:p.beat_bits]),
+                     self.beats.payload.flush.eq(out.r_data[-1])]
+        stage = self._stage_signals()
+        inflight = sum(s.valid for s in stage[1:])
+        issue = Signal()
+        running = self._issue(m, mems, stage[1], issue)
+        m.d.comb += issue.eq(running & (out.level + inflight < FIFO_DEPTH))
+        self._lookup(m, mems, stage[1], stage[2])
+        self._draw(m, mems, stage[2], stage[3])
+        m.d.comb += [out.w_data.eq(Cat(stage[3].data, stage[3].flush)),
+                     out.w_en.eq(stage[3].valid),
+                     self.busy.eq(running | (inflight != 0) | out.r_rdy)]
+        return m
+
+    # --- storage -------------------------------------------------------------------
+
+    def _memories(self, m):
+        """The code columns, the label words and the sampler copies, with their load
+        ports; returns their read ports."""
+        p, L, W = self.params, self.params.lanes, self.params.beat_bits
+        columns_per_beat = W // 8
+        writing = {region: self.write & (self.region == region) for region in Region}
+        reads = {"codes": [], "tables": []}
+        for c in range(L):
+            mem = memory.Memory(shape=CODE_BITS, depth=p.resident_rows, init=[])
+            m.submodules[f"codes{c}"] = mem
+            wr = mem.write_port()
+            group = c // columns_per_beat
+            m.d.comb += [wr.addr.eq(self.addr // p.beats_per_row),
+                         wr.data.eq(self.data.word_select(c % columns_per_beat, 8)),
+                         wr.en.eq(writing[Region.CODES]
+                                  & (self.addr % p.beats_per_row == group))]
+            reads["codes"].append(mem.read_port())
+        mem = memory.Memory(shape=W, depth=Region.LABELS.beats(p), init=[])
+        m.submodules.labels = mem
+        wr = mem.write_port()
+        m.d.comb += [wr.addr.eq(self.addr), wr.data.eq(self.data),
+                     wr.en.eq(writing[Region.LABELS])]
+        reads["labels"] = mem.read_port()
+        # a sampler beat carries W // 32 entries, written one a cycle
+        per_beat = W // 32
+        sub = Signal(range(per_beat))
+        m.d.comb += self.write_ready.eq((self.region != Region.SAMPLER) | (sub == per_beat - 1))
+        with m.If(writing[Region.SAMPLER]):
+            m.d.sync += sub.eq(Mux(sub == per_beat - 1, 0, sub + 1))
+        for i in range(L):
+            mem = memory.Memory(shape=self.entry_bits, depth=SAMPLER_ENTRIES, init=[])
+            m.submodules[f"sampler{i}"] = mem
+            wr = mem.write_port()
+            m.d.comb += [wr.addr.eq(self.addr * per_beat + sub),
+                         wr.data.eq(self.data.word_select(sub, 32)[:self.entry_bits]),
+                         wr.en.eq(writing[Region.SAMPLER])]
+            reads["tables"].append(mem.read_port())
+        return reads
+
+    def _stage_signals(self):
+        """The registers after S0, S1 and S2 (index 1..3; index 0 unused)."""
+        p, L = self.params, self.params.lanes
+        common = {"valid": 1, "feature": 1, "flush": 1, "index": 16}
+        s1 = Signal(data.StructLayout({**common, "f0": range(p.max_features + L),
+                                       "slot": range(p.beat_bits // 16)}), name="s1")
+        s2 = Signal(data.StructLayout({**common, "on": L, "label": LABEL.bits}), name="s2")
+        s3 = Signal(data.StructLayout({"valid": 1, "flush": 1, "data": p.beat_bits}),
+                    name="s3")
+        return [None, s1, s2, s3]
+
+    # --- S0: the walk and the beat sequence ----------------------------------------------
+
+    def _issue(self, m, mems, s1, issue):
+        """The run's state; each issued beat's memory addresses and S1 register.
+        Returns ``running`` (beats are left to issue)."""
+        p, L = self.params, self.params.lanes
+        lane_bits = clog2(L)
+        row_bits = clog2(p.resident_rows) + 2
+        running = Signal()
+        remaining = Signal(32)
+        index = Signal(16)                     # the current sample
+        base = Signal(row_bits)                # its first row, index * R
+        stride_rows, wrap_rows = Signal(row_bits + 16), Signal(row_bits + 16)
+        label_next = Signal()                  # the next beat is a label beat
+        f0 = Signal(range(p.max_features + L))     # the next feature beat's first feature
+        per_beat = self._per_beat(m)
+        rows = Signal(range(p.max_features // L + 2))
+        m.d.comb += rows.eq((self.features + L - 1) >> lane_bits)
+        with m.If(self.start):
+            m.d.sync += [running.eq(1), remaining.eq(self.count), index.eq(self.first),
+                         base.eq(self.first * rows), stride_rows.eq(self.stride * rows),
+                         wrap_rows.eq(self.samples * rows), label_next.eq(1), f0.eq(0)]
+        # label word of the sample; code rows of the feature beat (column c reads one
+        # row further when it holds a feature after the row's wrap)
+        labels_per_word = p.beat_bits // 16
+        m.d.comb += mems["labels"].addr.eq(index >> clog2(labels_per_word))
+        first_row = base + (f0 >> lane_bits)
+        for c, port in enumerate(mems["codes"]):
+            m.d.comb += port.addr.eq(first_row + (c < f0[:lane_bits]))
+        last_beat = f0 + per_beat >= self.features
+        m.d.sync += s1.valid.eq(issue)
+        with m.If(issue):
+            m.d.sync += [s1.feature.eq(~label_next), s1.f0.eq(f0), s1.index.eq(index),
+                         s1.slot.eq(index[:clog2(labels_per_word)]),
+                         s1.flush.eq(~label_next & last_beat & (remaining == 1))]
+            with m.If(label_next):
+                m.d.sync += [label_next.eq(0), f0.eq(0)]
+            with m.Elif(~last_beat):
+                m.d.sync += f0.eq(f0 + per_beat)
+            with m.Else():                     # the sample's last beat: walk on
+                step = index + self.stride
+                wrap = step >= self.samples
+                m.d.sync += [label_next.eq(1), remaining.eq(remaining - 1),
+                             index.eq(Mux(wrap, step - self.samples, step)),
+                             base.eq(base + stride_rows - Mux(wrap, wrap_rows, 0))]
+                with m.If(remaining == 1):
+                    m.d.sync += running.eq(0)
+        return running
+
+    def _per_beat(self, m):
+        """``K`` for the run-time mode, and the one-hot mode (registered)."""
+        p = self.params
+        per_beat = Signal(range(p.lanes + 1))
+        self._selected = selected = Signal(len(modes(p)))
+        for index, (k, double) in enumerate(modes(p)):
+            m.d.sync += selected[index].eq((self.k == k) & (self.double == double))
+        with m.Switch(Cat(self.double, self.k)):
+            for k, double in modes(p):
+                with m.Case(double | k << 1):
+                    m.d.sync += per_beat.eq(p.values_per_beat(k, double))
+        self._per_beat_reg = per_beat
+        return per_beat
+
+    # --- S1: codes into fields, the sampler table ----------------------------------------
+
+    def _lookup(self, m, mems, s1, s2):
+        L = self.params.lanes
+        lane_bits = clog2(L)
+        codes = [port.data for port in mems["codes"]]
+        # field i takes column (f0 + i) % L: rotate lane order by -f0
+        slots = rotate(codes, (-s1.f0)[:lane_bits])
+        for i, port in enumerate(mems["tables"]):
+            m.d.comb += port.addr.eq(slots[i])
+        on = Cat((s1.f0 + i < self.features) & (i < self._per_beat_reg) for i in range(L))
+        label = mems["labels"].data.word_select(s1.slot, 16)
+        m.d.sync += [s2.valid.eq(s1.valid), s2.feature.eq(s1.feature), s2.flush.eq(s1.flush),
+                     s2.index.eq(s1.index), s2.on.eq(on), s2.label.eq(label)]
+
+    # --- S2: draws and packing -----------------------------------------------------------
+
+    def _draw(self, m, mems, s2, s3):
+        p = self.params
+        step = s2.valid & s2.feature
+        fields = {mode: [] for mode in modes(p)}
+        for i, port in enumerate(mems["tables"]):
+            m.submodules[f"lane{i}"] = lane = PRNGLane(i)
+            m.d.comb += [lane.seed.eq(self.seed), lane.reseed.eq(self.start),
+                         lane.step.eq(step)]
+            j, t = port.data[:8], port.data[8:self.entry_bits]
+            up1 = Signal(name=f"up1_{i}")
+            up2 = Signal(name=f"up2_{i}")
+            m.d.comb += [up1.eq(lane.next[:16] < t), up2.eq(lane.next[16:] < t)]
+            for k, double in modes(p):
+                if i < p.values_per_beat(k, double):
+                    field = Cat(j[:k], up1, up2) if double else Cat(j[:k], up1)
+                    fields[(k, double)].append(Mux(s2.on[i], field, 0))
+        words = []
+        for index, (k, double) in enumerate(modes(p)):
+            word = Cat(*fields[(k, double)])
+            assert len(word) == p.values_per_beat(k, double) * field_bits(k, double)
+            words.append(Mux(self._selected[index], word, 0))
+        packed = reduce(or_, words)
+        label_beat = Cat(s2.label, Mux(self.indexed, s2.index, 0))
+        assert len(label_beat) == SAMPLE_INDEX_OFFSET + 16
+        m.d.sync += [s3.valid.eq(s2.valid), s3.flush.eq(s2.flush),
+                     s3.data.eq(Mux(s2.feature, packed, label_beat))]
