@@ -87,14 +87,15 @@ def test_identity_reports_halp(connect):
     """The ULX3S build has HALP: options and cache size come through IDENTIFY."""
     fake = connect(FakeBoard(BOARD_PARAMS["sim-ulx3s"]))
     payload = fake.board.identity.pack()
-    # halp_samples, then update_gap, the last fields
-    assert payload[-3:] == (4096).to_bytes(2, "little") + bytes([SGDEngine.update_gap(
-        BOARD_PARAMS["ulx3s"])])
+    # halp_samples, update_gap, resident_rows, resident_samples: the last fields
+    assert payload[-9:] == ((4096).to_bytes(2, "little")
+                            + bytes([SGDEngine.update_gap(BOARD_PARAMS["ulx3s"])])
+                            + (4096).to_bytes(4, "little") + (4096).to_bytes(2, "little"))
     with Board("fake://0") as board:
         identity = board.identify()
         assert identity.options & protocol.Options.HALP and identity.halp_samples == 4096
         assert board.halp_samples == 4096
-        assert identity.update_gap == 36
+        assert identity.update_gap == 35
         assert board.params == BOARD_PARAMS["ulx3s"]
     connect(FakeBoard(BOARD_PARAMS["sim"]))
     with Board("fake://0") as board:

@@ -45,7 +45,7 @@ def ls_run():
     with pytest.MonkeyPatch.context() as m:
         m.setattr(serial, "serial_for_url", lambda url, baudrate, timeout: board)
         result = train(LS, board="sim-ulx3s", port="fake://0", algo="halp", bits=8,
-                       epochs=10, seed=2, progress=False)
+                       epochs=10, seed=2, progress=False, resident=False)   # streamed
     return board, result
 
 
@@ -106,7 +106,7 @@ def test_commands(ls_run):
     assert s["inner_steps"] == n and s["batch"] == 1
     assert {c["batch"] for c in inner} == {1}
     # delayed gradients by default: 2 feature beats and a label beat a sample hide the
-    # update_gap of 36 cycles at 12 samples; the board allows 6 (the full pass takes 0)
+    # update_gap of 35 cycles at 12 samples; the board allows 6 (the full pass takes 0)
     assert {c["stale"] for c in inner} == {s["stale"]} == {6}
     assert {c["stale"] for c in full} == {0}
     # The defaults: step 1/(4 L) to a power of two, mu from halp_default_mu.
@@ -118,7 +118,7 @@ def test_commands(ls_run):
 def test_history_document(ls_run):
     _, result = ls_run
     doc = json.loads(json.dumps(report.history(result)))
-    assert doc["format"] == "ziphalp-history/3" and doc["algo"] == "halp"
+    assert doc["format"] == "ziphalp-history/4" and doc["algo"] == "halp"
     assert "8-bit levels" in doc["optimum_data"] and "Q2.14" in doc["optimum_data"]
     assert doc["halp"] == {key: result.settings[key] for key in (
         "offset_bits", "data_bits", "mu", "inner_steps", "step", "shift", "scale_log")}
