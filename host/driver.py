@@ -4,6 +4,12 @@
 or the simulated board's ``socket://127.0.0.1:PORT``, with the same call, and
 must not know which one it talks to. Each command sends one request frame and
 waits for its reply; every failure becomes a :class:`BoardError`.
+
+Boards with resident data (``Options.RESIDENT``) also take the data set into
+their own store (:meth:`Board.load_data`) and feed the engine from it
+(:meth:`Board.run`); :mod:`ziphalp.host.resident` builds what is loaded. The
+driver counts the bytes it moves (:attr:`Board.bytes_sent`,
+:attr:`Board.bytes_received`), so a caller can tell what an epoch cost the link.
 """
 
 from __future__ import annotations
@@ -54,12 +60,25 @@ class Board:
     ------
     BoardError
         The port cannot be opened.
+
+    Attributes
+    ----------
+    bytes_sent : int
+        Bytes of request frames written to the port since it was opened (sync
+        word, header, payload and CRC of every request, whatever its reply).
+    bytes_received : int
+        Bytes read from the port since it was opened (reply frames, and any
+        bytes skipped while hunting for a sync word). Together they are the
+        host traffic of the link; callers take differences around the work
+        they measure.
     """
 
     def __init__(self, url: str, *, timeout: float = 5.0):
         self.url = url
         self.timeout = timeout
         self._identity: protocol.Identity | None = None
+        self.bytes_sent = 0
+        self.bytes_received = 0
         try:
             self._port = serial.serial_for_url(url, baudrate=BAUDRATE, timeout=timeout)
         except (serial.SerialException, ValueError, OSError) as e:
@@ -224,6 +243,86 @@ class Board:
         """Send one frame of whole beats; ``flush`` ends the mini-batch at its end."""
         self._expect_empty(Command.STREAM_FLUSH if flush else Command.STREAM, frame)
 
+    def load_data(self, region: protocol.Region, data: bytes) -> None:
+        """Load ``data`` into ``region`` of the board's resident store, from beat 0 on.
+
+        Sent in as many ``LOAD_DATA`` requests as needed, each the
+        :data:`~ziphalp.hw.protocol.DATA_HEADER` (the region and the request's
+        first beat) then whole beats, at most ``frame_bytes`` in all. The first
+        request sets the region's loaded length, the others extend it, so the
+        region's loaded length ends as the beats of ``data``
+        (:mod:`ziphalp.hw.protocol`, ``LOAD_DATA``). :mod:`ziphalp.host.resident`
+        builds the regions' contents.
+
+        Parameters
+        ----------
+        region : protocol.Region
+            ``CODES``, ``LABELS`` or ``SAMPLER``.
+        data : bytes
+            Whole beats (``beat_bits // 8`` bytes each), at most the region's
+            size (``region.beats(params)`` beats).
+
+        Raises
+        ------
+        ArgumentError
+            The board has no resident data, an unknown region, or ``data`` is
+            empty, not whole beats or larger than the region (nothing is sent).
+        BoardError
+            The board refused a request or could not be reached (the requests
+            before it were written).
+        """
+        params = self._resident_params("LOAD_DATA")
+        try:
+            region = protocol.Region(region)
+        except ValueError:
+            names = ", ".join(r.name for r in protocol.Region)
+            raise ArgumentError(f"LOAD_DATA: region must be one of {names}, "
+                                f"not {region!r}") from None
+        width = params.beat_bits // 8
+        data = bytes(data)
+        if not data or len(data) % width:
+            raise ArgumentError(f"LOAD_DATA: {region.name} takes whole {width}-byte beats, "
+                                f"not {len(data)} bytes")
+        beats, room = len(data) // width, region.beats(params)
+        if beats > room:
+            raise ArgumentError(f"LOAD_DATA: {beats} beats do not fit {region.name}, which "
+                                f"holds {room} on the board on {self.url}")
+        header = protocol.DATA_HEADER.format
+        per_request = (params.frame_bytes - header.size) // width
+        for start in range(0, beats, per_request):
+            chunk = data[start * width:(start + per_request) * width]
+            self._expect_empty(Command.LOAD_DATA, header.pack(region, start) + chunk)
+
+    def run(self, count: int, first: int, stride: int, samples: int, seed: int) -> None:
+        """Feed ``count`` samples from the resident store to the engine (``RUN``).
+
+        Sample ``u`` (from 0) is resident sample ``(first + u * stride) mod
+        samples``, rounded on chip by the sampler table with lanes seeded by
+        ``seed``; the last one flushes the mini-batch. The engine must be
+        configured, and the loaded codes, labels and sampler table must cover
+        ``samples`` samples of the configured ``d``. Returns when the engine is
+        idle.
+
+        Raises
+        ------
+        ArgumentError
+            The board has no resident data, or an argument is out of range
+            (``count`` 1..2**32 - 1, ``samples`` 1..``resident_samples``,
+            ``first`` and ``stride`` below ``samples``, ``seed`` 32 bits); nothing
+            is sent.
+        BoardError
+            The board refused the run (``STATE``: not configured, or beyond the
+            data loaded) or could not be reached.
+        """
+        self._resident_params("RUN")
+        try:
+            run = protocol.Run(count, first, stride, samples, seed)
+            run = run.check(self.identity, board=f"the board on {self.url}")
+            payload = run.pack()
+        except (TypeError, ValueError) as e:
+            raise ArgumentError(f"RUN: {e}") from None
+        self._expect_empty(Command.RUN, payload)
+
     def status(self, clear: bool = False) -> protocol.Counters:
         """Read the counters and sticky flags; ``clear`` resets them after reading."""
         reply = self._command(Command.STATUS, bytes([1 if clear else 0]))
@@ -233,6 +332,14 @@ class Board:
             raise BoardError(f"STATUS: malformed reply from {self.url}: {e}") from None
 
     # --- framing ---------------------------------------------------------------------
+
+    def _resident_params(self, what: str) -> EngineParams:
+        """The board's parameters, or ArgumentError if it has no resident data."""
+        params = self.params
+        if not params.resident:
+            raise ArgumentError(f"{what}: the board on {self.url} is built without "
+                                "resident data")
+        return params
 
     def _per_request(self, header: int) -> int:
         """Weights per model request: fits a frame, whole model words (rows of lanes)."""
@@ -249,7 +356,9 @@ class Board:
         """Send one request and return the payload of its reply."""
         try:
             self._port.reset_input_buffer()
-            self._port.write(protocol.encode_request(cmd, payload))
+            frame = protocol.encode_request(cmd, payload)
+            self._port.write(frame)
+            self.bytes_sent += len(frame)
             self._port.flush()
             return self._reply(cmd)
         except serial.SerialException as e:
@@ -263,6 +372,7 @@ class Board:
             chunk = self._port.read(count - len(data))
             if not chunk:
                 break
+            self.bytes_received += len(chunk)
             data += chunk
         if len(data) < count:
             what = "incomplete reply" if started or data else "no reply"

@@ -17,7 +17,9 @@ class FakeBoard:
 
     ``config`` is the last configuration accepted (a dict of the fields of
     ``protocol.CONFIGURE``, also the golden model's keywords), ``levels`` the last
-    level table loaded; both ``None`` until then.
+    level table loaded; both ``None`` until then. ``runs`` are the ``RUN`` requests
+    accepted (``protocol.Run``). The counters count samples, updates and beats fed
+    (one cycle a beat) of ``STREAM`` and ``RUN`` alike.
     """
 
     def __init__(self, params: EngineParams = BOARD_PARAMS["sim"], version=protocol.VERSION):
@@ -30,6 +32,7 @@ class FakeBoard:
         self.levels: list[int] | None = None
         self.samples = self.cycles = self.updates = 0
         self.flushes: list[bool] = []
+        self.runs: list[protocol.Run] = []
 
     @property
     def model(self) -> np.ndarray:
@@ -68,11 +71,15 @@ class FakeBoard:
             return protocol.encode_reply(cmd, Status.OK, words)
         elif cmd in (Command.STREAM, Command.STREAM_FLUSH):
             self.flushes.append(cmd == Command.STREAM_FLUSH)
-            before, updates = self.engine.samples, self.engine.updates
-            self.engine.stream(payload, flush=cmd == Command.STREAM_FLUSH)
-            self.samples += self.engine.samples - before
-            self.updates += self.engine.updates - updates
-            self.cycles += len(payload) // (self.p.beat_bits // 8)
+
+            def stream() -> bytes:
+                self.engine.stream(payload, flush=cmd == Command.STREAM_FLUSH)
+                return payload
+            self._count(stream)
+        elif cmd == Command.LOAD_DATA:
+            return self._load_data(payload)
+        elif cmd == Command.RUN:
+            return self._run(payload)
         elif cmd == Command.STATUS:
             e = self.engine
             flags = (StatusFlags.OVERFLOW * e.overflow | StatusFlags.CLIPPED * e.clipped
@@ -83,6 +90,49 @@ class FakeBoard:
                 self.samples = self.cycles = self.updates = 0
                 e.clear_flags()
             return protocol.encode_reply(cmd, Status.OK, reply)
+        elif cmd not in {c.value for c in Command}:
+            return protocol.encode_reply(cmd, Status.COMMAND)
+        return protocol.encode_reply(cmd, Status.OK)
+
+    def _count(self, feed) -> None:
+        """Run ``feed`` (which returns the beats the engine took) and count its
+        samples, updates and cycles (a beat a cycle)."""
+        before, updates = self.engine.samples, self.engine.updates
+        beats = feed()
+        self.samples += self.engine.samples - before
+        self.updates += self.engine.updates - updates
+        self.cycles += len(beats) // (self.p.beat_bits // 8)
+
+    def _load_data(self, payload: bytes) -> bytes:
+        """LOAD_DATA: LENGTH unless the header and whole beats; ARGUMENT for an
+        unknown region or a load the golden model refuses (it writes nothing then)."""
+        cmd, header = Command.LOAD_DATA, protocol.DATA_HEADER
+        width = self.p.beat_bits // 8
+        if len(payload) <= header.size or (len(payload) - header.size) % width:
+            return protocol.encode_reply(cmd, Status.LENGTH)
+        region, start = header.format.unpack(payload[:header.size])
+        try:
+            self.engine.load_data(protocol.Region(region), start, payload[header.size:])
+        except ValueError:          # no such region, no resident data, past it or a gap
+            return protocol.encode_reply(cmd, Status.ARGUMENT)
+        return protocol.encode_reply(cmd, Status.OK)
+
+    def _run(self, payload: bytes) -> bytes:
+        """RUN: LENGTH for a wrong size, ARGUMENT for arguments the build does not
+        take, STATE when the golden model refuses (not configured, beyond the data)."""
+        cmd = Command.RUN
+        if len(payload) != protocol.RUN.size:
+            return protocol.encode_reply(cmd, Status.LENGTH)
+        try:
+            run = protocol.Run.unpack(payload).check(self.identity)
+        except ValueError:
+            return protocol.encode_reply(cmd, Status.ARGUMENT)
+        try:
+            self._count(lambda: self.engine.run(run.count, run.first, run.stride,
+                                                run.samples, run.seed))
+        except RuntimeError:
+            return protocol.encode_reply(cmd, Status.STATE)
+        self.runs.append(run)
         return protocol.encode_reply(cmd, Status.OK)
 
 

@@ -1,0 +1,402 @@
+"""Resident data on the host side (``ziphalp.host.resident``, ``Board.load_data`` and
+``Board.run``), against the golden model and FakeBoard.
+
+The sampler table is checked where it matters, through the golden model's on-chip
+sampling (``sample_fields``): double sampling is unbiased for the code value and
+its two roundings are independent, a single sample's square carries the rounding
+variance, and the nearest table rounds exactly as the host's nearest rounding.
+"""
+
+import math
+import struct
+
+import numpy as np
+import pytest
+import serial
+from fakeboard import FakeBoard, FakeSerial
+from ziphalp.host import quantize
+from ziphalp.host.driver import ArgumentError, Board
+from ziphalp.host.levels import grid_levels, level_words, uniform_levels
+from ziphalp.host.resident import (
+    T_ONE,
+    capacity,
+    code_rows,
+    code_values,
+    does_not_fit,
+    encode_codes,
+    epoch_walk,
+    label_words,
+    sampler_bytes,
+    sampler_table,
+)
+from ziphalp.hw import protocol
+from ziphalp.hw.params import BOARD_PARAMS, CODE_ZERO, EngineParams
+from ziphalp.hw.protocol import Command, Region, Status
+from ziphalp.sim.golden import GoldenEngine, decode, sample_fields, walk
+
+ULX3S = BOARD_PARAMS["sim-ulx3s"]          # 64-bit beats, 16 lanes, 4096 rows and labels
+CODES = np.arange(1, 256)                  # every code a feature value can have
+#: A small resident build: 32-bit beats of 4 codes, 64-byte frames (14 beats of data).
+SMALL = EngineParams(beat_bits=32, lanes=4, max_k=4, max_features=64, max_batch=8,
+                     frame_bytes=64, resident_rows=64, resident_samples=32)
+
+
+def skewed_levels(k: int) -> np.ndarray:
+    u = np.linspace(-1.0, 1.0, (1 << k) + 1)
+    return grid_levels(np.sign(u) * np.abs(u) ** 1.7)
+
+
+LEVEL_SETS = {
+    "uniform-1": (uniform_levels(1), 1),
+    "uniform-2": (uniform_levels(2), 2),
+    "uniform-8": (uniform_levels(8), 8),
+    "skewed-3": (skewed_levels(3), 3),
+    "duplicates-3": (np.array([-1, -0.5, -0.5, 0, 0.25, 0.25, 0.75, 1, 1.0]), 3),
+}
+
+
+@pytest.fixture
+def connect(monkeypatch):
+    """Make ``Board(url)`` open a FakeSerial of ``board``; returns the FakeSerial."""
+    def make(board: FakeBoard) -> FakeSerial:
+        fake = FakeSerial(board)
+        monkeypatch.setattr(serial, "serial_for_url", lambda url, baudrate, timeout: fake)
+        return fake
+    return make
+
+
+# --- codes and the sampler table -------------------------------------------------------
+
+def test_codes():
+    assert encode_codes(np.array([-1.0, 0.0, 1.0])).tolist() == [1, 128, 255]
+    np.testing.assert_array_equal(encode_codes(code_values(CODES)), CODES)
+    x = np.random.default_rng(0).uniform(-1, 1, (50, 7))
+    codes = encode_codes(x)
+    assert codes.dtype == np.uint8 and codes.shape == x.shape and codes.min() >= 1
+    assert np.max(np.abs(code_values(codes) - x)) <= 0.5 / 127 + 1e-15
+    for bad in (np.array([1.01]), np.array([np.nan])):
+        with pytest.raises(ValueError, match=r"\[-1, 1\]"):
+            encode_codes(bad)
+
+
+@pytest.mark.parametrize("name", LEVEL_SETS)
+def test_sampler_table_entries(name):
+    """Each code's interval holds its value, ``t / 2**16`` is the rounding-up
+    probability within 2**-17 (of the interval width), a value on a level is exact,
+    code 0 copies code 1, the top code is in the last interval; double and single
+    share a table."""
+    levels, k = LEVEL_SETS[name]
+    table = sampler_table(levels, k, "double")
+    assert table.dtype == np.uint32 and table.shape == (256,)
+    np.testing.assert_array_equal(table, sampler_table(levels, k, "single"))
+    assert table[0] == table[1]
+    j, t = table & 0xFF, table >> 8
+    x = code_values(CODES)
+    j, t = j[1:].astype(int), t[1:].astype(np.int64)
+    low, high = levels[j], levels[j + 1]
+    assert np.all((low <= x) & (x <= high)) and np.all(j < 1 << k)
+    assert np.all(t <= T_ONE)
+    mean = low + t / T_ONE * (high - low)
+    assert np.all(np.abs(mean - x) <= 2.0 ** -17 * (high - low) + 1e-15)
+    # the top code: the last interval, rounded up (a zero-width one: t = 0, same value)
+    assert j[-1] == (1 << k) - 1 and mean[-1] == 1.0
+    assert t[-1] == (T_ONE if levels[-2] < 1 else 0)
+    on_level = np.isin(x, levels)
+    assert np.all((mean == x)[on_level])
+
+
+def decoded(levels, k, sampling, samples, seed):
+    """On-chip roundings of every code, ``samples`` times: ``q1, q2`` (floats) of
+    shape (samples, 255), from the golden model at the ULX3S's lanes and beats."""
+    double = sampling == "double"
+    fields = sample_fields(np.tile(CODES, (samples, 1)), sampler_table(levels, k, sampling),
+                           ULX3S.lanes, seed, k, double, ULX3S.values_per_beat(k, double))
+    q1, q2 = decode(fields, level_words(levels), k, double)
+    return q1 / 256.0, q2 / 256.0
+
+
+def table_moments(levels, k):
+    """Per code: its value ``x``, the table's mean ``m = E[q]``, the rounding variance
+    ``v = (hi - m)(m - lo)``, the up-probability ``p`` and the interval ends."""
+    entry = sampler_table(levels, k, "double")[CODES].astype(np.int64)
+    j, p = entry & 0xFF, (entry >> 8) / T_ONE
+    low, high = levels[j], levels[j + 1]
+    m = low + p * (high - low)
+    return code_values(CODES), m, (high - m) * (m - low), p, low, high
+
+
+SAMPLES = 6000
+
+
+@pytest.mark.parametrize("name", ["uniform-2", "skewed-3"])
+def test_double_sampling_on_chip_is_unbiased(name):
+    """E[q1] = E[q2] = x and E[q1 q2] = x**2 for every code's value x.
+
+    Tolerance: 5 standard errors of each mean over SAMPLES draws, from the exact
+    variance of the averaged quantity under the table's probabilities, plus the
+    table's rounding of the probability (|E[q] - x| <= 2**-17 of the interval width
+    w, so |E[q1] E[q2] - x**2| <= 2**-16 |x| w + 2**-34 w**2)."""
+    levels, k = LEVEL_SETS[name]
+    x, m, v, _, low, high = table_moments(levels, k)
+    width = high - low
+    q1, q2 = decoded(levels, k, "double", SAMPLES, seed=11)
+
+    def check(mean, expected, variance, bias):
+        bound = 5 * np.sqrt(variance / SAMPLES) + bias + 1e-12
+        assert np.all(np.abs(mean - expected) <= bound), np.max(np.abs(mean - expected) / bound)
+
+    delta = 2.0 ** -17 * width
+    check(q1.mean(0), x, v, delta)
+    check(q2.mean(0), x, v, delta)
+    second = m * m + v
+    check((q1 * q2).mean(0), x * x, second ** 2 - m ** 4, 2 * np.abs(x) * delta + delta ** 2)
+    # the two roundings are independent: the product lacks the variance term, also
+    # pooled over the codes with a large variance (single sampling: > 50 pooled errors)
+    wide = v > 0.01
+    assert np.all((q1 * q2).mean(0)[wide] < (q1 * q1).mean(0)[wide])
+    se = np.sqrt((second ** 2 - m ** 4) / SAMPLES)
+    assert abs(((q1 * q2).mean(0) - x * x)[wide].sum()) < 5 * np.sqrt((se[wide] ** 2).sum())
+
+
+@pytest.mark.parametrize("name", ["uniform-2", "skewed-3"])
+def test_single_sample_square_is_biased(name):
+    """One rounding: E[q] = x, but E[q**2] = E[q]**2 + v, the rounding variance
+    (5 standard errors, as above); over the codes with a large variance the excess
+    over x**2 is many pooled standard errors: the test tells the two apart."""
+    levels, k = LEVEL_SETS[name]
+    x, m, v, p, low, high = table_moments(levels, k)
+    q, q_again = decoded(levels, k, "single", SAMPLES, seed=12)
+    np.testing.assert_array_equal(q, q_again)
+    bound = 5 * np.sqrt(v / SAMPLES) + 2.0 ** -17 * (high - low) + 1e-12
+    assert np.all(np.abs(q.mean(0) - x) <= bound)
+    square_var = p * (1 - p) * (high ** 2 - low ** 2) ** 2
+    se = np.sqrt(square_var / SAMPLES) + 1e-12
+    assert np.all(np.abs((q * q).mean(0) - (m * m + v)) <= 5 * se)
+    wide = v > 0.01
+    assert wide.sum() > 20
+    excess = ((q * q).mean(0) - x * x)[wide].sum()
+    assert excess / np.sqrt((se[wide] ** 2).sum()) > 50
+
+
+@pytest.mark.parametrize("name", LEVEL_SETS)
+def test_nearest_table_is_deterministic(name):
+    """Thresholds 0 or 2**16 only; two seeds round alike; each code decodes to the
+    level ``quantize``'s nearest rounding gives its value (ties up)."""
+    levels, k = LEVEL_SETS[name]
+    table = sampler_table(levels, k, "nearest")
+    assert set((table >> 8).tolist()) <= {0, T_ONE}
+    per_beat = ULX3S.values_per_beat(k, False)
+    codes = np.tile(CODES, (3, 1))
+    fields = [sample_fields(codes, table, ULX3S.lanes, seed, k, False, per_beat)
+              for seed in (0, 1, 0xDEADBEEF)]
+    assert all(np.array_equal(fields[0], f) for f in fields[1:])
+    q, _ = decode(fields[0][0], level_words(levels), k, False)
+    host = quantize.quantize_features(code_values(CODES)[None, :], levels, k, "nearest")
+    expected, _ = quantize.decode_fields(host, levels, k, False)
+    np.testing.assert_array_equal(q / 256.0, expected[0])
+
+
+def test_sampler_table_errors():
+    with pytest.raises(ValueError, match="needs 5 levels"):
+        sampler_table(uniform_levels(3), 2, "double")
+    with pytest.raises(ValueError, match="sampling must be one of"):
+        sampler_table(uniform_levels(2), 2, "triple")
+    with pytest.raises(ValueError, match="LEVEL words"):
+        sampler_table(np.array([-1, 0.001, 1.0]), 1, "double")
+
+
+# --- the store image --------------------------------------------------------------------
+
+def test_store_image_feeds_what_the_host_would_stream():
+    """Codes, labels and sampler table loaded into the golden model: a RUN feeds the
+    beats the host's packer makes of the same on-chip fields (layout of code_rows and
+    label_words, padding included: d = 20 takes two rows of 16 codes)."""
+    rng = np.random.default_rng(3)
+    n, d, k = 9, 20, 3
+    codes = encode_codes(rng.uniform(-1, 1, (n, d)))
+    labels = quantize.quantize_labels(rng.uniform(-1, 1, n))
+    levels = uniform_levels(k)
+    table = sampler_table(levels, k, "double")
+    image = code_rows(codes, ULX3S)
+    assert len(image) == n * 2 * 16
+    assert set(np.frombuffer(image, np.uint8).reshape(n, 32)[:, d:].ravel()) == {CODE_ZERO}
+    assert len(label_words(labels, ULX3S)) == 3 * 8            # 4 labels a 64-bit beat
+    golden = GoldenEngine(ULX3S)
+    golden.load_data(Region.CODES, 0, image)
+    golden.load_data(Region.LABELS, 0, label_words(labels, ULX3S))
+    golden.load_data(Region.SAMPLER, 0, sampler_bytes(table))
+    np.testing.assert_array_equal(golden.sampler, table)
+    golden.load_levels(level_words(levels))
+    golden.configure(d, 4, 10, k=k, double=True)
+    beats = golden.run(13, 4, 2, n, seed=77)
+    order = walk(13, 4, 2, n)
+    fields = sample_fields(codes[order], table, ULX3S.lanes, 77, k, True,
+                           ULX3S.values_per_beat(k, True))
+    assert beats == quantize.pack_samples(fields, labels[order], ULX3S, k, True)
+
+
+def test_capacity_and_fit():
+    assert capacity(ULX3S, 16) == 4096 and capacity(ULX3S, 17) == 2048
+    assert capacity(ULX3S, 257) == 240 and capacity(BOARD_PARAMS["sim"], 5) == 0
+    assert does_not_fit(ULX3S, 4096, 16) is None and does_not_fit(ULX3S, 2048, 17) is None
+    assert does_not_fit(BOARD_PARAMS["sim"], 1, 1) == "the board has no resident data"
+    assert does_not_fit(ULX3S, 4097, 1) == ("the resident store holds at most 4096 samples "
+                                            "(labels), not 4097")
+    assert does_not_fit(ULX3S, 300, 257) == (
+        "the resident store holds at most 240 samples of 257 features (4096 rows of 16 "
+        "codes, 17 rows a sample), not 300")
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 12, 60, 97, 4096])
+def test_epoch_walks_are_permutations(n):
+    rng = np.random.default_rng(n)
+    assert epoch_walk(n, False) == ((0, 0) if n == 1 else (0, 1))
+    walks = {epoch_walk(n, True, rng) for _ in range(20)}
+    for first, stride in walks:
+        assert 0 <= first < n and 0 <= stride < n and math.gcd(stride, n) == 1
+        assert sorted(walk(n, first, stride, n).tolist()) == list(range(n))
+    if n >= 12:
+        assert len(walks) > 10                     # fresh draws
+    with pytest.raises(ValueError):
+        epoch_walk(0, True, rng)
+
+
+# --- the driver ---------------------------------------------------------------------------
+
+def test_load_data_in_frames(connect):
+    """40 beats into CODES of a build with 64-byte frames: three requests of 14, 14 and
+    12 beats, each the 8-byte header (region, start beat) and whole beats; the store
+    holds them, and the byte counters count every frame both ways."""
+    fake = connect(FakeBoard(SMALL))
+    data = bytes(range(160))
+    with Board("fake://0") as board:
+        board.identify()
+        board.load_data(Region.CODES, data)
+        board.load_data(Region.LABELS, bytes(8))
+        loads = [p for c, p in fake.requests if c == Command.LOAD_DATA]
+        sent, received = board.bytes_sent, board.bytes_received
+    assert [len(p) for p in loads] == [8 + 56, 8 + 56, 8 + 48, 8 + 8]
+    assert all(len(p) <= SMALL.frame_bytes for p in loads)
+    assert [struct.unpack("<B3xI", p[:8]) for p in loads] == [(0, 0), (0, 14), (0, 28), (1, 0)]
+    assert b"".join(p[8:] for p in loads[:3]) == data
+    np.testing.assert_array_equal(fake.board.engine.codes[:40].ravel(), np.arange(160))
+    assert fake.board.engine.loaded[Region.CODES] == 40
+    assert sent == sum(7 + len(p) for _, p in fake.requests)
+    assert received == 8 + protocol.IDENTIFY.size + 8 * len(loads)   # empty replies: 8 bytes
+
+
+def test_run_payload(connect):
+    fake = connect(FakeBoard(ULX3S))
+    with Board("fake://0") as board:
+        board.load_data(Region.SAMPLER, sampler_bytes(sampler_table(uniform_levels(2), 2,
+                                                                    "double")))
+        board.load_data(Region.CODES, code_rows(np.full((5, 3), 200, np.uint8), ULX3S))
+        board.load_data(Region.LABELS, label_words(np.arange(5, dtype=np.int16), ULX3S))
+        board.configure(3, 2, 10, k=2)
+        board.run(7, 4, 3, 5, 0xFFFFFFFF)
+        assert board.status().samples == 7
+    run = protocol.Run.unpack(next(p for c, p in fake.requests if c == Command.RUN))
+    assert run == protocol.Run(7, 4, 3, 5, 0xFFFFFFFF) == fake.board.runs[0]
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda b: b.load_data(Region.CODES, bytes(8 * 4097 * 2)), "do not fit CODES"),
+    (lambda b: b.load_data(Region.SAMPLER, bytes(1032)), "do not fit SAMPLER"),
+    (lambda b: b.load_data(Region.LABELS, bytes(12)), "whole 8-byte beats"),
+    (lambda b: b.load_data(Region.LABELS, b""), "whole 8-byte beats"),
+    (lambda b: b.load_data(3, bytes(8)), "region must be one of CODES, LABELS, SAMPLER"),
+    (lambda b: b.run(5, 5, 1, 5, 0), "first must be below samples"),
+    (lambda b: b.run(5, 0, 7, 5, 0), "stride must be below samples"),
+    (lambda b: b.run(5, 0, 1, 4097, 0), r"samples must be 1..4096 on the board"),
+    (lambda b: b.run(0, 0, 1, 5, 0), "count must be"),
+    (lambda b: b.run(5, 0, 1, 5, 1 << 32), "RUN"),
+])
+def test_errors_before_sending(connect, call, message):
+    fake = connect(FakeBoard(ULX3S))
+    with Board("fake://0") as board, pytest.raises(ArgumentError, match=message) as info:
+        call(board)
+    assert "\n" not in str(info.value)
+    assert [c for c, _ in fake.requests] == [Command.IDENTIFY]
+
+
+def test_no_resident_data_before_sending(connect):
+    fake = connect(FakeBoard(BOARD_PARAMS["sim"]))
+    with Board("fake://0") as board:
+        with pytest.raises(ArgumentError, match="built without resident data"):
+            board.load_data(Region.CODES, bytes(4))
+        with pytest.raises(ArgumentError, match="built without resident data"):
+            board.run(1, 0, 0, 1, 0)
+    assert [c for c, _ in fake.requests] == [Command.IDENTIFY]
+
+
+# --- the fake board -------------------------------------------------------------------------
+
+def reply(status: Status, cmd: Command) -> bytes:
+    return protocol.encode_reply(cmd, status)
+
+
+def data_payload(region: int, start: int, data: bytes) -> bytes:
+    return struct.pack("<B3xI", region, start) + data
+
+
+def test_fakeboard_load_data_statuses():
+    """LENGTH for a payload that is not the header and whole beats, ARGUMENT for an
+    unknown region, a gap or a load past the region; a rejected load writes nothing."""
+    fake = FakeBoard(ULX3S)
+    engine = fake.engine
+    ok = reply(Status.OK, Command.LOAD_DATA)
+    assert fake.handle(Command.LOAD_DATA, data_payload(0, 0, bytes(range(16)))) == ok
+    before = engine.codes.copy()
+    rows = ULX3S.resident_rows * ULX3S.beats_per_row
+    for payload, status in [
+        (data_payload(0, 0, b""), Status.LENGTH),                       # the header alone
+        (data_payload(0, 0, bytes(12)), Status.LENGTH),                 # not whole beats
+        (data_payload(0, 0, bytes(8))[:7], Status.LENGTH),
+        (data_payload(3, 0, bytes(8)), Status.ARGUMENT),                # no such region
+        (data_payload(0, 3, b"\xff" * 8), Status.ARGUMENT),             # a gap after beat 2
+        (data_payload(0, rows - 1, b"\xff" * 16), Status.ARGUMENT),     # past the region
+        (data_payload(2, 0, bytes(1032)), Status.ARGUMENT),             # past the sampler table
+    ]:
+        assert fake.handle(Command.LOAD_DATA, payload) == reply(status, Command.LOAD_DATA)
+    np.testing.assert_array_equal(engine.codes, before)
+    assert engine.loaded[Region.CODES] == 2 and engine.loaded[Region.SAMPLER] == 0
+    assert fake.handle(Command.LOAD_DATA, data_payload(0, 2, b"\x07" * 8)) == ok   # extends
+    assert engine.loaded[Region.CODES] == 3
+    no_store = FakeBoard(BOARD_PARAMS["sim"])
+    assert no_store.handle(Command.LOAD_DATA, data_payload(0, 0, bytes(2))) == \
+        reply(Status.ARGUMENT, Command.LOAD_DATA)
+    assert fake.handle(0x7E, b"") == reply(Status.COMMAND, 0x7E)
+
+
+def test_fakeboard_run_statuses():
+    """RUN: LENGTH for a wrong size, ARGUMENT for arguments the build does not take,
+    STATE before CONFIGURE or beyond the data loaded; counted like STREAM."""
+    fake = FakeBoard(ULX3S)
+    n, d = 6, 20                                               # two rows a sample
+
+    def run(count=n, first=0, stride=1, samples=n, seed=1) -> bytes:
+        return fake.handle(Command.RUN, protocol.Run(count, first, stride, samples,
+                                                     seed).pack())
+
+    state = reply(Status.STATE, Command.RUN)
+    assert run() == state                                      # nothing configured
+    fake.handle(Command.LOAD_DATA, data_payload(2, 0, sampler_bytes(
+        sampler_table(uniform_levels(4), 4, "double"))))
+    fake.handle(Command.LOAD_DATA, data_payload(0, 0, code_rows(np.full((n, d), 140, np.uint8),
+                                                        ULX3S)))
+    fake.handle(Command.LOAD_DATA, data_payload(1, 0, label_words(np.ones(n, np.int16), ULX3S)))
+    fake.engine.load_levels(level_words(uniform_levels(4)))
+    fake.handle(Command.CONFIGURE, protocol.Configure(d, 4, 12, k=4).pack())
+    assert run(samples=n + 3) == state                         # labels for 8 loaded, codes 6
+    assert fake.handle(Command.RUN, protocol.Run(1, 0, 0, 1, 0).pack()[:-1]) == \
+        reply(Status.LENGTH, Command.RUN)
+    assert run(first=n) == reply(Status.ARGUMENT, Command.RUN)
+    assert run(samples=4097) == reply(Status.ARGUMENT, Command.RUN)
+    assert fake.samples == 0 and fake.runs == []
+    assert run(count=10, stride=5) == reply(Status.OK, Command.RUN)
+    beats = 1 + ULX3S.beats_for(d, 4, True)
+    assert (fake.samples, fake.cycles, fake.updates) == (10, 10 * beats, 3)   # 4 + 4 + 2
+    fake.handle(Command.CONFIGURE, protocol.Configure(40, 4, 12, k=4).pack())
+    assert run() == state                                      # 3 rows a sample: beyond
+    assert FakeBoard(BOARD_PARAMS["sim"]).handle(Command.RUN, protocol.Run(
+        1, 0, 0, 1, 0).pack()) == reply(Status.ARGUMENT, Command.RUN)
