@@ -83,7 +83,10 @@ def parser() -> argparse.ArgumentParser:
                     "bit-centering SVRG (HALP: a wide anchor plus a b-bit offset whose grid "
                     "follows the full gradient) on the features rounded once to k-bit "
                     "levels, and each outer iteration reports the loss and its relative "
-                    "suboptimality against the exact optimum of that quantised problem.")
+                    "suboptimality against the exact optimum of that quantised problem. "
+                    "On boards with resident data (sim-ulx3s, ulx3s) the data set is loaded "
+                    "once, as 8-bit codes, and the board feeds and rounds it itself each "
+                    "epoch (--resident, --stream).")
     p.add_argument("data", metavar="DATA",
                    help="a CSV file (optional header row; label the last column unless "
                         "--label), a LIBSVM/svmlight file (.svm, .libsvm, .svmlight), or "
@@ -148,6 +151,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--l2", type=float, default=0.0, metavar="LAMBDA",
                    help="L2 regularisation lambda/2 ||w||^2, applied as a power-of-two "
                         "decay per batch (default: %(default)g, off)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--resident", dest="resident", action="store_const", const=True,
+                       default=None,
+                       help="load the data set into the board once (8-bit codes, labels and "
+                            "a sampler table) and let the board feed and round it each epoch; "
+                            "an error if the board has no resident data (sim-ulx3s, ulx3s "
+                            "have it) or the data set does not fit (default: resident when "
+                            "the board has resident data and the data set fits, else "
+                            "streamed)")
+    where.add_argument("--stream", dest="resident", action="store_const", const=False,
+                       help="quantise on the host and stream the data every epoch, even to a "
+                            "board with resident data")
     p.add_argument("--out", metavar="DIR",
                    help="write model.json, history.json and loss.png into DIR "
                         "(default: write nothing)")
@@ -182,6 +197,15 @@ def _print_iteration(record: EpochRecord, epochs: int) -> None:
                f"{accuracy}  {record.full_cycles} + {record.inner_cycles} cycles")
 
 
+def _traffic(result: TrainResult) -> str:
+    """Where the data lived and the host bytes an epoch moved on average."""
+    moved = [r.host_bytes for r in result.history if r.host_bytes is not None]
+    per_epoch = f", {sum(moved) / len(moved):.0f} host bytes per epoch" if moved else ""
+    loaded = result.settings.get("load_bytes", 0)
+    load = f" after a {loaded}-byte load" if loaded else ""
+    return f"data {result.settings.get('data', 'streamed')}{per_epoch}{load}"
+
+
 def _summary(result: TrainResult) -> str:
     cycles = sum(r.cycles for r in result.history)
     samples = sum(r.samples for r in result.history)
@@ -198,11 +222,12 @@ def _summary(result: TrainResult) -> str:
                 f"{s['offset_bits']}-bit offsets, {s['data_bits']}-bit data, mu {s['mu']:.4g}, "
                 f"T {s['inner_steps']}, step 2**-{s['shift']}, stale {s['stale']}) on "
                 f"{result.board}: "
-                f"{cycles} engine cycles ({per_sample} per sample), {seconds:.2f} s")
+                f"{cycles} engine cycles ({per_sample} per sample), {seconds:.2f} s; "
+                f"{_traffic(result)}")
     return (f"final loss {result.loss:.6g} = {_ratio(result.loss, result.optimum_loss)}"
             f"{accuracy} "
             f"after {len(result.history)} epochs on {result.board}: {cycles} engine cycles "
-            f"({per_sample} per sample), {seconds:.2f} s")
+            f"({per_sample} per sample), {seconds:.2f} s; {_traffic(result)}")
 
 
 def _show_warning(message: Warning | str, category: type[Warning], filename: str,
@@ -225,7 +250,8 @@ def _run(args: argparse.Namespace) -> None:
                    costs=(args.cost_pos, args.cost_neg), l2=args.l2,
                    progress=not args.no_progress,
                    on_epoch=on_epoch, algo=args.algo, mu=args.mu,
-                   inner_steps=args.inner_steps, data_bits=args.data_bits, stale=args.stale)
+                   inner_steps=args.inner_steps, data_bits=args.data_bits, stale=args.stale,
+                   resident=args.resident)
     print(_summary(result))
     if args.out is not None:
         for path in write_outputs(result, args.out):

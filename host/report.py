@@ -3,10 +3,10 @@
 Every file is written atomically (a temporary file in the same folder, then
 ``os.replace``): a crash never leaves a half-written output.
 
-history.json (format ``ziphalp-history/3``), a format scripts can rely on::
+history.json (format ``ziphalp-history/4``), a format scripts can rely on::
 
     {
-      "format": "ziphalp-history/3",
+      "format": "ziphalp-history/4",
       "algo": str,                # "sgd" (mini-batch SGD) or "halp" (bit-centering SVRG)
       "dataset": str,             # bundled name or file path
       "task": str,                # "regression" or "classification"
@@ -29,7 +29,11 @@ history.json (format ``ziphalp-history/3``), a format scripts can rely on::
       "quantisation_variance": float,  # mean variance per feature value on it
       "settings": {"epochs", "step", "shift", "batch", "seed", "bits", "sampling",
                    "levels", "loss", "costs", "l2", "l2_shift", "shuffle", "halve_every",
-                   "algo", ...},    # (halp adds the keys of "halp" and full_shift, full_cost)
+                   "algo",
+                   "data",          # "resident" (loaded once, the board feeds itself) or
+                                    #   "streamed" (quantised on the host every epoch)
+                   "load_bytes",    # host bytes of loading the resident data (0 streamed)
+                   ...},    # (halp adds the keys of "halp" and full_shift, full_cost, stale)
       "epochs": [{"epoch": int|float,  # 1-based; halp: passes over the data so far,
                                     #   (n + T) / n per outer iteration
                   "loss": float,    # F of the model read back after the epoch
@@ -42,12 +46,15 @@ history.json (format ``ziphalp-history/3``), a format scripts can rely on::
                   "iteration": int|null,      # halp: outer iteration (1-based)
                   "suboptimality": float|null,  # halp: (loss - optimum) / optimum
                   "full_cycles": int|null,    # halp: cycles of the full-gradient pass
-                  "inner_cycles": int|null},  # halp: cycles of the inner loop
+                  "inner_cycles": int|null,   # halp: cycles of the inner loop
+                  "host_bytes": int},         # bytes the host sent and received in the
+                                              #   epoch (data, model, counters; not the load)
                  ...]
     }
 
 Format 3 added ``algo``, ``optimum_data``, ``halp`` and the last four keys of an
-epoch to format 2.
+epoch but ``host_bytes`` to format 2; format 4 added ``settings.data``,
+``settings.load_bytes`` and ``host_bytes``.
 
 The loss is in normalised units (features, and a regression label, in [-1, 1]).
 model.json holds the model in the user's original units and in normalised
@@ -74,7 +81,7 @@ from .train import TrainResult
 __all__ = ["HISTORY_FORMAT", "MODEL_FORMAT", "history", "model", "write_atomic",
            "write_outputs"]
 
-HISTORY_FORMAT = "ziphalp-history/3"
+HISTORY_FORMAT = "ziphalp-history/4"
 MODEL_FORMAT = "ziphalp-model/1"
 
 
@@ -118,7 +125,7 @@ def _halp_settings(result: TrainResult) -> dict | None:
 
 
 def history(result: TrainResult) -> dict:
-    """The ``ziphalp-history/3`` document of a training run."""
+    """The ``ziphalp-history/4`` document of a training run."""
     return {
         "format": HISTORY_FORMAT,
         "algo": result.algo,

@@ -17,6 +17,21 @@ iteration streams all ``n`` samples in order in the full-gradient phase, then
 on a power-of-two grid that follows the full gradient), reads the model back and
 records the float64 objective on the quantised problem and its relative
 suboptimality against that problem's exact optimum.
+
+Resident data (``resident``; boards built with it, the "Resident data" section
+of :mod:`ziphalp.hw.params`): the host loads the data set into the board once,
+after the level table, as 8-bit codes (multiples of 1/127), ``LABEL`` words and
+a sampler table derived from the levels (:mod:`ziphalp.host.resident`); each
+epoch is then one ``RUN`` that walks the resident samples in a fresh order
+(``first``, ``stride``) with the board rounding the codes afresh (a fresh seed),
+and the host only reads the model and the counters back. The engine then
+quantises the code values, not the float features: SGD's objective, optimum and
+quantisation variance stay those of the normalised data (the codes are within
+1/254 of it); HALP's quantised problem is the codes rounded to the nearest
+level, exactly what the engine decodes, and its inner loop walks the samples
+without replacement (a stride walk) instead of drawing them with replacement.
+By default the data are resident when the board has resident data and the
+data set fits its store, else streamed.
 """
 
 from __future__ import annotations
@@ -49,12 +64,22 @@ from ziphalp.hw.params import (
     Loss,
     Phase,
 )
-from ziphalp.hw.protocol import Options, StatusFlags
+from ziphalp.hw.protocol import Options, Region, StatusFlags
 
 from . import halp_reference, quantize, reference
 from .data import DataError, Dataset, Normalised, load, normalise
 from .driver import Board, BoardError
 from .levels import grid_levels, level_words, optimal_levels, quantisation_variance, uniform_levels
+from .resident import (
+    code_rows,
+    code_values,
+    does_not_fit,
+    encode_codes,
+    epoch_walk,
+    label_words,
+    sampler_bytes,
+    sampler_table,
+)
 
 __all__ = [
     "ALGOS",
@@ -117,6 +142,12 @@ class EpochRecord:
     that problem's exact optimum ``f*`` (None without a finite, positive one),
     and ``cycles`` splits into ``full_cycles`` (full-gradient pass) and
     ``inner_cycles`` (inner loop). These four fields are None for SGD.
+
+    ``host_bytes`` counts the bytes the host sent to and received from the
+    board in the epoch (HALP: the outer iteration), whole frames, from the
+    driver's counters: the data (streamed samples, or the ``RUN`` requests of
+    resident data), the model read back and the counters, and HALP's two
+    configurations. Loading resident data is not in it (``settings["load_bytes"]``).
     """
 
     epoch: int | float
@@ -131,6 +162,7 @@ class EpochRecord:
     suboptimality: float | None = None
     full_cycles: int | None = None
     inner_cycles: int | None = None
+    host_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -141,7 +173,8 @@ class QuantisedProblem:
     ----------
     features : ndarray of float64, shape (n, d + 1)
         The normalised features rounded to the nearest of the uniform ``k``-bit
-        levels (the values the engine decodes), bias column last.
+        levels (the values the engine decodes), bias column last; with resident
+        data, first rounded to the stored codes (:func:`quantised_problem`).
     labels : ndarray of float64, shape (n,)
         The normalised labels rounded to ``LABEL`` words (``y / 2**LABEL.frac``).
     fields : ndarray of unsigned int, shape (n, d + 1)
@@ -184,14 +217,19 @@ class TrainResult:
         epochs, step (the engine's), shift, batch, seed, bits, sampling, levels,
         loss, costs (as the engine holds them), l2 (effective) and l2_shift,
         shuffle, halve_every (the step schedule; step, shift and l2_shift are
-        those of the first epoch), algo ("sgd" or "halp"). HALP adds
+        those of the first epoch), algo ("sgd" or "halp"), data ("resident":
+        loaded once into the board's store and fed by ``RUN``; or "streamed")
+        and load_bytes (the host bytes, requests and replies, of loading the
+        resident data; 0 when streamed). HALP adds
         offset_bits, data_bits, mu, inner_steps, scale_log, full_shift and
         full_cost (the full pass's shift and cost words); its batch is 1, its
         sampling "nearest" and its levels "uniform".
     levels : ndarray of float64, shape (2**bits + 1,)
         The level table the board decodes (on the ``LEVEL`` grid).
     variance : float
-        Mean quantisation variance of the features on those levels (per value).
+        Mean quantisation variance of the features on those levels (per value),
+        of the normalised features also when the data are resident (the engine
+        then rounds the stored codes, within 1/254 of them).
     words : ndarray of int64, shape (d + 1,)
         Final raw model words, bias last.
     coefficients : ndarray, shape (d + 1,)
@@ -332,7 +370,7 @@ def train(dataset: str | Path | Dataset, *, board: str = "sim", port: str | None
           on_epoch: Callable[[TrainResult, EpochRecord], None] | None = None,
           halve_every: int = 0, algo: str = "sgd", mu: float | None = None,
           inner_steps: int | None = None, data_bits: int | None = None,
-          stale: int | None = None) -> TrainResult:
+          stale: int | None = None, resident: bool | None = None) -> TrainResult:
     """Train a linear model on a board.
 
     Parameters
@@ -380,7 +418,8 @@ def train(dataset: str | Path | Dataset, *, board: str = "sim", port: str | None
         L2 strength lambda of ``lambda/2 ||w||^2``, applied as a decay of the
         nearest power of two ``2**-l2_shift ~ step * batch * lambda`` per batch.
     shuffle : bool
-        Visit the samples in a fresh random order each epoch.
+        Visit the samples in a fresh random order each epoch (resident data: a
+        fresh stride walk, :func:`ziphalp.host.resident.epoch_walk`).
     progress : bool
         Show a progress bar on stderr.
     timeout : float
@@ -404,7 +443,8 @@ def train(dataset: str | Path | Dataset, *, board: str = "sim", port: str | None
         power of two by the engine); default :func:`halp_default_mu`.
     inner_steps : int, optional
         HALP: inner steps ``T`` per outer iteration, samples drawn uniformly with
-        replacement; default ``n``.
+        replacement (resident data: a fresh stride walk, without replacement);
+        default ``n``.
     data_bits : int, optional
         HALP: data precision k (1..8) when it is not ``bits``.
     stale : int, optional
@@ -413,6 +453,12 @@ def train(dataset: str | Path | Dataset, *, board: str = "sim", port: str | None
         dot product sees the model from that many steps before, so the engine need
         not wait for the previous step's update. Default :func:`default_stale`, the
         smallest delay that hides the board's update; 0 is exact HALP.
+    resident : bool, optional
+        Where the data live (module docstring). None (the default): resident
+        when the board has resident data and the data set fits its store
+        (:func:`ziphalp.host.resident.capacity`), else streamed. True: resident,
+        or SettingsError if the board has no resident data and DataError if the
+        data set does not fit (naming the limit). False: streamed each epoch.
 
     Returns
     -------
@@ -431,7 +477,7 @@ def train(dataset: str | Path | Dataset, *, board: str = "sim", port: str | None
                            levels=levels, loss=loss, costs=costs, l2=l2,
                            progress=progress, timeout=timeout, on_epoch=on_epoch,
                            halve_every=halve_every, mu=mu, inner_steps=inner_steps,
-                           data_bits=data_bits, stale=stale)
+                           data_bits=data_bits, stale=stale, resident=resident)
     for name, value in (("mu", mu), ("inner_steps", inner_steps), ("data_bits", data_bits),
                         ("stale", stale)):
         if value is not None:
@@ -453,6 +499,7 @@ def train(dataset: str | Path | Dataset, *, board: str = "sim", port: str | None
         raise DataError(f"{dataset.name} is a regression data set; the {loss} loss needs "
                         "labels +1/-1 (a classification data set)")
     _check_fit(dataset.name, dataset.d, batch, bits, BOARD_PARAMS[board], f"the {board} board")
+    _placement(resident, BOARD_PARAMS[board], dataset, f"the {board} board")
     data = normalise(dataset)
     features = data.features.shape[1]
     if levels == "optimal":
@@ -464,7 +511,8 @@ def train(dataset: str | Path | Dataset, *, board: str = "sim", port: str | None
                 "levels": levels, "loss": loss.replace("-", "_"),
                 "costs": tuple(w / (1 << COST_FRAC) for w in cost_words),
                 "l2": 2.0 ** -l2_shift / (step_used * batch) if l2_shift else 0.0,
-                "l2_shift": l2_shift, "halve_every": halve_every, "algo": "sgd"}
+                "l2_shift": l2_shift, "halve_every": halve_every, "algo": "sgd",
+                "data": "streamed", "load_bytes": 0}
     try:
         optimum = reference.optimum(data.features, data.labels, settings["loss"],
                                     settings["costs"], settings["l2"])
@@ -477,7 +525,12 @@ def train(dataset: str | Path | Dataset, *, board: str = "sim", port: str | None
         identity = driver.identify()
         params = driver.params
         _check_fit(dataset.name, dataset.d, batch, bits, params, url)
+        on_board = _placement(resident, params, dataset, f"the board on {url}")
         driver.load_levels(level_words(table))
+        if on_board:
+            settings["data"] = "resident"
+            settings["load_bytes"] = _load_resident(driver, data.features, labels, table,
+                                                    bits, sampling)
 
         def configure(halvings: int) -> None:
             driver.configure(features, batch, min(shift + halvings, SHIFT_MAX), k=bits,
@@ -495,11 +548,11 @@ def train(dataset: str | Path | Dataset, *, board: str = "sim", port: str | None
                              None if optimum is None else float(optimum[1]))
         with tqdm(total=epochs * dataset.n, unit="sample", disable=not progress,
                   desc="training", leave=False) as bar:
+            feed = (_run_epoch if on_board else _stream_epoch)(driver, result, labels, rng, bar)
             for epoch in range(1, epochs + 1):
                 if halve_every and epoch > 1 and (epoch - 1) % halve_every == 0:
                     configure((epoch - 1) // halve_every)
-                order = rng.permutation(dataset.n) if shuffle else np.arange(dataset.n)
-                record = _epoch(driver, result, epoch, order, labels, rng, bar)
+                record = _epoch(driver, result, epoch, feed)
                 bar.set_postfix(loss=f"{record.loss:.5g}")
                 _warn(record, dataset.n, first=not any(
                     r.overflow or r.clipped for r in result.history[:-1]))
@@ -508,21 +561,13 @@ def train(dataset: str | Path | Dataset, *, board: str = "sim", port: str | None
     return result
 
 
-def _epoch(driver: Board, result: TrainResult, epoch: int, order: np.ndarray,
-           labels: np.ndarray, rng: np.random.Generator, bar: tqdm) -> EpochRecord:
-    """Stream one epoch in ``order``, read the model back, append to the history."""
-    start = time.perf_counter()
-    params, data, s = result.params, result.data, result.settings
-    features = data.features.shape[1]
-    double = s["sampling"] == "double"
-    stream = quantize.encode_epoch(data.features[order], labels[order], result.levels,
-                                   s["bits"], s["sampling"], rng, params)
-    chunks = quantize.frames(stream, params, features, s["bits"], double)
-    size = quantize.sample_bytes(params, features, s["bits"], double)
-    for i, chunk in enumerate(chunks):
-        driver.stream(chunk, flush=i == len(chunks) - 1)
-        bar.update(len(chunk) // size)
-    words = driver.read_model(0, features)
+def _epoch(driver: Board, result: TrainResult, epoch: int,
+           feed: Callable[[], None]) -> EpochRecord:
+    """Feed one epoch (``feed``), read the model back, append to the history."""
+    start, moved = time.perf_counter(), _traffic(driver)
+    params, data = result.params, result.data
+    feed()
+    words = driver.read_model(0, data.features.shape[1])
     counters = driver.status(clear=True)
     seconds = time.perf_counter() - start
     beta = quantize.words_to_coefficients(words, params)
@@ -530,10 +575,87 @@ def _epoch(driver: Board, result: TrainResult, epoch: int, order: np.ndarray,
                 if data.task == "classification" else None)
     record = EpochRecord(epoch, result.objective(beta), accuracy, counters.cycles, seconds,
                          counters.samples, bool(counters.flags & StatusFlags.OVERFLOW),
-                         bool(counters.flags & StatusFlags.CLIPPED))
+                         bool(counters.flags & StatusFlags.CLIPPED),
+                         host_bytes=_traffic(driver) - moved)
     result.words, result.coefficients = words, beta
     result.history.append(record)
     return record
+
+
+def _stream_epoch(driver: Board, result: TrainResult, labels: np.ndarray,
+                  rng: np.random.Generator, bar: tqdm) -> Callable[[], None]:
+    """The feed of a streamed SGD epoch: shuffle, quantise afresh on the host, and
+    stream the frames (the last one flushes)."""
+    params, data, s = result.params, result.data, result.settings
+    n, features = data.features.shape
+    double = s["sampling"] == "double"
+    size = quantize.sample_bytes(params, features, s["bits"], double)
+
+    def feed() -> None:
+        order = rng.permutation(n) if s["shuffle"] else np.arange(n)
+        stream = quantize.encode_epoch(data.features[order], labels[order], result.levels,
+                                       s["bits"], s["sampling"], rng, params)
+        chunks = quantize.frames(stream, params, features, s["bits"], double)
+        for i, chunk in enumerate(chunks):
+            driver.stream(chunk, flush=i == len(chunks) - 1)
+            bar.update(len(chunk) // size)
+    return feed
+
+
+def _run_epoch(driver: Board, result: TrainResult, labels: np.ndarray,
+               rng: np.random.Generator, bar: tqdm) -> Callable[[], None]:
+    """The feed of a resident SGD epoch: one ``RUN`` over every resident sample in a
+    fresh walk (shuffled unless ``shuffle`` is off) with a fresh sampling seed."""
+    n, shuffle = len(labels), result.settings["shuffle"]
+
+    def feed() -> None:
+        first, stride = epoch_walk(n, shuffle, rng)
+        driver.run(n, first, stride, n, _fresh_seed(rng))
+        bar.update(n)
+    return feed
+
+
+def _fresh_seed(rng: np.random.Generator) -> int:
+    """A 32-bit seed for the board's sampling lanes, from the run's generator."""
+    return int(rng.integers(0, 1 << 32))
+
+
+def _traffic(driver: Board) -> int:
+    """Bytes the driver has moved so far, both ways."""
+    return driver.bytes_sent + driver.bytes_received
+
+
+def _placement(resident: bool | None, params: EngineParams, dataset: Dataset,
+               where: str) -> bool:
+    """Whether the data set lives in the resident store of ``params``'s board (``where``
+    names it): ``resident`` None, when it can; True, or a one-line error naming the
+    limit (SettingsError: no resident data; DataError: too large); False, never."""
+    if resident is not None and not isinstance(resident, bool):
+        raise SettingsError(f"resident must be True, False or None, not {resident!r}")
+    d = dataset.d + 1
+    reason = does_not_fit(params, dataset.n, d)
+    if reason is None:
+        return resident is not False
+    if resident and not params.resident:
+        boards = ", ".join(name for name, p in BOARD_PARAMS.items() if p.resident)
+        raise SettingsError(f"{where} has no resident data (boards with it: {boards}); "
+                            "stream the data instead")
+    if resident:
+        raise DataError(f"{dataset.name} ({dataset.n} samples of {dataset.d} features, "
+                        f"{d} with the bias) cannot be resident on {where}: {reason}")
+    return False
+
+
+def _load_resident(driver: Board, features: np.ndarray, labels: np.ndarray,
+                   levels: np.ndarray, k: int, sampling: str) -> int:
+    """Load the sampler table (of ``levels``, ``k``, ``sampling``), the features as
+    code rows and the ``LABEL`` words into the board's store; return the host
+    bytes it took."""
+    moved, params = _traffic(driver), driver.params
+    driver.load_data(Region.SAMPLER, sampler_bytes(sampler_table(levels, k, sampling)))
+    driver.load_data(Region.CODES, code_rows(encode_codes(features), params))
+    driver.load_data(Region.LABELS, label_words(labels, params))
+    return _traffic(driver) - moved
 
 
 def _warn(record: EpochRecord, n: int, first: bool) -> None:
@@ -566,17 +688,26 @@ def halp_default_mu(features: np.ndarray, labels: np.ndarray, loss: str, bits: i
     return max(curvature, HALP_MU_GRID / ((2 ** (bits - 1) - 1) * step))
 
 
-def quantised_problem(data: Normalised, k: int, loss: str) -> QuantisedProblem:
+def quantised_problem(data: Normalised, k: int, loss: str,
+                      resident: bool = False) -> QuantisedProblem:
     """The fixed problem of a HALP run: features rounded to the nearest uniform k-bit
-    level over [-1, 1] (once), labels to ``LABEL`` words."""
+    level over [-1, 1] (once), labels to ``LABEL`` words.
+
+    With ``resident`` the features are first rounded to the 8-bit codes the
+    board stores (:func:`ziphalp.host.resident.encode_codes`, multiples of
+    1/127), and the codes' values to the nearest level, as the board's
+    nearest-rounding sampler table does: the values the engine decodes.
+    """
     table = grid_levels(uniform_levels(k))
-    fields = quantize.quantize_features(data.features, table, k, "nearest")
+    stored = code_values(encode_codes(data.features)) if resident else data.features
+    fields = quantize.quantize_features(stored, table, k, "nearest")
     values, _ = quantize.decode_fields(fields, table, k, False)
     words = quantize.quantize_labels(data.labels)
     labels = words.astype(np.float64) * LABEL.scale
     separable = loss == "logistic" and reference._separable(values, labels)
+    codes = "8-bit codes (multiples of 1/127) of the " if resident else ""
     description = (f"features rounded to the nearest of the {2 ** k + 1} uniform "
-                   f"{k}-bit levels over [-1, 1] (after normalisation), labels "
+                   f"{k}-bit levels over [-1, 1] ({codes}normalised features), labels "
                    f"{'+1/-1' if data.task == 'classification' else 'rounded to ' + str(LABEL)}"
                    " words")
     return QuantisedProblem(values, labels, fields, words, k, description, separable)
@@ -613,7 +744,7 @@ def _scale_log(mu: float, bits: int) -> int:
 def _train_halp(dataset, *, board, port, epochs, step, batch, seed, label, bits, sampling,
                 levels,
                 loss, costs, l2, progress, timeout, on_epoch, halve_every, mu, inner_steps,
-                data_bits, stale) -> TrainResult:
+                data_bits, stale, resident) -> TrainResult:
     """:func:`train` with ``algo="halp"`` (module docstring)."""
     if board not in BOARD_PARAMS:
         raise SettingsError(f"unknown board {board!r}; choose from {', '.join(BOARD_PARAMS)}")
@@ -670,10 +801,12 @@ def _train_halp(dataset, *, board, port, epochs, step, batch, seed, label, bits,
     if dataset.n > kind.halp_samples:
         raise SettingsError(f"{dataset.name} has {dataset.n} samples; HALP on the {board} "
                             f"board takes at most {kind.halp_samples}")
+    # decided for the board kind: the quantised problem depends on it
+    on_board = _placement(resident, kind, dataset, f"the {board} board")
     data = normalise(dataset)
     n, features = dataset.n, data.features.shape[1]
     name = loss.replace("-", "_")
-    problem = quantised_problem(data, k, name)
+    problem = quantised_problem(data, k, name, resident=on_board)
     # the engine steps 2**-shift per sample of a batch: alpha / B for a step alpha on
     # the batch's mean
     if step is None:
@@ -700,7 +833,8 @@ def _train_halp(dataset, *, board, port, epochs, step, batch, seed, label, bits,
                 "offset_bits": bits, "data_bits": k, "mu": float(mu), "inner_steps": steps,
                 "scale_log": scale_log, "full_shift": full_shift, "full_cost": full_cost,
                 "sampling": "nearest", "levels": "uniform", "loss": name,
-                "costs": (1.0, 1.0), "l2": 0.0, "l2_shift": 0, "halve_every": 0}
+                "costs": (1.0, 1.0), "l2": 0.0, "l2_shift": 0, "halve_every": 0,
+                "data": "resident" if on_board else "streamed", "load_bytes": 0}
     rng = np.random.default_rng(seed)
     passes = (n + steps) / n
 
@@ -718,7 +852,13 @@ def _train_halp(dataset, *, board, port, epochs, step, batch, seed, label, bits,
         elif stale > params.max_stale:
             raise SettingsError(f"stale must be 0..{params.max_stale} on the board on {url}")
         settings["stale"] = stale
+        if on_board and not _placement(resident, params, dataset, f"the board on {url}"):
+            raise SettingsError(f"the board on {url} cannot hold {dataset.name} as a {board} "
+                                "board can; stream the data (resident=False, --stream)")
         driver.load_levels(level_words(table))
+        if on_board:
+            settings["load_bytes"] = _load_resident(driver, data.features, problem.label_words,
+                                                    table, k, "nearest")
         loss_code = Loss(LOSSES.index(loss))
         # the SGD phase first: a board left in an inner loop refuses LOAD_MODEL
         driver.configure(features, 1, full_shift, k=k, double=False, loss=loss_code)
@@ -730,41 +870,76 @@ def _train_halp(dataset, *, board, port, epochs, step, batch, seed, label, bits,
                              None if optimum is None else optimum[0],
                              None if optimum is None else optimum[1], problem=problem)
 
-        def send(order: np.ndarray) -> None:
-            stream = quantize.pack_samples(problem.fields[order], problem.label_words[order],
-                                           params, k, False, indices=order.astype(np.uint16))
-            chunks = list(quantize.frames(stream, params, features, k, False))
-            for number, chunk in enumerate(chunks):
-                # the last frame flushes: the inner loop's last batch takes its step
-                driver.stream(chunk, flush=number == len(chunks) - 1)
-                bar.update(len(chunk) // size)
-
-        size = quantize.sample_bytes(params, features, k, False)
-        everything = np.arange(n)
         with tqdm(total=epochs * (n + steps), unit="sample", disable=not progress,
                   desc="training (HALP)", leave=False) as bar:
+            full_pass, inner_loop = (_halp_runs(driver, n, seed, rng, bar) if on_board else
+                                     _halp_streams(driver, problem, params, rng, bar))
             for iteration in range(1, epochs + 1):
-                start = time.perf_counter()
+                start, moved = time.perf_counter(), _traffic(driver)
                 driver.configure(features, 1, full_shift, k=k, double=False, loss=loss_code,
                                cost_pos=full_cost, cost_neg=full_cost, phase=Phase.FULL,
                                offset_bits=bits, scale_log=scale_log)
-                send(everything)
+                full_pass(iteration)
                 full = driver.status(clear=True)
                 driver.configure(features, batch, shift, k=k, double=False, loss=loss_code,
                                cost_pos=COST_ONE, cost_neg=COST_ONE, phase=Phase.INNER,
                                offset_bits=bits, scale_log=scale_log,
                                seed=_inner_seed(seed, iteration), stochastic=True, stale=stale)
-                send(rng.integers(0, n, steps))
+                inner_loop(iteration, steps)
                 words = driver.read_model(0, features)
                 inner = driver.status(clear=True)
                 record = _halp_record(result, iteration, iteration * passes, words, full, inner,
-                                      time.perf_counter() - start)
+                                      time.perf_counter() - start, _traffic(driver) - moved)
                 bar.set_postfix(loss=f"{record.loss:.5g}")
                 _warn(record, n + steps, first=not any(
                     r.overflow or r.clipped for r in result.history[:-1]))
                 if on_epoch is not None:
                     on_epoch(result, record)
     return result
+
+
+def _halp_streams(driver: Board, problem: QuantisedProblem, params: EngineParams,
+                  rng: np.random.Generator, bar: tqdm
+                  ) -> tuple[Callable[[int], None], Callable[[int, int], None]]:
+    """HALP's feeds with the data streamed: the full pass (every sample in order)
+    and the inner loop (``steps`` samples drawn uniformly with replacement), each
+    given the outer iteration; the fields and the indices come from the host."""
+    n, features = problem.fields.shape
+    size = quantize.sample_bytes(params, features, problem.k, False)
+
+    def send(order: np.ndarray) -> None:
+        stream = quantize.pack_samples(problem.fields[order], problem.label_words[order],
+                                       params, problem.k, False,
+                                       indices=order.astype(np.uint16))
+        chunks = list(quantize.frames(stream, params, features, problem.k, False))
+        for number, chunk in enumerate(chunks):
+            # the last frame flushes: the inner loop's last batch takes its step
+            driver.stream(chunk, flush=number == len(chunks) - 1)
+            bar.update(len(chunk) // size)
+
+    def full_pass(iteration: int) -> None:
+        send(np.arange(n))
+
+    def inner_loop(iteration: int, steps: int) -> None:
+        send(rng.integers(0, n, steps))
+    return full_pass, inner_loop
+
+
+def _halp_runs(driver: Board, n: int, seed: int, rng: np.random.Generator, bar: tqdm
+               ) -> tuple[Callable[[int], None], Callable[[int, int], None]]:
+    """HALP's feeds with the data resident: the full pass is ``RUN`` over the ``n``
+    samples in order, the inner loop ``RUN`` of ``steps`` samples on a fresh stride
+    walk (without replacement; it repeats after ``n``). The sampler rounds to
+    nearest, so the lanes' seed does not matter."""
+    def full_pass(iteration: int) -> None:
+        driver.run(n, 0, 1, n, _inner_seed(seed, iteration))
+        bar.update(n)
+
+    def inner_loop(iteration: int, steps: int) -> None:
+        first, stride = epoch_walk(n, True, rng)
+        driver.run(steps, first, stride, n, _inner_seed(seed, iteration))
+        bar.update(steps)
+    return full_pass, inner_loop
 
 
 def default_stale(identity: protocol.Identity, beats: int) -> int:
@@ -776,8 +951,9 @@ def default_stale(identity: protocol.Identity, beats: int) -> int:
 
 def _halp_record(result: TrainResult, iteration: int, passes: float, words: np.ndarray,
                  full: protocol.Counters, inner: protocol.Counters,
-                 seconds: float) -> EpochRecord:
-    """Append the record of one outer iteration (the model read back as ``words``)."""
+                 seconds: float, host_bytes: int) -> EpochRecord:
+    """Append the record of one outer iteration (the model read back as ``words``,
+    ``host_bytes`` moved)."""
     beta = quantize.words_to_coefficients(words, result.params)
     problem = result.problem
     loss = result.objective(beta)
@@ -789,7 +965,8 @@ def _halp_record(result: TrainResult, iteration: int, passes: float, words: np.n
                          full.samples + inner.samples, bool(flags & StatusFlags.OVERFLOW),
                          bool(flags & StatusFlags.CLIPPED), iteration=iteration,
                          suboptimality=(loss - optimum) / optimum if optimum else None,
-                         full_cycles=full.cycles, inner_cycles=inner.cycles)
+                         full_cycles=full.cycles, inner_cycles=inner.cycles,
+                         host_bytes=host_bytes)
     result.words, result.coefficients = words, beta
     result.history.append(record)
     return record

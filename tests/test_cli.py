@@ -189,3 +189,42 @@ def test_halp_train_prints_suboptimality(tmp_path, monkeypatch, capsys):
     assert history["algo"] == "halp" and history["halp"]["offset_bits"] == 8
     assert [e["iteration"] for e in history["epochs"]] == [1, 2, 3]
     assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# --- resident data (--resident, --stream) -----------------------------------------------------
+
+def test_help_lists_the_resident_options():
+    result = run("train", "--help")
+    assert result.returncode == 0
+    assert "--resident" in result.stdout and "--stream" in result.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (("ok.csv", "--resident"), "the sim board has no resident data"),
+    (("synthetic:n=5000,d=4", "--resident", "--board", "sim-ulx3s"),
+     "holds at most 4096 samples (labels), not 5000"),
+])
+def test_resident_user_errors(tmp_path, args, message):
+    """Refused before a board is opened (no simulated board is started)."""
+    (tmp_path / "ok.csv").write_text("1,2,3\n4,5,6\n")
+    assert_one_line_error(run("train", *args, "--no-progress", cwd=tmp_path), 2, message)
+
+
+def test_resident_and_stream_are_exclusive():
+    result = run("train", "diabetes", "--resident", "--stream")
+    assert result.returncode == 2 and "not allowed with argument" in result.stderr
+
+
+@pytest.mark.parametrize("flag, where", [("--resident", "resident"), ("--stream", "streamed")])
+def test_train_reports_where_the_data_lived(tmp_path, monkeypatch, capsys, flag, where):
+    fake = FakeSerial(FakeBoard(BOARD_PARAMS["sim-ulx3s"]))
+    monkeypatch.setattr(serial, "serial_for_url", lambda url, baudrate, timeout: fake)
+    out = tmp_path / "out"
+    status = cli.main(["train", "synthetic:n=100,d=20", "--board", "sim-ulx3s", "--port",
+                       "fake://0", "--epochs", "2", flag, "--out", str(out), "--no-progress"])
+    assert status == 0
+    assert f"data {where}, " in capsys.readouterr().out
+    history = json.loads((out / "history.json").read_text())
+    assert history["settings"]["data"] == where
+    assert all(e["host_bytes"] > 0 for e in history["epochs"])
+    assert (history["settings"]["load_bytes"] > 0) == (where == "resident")

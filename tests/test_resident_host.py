@@ -1,5 +1,5 @@
 """Resident data on the host side (``ziphalp.host.resident``, ``Board.load_data`` and
-``Board.run``), against the golden model and FakeBoard.
+``Board.run``, ``train(resident=...)``), against the golden model and FakeBoard.
 
 The sampler table is checked where it matters, through the golden model's on-chip
 sampling (``sample_fields``): double sampling is unbiased for the code value and
@@ -7,14 +7,18 @@ its two roundings are independent, a single sample's square carries the rounding
 variance, and the nearest table rounds exactly as the host's nearest rounding.
 """
 
+import dataclasses
+import json
 import math
+import re
 import struct
 
 import numpy as np
 import pytest
 import serial
 from fakeboard import FakeBoard, FakeSerial
-from ziphalp.host import quantize
+from ziphalp.host import quantize, report
+from ziphalp.host.data import DataError, load, normalise
 from ziphalp.host.driver import ArgumentError, Board
 from ziphalp.host.levels import grid_levels, level_words, uniform_levels
 from ziphalp.host.resident import (
@@ -29,6 +33,7 @@ from ziphalp.host.resident import (
     sampler_bytes,
     sampler_table,
 )
+from ziphalp.host.train import SettingsError, quantised_problem, train
 from ziphalp.hw import protocol
 from ziphalp.hw.params import BOARD_PARAMS, CODE_ZERO, EngineParams
 from ziphalp.hw.protocol import Command, Region, Status
@@ -400,3 +405,131 @@ def test_fakeboard_run_statuses():
     assert run() == state                                      # 3 rows a sample: beyond
     assert FakeBoard(BOARD_PARAMS["sim"]).handle(Command.RUN, protocol.Run(
         1, 0, 0, 1, 0).pack()) == reply(Status.ARGUMENT, Command.RUN)
+
+
+# --- training -------------------------------------------------------------------------------
+
+LS16 = "synthetic:n=500,d=16,seed=1"
+
+
+def train_on(monkeypatch, params=ULX3S, **kwargs):
+    fake = FakeSerial(FakeBoard(params))
+    monkeypatch.setattr(serial, "serial_for_url", lambda url, baudrate, timeout: fake)
+    kwargs = {"board": "sim-ulx3s", "port": "fake://0", "progress": False, **kwargs}
+    return fake, train(**kwargs)
+
+
+def test_sgd_resident_converges_with_little_traffic(monkeypatch):
+    """Least squares, d = 16, 20 epochs, 4-bit double sampling. Bars: the resident run
+    ends within 2% of the float64 optimum, as the streamed one does (the codes move the
+    problem by at most 1/254 per value); each resident epoch moves at least 10x fewer
+    host bytes than a streamed one (here ~75x: a RUN, the model and the counters)."""
+    fake, result = train_on(monkeypatch, dataset=LS16, epochs=20, resident=True)
+    _, streamed = train_on(monkeypatch, dataset=LS16, epochs=20, resident=False)
+    assert result.settings["data"] == "resident" and streamed.settings["data"] == "streamed"
+    assert result.loss < 1.02 * result.optimum_loss
+    assert streamed.loss < 1.02 * streamed.optimum_loss
+    assert result.history[0].loss > result.history[-1].loss
+    moved = [r.host_bytes for r in result.history]
+    assert all(10 * m < s.host_bytes for m, s in zip(moved, streamed.history, strict=True))
+    assert [r.samples for r in result.history] == [500] * 20
+    # what was sent: the three regions once, then a RUN an epoch, no STREAM
+    commands = [c for c, _ in fake.requests]
+    assert Command.STREAM not in commands and Command.STREAM_FLUSH not in commands
+    loads = [p for c, p in fake.requests if c == Command.LOAD_DATA]
+    assert {p[0] for p in loads} == {Region.CODES, Region.LABELS, Region.SAMPLER}
+    assert commands.index(Command.LOAD_LEVELS) < commands.index(Command.LOAD_DATA)
+    assert result.settings["load_bytes"] == sum(7 + len(p) + 8 for p in loads)
+    assert result.settings["load_bytes"] > 500 * 17        # the codes at least
+    runs = fake.board.runs
+    assert len(runs) == 20 and {(r.count, r.samples) for r in runs} == {(500, 500)}
+    assert all(math.gcd(r.stride, 500) == 1 for r in runs)
+    assert len({r.seed for r in runs}) == 20 and len({(r.first, r.stride) for r in runs}) > 15
+    # the board holds the codes of the normalised features
+    data = normalise(load(LS16))
+    stored = fake.board.engine.codes[:1000].reshape(500, 32)      # 17 features: 2 rows
+    np.testing.assert_array_equal(stored[:, :17], encode_codes(data.features))
+    # the history document
+    doc = json.loads(json.dumps(report.history(result)))
+    assert doc["format"] == "ziphalp-history/4"
+    assert doc["settings"]["data"] == "resident" and doc["settings"]["load_bytes"] > 0
+    assert [e["host_bytes"] for e in doc["epochs"]] == moved
+
+
+def test_unshuffled_resident_epochs_walk_in_order(monkeypatch):
+    fake, result = train_on(monkeypatch, dataset="synthetic:n=40,d=3", epochs=2,
+                            shuffle=False, sampling="nearest", resident=True)
+    assert [(r.first, r.stride) for r in fake.board.runs] == [(0, 1), (0, 1)]
+    table = np.frombuffer(fake.requests[[c for c, _ in fake.requests].index(
+        Command.LOAD_DATA)][1][8:], "<u4")
+    assert set((table >> 8).tolist()) <= {0, T_ONE}           # the nearest table
+
+
+def test_halp_resident_reaches_the_streaming_bar(monkeypatch):
+    """HALP at 8 bits on the codes: relative suboptimality below 1e-6 within 10 outer
+    iterations, the bar of the streamed HALP test, against the optimum of the data the
+    engine decodes (the codes rounded to the nearest level)."""
+    ls = "synthetic:n=300,d=8,seed=1"
+    fake, result = train_on(monkeypatch, dataset=ls, algo="halp", bits=8, epochs=10, seed=2)
+    assert result.settings["data"] == "resident"              # the default on sim-ulx3s
+    gaps = [r.suboptimality for r in result.history]
+    assert gaps[-1] < 1e-6, gaps
+    data = normalise(load(ls))
+    expected = quantised_problem(data, 8, "squared", resident=True)
+    np.testing.assert_array_equal(result.problem.features, expected.features)
+    assert not np.array_equal(result.problem.features,
+                              quantised_problem(data, 8, "squared").features)
+    assert "8-bit codes" in result.problem.description
+    # the engine decoded exactly the problem's features: its full pass saw them
+    golden = fake.board.engine
+    codes = golden.codes[:300, :9]                                  # 9 features: a row
+    fields = sample_fields(codes, golden.sampler, 16, 0, 8, False,
+                           ULX3S.values_per_beat(8, False))
+    np.testing.assert_array_equal(decode(fields, golden.levels[:257], 8, False)[0] / 256.0,
+                                  result.problem.features)
+    runs, phases = fake.board.runs, [c for c, _ in fake.requests]
+    assert Command.STREAM not in phases and Command.STREAM_FLUSH not in phases
+    assert [(r.count, r.first, r.stride) for r in runs[0::2]] == [(300, 0, 1)] * 10
+    assert all(r.count == 300 and math.gcd(r.stride, 300) == 1 for r in runs[1::2])
+    assert all(r.host_bytes < 1000 for r in result.history)
+
+
+@pytest.mark.parametrize("dataset, message", [
+    ("synthetic:n=5000,d=4", "holds at most 4096 samples (labels), not 5000"),
+    ("synthetic:n=300,d=300", "at most 215 samples of 301 features"),
+])
+def test_too_large_for_the_store(dataset, message):
+    with pytest.raises(DataError, match=re.escape(message)) as info:
+        train(dataset, board="sim-ulx3s", port="fake://0", resident=True, progress=False)
+    assert "\n" not in str(info.value) and "cannot be resident on the sim-ulx3s board" in \
+        str(info.value)
+
+
+def test_no_resident_data_on_the_board_kind():
+    """Refused before any board is opened (or a simulated one started)."""
+    with pytest.raises(SettingsError, match="the sim board has no resident data") as info:
+        train("diabetes", board="sim", resident=True, progress=False)
+    assert "\n" not in str(info.value)
+    with pytest.raises(SettingsError, match="resident must be True, False or None"):
+        train("diabetes", board="sim", port="fake://0", resident="yes", progress=False)
+
+
+def test_auto_streams_without_resident_data(monkeypatch):
+    """Auto mode streams on "sim" (no resident data) and where the data set does not
+    fit; resident=True on a board that reports no resident data is refused."""
+    fake, result = train_on(monkeypatch, BOARD_PARAMS["sim"], dataset="diabetes", epochs=1,
+                            board="sim")
+    assert result.settings["data"] == "streamed" and result.settings["load_bytes"] == 0
+    assert Command.LOAD_DATA not in [c for c, _ in fake.requests]
+    assert result.history[0].host_bytes > 442 * 8
+    fake, result = train_on(monkeypatch, dataset="synthetic:n=300,d=300", epochs=1)
+    assert result.settings["data"] == "streamed" and not fake.board.runs
+    plain = dataclasses.replace(ULX3S, resident_rows=0, resident_samples=0)
+    with pytest.raises(SettingsError, match="the board on fake://0 has no resident data"):
+        train_on(monkeypatch, plain, dataset="diabetes", epochs=1, resident=True)
+    # HALP decides for the board kind: a board that cannot hold what the kind can is refused
+    with pytest.raises(SettingsError, match="cannot hold .* stream the data"):
+        train_on(monkeypatch, plain, dataset="synthetic:n=50,d=3", algo="halp", epochs=1)
+    fake, result = train_on(monkeypatch, plain, dataset="synthetic:n=50,d=3", algo="halp",
+                            epochs=1, resident=False)
+    assert result.settings["data"] == "streamed"
