@@ -77,6 +77,8 @@ class Board:
         self.url = url
         self.timeout = timeout
         self._identity: protocol.Identity | None = None
+        self._config: protocol.Configure | None = None
+        self._waited = timeout
         self.bytes_sent = 0
         self.bytes_received = 0
         try:
@@ -173,6 +175,7 @@ class Board:
         except (TypeError, ValueError) as e:
             raise ArgumentError(f"CONFIGURE: {e}") from None
         self._expect_empty(Command.CONFIGURE, config.pack())
+        self._config = config
 
     def load_levels(self, levels: Sequence[int] | np.ndarray) -> None:
         """Load the level table: ``n`` ``LEVEL`` words ``l_0 .. l_{n-1}``.
@@ -301,7 +304,11 @@ class Board:
         ``seed``; the last one flushes the mini-batch. The engine must be
         configured, and the loaded codes, labels and sampler table must cover
         ``samples`` samples of the configured ``d``. Returns when the engine is
-        idle.
+        idle: the reply is awaited for the driver's ``timeout`` plus twice the
+        time the run would take at the board's clock if every sample ended a
+        batch (``count * (1 + feature beats + update_gap)`` cycles of the last
+        configuration), so a long run on a real board is not taken for a silent
+        one.
 
         Raises
         ------
@@ -321,7 +328,7 @@ class Board:
             payload = run.pack()
         except (TypeError, ValueError) as e:
             raise ArgumentError(f"RUN: {e}") from None
-        self._expect_empty(Command.RUN, payload)
+        self._expect_empty(Command.RUN, payload, wait=self.timeout + 2 * self._run_seconds(count))
 
     def status(self, clear: bool = False) -> protocol.Counters:
         """Read the counters and sticky flags; ``clear`` resets them after reading."""
@@ -347,42 +354,59 @@ class Board:
         weights = (identity.frame_bytes - header) // WEIGHT_BYTES
         return max(1, weights // identity.lanes) * identity.lanes
 
-    def _expect_empty(self, cmd: Command, payload: bytes) -> None:
-        reply = self._command(cmd, payload)
+    def _run_seconds(self, count: int) -> float:
+        """Seconds ``count`` resident samples take at most at the board's clock, by the
+        last configuration (0 before one)."""
+        config, identity = self._config, self.identity
+        if config is None:
+            return 0.0
+        beats = self.params.beats_for(config.features, config.k, config.double)
+        return count * (1 + beats + identity.update_gap) / identity.clock_hz
+
+    def _expect_empty(self, cmd: Command, payload: bytes, wait: float | None = None) -> None:
+        reply = self._command(cmd, payload, wait)
         if reply:
             raise BoardError(f"{cmd.name}: unexpected {len(reply)}-byte reply from {self.url}")
 
-    def _command(self, cmd: Command, payload: bytes = b"") -> bytes:
-        """Send one request and return the payload of its reply."""
+    def _command(self, cmd: Command, payload: bytes = b"", wait: float | None = None) -> bytes:
+        """Send one request and return the payload of its reply, waited for ``wait``
+        seconds (default: the driver's ``timeout``)."""
         try:
             self._port.reset_input_buffer()
             frame = protocol.encode_request(cmd, payload)
             self._port.write(frame)
             self.bytes_sent += len(frame)
             self._port.flush()
-            return self._reply(cmd)
+            return self._reply(cmd, wait)
         except serial.SerialException as e:
             raise BoardError(f"{cmd.name}: link to {self.url} failed: {e}") from None
 
-    def _read(self, cmd: Command, count: int, deadline: float, started: bool = True) -> bytes:
+    def _read(self, cmd: Command, count: int, deadline: float, started: bool = True,
+              patient: bool = False) -> bytes:
+        """``count`` bytes by ``deadline``; an empty read of the port (its own timeout)
+        ends the wait unless ``patient``."""
         data = b""
         while len(data) < count:
             if time.monotonic() > deadline:
                 break
             chunk = self._port.read(count - len(data))
             if not chunk:
+                if patient:
+                    continue
                 break
             self.bytes_received += len(chunk)
             data += chunk
         if len(data) < count:
             what = "incomplete reply" if started or data else "no reply"
             raise BoardError(f"{cmd.name}: {what} from the board on {self.url} "
-                             f"(waited {self.timeout:g} s)")
+                             f"(waited {self._waited:g} s)")
         return data
 
-    def _reply(self, cmd: Command) -> bytes:
-        deadline = time.monotonic() + self.timeout
-        window = self._read(cmd, len(protocol.SYNC), deadline, started=False)
+    def _reply(self, cmd: Command, wait: float | None = None) -> bytes:
+        self._waited = self.timeout if wait is None else wait
+        deadline = time.monotonic() + self._waited
+        window = self._read(cmd, len(protocol.SYNC), deadline, started=False,
+                            patient=wait is not None)
         while window != protocol.SYNC:
             window = window[1:] + self._read(cmd, 1, deadline)
         header = self._read(cmd, 4, deadline)

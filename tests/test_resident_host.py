@@ -19,7 +19,7 @@ import serial
 from fakeboard import FakeBoard, FakeSerial
 from ziphalp.host import quantize, report
 from ziphalp.host.data import DataError, load, normalise
-from ziphalp.host.driver import ArgumentError, Board
+from ziphalp.host.driver import ArgumentError, Board, BoardError
 from ziphalp.host.levels import grid_levels, level_words, uniform_levels
 from ziphalp.host.resident import (
     T_ONE,
@@ -302,6 +302,44 @@ def test_run_payload(connect):
         assert board.status().samples == 7
     run = protocol.Run.unpack(next(p for c, p in fake.requests if c == Command.RUN))
     assert run == protocol.Run(7, 4, 3, 5, 0xFFFFFFFF) == fake.board.runs[0]
+
+
+class SlowRun(FakeSerial):
+    """A port whose first ``empty`` reads after a RUN return nothing (a long run)."""
+
+    def __init__(self, board, empty):
+        super().__init__(board)
+        self.empty, self.left = empty, 0
+
+    def write(self, data: bytes) -> int:
+        self.left = self.empty if data[2] == Command.RUN else 0
+        return super().write(data)
+
+    def read(self, size: int) -> bytes:
+        if self.left:
+            self.left -= 1
+            return b""
+        return super().read(size)
+
+
+def test_run_waits_for_a_long_run(monkeypatch):
+    """RUN's reply is awaited past empty reads of the port, up to the driver's timeout
+    plus twice the run's time at the board's clock; other replies are not."""
+    fake = SlowRun(FakeBoard(ULX3S), empty=5)
+    monkeypatch.setattr(serial, "serial_for_url", lambda url, baudrate, timeout: fake)
+    with Board("fake://0", timeout=0.05) as board:
+        board.load_data(Region.SAMPLER, sampler_bytes(sampler_table(uniform_levels(2), 2,
+                                                                    "double")))
+        board.load_data(Region.CODES, code_rows(np.full((5, 3), 200, np.uint8), ULX3S))
+        board.load_data(Region.LABELS, label_words(np.arange(5, dtype=np.int16), ULX3S))
+        board.configure(3, 2, 10, k=2)
+        assert board._run_seconds(10 ** 6) == pytest.approx(
+            10 ** 6 * (1 + 1 + 35) / ULX3S.clock_hz)
+        board.run(7, 0, 1, 5, 3)
+        assert fake.board.runs
+        fake.empty = 10 ** 9                                   # a board that never answers
+        with pytest.raises(BoardError, match=r"RUN: no reply .* \(waited 0\.050\d* s\)"):
+            board.run(7, 0, 1, 5, 3)
 
 
 @pytest.mark.parametrize("call, message", [
