@@ -74,6 +74,7 @@ Commands
                   or sampler table do not cover ``samples`` samples of the
                   configured ``d``; ``ARGUMENT`` for ``first`` or ``stride`` not
                   below ``samples``. Reply (once the engine is idle): empty.
+                  Builds without resident data answer both commands ``COMMAND``.
 ``STATUS``        optional ``flags:u8`` (bit 0: clear counters and sticky flags
                   after reading). Reply: :data:`STATUS`.
 """

@@ -237,9 +237,11 @@ def _engines(quick: bool) -> tuple[Engine, ...]:
                        "would"),
                 ice_engine)
     ulx3s = BOARD_PARAMS["sim-ulx3s"]
-    return (Engine("sim-ulx3s", ulx3s, "sim-ulx3s-32bit", dataclasses.replace(ulx3s, lanes=2),
-                   "ULX3S engine (64-bit beats, 32 lanes); baseline: the same engine with "
-                   "two lanes, so a 64-bit beat carries two values as 32-bit data would"),
+    narrow = dataclasses.replace(ulx3s, lanes=2, resident_rows=0, resident_samples=0)
+    return (Engine("sim-ulx3s", ulx3s, "sim-ulx3s-32bit", narrow,
+                   f"ULX3S engine (64-bit beats, {ulx3s.lanes} lanes); baseline: the same "
+                   "engine with two lanes (and no resident store), so a 64-bit beat carries "
+                   "two values as 32-bit data would"),
             ice_engine)
 
 

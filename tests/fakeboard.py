@@ -107,6 +107,8 @@ class FakeBoard:
         """LOAD_DATA: LENGTH unless the header and whole beats; ARGUMENT for an
         unknown region or a load the golden model refuses (it writes nothing then)."""
         cmd, header = Command.LOAD_DATA, protocol.DATA_HEADER
+        if not self.p.resident:             # the gateware does not know the command
+            return protocol.encode_reply(cmd, Status.COMMAND)
         width = self.p.beat_bits // 8
         if len(payload) <= header.size or (len(payload) - header.size) % width:
             return protocol.encode_reply(cmd, Status.LENGTH)
@@ -121,6 +123,8 @@ class FakeBoard:
         """RUN: LENGTH for a wrong size, ARGUMENT for arguments the build does not
         take, STATE when the golden model refuses (not configured, beyond the data)."""
         cmd = Command.RUN
+        if not self.p.resident:
+            return protocol.encode_reply(cmd, Status.COMMAND)
         if len(payload) != protocol.RUN.size:
             return protocol.encode_reply(cmd, Status.LENGTH)
         try:

@@ -249,7 +249,8 @@ def test_schedule_and_epochs_override():
     assert [e.name for e in full.engines] == ["sim-ulx3s", "sim"]
     ulx3s = full.engines[0]
     assert ulx3s.baseline.lanes == 2 and ulx3s.params.beat_bits == 64
-    assert ulx3s.baseline == dataclasses.replace(BOARD_PARAMS["ulx3s"], lanes=2)
+    assert ulx3s.baseline == dataclasses.replace(BOARD_PARAMS["ulx3s"], lanes=2, resident_rows=0,
+                                                 resident_samples=0)
 
 
 # --- train(..., halve_every=N) --------------------------------------------------------------

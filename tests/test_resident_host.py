@@ -405,9 +405,9 @@ def test_fakeboard_load_data_statuses():
     assert engine.loaded[Region.CODES] == 2 and engine.loaded[Region.SAMPLER] == 0
     assert fake.handle(Command.LOAD_DATA, data_payload(0, 2, b"\x07" * 8)) == ok   # extends
     assert engine.loaded[Region.CODES] == 3
-    no_store = FakeBoard(BOARD_PARAMS["sim"])
+    no_store = FakeBoard(BOARD_PARAMS["sim"])       # as the gateware: an unknown command
     assert no_store.handle(Command.LOAD_DATA, data_payload(0, 0, bytes(2))) == \
-        reply(Status.ARGUMENT, Command.LOAD_DATA)
+        reply(Status.COMMAND, Command.LOAD_DATA)
     assert fake.handle(0x7E, b"") == reply(Status.COMMAND, 0x7E)
 
 
