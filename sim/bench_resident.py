@@ -39,9 +39,14 @@ MODES = [(1, "double"), (2, "double"), (4, "double"), (8, "double"), (8, "neares
 FEATURES = [16, 64, 256]
 
 
-def capacity_table(features=(8, 16, 32, 64, 128, 256, 512, 1024)) -> dict:
-    """The most samples of each d every board's resident store holds."""
-    return {board: {d: resident.capacity(p, d) for d in features if d <= p.max_features}
+CAPACITY_FEATURES = (8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+def capacity_table(features=CAPACITY_FEATURES) -> dict:
+    """The most samples of each d every board's resident store holds (None where d
+    exceeds the board's ``max_features``)."""
+    return {board: {d: resident.capacity(p, d) if d <= p.max_features else None
+                    for d in features}
             for board, p in BOARD_PARAMS.items() if not board.startswith("sim")}
 
 
@@ -84,8 +89,12 @@ def measure(driver: Board, params: EngineParams, k: int, sampling: str, features
     resident_run = _epoch(driver, lambda: driver.run(samples, first, stride, samples,
                                                      int(rng.integers(1 << 32))))
     beats = params.beats_for(features, k, double)
+    gap = driver.identity.update_gap
     return {"k": k, "sampling": sampling, "features": features, "samples": samples,
             "batch": batch, "feature_beats": beats, "load_bytes": load_bytes,
+            # the engine's rate at its full input rate: a beat a cycle, a batch end
+            # costing update_gap - 1 more (ziphalp.hw.engine)
+            "engine_bound": beats + 1 + (gap - 1) / batch,
             "streamed": stream_run, "resident": resident_run,
             "stream_bytes": len(stream)}
 
@@ -102,7 +111,11 @@ def project(row: dict, clock_hz: float) -> dict:
 def _markdown(rows: list[dict], clock_hz: float, clock_source: str, capacity: dict) -> str:
     lines = [f"Engine clock for the projection: {clock_hz / 1e6:.1f} MHz ({clock_source}); "
              f"link {LINK_BYTES_PER_SECOND / 1e3:.0f} kB/s.", "",
-             "| k | sampling | d | n | cycles/sample streamed | resident | ceil(d/K)+1 | "
+             "Cycles a sample from the board's counters; the engine's full input rate "
+             "`ceil(d/K) + 1 + (update_gap - 1) / B` beside them (one-beat samples are "
+             "bound by the update pass instead); host bytes to feed one epoch (STREAM "
+             "frames against one RUN request and its reply).", "",
+             "| k | sampling | d | n | cycles/sample streamed | resident | full rate | "
              "host bytes/epoch streamed | resident | epoch streamed (link) | resident | ratio |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -110,14 +123,16 @@ def _markdown(rows: list[dict], clock_hz: float, clock_source: str, capacity: di
         lines.append(
             f"| {r['k']} | {r['sampling']} | {r['features']} | {r['samples']} | "
             f"{s['cycles'] / s['samples']:.2f} | {res['cycles'] / res['samples']:.2f} | "
-            f"{r['feature_beats'] + 1} | {s['host_bytes']:,} | {res['host_bytes']:,} | "
+            f"{r['engine_bound']:.2f} | {s['host_bytes']:,} | {res['host_bytes']:,} | "
             f"{p['streamed_s'] * 1e3:.1f} ms | {p['resident_s'] * 1e3:.3f} ms | "
             f"{p['speedup']:.0f}x |")
-    lines += ["", "Resident capacity (most samples of d features; every precision):", "",
-              "| board | " + " | ".join(f"d={d}" for d in capacity.get("ulx3s", {})) + " |",
-              "|---|" + "---|" * len(capacity.get("ulx3s", {}))]
+    lines += ["", "Resident capacity (most samples of d features, at every precision: "
+              "the codes are 8 bits; 0: no resident store, -: d above max_features):", "",
+              "| board | " + " | ".join(f"d={d}" for d in CAPACITY_FEATURES) + " |",
+              "|---|" + "---|" * len(CAPACITY_FEATURES)]
     for board, row in capacity.items():
-        lines.append(f"| {board} | " + " | ".join(f"{n:,}" for n in row.values()) + " |")
+        lines.append(f"| {board} | " + " | ".join("-" if n is None else f"{n:,}"
+                                                 for n in row.values()) + " |")
     return "\n".join(lines) + "\n"
 
 
