@@ -296,12 +296,16 @@ class Board:
             chunk = data[start * width:(start + per_request) * width]
             self._expect_empty(Command.LOAD_DATA, header.pack(region, start) + chunk)
 
-    def run(self, count: int, first: int, stride: int, samples: int, seed: int) -> None:
+    def run(self, count: int, first: int, stride: int, samples: int, seed: int,
+            bias: bool = False) -> None:
         """Feed ``count`` samples from the resident store to the engine (``RUN``).
 
         Sample ``u`` (from 0) is resident sample ``(first + u * stride) mod
         samples``, rounded on chip by the sampler table with lanes seeded by
-        ``seed``; the last one flushes the mini-batch. The engine must be
+        ``seed``; the last one flushes the mini-batch. With ``bias`` the last of the
+        configured ``d`` features is the constant 1.0, made by the board (the store
+        holds the ``d - 1`` before it: :func:`ziphalp.host.resident.code_rows` of
+        the features without the bias column). The engine must be
         configured, and the loaded codes, labels and sampler table must cover
         ``samples`` samples of the configured ``d``. Returns when the engine is
         idle: the reply is awaited for the driver's ``timeout`` plus twice the
@@ -323,7 +327,7 @@ class Board:
         """
         self._resident_params("RUN")
         try:
-            run = protocol.Run(count, first, stride, samples, seed)
+            run = protocol.Run(count, first, stride, samples, seed, bias=int(bias))
             run = run.check(self.identity, board=f"the board on {self.url}")
             payload = run.pack()
         except (TypeError, ValueError) as e:

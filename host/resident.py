@@ -207,7 +207,8 @@ def code_rows(codes: np.ndarray, params: EngineParams) -> bytes:
     Parameters
     ----------
     codes : ndarray of uint8, shape (n, d)
-        :func:`encode_codes` of the normalised features (bias included).
+        :func:`encode_codes` of the normalised features the store keeps (without
+        the bias column when the runs make it on the board: ``RUN``'s ``bias``).
     params : EngineParams
         The engine's ``lanes`` (the capacity is :func:`capacity`'s business).
     """
@@ -244,18 +245,22 @@ def label_words(labels: np.ndarray, params: EngineParams) -> bytes:
     return words.tobytes()
 
 
-def capacity(params: EngineParams, d: int) -> int:
+def capacity(params: EngineParams, d: int, bias: bool = False) -> int:
     """The most samples of ``d`` features a board's resident store holds:
-    ``min(resident_samples, resident_rows // R)``, ``R = ceil(d / lanes)``
-    (0 for a board without resident data)."""
+    ``min(resident_samples, resident_rows // R)``, ``R = ceil(d' / lanes)`` rows a
+    sample for the ``d' = d - bias`` features stored (with ``bias`` the last
+    feature is the constant 1.0 the board makes itself; ``RUN``'s ``bias``); 0 for
+    a board without resident data."""
     if not params.resident:
         return 0
-    return min(params.resident_samples, params.resident_rows // params.resident_rows_for(d))
+    rows = params.resident_rows_for(d - bool(bias))
+    return params.resident_samples if rows == 0 else min(params.resident_samples,
+                                                         params.resident_rows // rows)
 
 
-def does_not_fit(params: EngineParams, n: int, d: int) -> str | None:
-    """Why ``n`` samples of ``d`` features do not fit a board's resident store, or
-    None when they do.
+def does_not_fit(params: EngineParams, n: int, d: int, bias: bool = False) -> str | None:
+    """Why ``n`` samples of ``d`` features (the last the constant bias if ``bias``)
+    do not fit a board's resident store, or None when they do.
 
     The reason is a phrase naming the limit, e.g. ``"the board has no resident
     data"``, ``"the resident store holds at most 4096 samples (labels), not
@@ -267,11 +272,12 @@ def does_not_fit(params: EngineParams, n: int, d: int) -> str | None:
     if n > params.resident_samples:
         return (f"the resident store holds at most {params.resident_samples} samples "
                 f"(labels), not {n}")
-    rows = params.resident_rows_for(d)
+    rows = params.resident_rows_for(d - bool(bias))
     if n * rows > params.resident_rows:
-        return (f"the resident store holds at most {capacity(params, d)} samples of {d} "
-                f"features ({params.resident_rows} rows of {params.lanes} codes, {rows} "
-                f"rows a sample), not {n}")
+        stored = " (the bias made on the board)" if bias else ""
+        return (f"the resident store holds at most {capacity(params, d, bias)} samples of "
+                f"{d} features{stored} ({params.resident_rows} rows of {params.lanes} codes, "
+                f"{rows} rows a sample), not {n}")
     return None
 
 

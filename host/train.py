@@ -610,7 +610,7 @@ def _run_epoch(driver: Board, result: TrainResult, labels: np.ndarray,
 
     def feed() -> None:
         first, stride = epoch_walk(n, shuffle, rng)
-        driver.run(n, first, stride, n, _fresh_seed(rng))
+        driver.run(n, first, stride, n, _fresh_seed(rng), bias=True)
         bar.update(n)
     return feed
 
@@ -633,7 +633,7 @@ def _placement(resident: bool | None, params: EngineParams, dataset: Dataset,
     if resident is not None and not isinstance(resident, bool):
         raise SettingsError(f"resident must be True, False or None, not {resident!r}")
     d = dataset.d + 1
-    reason = does_not_fit(params, dataset.n, d)
+    reason = does_not_fit(params, dataset.n, d, bias=True)
     if reason is None:
         return resident is not False
     if resident and not params.resident:
@@ -648,12 +648,12 @@ def _placement(resident: bool | None, params: EngineParams, dataset: Dataset,
 
 def _load_resident(driver: Board, features: np.ndarray, labels: np.ndarray,
                    levels: np.ndarray, k: int, sampling: str) -> int:
-    """Load the sampler table (of ``levels``, ``k``, ``sampling``), the features as
-    code rows and the ``LABEL`` words into the board's store; return the host
-    bytes it took."""
+    """Load the sampler table (of ``levels``, ``k``, ``sampling``), the features but
+    the bias column (the board makes it: runs with ``bias``) as code rows and the
+    ``LABEL`` words into the board's store; return the host bytes it took."""
     moved, params = _traffic(driver), driver.params
     driver.load_data(Region.SAMPLER, sampler_bytes(sampler_table(levels, k, sampling)))
-    driver.load_data(Region.CODES, code_rows(encode_codes(features), params))
+    driver.load_data(Region.CODES, code_rows(encode_codes(features[:, :-1]), params))
     driver.load_data(Region.LABELS, label_words(labels, params))
     return _traffic(driver) - moved
 
@@ -932,12 +932,12 @@ def _halp_runs(driver: Board, n: int, seed: int, rng: np.random.Generator, bar: 
     walk (without replacement; it repeats after ``n``). The sampler rounds to
     nearest, so the lanes' seed does not matter."""
     def full_pass(iteration: int) -> None:
-        driver.run(n, 0, 1, n, _inner_seed(seed, iteration))
+        driver.run(n, 0, 1, n, _inner_seed(seed, iteration), bias=True)
         bar.update(n)
 
     def inner_loop(iteration: int, steps: int) -> None:
         first, stride = epoch_walk(n, True, rng)
-        driver.run(steps, first, stride, n, _inner_seed(seed, iteration))
+        driver.run(steps, first, stride, n, _inner_seed(seed, iteration), bias=True)
         bar.update(steps)
     return full_pass, inner_loop
 

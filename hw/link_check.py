@@ -228,17 +228,19 @@ class LinkCheck(Component):
             Command.RUN: step((run.count != 0) & (run.samples != 0)
                               & (run.samples <= p.resident_samples)
                               & (~self.halp | (run.samples <= halp_most))
-                              & (run.first < run.samples) & (run.stride < run.samples),
+                              & (run.first < run.samples) & (run.stride < run.samples)
+                              & (run.bias <= 1),
                               "run_ok"),
         }
 
     def _run_state(self, step):
         """Step 1 of RUN's state: the loaded data covers ``samples`` samples of the
-        configured ``d`` (codes, labels, the whole sampler table)."""
+        configured ``d`` (``d - 1`` stored with ``bias``; codes, labels, the whole
+        sampler table)."""
         p = self.params
         if not p.resident:
             return Const(1)
-        rows = (self.features + p.lanes - 1) >> clog2(p.lanes)
+        rows = (self.features - self.args.run.bias[0] + p.lanes - 1) >> clog2(p.lanes)
         needed = step(self.args.run.samples * rows, "rows_needed")
         loaded = self.loaded
         labels = step(loaded.labels << clog2(p.beat_bits // 16), "labels_loaded")

@@ -442,7 +442,7 @@ class LinkExecutor(Component):
                      store.double.eq(eng.double), store.indexed.eq(eng.phase != Phase.SGD),
                      store.count.eq(run.count), store.first.eq(run.first),
                      store.stride.eq(run.stride), store.samples.eq(run.samples),
-                     store.seed.eq(run.seed)]
+                     store.seed.eq(run.seed), store.bias.eq(run.bias)]
         with m.State("DATA_LOAD"):
             m.d.comb += [store.write.eq(1), x.rd_advance.eq(store.write_ready)]
             with m.If(store.write_ready):

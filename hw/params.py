@@ -151,8 +151,11 @@ The host derives it from the levels, so one resident copy serves every
 precision, level set and sampling mode.
 
 ``RUN`` feeds ``count`` samples: sample ``u`` (from 0) is resident sample
-``(first + u * stride) mod n``. Each becomes exactly the beats the host would
-stream (encoding above; a ``Phase.FULL``/``INNER`` label beat carries the index),
+``(first + u * stride) mod n``. With ``RUN``'s ``bias`` the store holds ``d - 1``
+features a sample (``R = ceil((d - 1) / lanes)``) and feature ``d - 1`` is the
+constant 1.0: its code is ``CODE_ZERO + CODE_SCALE`` whatever the memory holds.
+Each sample becomes exactly the beats the host would stream (encoding above; a
+``Phase.FULL``/``INNER`` label beat carries the index),
 the run's last beat flushing the batch. Feature beat ``b`` of a sample holds
 features ``f = b*K + i`` in field ``i < K``; before each feature beat every
 sampling lane ``i < lanes`` steps its xorshift32 state (seeded by ``RUN``'s

@@ -72,8 +72,9 @@ Commands
                   the engine as ``STREAM`` beats would (the last one flushing).
                   ``STATE`` before ``CONFIGURE`` or when the loaded codes, labels
                   or sampler table do not cover ``samples`` samples of the
-                  configured ``d``; ``ARGUMENT`` for ``first`` or ``stride`` not
-                  below ``samples``. Reply (once the engine is idle): empty.
+                  configured ``d`` (``d - 1`` stored features with ``bias``);
+                  ``ARGUMENT`` for ``first`` or ``stride`` not below ``samples``.
+                  Reply (once the engine is idle): empty.
                   Builds without resident data answer both commands ``COMMAND``.
 ``STATUS``        optional ``flags:u8`` (bit 0: clear counters and sticky flags
                   after reading). Reply: :data:`STATUS`.
@@ -610,7 +611,9 @@ RUN = Message("RUN", [
     Field("stride", "H", "step between the samples fed, mod samples (less than samples)"),
     Field("samples", "H", "n, the resident samples the walk covers",
           lambda build: range(1, build.resident_samples + 1)),
-    Fixed("reserved", "2x"),
+    Field("bias", "B", "the last of the d features is the constant 1.0, made on chip "
+          "(the store holds d - 1)", range(2), default=0),
+    Fixed("reserved", "1x"),
     Field("seed", "I", "seed of the sampling lanes"),
 ])
 

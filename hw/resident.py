@@ -39,6 +39,8 @@ from .control import beat_layout
 from .decode import modes
 from .params import (
     CODE_BITS,
+    CODE_SCALE,
+    CODE_ZERO,
     LABEL,
     SAMPLE_INDEX_OFFSET,
     SAMPLER_ENTRIES,
@@ -69,7 +71,8 @@ class ResidentSource(wiring.Component):
         Label beats carry the sample index (the HALP phases).
     start : In(1)
         Begin a run of ``count`` samples from ``first``, ``stride`` and ``samples``,
-        the sampling lanes seeded with ``seed`` (all held during the run).
+        the sampling lanes seeded with ``seed``, the last feature made on chip as
+        the constant 1.0 if ``bias`` (all held during the run).
     busy : Out(1)
         A run has beats still to emit.
     write : In(1); region : In(Region); addr : In(range(...)); data : In(beat_bits)
@@ -91,7 +94,7 @@ class ResidentSource(wiring.Component):
             "indexed": In(1),
             "start": In(1),
             "count": In(32), "first": In(16), "stride": In(16), "samples": In(16),
-            "seed": In(32),
+            "seed": In(32), "bias": In(1),
             "busy": Out(1),
             "write": In(1), "write_ready": Out(1), "region": In(Region),
             "addr": In(range(most)), "data": In(p.beat_bits),
@@ -192,7 +195,7 @@ class ResidentSource(wiring.Component):
         f0 = Signal(range(p.max_features + L))     # the next feature beat's first feature
         per_beat = self._per_beat(m)
         rows = Signal(range(p.max_features // L + 2))
-        m.d.comb += rows.eq((self.features + L - 1) >> lane_bits)
+        m.d.comb += rows.eq((self.features - self.bias + L - 1) >> lane_bits)
         with m.If(self.start):
             m.d.sync += [running.eq(1), remaining.eq(self.count), index.eq(self.first),
                          base.eq(self.first * rows), stride_rows.eq(self.stride * rows),
@@ -246,8 +249,10 @@ class ResidentSource(wiring.Component):
         codes = [port.data for port in mems["codes"]]
         # field i takes column (f0 + i) % L: rotate lane order by -f0
         slots = rotate(codes, (-s1.f0)[:lane_bits])
+        one = CODE_ZERO + CODE_SCALE                # the bias feature's code
         for i, port in enumerate(mems["tables"]):
-            m.d.comb += port.addr.eq(slots[i])
+            is_bias = self.bias & (s1.f0 + i == self.features - 1)
+            m.d.comb += port.addr.eq(Mux(is_bias, one, slots[i]))
         on = Cat((s1.f0 + i < self.features) & (i < self._per_beat_reg) for i in range(L))
         label = mems["labels"].data.word_select(s1.slot, 16)
         m.d.sync += [s2.valid.eq(s1.valid), s2.feature.eq(s1.feature), s2.flush.eq(s1.flush),

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import numpy as np
 from ziphalp.hw.params import (
+    CODE_SCALE,
+    CODE_ZERO,
     COST_BITS,
     COST_FRAC,
     COST_ONE,
@@ -409,22 +411,25 @@ class GoldenEngine:
         self.loaded[region] = start + beats if start == 0 else max(self.loaded[region],
                                                                     start + beats)
 
-    def run(self, count: int, first: int, stride: int, samples: int, seed: int) -> bytes:
+    def run(self, count: int, first: int, stride: int, samples: int, seed: int,
+            bias: int = 0) -> bytes:
         """``RUN``: feed ``count`` resident samples (``walk``) sampled on chip, the
         last beat flushing; returns the beats fed. ValueError for arguments out of
         range (``ARGUMENT``), RuntimeError before ``configure`` or beyond the data
-        loaded (``STATE``)."""
+        loaded (``STATE``). ``bias``: the last feature is the constant code of 1.0
+        and the store holds the ``d - 1`` before it."""
         p = self.p
         if not p.resident:
             raise ValueError("this engine has no resident data")
         if not (1 <= count < 1 << 32 and 1 <= samples <= p.resident_samples
-                and 0 <= first < samples and 0 <= stride < samples):
+                and 0 <= first < samples and 0 <= stride < samples and bias in (0, 1)):
             raise ValueError("RUN arguments out of range")
         if self.phase != Phase.SGD and samples > p.halp_samples:
             raise ValueError(f"a HALP phase runs at most {p.halp_samples} samples")
         if self.features == 0:
             raise RuntimeError("RUN before configure")
-        rows = p.resident_rows_for(self.features)
+        stored = self.features - bias
+        rows = p.resident_rows_for(stored)
         width = p.beat_bits // 8
         if (samples * rows > p.resident_rows
                 or self.loaded[Region.CODES] < samples * rows * p.beats_per_row
@@ -433,7 +438,9 @@ class GoldenEngine:
             raise RuntimeError("RUN beyond the resident data loaded")
         order = walk(count, first, stride, samples)
         rows_of = order[:, None] * rows + np.arange(rows)
-        codes = self.codes[rows_of].reshape(count, rows * p.lanes)[:, :self.features]
+        codes = self.codes[rows_of].reshape(count, rows * p.lanes)[:, :stored]
+        if bias:
+            codes = np.hstack([codes, np.full((count, 1), CODE_ZERO + CODE_SCALE, np.uint8)])
         fields = sample_fields(codes, self.sampler, p.lanes, seed, self.k, self.double,
                                p.values_per_beat(self.k, self.double))
         beats = resident_beats(fields, self.resident_labels[order],

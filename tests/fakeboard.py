@@ -133,7 +133,7 @@ class FakeBoard:
             return protocol.encode_reply(cmd, Status.ARGUMENT)
         try:
             self._count(lambda: self.engine.run(run.count, run.first, run.stride,
-                                                run.samples, run.seed))
+                                                run.samples, run.seed, run.bias))
         except RuntimeError:
             return protocol.encode_reply(cmd, Status.STATE)
         self.runs.append(run)

