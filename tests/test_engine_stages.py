@@ -417,3 +417,24 @@ def test_update_pass_sequences_the_beats(p, rotate):
         assert [(s, e) for _, s, e in levels] == [passes[j // n] for j in range(len(flat))]
 
     run(dut, bench)
+
+
+@pytest.mark.parametrize("width", [1, 2, 3, 5, 8, 130])
+def test_leading_one_tree(width):
+    """InnerLoopPrep's leading-one tree: the index of the highest set bit, 0 for none."""
+    from ziphalp.hw.halp_prep import leading_one
+    m = Module()
+    value, index = Signal(width), Signal(8)
+    m.d.comb += index.eq(leading_one(value))
+    rng = np.random.default_rng(width)
+    values = [0, (1 << width) - 1, *(1 << i for i in range(width)),
+              *(int.from_bytes(rng.bytes(17), "little") % (1 << width) for _ in range(100))]
+
+    async def bench(ctx):
+        for v in values:
+            ctx.set(value, v)
+            assert ctx.get(index) == max(v.bit_length() - 1, 0), (width, v)
+
+    sim = Simulator(m)
+    sim.add_testbench(bench)
+    sim.run()
