@@ -375,8 +375,8 @@ def test_ulx3s_target():
     # The wide engine with every option, as the simulated ULX3S runs it.
     params = target.params
     assert params == BOARD_PARAMS["ulx3s"] == BOARD_PARAMS["sim-ulx3s"]
-    assert (params.beat_bits, params.lanes, params.clock_hz) == (64, 32, 50_000_000)
-    assert params.class_costs and params.l2_decay and params.halp
+    assert (params.beat_bits, params.lanes, params.clock_hz) == (64, 16, 50_000_000)
+    assert params.class_costs and params.l2_decay and params.halp and params.resident
     assert params.model_copies == MODEL_COPIES == 8
     platform = target.platform()
     assert (platform.device, platform.package, platform.speed) == ("LFE5U-85F", "BG381", "6")
