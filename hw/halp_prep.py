@@ -162,15 +162,22 @@ class InnerLoopPrep(wiring.Component):
         m.d.sync += amount.eq(self.offset_shift + self.shift)
         less = Signal.like(amount)
         m.d.comb += less.eq(amount - 1)
-        read_valid = Signal()
-        read_word = Signal.like(self.gamma_word)
-        m.d.sync += [read_valid.eq(self._scaling & (count < p.bank_depth)),
-                     read_word.eq(count),
-                     self.gamma_write.eq(read_valid), self.gamma_word.eq(read_word)]
+        # the word read (a cycle after its address), registered; shifted; rounded: three
+        # register steps, so the block RAM's output and the wide shift and add each
+        # get a cycle (they were the ECP5 engine's longest path in one)
+        valid = [Signal(name=f"scale_valid{i}") for i in range(3)]
+        words = [Signal.like(self.gamma_word, name=f"scale_word{i}") for i in range(3)]
+        m.d.sync += [valid[0].eq(self._scaling & (count < p.bank_depth)), words[0].eq(count),
+                     *(valid[i + 1].eq(valid[i]) for i in range(2)),
+                     *(words[i + 1].eq(words[i]) for i in range(2)),
+                     self.gamma_write.eq(valid[2]), self.gamma_word.eq(words[2])]
         for b in range(p.lanes):
-            g = self.grad[b]
-            m.d.sync += self.gamma[b].eq(Mux(amount == 0, g, ((g >> less) + 1) >> 1))
+            g1 = Signal(signed(p.grad_bits), name=f"scale_g1_{b}")
+            g2 = Signal(signed(p.grad_bits), name=f"scale_g2_{b}")
+            shifted = Signal(signed(p.grad_bits), name=f"scale_shifted{b}")
+            m.d.sync += [g1.eq(self.grad[b]), g2.eq(g1), shifted.eq(g1 >> less),
+                         self.gamma[b].eq(Mux(amount == 0, g2, (shifted + 1) >> 1))]
         with m.If(self._scaling):
             m.d.sync += count.eq(count + 1)
-            with m.If(count == p.bank_depth + 1):
+            with m.If(count == p.bank_depth + 3):
                 m.d.sync += self._scaling.eq(0)
