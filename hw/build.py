@@ -54,6 +54,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import subprocess
 import sys
 import time
@@ -77,7 +78,7 @@ from .toolchain import (
     worst_clock,
 )
 
-__all__ = ["TARGETS", "BuildError", "build", "main", "summary"]
+__all__ = ["TARGETS", "BuildError", "build", "main", "summary", "synthesis_cells"]
 
 NAME = "ziphalp"
 #: nextpnr's JSON report, inside the build folder.
@@ -182,6 +183,30 @@ def build(target: BuildTarget, out: Path, *, params: EngineParams | None = None,
     }
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def synthesis_cells(target: BuildTarget, out: Path, *,
+                    params: EngineParams | None = None) -> dict[str, int]:
+    """Synthesise ``target``'s top with its family's Yosys script only (no place and
+    route) into ``out`` and return the cell counts of the netlist (``stat``): what
+    a build will place, in minutes where the whole build takes an hour."""
+    params = target.params if params is None else params
+    top = target.top(params, 3_000_000)
+    tools = setup_tools(target.family.tools)
+    out.mkdir(parents=True, exist_ok=True)
+    plan = target.platform().build(top, name=NAME, build_dir=str(out), do_build=False,
+                                   **_overrides(target, None, False))
+    plan.extract(str(out))
+    try:
+        subprocess.run([tools["YOSYS"], "-q", "-l", f"{NAME}.rpt", f"{NAME}.ys"], cwd=out,
+                       check=True, capture_output=True)
+    except subprocess.CalledProcessError:
+        raise BuildError(f"synthesis failed for {target.name}: "
+                         f"{first_error(out / f'{NAME}.rpt')} (logs in {out})") from None
+    log = (out / f"{NAME}.rpt").read_text()
+    stat = log[log.rindex("=== design hierarchy ==="):]
+    return {cell: int(count) for count, cell in
+            re.findall(r"^\s+(\d+)\s+([A-Z][A-Z0-9_]+)\s*$", stat, re.MULTILINE)}
 
 
 def _dsp_report(hard: HardMultiplier, out: Path, pseudo: dict) -> dict:

@@ -593,3 +593,19 @@ def test_ulx3s_bitstream(tmp_path):
     _check_report(report, "ulx3s", "LFE5U-85F-BG381",
                   {"TRELLIS_COMB": 83640, "TRELLIS_FF": 83640, "MULT18X18D": 156,
                    "DP16KD": 208, "EHXPLLL": 4}, "MULT18X18D", out)
+
+
+def test_ulx3s_synthesis_fits(tmp_path):
+    """The whole ULX3S design (16-lane engine, resident store, link, UART, PLL) through
+    the ECP5 flow's Yosys script: its cells fit the ECP5-85F. The place and route
+    takes far longer than the suite allows (``test_ulx3s_bitstream``), so this is
+    what guards the board's fit in ``make test``: block RAM is nearly full."""
+    cells = hwbuild.synthesis_cells(hwbuild.TARGETS["ulx3s"], tmp_path)
+    # one logic cell per LUT4, two per carry cell (a CCU2C is two LUT4s with carry)
+    logic = cells.get("LUT4", 0) + 2 * cells.get("CCU2C", 0)
+    assert 20_000 < logic <= 0.8 * 83_640, cells           # room left for packing
+    assert cells.get("TRELLIS_FF", 0) <= 83_640, cells
+    assert 0 < cells.get("MULT18X18D", 0) <= 156, cells
+    # the engine's banks, tables and caches and the store's 52 blocks
+    assert 150 < cells.get("DP16KD", 0) <= 208, cells
+    assert cells.get("EHXPLLL") == 1, cells
