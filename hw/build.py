@@ -54,6 +54,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import re
 import subprocess
 import sys
@@ -128,7 +129,11 @@ def build(target: BuildTarget, out: Path, *, params: EngineParams | None = None,
         top = target.top(params, baud)
     except (ValueError, ImportError) as exc:
         raise BuildError(f"cannot make the {target.name} top level: {exc}") from None
-    tools = setup_tools(target.family.tools)
+    # The tool variables go into a copy of the environment, never os.environ: Amaranth
+    # reads YOSYS when it picks the Yosys for its own Verilog and CXXRTL output, and
+    # YoWASP's Yosys has no yosys-config for that.
+    env = dict(os.environ)
+    tools = setup_tools(target.family.tools, env)
     platform = target.platform()
 
     bitstream = out / f"{NAME}.{target.family.bitstream}"
@@ -138,8 +143,9 @@ def build(target: BuildTarget, out: Path, *, params: EngineParams | None = None,
 
     start = time.monotonic()
     try:
-        platform.build(top, name=NAME, build_dir=str(out),
-                       **_overrides(target, seed, verbose))
+        plan = platform.build(top, name=NAME, build_dir=str(out), do_build=False,
+                              **_overrides(target, seed, verbose))
+        plan.execute_local(str(out), env=env)
     except subprocess.CalledProcessError:
         detail = first_error(out / f"{NAME}.tim") or first_error(out / f"{NAME}.rpt")
         raise BuildError(f"toolchain failed for {target.name}"
@@ -192,7 +198,7 @@ def synthesis_cells(target: BuildTarget, out: Path, *,
     a build will place, in minutes where the whole build takes an hour."""
     params = target.params if params is None else params
     top = target.top(params, 3_000_000)
-    tools = setup_tools(target.family.tools)
+    tools = setup_tools(target.family.tools, dict(os.environ))
     out.mkdir(parents=True, exist_ok=True)
     plan = target.platform().build(top, name=NAME, build_dir=str(out), do_build=False,
                                    **_overrides(target, None, False))

@@ -600,7 +600,11 @@ def test_ulx3s_synthesis_fits(tmp_path):
     the ECP5 flow's Yosys script: its cells fit the ECP5-85F. The place and route
     takes far longer than the suite allows (``test_ulx3s_bitstream``), so this is
     what guards the board's fit in ``make test``: block RAM is nearly full."""
+    before = dict(os.environ)
     cells = hwbuild.synthesis_cells(hwbuild.TARGETS["ulx3s"], tmp_path)
+    # the tool variables stay out of this process: Amaranth would pick YoWASP's Yosys
+    # up from YOSYS for the simulated board's CXXRTL output, which it cannot serve
+    assert dict(os.environ) == before
     # one logic cell per LUT4, two per carry cell (a CCU2C is two LUT4s with carry)
     logic = cells.get("LUT4", 0) + 2 * cells.get("CCU2C", 0)
     assert 20_000 < logic <= 0.8 * 83_640, cells           # room left for packing
