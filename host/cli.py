@@ -169,7 +169,51 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--label", metavar="COL",
                    help="CSV label column, by header name or index (default: the last)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _sweep_parser(commands)
     return top
+
+
+def _sweep_parser(commands) -> None:
+    from .sweep import BACKENDS
+
+    p = commands.add_parser(
+        "sweep", help="cross-validate a grid of settings (joblib or Dask)",
+        description="Run scikit-learn's GridSearchCV over a ziphalp estimator "
+                    "(ZipMLRegressor/ZipMLClassifier, or HALPRegressor/HALPClassifier "
+                    "with --algo halp; the data set's task picks which) and write one "
+                    "table (sweep.csv, sweep.json: the mean cross-validated test and "
+                    "training error of each grid point) and a plot of the error against "
+                    "the bits, one line per sampling mode (sweep.png). Each fit starts "
+                    "its own simulated board, so the fits run in parallel on joblib's "
+                    "local processes (--backend loky) or on Dask workers (--backend dask: "
+                    "a LocalCluster of --workers processes, or the cluster at "
+                    "--scheduler).")
+    p.add_argument("data", metavar="DATA", help="a data file or a bundled data set "
+                   "(as for train)")
+    p.add_argument("--grid", action="append", required=True, metavar="NAME=V1,V2,...",
+                   help="an estimator parameter and its values, e.g. bits=1,2,4,8 or "
+                        "sampling=double,single (repeatable: the grid is the product)")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="a fixed estimator parameter, e.g. epochs=10 or board=sim "
+                        "(repeatable)")
+    p.add_argument("--algo", choices=ALGOS, default="sgd",
+                   help="ZipML SGD or HALP estimators (default: %(default)s)")
+    p.add_argument("--folds", type=_positive_int, default=3, metavar="K",
+                   help="cross-validation folds (default: %(default)s)")
+    p.add_argument("--workers", type=_positive_int, default=1, metavar="N",
+                   help="parallel fits: local processes, or Dask LocalCluster workers "
+                        "(default: %(default)s)")
+    p.add_argument("--backend", choices=BACKENDS, default="loky",
+                   help="joblib backend (default: %(default)s)")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="with --backend dask: the address of a running Dask scheduler, "
+                        "e.g. tcp://10.0.0.1:8786 (default: a LocalCluster here)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the fold split (default: %(default)s)")
+    p.add_argument("--label", metavar="COL", help="CSV label column (as for train)")
+    p.add_argument("--out", metavar="DIR", default="results/sweep",
+                   help="folder for sweep.csv, sweep.json and sweep.png "
+                        "(default: %(default)s)")
 
 
 def _ratio(loss: float, optimum: float | None) -> str:
@@ -258,13 +302,37 @@ def _run(args: argparse.Namespace) -> None:
             print(f"wrote {path}")
 
 
+def _sweep(args: argparse.Namespace) -> None:
+    from .data import load
+    from .sweep import parse_grid, sweep, write_sweep
+
+    if args.scheduler is not None and args.backend != "dask":
+        raise SettingsError("--scheduler needs --backend dask")
+    grid = parse_grid(args.grid)
+    fixed = {name: values[0] for name, values in parse_grid(args.set).items()}
+    dataset = load(args.data, args.label)
+    result = sweep(dataset, grid, algo=args.algo, params={"timeout": 30.0} | fixed,
+                   folds=args.folds, workers=args.workers, backend=args.backend,
+                   scheduler=args.scheduler, seed=args.seed)
+    key = f"test_{result.metric}"
+    best = min(result.rows, key=lambda row: row[key])
+    for row in result.rows:
+        point = "  ".join(f"{name}={row[name]}" for name in grid)
+        print(f"{point}  {result.metric} {row[key]:.6g} (train {row['train_' + result.metric]:.6g})")
+    print(f"{len(result.rows)} grid points x {result.folds} folds with {result.estimator} on "
+          f"{result.backend} ({result.workers} workers) in {result.seconds:.1f} s; best "
+          + "  ".join(f"{name}={best[name]}" for name in grid))
+    for path in write_sweep(result, args.out):
+        print(f"wrote {path}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the ``ziphalp`` command line; return the exit status."""
     args = parser().parse_args(argv)
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
-            _run(args)
+            (_sweep if args.command == "sweep" else _run)(args)
     except (DataError, SettingsError) as e:
         print(f"ziphalp: error: {e}", file=sys.stderr)
         return EXIT_USAGE
