@@ -385,7 +385,7 @@ class Board:
         except serial.SerialException as e:
             raise BoardError(f"{cmd.name}: link to {self.url} failed: {e}") from None
 
-    def _read(self, cmd: Command, count: int, deadline: float, started: bool = True,
+    def _read(self, what: str, count: int, deadline: float, started: bool = True,
               patient: bool = False) -> bytes:
         """``count`` bytes by ``deadline``; an empty read of the port (its own timeout)
         ends the wait unless ``patient``."""
@@ -401,24 +401,43 @@ class Board:
             self.bytes_received += len(chunk)
             data += chunk
         if len(data) < count:
-            what = "incomplete reply" if started or data else "no reply"
-            raise BoardError(f"{cmd.name}: {what} from the board on {self.url} "
+            missing = "incomplete reply" if started or data else "no reply"
+            raise BoardError(f"{what}: {missing} from the board on {self.url} "
                              f"(waited {self._waited:g} s)")
         return data
 
-    def _reply(self, cmd: Command, wait: float | None = None) -> bytes:
+    def exchange(self, frame: bytes, wait: float | None = None) -> tuple[int, int, bytes]:
+        """Send ``frame`` as it is (any bytes: a test's or a fuzzer's request) and return
+        the next reply frame's command byte, status byte and payload, whatever the
+        status. Raises BoardError when no well-formed reply arrives."""
+        try:
+            self._port.reset_input_buffer()
+            self._port.write(frame)
+            self.bytes_sent += len(frame)
+            self._port.flush()
+            return self._frame("request", wait)
+        except serial.SerialException as e:
+            raise BoardError(f"request: link to {self.url} failed: {e}") from None
+
+    def _frame(self, what: str, wait: float | None = None) -> tuple[int, int, bytes]:
+        """The next reply frame (sync word hunted for, CRC checked): command, status
+        and payload bytes."""
         self._waited = self.timeout if wait is None else wait
         deadline = time.monotonic() + self._waited
-        window = self._read(cmd, len(protocol.SYNC), deadline, started=False,
+        window = self._read(what, len(protocol.SYNC), deadline, started=False,
                             patient=wait is not None)
         while window != protocol.SYNC:
-            window = window[1:] + self._read(cmd, 1, deadline)
-        header = self._read(cmd, 4, deadline)
+            window = window[1:] + self._read(what, 1, deadline)
+        header = self._read(what, 4, deadline)
         echo, status, length = struct.unpack("<BBH", header)
-        rest = self._read(cmd, length + 2, deadline)
+        rest = self._read(what, length + 2, deadline)
         payload, (crc,) = rest[:-2], struct.unpack("<H", rest[-2:])
         if crc != protocol.crc16(header + payload):
-            raise BoardError(f"{cmd.name}: corrupt reply from {self.url} (CRC mismatch)")
+            raise BoardError(f"{what}: corrupt reply from {self.url} (CRC mismatch)")
+        return echo, status, payload
+
+    def _reply(self, cmd: Command, wait: float | None = None) -> bytes:
+        echo, status, payload = self._frame(cmd.name, wait)
         if echo != cmd:
             raise BoardError(f"{cmd.name}: reply from {self.url} is for command 0x{echo:02x}")
         try:
