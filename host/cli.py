@@ -17,6 +17,7 @@ from importlib.metadata import PackageNotFoundError, version
 from tqdm import tqdm
 from ziphalp.hw.params import BOARD_PARAMS
 
+from .checkpoint import ResumeError
 from .data import BUNDLED, DataError
 from .driver import BoardError
 from .train import (
@@ -164,8 +165,13 @@ def parser() -> argparse.ArgumentParser:
                        help="quantise on the host and stream the data every epoch, even to a "
                             "board with resident data")
     p.add_argument("--out", metavar="DIR",
-                   help="write model.json, history.json and loss.png into DIR "
-                        "(default: write nothing)")
+                   help="write model.json, history.json and loss.png into DIR, and "
+                        "checkpoint.json at the end of every epoch (default: write nothing)")
+    p.add_argument("--resume", metavar="DIR",
+                   help="continue the run whose checkpoint.json is in DIR (killed, or its "
+                        "board reset or unplugged): give the same DATA and settings (more "
+                        "--epochs may be asked); the board is reloaded and the run ends with "
+                        "the model an uninterrupted run would have; outputs go to DIR")
     p.add_argument("--label", metavar="COL",
                    help="CSV label column, by header name or index (default: the last)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -288,6 +294,9 @@ def _run(args: argparse.Namespace) -> None:
         else:
             _print_epoch(record, args.epochs, result.optimum_loss)
 
+    if args.resume is not None and args.out is not None and args.out != args.resume:
+        raise SettingsError("--resume DIR writes into DIR; leave out --out or give the same")
+    out = args.resume if args.resume is not None else args.out
     result = train(args.data, board=args.board, port=args.port, epochs=args.epochs,
                    step=args.step, batch=args.batch, seed=args.seed, label=args.label,
                    bits=args.bits, sampling=args.sampling, levels=args.levels, loss=args.loss,
@@ -295,10 +304,11 @@ def _run(args: argparse.Namespace) -> None:
                    progress=not args.no_progress,
                    on_epoch=on_epoch, algo=args.algo, mu=args.mu,
                    inner_steps=args.inner_steps, data_bits=args.data_bits, stale=args.stale,
-                   resident=args.resident)
+                   resident=args.resident, checkpoint=out,
+                   resume=args.resume is not None)
     print(_summary(result))
-    if args.out is not None:
-        for path in write_outputs(result, args.out):
+    if out is not None:
+        for path in write_outputs(result, out):
             print(f"wrote {path}")
 
 
@@ -318,7 +328,8 @@ def _sweep(args: argparse.Namespace) -> None:
     best = min(result.rows, key=lambda row: row[key])
     for row in result.rows:
         point = "  ".join(f"{name}={row[name]}" for name in grid)
-        print(f"{point}  {result.metric} {row[key]:.6g} (train {row['train_' + result.metric]:.6g})")
+        train_error = row[f"train_{result.metric}"]
+        print(f"{point}  {result.metric} {row[key]:.6g} (train {train_error:.6g})")
     print(f"{len(result.rows)} grid points x {result.folds} folds with {result.estimator} on "
           f"{result.backend} ({result.workers} workers) in {result.seconds:.1f} s; best "
           + "  ".join(f"{name}={best[name]}" for name in grid))
@@ -333,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
             (_sweep if args.command == "sweep" else _run)(args)
-    except (DataError, SettingsError) as e:
+    except (DataError, SettingsError, ResumeError) as e:
         print(f"ziphalp: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except (BoardError, OSError) as e:

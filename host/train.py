@@ -37,6 +37,7 @@ data set fits its store, else streamed.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 import warnings
@@ -66,6 +67,7 @@ from ziphalp.hw.params import (
 )
 from ziphalp.hw.protocol import Options, Region, StatusFlags
 
+from . import checkpoint as checkpoints
 from . import halp_reference, quantize, reference
 from .data import DataError, Dataset, Normalised, load, normalise
 from .driver import Board, BoardError
@@ -370,7 +372,8 @@ def train(dataset: str | Path | Dataset, *, board: str = "sim", port: str | None
           on_epoch: Callable[[TrainResult, EpochRecord], None] | None = None,
           halve_every: int = 0, algo: str = "sgd", mu: float | None = None,
           inner_steps: int | None = None, data_bits: int | None = None,
-          stale: int | None = None, resident: bool | None = None) -> TrainResult:
+          stale: int | None = None, resident: bool | None = None,
+          checkpoint: str | Path | None = None, resume: bool = False) -> TrainResult:
     """Train a linear model on a board.
 
     Parameters
@@ -459,6 +462,17 @@ def train(dataset: str | Path | Dataset, *, board: str = "sim", port: str | None
         (:func:`ziphalp.host.resident.capacity`), else streamed. True: resident,
         or SettingsError if the board has no resident data and DataError if the
         data set does not fit (naming the limit). False: streamed each epoch.
+    checkpoint : str or Path, optional
+        Folder to write ``checkpoint.json`` into at the end of every epoch (HALP:
+        outer iteration), atomically (:mod:`ziphalp.host.checkpoint`).
+    resume : bool
+        Continue the run whose checkpoint is in ``checkpoint``: same data set,
+        board kind and settings (``epochs`` may grow); the board's levels,
+        configuration, model and resident data are reloaded, the random generator
+        restored, and the run ends with the model an uninterrupted run would
+        have. :class:`~ziphalp.host.checkpoint.ResumeError` (a ValueError) if
+        the folder holds no checkpoint or one of another run; the folder is then
+        left as it was.
 
     Returns
     -------
@@ -477,7 +491,9 @@ def train(dataset: str | Path | Dataset, *, board: str = "sim", port: str | None
                            levels=levels, loss=loss, costs=costs, l2=l2,
                            progress=progress, timeout=timeout, on_epoch=on_epoch,
                            halve_every=halve_every, mu=mu, inner_steps=inner_steps,
-                           data_bits=data_bits, stale=stale, resident=resident)
+                           data_bits=data_bits, stale=stale, resident=resident,
+                           checkpoint=checkpoint, resume=resume)
+    saved = _saved_run(checkpoint, resume)
     for name, value in (("mu", mu), ("inner_steps", inner_steps), ("data_bits", data_bits),
                         ("stale", stale)):
         if value is not None:
@@ -526,9 +542,10 @@ def train(dataset: str | Path | Dataset, *, board: str = "sim", port: str | None
         params = driver.params
         _check_fit(dataset.name, dataset.d, batch, bits, params, url)
         on_board = _placement(resident, params, dataset, f"the board on {url}")
+        settings["data"] = "resident" if on_board else "streamed"
+        save = _checkpointer(checkpoint, saved, settings, dataset, board, identity, url)
         driver.load_levels(level_words(table))
         if on_board:
-            settings["data"] = "resident"
             settings["load_bytes"] = _load_resident(driver, data.features, labels, table,
                                                     bits, sampling)
 
@@ -538,21 +555,25 @@ def train(dataset: str | Path | Dataset, *, board: str = "sim", port: str | None
                            l2_shift=min(l2_shift + halvings, L2_SHIFT_MAX) if l2_shift else 0,
                            cost_pos=cost_words[0], cost_neg=cost_words[1])
 
-        configure(0)
-        driver.load_model(0, np.zeros(features, np.int64))
-        driver.status(clear=True)
         result = TrainResult(dataset, data, identity, params, board, url, settings, table,
                              quantisation_variance(data.features.ravel(), table),
                              np.zeros(features, np.int64), np.zeros(features),
                              None if optimum is None else optimum[0],
                              None if optimum is None else float(optimum[1]))
-        with tqdm(total=epochs * dataset.n, unit="sample", disable=not progress,
-                  desc="training", leave=False) as bar:
+        first = _restore(result, saved, rng)
+        configure((first - 1) // halve_every if halve_every else 0)
+        driver.load_model(0, result.words)
+        driver.status(clear=True)
+        with tqdm(total=epochs * dataset.n, initial=(first - 1) * dataset.n, unit="sample",
+                  disable=not progress, desc="training", leave=False) as bar:
             feed = (_run_epoch if on_board else _stream_epoch)(driver, result, labels, rng, bar)
-            for epoch in range(1, epochs + 1):
+            for epoch in range(first, epochs + 1):
+                # (a resumed run configures here too: the epoch's counters then
+                # include the configuration, as they do in an uninterrupted run)
                 if halve_every and epoch > 1 and (epoch - 1) % halve_every == 0:
                     configure((epoch - 1) // halve_every)
                 record = _epoch(driver, result, epoch, feed)
+                save(result, epoch, rng)
                 bar.set_postfix(loss=f"{record.loss:.5g}")
                 _warn(record, dataset.n, first=not any(
                     r.overflow or r.clipped for r in result.history[:-1]))
@@ -613,6 +634,51 @@ def _run_epoch(driver: Board, result: TrainResult, labels: np.ndarray,
         driver.run(n, first, stride, n, _fresh_seed(rng), bias=True)
         bar.update(n)
     return feed
+
+
+def _saved_run(folder: str | Path | None, resume: bool) -> checkpoints.Checkpoint | None:
+    """The checkpoint to resume from (read before any work), or None."""
+    if not resume:
+        return None
+    if folder is None:
+        raise SettingsError("resume needs the checkpoint folder (checkpoint=, --resume DIR)")
+    return checkpoints.read(Path(folder))
+
+
+def _checkpointer(folder: str | Path | None, saved: checkpoints.Checkpoint | None,
+                  settings: dict, dataset: Dataset, board: str,
+                  identity: protocol.Identity, url: str
+                  ) -> Callable[[TrainResult, int, np.random.Generator], None]:
+    """Check a resume against the run (before the board or the folder is touched)
+    and return the function that writes each epoch's checkpoint."""
+    described = {"name": dataset.name, "n": dataset.n, "d": dataset.d,
+                 "sha256": checkpoints.fingerprint(dataset.features, dataset.labels)}
+    if saved is not None:
+        checkpoints.check_resume(saved, Path(folder), settings, described, board)
+        if saved.build_id != identity.build_id:
+            raise BoardError(f"the board on {url} is build 0x{identity.build_id:08x}; the run "
+                             f"in {folder} was on build 0x{saved.build_id:08x}")
+
+    def save(result: TrainResult, epoch: int, rng: np.random.Generator) -> None:
+        if folder is None:
+            return
+        checkpoints.write(Path(folder), checkpoints.Checkpoint(
+            epoch, [int(w) for w in result.words], rng.bit_generator.state,
+            checkpoints.plain(result.settings), described, identity.build_id, board,
+            [checkpoints.plain(dataclasses.asdict(r)) for r in result.history]))
+    return save
+
+
+def _restore(result: TrainResult, saved: checkpoints.Checkpoint | None,
+             rng: np.random.Generator) -> int:
+    """Put a resumed run's model, history and generator back; the first epoch to run."""
+    if saved is None:
+        return 1
+    rng.bit_generator.state = saved.rng
+    result.words = np.array(saved.words, np.int64)
+    result.coefficients = quantize.words_to_coefficients(result.words, result.params)
+    result.history = [EpochRecord(**record) for record in saved.history]
+    return saved.epoch + 1
 
 
 def _fresh_seed(rng: np.random.Generator) -> int:
@@ -744,8 +810,9 @@ def _scale_log(mu: float, bits: int) -> int:
 def _train_halp(dataset, *, board, port, epochs, step, batch, seed, label, bits, sampling,
                 levels,
                 loss, costs, l2, progress, timeout, on_epoch, halve_every, mu, inner_steps,
-                data_bits, stale, resident) -> TrainResult:
+                data_bits, stale, resident, checkpoint, resume) -> TrainResult:
     """:func:`train` with ``algo="halp"`` (module docstring)."""
+    saved = _saved_run(checkpoint, resume)
     if board not in BOARD_PARAMS:
         raise SettingsError(f"unknown board {board!r}; choose from {', '.join(BOARD_PARAMS)}")
     kind = BOARD_PARAMS[board]
@@ -855,26 +922,28 @@ def _train_halp(dataset, *, board, port, epochs, step, batch, seed, label, bits,
         if on_board and not _placement(resident, params, dataset, f"the board on {url}"):
             raise SettingsError(f"the board on {url} cannot hold {dataset.name} as a {board} "
                                 "board can; stream the data (resident=False, --stream)")
+        save = _checkpointer(checkpoint, saved, settings, dataset, board, identity, url)
         driver.load_levels(level_words(table))
         if on_board:
             settings["load_bytes"] = _load_resident(driver, data.features, problem.label_words,
                                                     table, k, "nearest")
         loss_code = Loss(LOSSES.index(loss))
         # the SGD phase first: a board left in an inner loop refuses LOAD_MODEL
-        driver.configure(features, 1, full_shift, k=k, double=False, loss=loss_code)
-        driver.load_model(0, np.zeros(features, np.int64))
-        driver.status(clear=True)
         result = TrainResult(dataset, data, identity, params, board, url, settings, table,
                              quantisation_variance(data.features.ravel(), table),
                              np.zeros(features, np.int64), np.zeros(features),
                              None if optimum is None else optimum[0],
                              None if optimum is None else optimum[1], problem=problem)
+        first = _restore(result, saved, rng)
+        driver.configure(features, 1, full_shift, k=k, double=False, loss=loss_code)
+        driver.load_model(0, result.words)
+        driver.status(clear=True)
 
-        with tqdm(total=epochs * (n + steps), unit="sample", disable=not progress,
-                  desc="training (HALP)", leave=False) as bar:
+        with tqdm(total=epochs * (n + steps), initial=(first - 1) * (n + steps), unit="sample",
+                  disable=not progress, desc="training (HALP)", leave=False) as bar:
             full_pass, inner_loop = (_halp_runs(driver, n, seed, rng, bar) if on_board else
                                      _halp_streams(driver, problem, params, rng, bar))
-            for iteration in range(1, epochs + 1):
+            for iteration in range(first, epochs + 1):
                 start, moved = time.perf_counter(), _traffic(driver)
                 driver.configure(features, 1, full_shift, k=k, double=False, loss=loss_code,
                                cost_pos=full_cost, cost_neg=full_cost, phase=Phase.FULL,
@@ -890,6 +959,7 @@ def _train_halp(dataset, *, board, port, epochs, step, batch, seed, label, bits,
                 inner = driver.status(clear=True)
                 record = _halp_record(result, iteration, iteration * passes, words, full, inner,
                                       time.perf_counter() - start, _traffic(driver) - moved)
+                save(result, iteration, rng)
                 bar.set_postfix(loss=f"{record.loss:.5g}")
                 _warn(record, n + steps, first=not any(
                     r.overflow or r.clipped for r in result.history[:-1]))

@@ -78,7 +78,7 @@ def test_train_writes_outputs(tmp_path, fake_board, capsys):
     assert sum(line.startswith("epoch ") and "optimum" in line
                for line in stdout.splitlines()) == 4
     assert "final loss" in stdout and "x optimum" in stdout
-    assert sorted(os.listdir(out)) == ["history.json", "loss.png", "model.json"]
+    assert sorted(os.listdir(out)) == ["checkpoint.json", "history.json", "loss.png", "model.json"]
 
     history = json.loads((out / "history.json").read_text())
     assert history["format"] == report.HISTORY_FORMAT

@@ -14,7 +14,6 @@ from sklearn.model_selection import GridSearchCV, KFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
-
 from ziphalp.host import HALPClassifier, HALPRegressor, ZipMLClassifier, ZipMLRegressor
 
 

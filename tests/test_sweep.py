@@ -5,7 +5,6 @@ import csv
 import json
 
 import pytest
-
 from ziphalp.host import cli
 from ziphalp.host.data import load
 from ziphalp.host.sweep import parse_grid, sweep
