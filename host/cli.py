@@ -164,6 +164,12 @@ def parser() -> argparse.ArgumentParser:
     where.add_argument("--stream", dest="resident", action="store_const", const=False,
                        help="quantise on the host and stream the data every epoch, even to a "
                             "board with resident data")
+    p.add_argument("--faults", type=float, default=0.0, metavar="RATE",
+                   help="simulated boards: relay the link through a proxy that flips, "
+                        "drops, duplicates or delays this fraction of its bytes (e.g. 1e-3), "
+                        "to see the driver's retries at work (default: none)")
+    p.add_argument("--fault-seed", type=int, default=0, metavar="SEED",
+                   help="seed of the injected faults (default: %(default)s)")
     p.add_argument("--out", metavar="DIR",
                    help="write model.json, history.json and loss.png into DIR, and "
                         "checkpoint.json at the end of every epoch (default: write nothing)")
@@ -253,7 +259,9 @@ def _traffic(result: TrainResult) -> str:
     per_epoch = f", {sum(moved) / len(moved):.0f} host bytes per epoch" if moved else ""
     loaded = result.settings.get("load_bytes", 0)
     load = f" after a {loaded}-byte load" if loaded else ""
-    return f"data {result.settings.get('data', 'streamed')}{per_epoch}{load}"
+    resent = sum(r.retries for r in result.history)
+    retries = f"; {resent} requests resent" if resent else ""
+    return f"data {result.settings.get('data', 'streamed')}{per_epoch}{load}{retries}"
 
 
 def _summary(result: TrainResult) -> str:
@@ -305,7 +313,8 @@ def _run(args: argparse.Namespace) -> None:
                    on_epoch=on_epoch, algo=args.algo, mu=args.mu,
                    inner_steps=args.inner_steps, data_bits=args.data_bits, stale=args.stale,
                    resident=args.resident, checkpoint=out,
-                   resume=args.resume is not None)
+                   resume=args.resume is not None, faults=args.faults,
+                   fault_seed=args.fault_seed)
     print(_summary(result))
     if out is not None:
         for path in write_outputs(result, out):

@@ -10,6 +10,32 @@ their own store (:meth:`Board.load_data`) and feed the engine from it
 (:meth:`Board.run`); :mod:`ziphalp.host.resident` builds what is loaded. The
 driver counts the bytes it moves (:attr:`Board.bytes_sent`,
 :attr:`Board.bytes_received`), so a caller can tell what an epoch cost the link.
+
+Faults
+------
+Serial links drop and flip bytes. Every request carries a sequence number
+(``ziphalp.hw.protocol``, "Sequence numbers and retries"). When a reply does not
+come (nothing by the command's deadline, or a silence of :data:`GAP` seconds
+once bytes have come), comes garbled (CRC), or says the board saw a garbled
+request (``CRC``, ``TIMEOUT``, ``LENGTH``), the driver waits for the line to
+fall quiet, so that the board drops any partial request, and sends the same
+request again with the same number, up to ``retries`` times: the board answers a
+retry of a request it already executed without executing it again, so nothing
+is done twice. Replies to older requests are skipped. Then it gives up with a
+one-line :class:`BoardError` naming the port and what was lost.
+:attr:`Board.retries` counts the resends. A ``STATUS`` that clears is a read
+and then a clear, so a retried read still returns the counters.
+
+A long request on a noisy line rarely gets through whole (at one fault in a
+thousand bytes, an 8 kB frame almost never), so the driver sizes the requests
+it splits (``STREAM``, ``LOAD_DATA``, ``LOAD_MODEL``, ``READ_MODEL``) by the line:
+each failed try halves the size of the requests to come (down to
+:data:`SMALLEST` bytes), and :data:`CLEAN_RUN` requests in a row that went
+through at the first try double it again, up to the board's frame. A resent
+request keeps its size and its number, with one exception: a request the board
+refused as garbled at every try so far has not been executed, so after two
+such tries the driver drops it and sends its payload anew in smaller requests.
+On a clean line every request is as large as the frame.
 """
 
 from __future__ import annotations
@@ -26,12 +52,32 @@ from ziphalp.hw import protocol
 from ziphalp.hw.params import LEVEL, EngineParams
 from ziphalp.hw.protocol import Command, Status
 
-__all__ = ["BAUDRATE", "ArgumentError", "Board", "BoardError"]
+__all__ = ["BAUDRATE", "GAP", "RETRIES", "ArgumentError", "Board", "BoardError"]
 
 #: Line rate of the UART link.
 BAUDRATE = 3_000_000
 #: Bytes of one model weight on the wire (int32).
 WEIGHT_BYTES = 4
+#: Resends of a request before the driver gives up.
+RETRIES = 8
+#: Seconds of silence that end a reply once a byte of it has come.
+GAP = 0.5
+#: Seconds between polls of the port.
+POLL = 0.01
+#: Smallest request payload the driver shrinks to on a noisy line, in bytes.
+SMALLEST = 64
+#: Clean requests in a row after which the request size doubles again.
+CLEAN_RUN = 16
+#: Statuses with which the board refuses a request that was garbled on the way.
+TRANSPORT = (Status.CRC, Status.TIMEOUT, Status.LENGTH)
+
+
+class _Lost(Exception):
+    """A reply that did not come whole (retried by :meth:`Board._command`)."""
+
+
+class _Unsent(Exception):
+    """A request refused as garbled at every try: not executed; send it smaller."""
 
 
 class BoardError(Exception):
@@ -55,6 +101,9 @@ class Board:
         A pyserial port name or URL (``/dev/ttyUSB1``, ``socket://host:port``).
     timeout : float
         Seconds to wait for each reply.
+    retries : int
+        Resends of a request whose reply was lost or that the board saw garbled
+        (module docstring, "Faults").
 
     Raises
     ------
@@ -71,18 +120,25 @@ class Board:
         bytes skipped while hunting for a sync word). Together they are the
         host traffic of the link; callers take differences around the work
         they measure.
+    retries : int
+        Requests resent since the port was opened.
     """
 
-    def __init__(self, url: str, *, timeout: float = 5.0):
+    def __init__(self, url: str, *, timeout: float = 5.0, retries: int = RETRIES):
         self.url = url
         self.timeout = timeout
+        self.max_retries = retries
+        self.retries = 0
+        self._seq = 0
+        self._limit: int | None = None      # payload bytes a split request carries
+        self._clean = 0
         self._identity: protocol.Identity | None = None
         self._config: protocol.Configure | None = None
         self._waited = timeout
         self.bytes_sent = 0
         self.bytes_received = 0
         try:
-            self._port = serial.serial_for_url(url, baudrate=BAUDRATE, timeout=timeout)
+            self._port = serial.serial_for_url(url, baudrate=BAUDRATE, timeout=POLL)
         except (serial.SerialException, ValueError, OSError) as e:
             raise BoardError(f"no board on {url}: {e}") from None
 
@@ -219,32 +275,52 @@ class Board:
         if weights.size and (weights.min() < -2**31 or weights.max() >= 2**31):
             raise BoardError("LOAD_MODEL: weights do not fit the 32-bit wire format")
         data = weights.astype("<i4")
-        per_request = self._per_request(protocol.MODEL_HEADER_FORMAT.size)
-        for i in range(0, len(data), per_request):
+        i = 0
+        while i < len(data):
+            per_request = self._per_request(protocol.MODEL_HEADER_FORMAT.size)
             header = protocol.MODEL_HEADER_FORMAT.pack(start + i, 0)
-            self._expect_empty(Command.LOAD_MODEL,
-                               header + data[i:i + per_request].tobytes())
+            try:
+                self._expect_empty(Command.LOAD_MODEL, header + data[i:i + per_request].tobytes(),
+                                   splittable=per_request > self.identity.lanes)
+            except _Unsent:
+                continue
+            i += per_request
 
     def read_model(self, start: int, count: int) -> np.ndarray:
         """Read ``count`` model weights from index ``start`` as int64.
 
         Split into several requests when one reply would exceed ``frame_bytes``.
         """
-        per_request = self._per_request(0)
         parts = []
-        for i in range(0, count, per_request):
-            n = min(per_request, count - i)
+        i = 0
+        while i < count:
+            n = min(self._per_request(0), count - i)
             reply = self._command(Command.READ_MODEL,
                                   protocol.MODEL_HEADER_FORMAT.pack(start + i, n))
             if len(reply) != n * WEIGHT_BYTES:
                 raise BoardError(f"READ_MODEL: reply of {len(reply)} bytes from {self.url}, "
                                  f"expected {n * WEIGHT_BYTES}")
             parts.append(np.frombuffer(reply, "<i4"))
+            i += n
         return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
 
     def stream(self, frame: bytes, flush: bool = False) -> None:
-        """Send one frame of whole beats; ``flush`` ends the mini-batch at its end."""
-        self._expect_empty(Command.STREAM_FLUSH if flush else Command.STREAM, frame)
+        """Send one frame of whole beats; ``flush`` ends the mini-batch at its end.
+
+        On a noisy line the frame goes in several smaller ``STREAM`` requests, cut
+        at beats (the last one flushing): the engine keeps its place in a sample
+        from one request to the next, so it takes the same beats."""
+        width = self.identity.beat_bits // 8
+        sent = 0
+        while sent < len(frame):
+            size = max(width, self.payload_limit // width * width)
+            last = sent + size >= len(frame)
+            try:
+                self._expect_empty(Command.STREAM_FLUSH if flush and last else Command.STREAM,
+                                   frame[sent:sent + size], splittable=size > width)
+            except _Unsent:
+                continue
+            sent += size
 
     def load_data(self, region: protocol.Region, data: bytes) -> None:
         """Load ``data`` into ``region`` of the board's resident store, from beat 0 on.
@@ -291,10 +367,16 @@ class Board:
             raise ArgumentError(f"LOAD_DATA: {beats} beats do not fit {region.name}, which "
                                 f"holds {room} on the board on {self.url}")
         header = protocol.DATA_HEADER.format
-        per_request = (params.frame_bytes - header.size) // width
-        for start in range(0, beats, per_request):
+        start = 0
+        while start < beats:
+            per_request = max(1, (self.payload_limit - header.size) // width)
             chunk = data[start * width:(start + per_request) * width]
-            self._expect_empty(Command.LOAD_DATA, header.pack(region, start) + chunk)
+            try:
+                self._expect_empty(Command.LOAD_DATA, header.pack(region, start) + chunk,
+                                   splittable=per_request > 1)
+            except _Unsent:
+                continue
+            start += per_request
 
     def run(self, count: int, first: int, stride: int, samples: int, seed: int,
             bias: bool = False) -> None:
@@ -335,12 +417,16 @@ class Board:
         self._expect_empty(Command.RUN, payload, wait=self.timeout + 2 * self._run_seconds(count))
 
     def status(self, clear: bool = False) -> protocol.Counters:
-        """Read the counters and sticky flags; ``clear`` resets them after reading."""
-        reply = self._command(Command.STATUS, bytes([1 if clear else 0]))
+        """Read the counters and sticky flags; ``clear`` resets them after reading (a
+        second request, so that a retried read returns what the first saw)."""
+        reply = self._command(Command.STATUS, b"\0")
         try:
-            return protocol.Counters.unpack(reply)
+            counters = protocol.Counters.unpack(reply)
         except ValueError as e:
             raise BoardError(f"STATUS: malformed reply from {self.url}: {e}") from None
+        if clear:
+            self._command(Command.STATUS, b"\1")
+        return counters
 
     # --- framing ---------------------------------------------------------------------
 
@@ -355,7 +441,7 @@ class Board:
     def _per_request(self, header: int) -> int:
         """Weights per model request: fits a frame, whole model words (rows of lanes)."""
         identity = self.identity
-        weights = (identity.frame_bytes - header) // WEIGHT_BYTES
+        weights = (self.payload_limit - header) // WEIGHT_BYTES
         return max(1, weights // identity.lanes) * identity.lanes
 
     def _run_seconds(self, count: int) -> float:
@@ -367,85 +453,154 @@ class Board:
         beats = self.params.beats_for(config.features, config.k, config.double)
         return count * (1 + beats + identity.update_gap) / identity.clock_hz
 
-    def _expect_empty(self, cmd: Command, payload: bytes, wait: float | None = None) -> None:
-        reply = self._command(cmd, payload, wait)
+    def _expect_empty(self, cmd: Command, payload: bytes, wait: float | None = None,
+                      splittable: bool = False) -> None:
+        reply = self._command(cmd, payload, wait, splittable)
         if reply:
             raise BoardError(f"{cmd.name}: unexpected {len(reply)}-byte reply from {self.url}")
 
-    def _command(self, cmd: Command, payload: bytes = b"", wait: float | None = None) -> bytes:
+    def _command(self, cmd: Command, payload: bytes = b"", wait: float | None = None,
+                 splittable: bool = False) -> bytes:
         """Send one request and return the payload of its reply, waited for ``wait``
-        seconds (default: the driver's ``timeout``)."""
+        seconds (default: the driver's ``timeout``); resent on faults (module
+        docstring). A ``splittable`` request that the board refused as garbled at
+        the first two tries raises _Unsent: it was not executed."""
+        self._seq = self._seq % 255 + 1
+        frame = protocol.encode_request(cmd, payload, self._seq)
+        lost = []
         try:
-            self._port.reset_input_buffer()
-            frame = protocol.encode_request(cmd, payload)
-            self._port.write(frame)
-            self.bytes_sent += len(frame)
-            self._port.flush()
-            return self._reply(cmd, wait)
+            for attempt in range(self.max_retries + 1):
+                if attempt:
+                    self.retries += 1
+                    self._quiet()
+                self._port.reset_input_buffer()
+                self._port.write(frame)
+                self.bytes_sent += len(frame)
+                self._port.flush()
+                try:
+                    status, reply = self._reply_to(cmd, self._seq, wait)
+                except _Lost as e:
+                    self._adapt(noisy=True)
+                    lost.append(str(e))
+                    if lost[-2:] == [str(e)] * 2 and str(e).startswith("no reply"):
+                        # twice nothing at all: no board there, or a wedged one
+                        raise BoardError(f"{cmd.name}: {e}, twice") from None
+                    continue
+                if status in TRANSPORT:
+                    self._adapt(noisy=True)
+                    lost.append(f"the board saw a garbled request ({status.name})")
+                    if splittable and attempt == 1 and all(
+                            reason.startswith("the board saw") for reason in lost):
+                        raise _Unsent
+                    continue
+                if status != Status.OK:
+                    raise BoardError(f"{cmd.name} refused by the board on {self.url}: "
+                                     f"{status.name} ({status.describe()})")
+                if attempt == 0:
+                    self._adapt(noisy=False)
+                return reply
         except serial.SerialException as e:
             raise BoardError(f"{cmd.name}: link to {self.url} failed: {e}") from None
+        raise BoardError(f"{cmd.name}: no good reply from the board on {self.url} after "
+                         f"{len(lost)} tries (lost: {'; '.join(dict.fromkeys(lost))})")
 
-    def _read(self, what: str, count: int, deadline: float, started: bool = True,
-              patient: bool = False) -> bytes:
-        """``count`` bytes by ``deadline``; an empty read of the port (its own timeout)
-        ends the wait unless ``patient``."""
+    def _adapt(self, noisy: bool) -> None:
+        """Halve the request size after a resend; double it after a clean run."""
+        if self._identity is None:
+            return
+        frame = self._identity.frame_bytes
+        limit = frame if self._limit is None else self._limit
+        if noisy:
+            self._limit, self._clean = max(SMALLEST, limit // 2), 0
+        else:
+            self._clean += 1
+            if self._clean >= CLEAN_RUN and limit < frame:
+                self._limit, self._clean = min(frame, 2 * limit), 0
+
+    @property
+    def payload_limit(self) -> int:
+        """Payload bytes of the requests the driver splits, now (module docstring,
+        "Faults"): the board's frame on a clean line."""
+        frame = self.identity.frame_bytes
+        return frame if self._limit is None else min(frame, self._limit)
+
+    def _quiet(self) -> None:
+        """Wait until the line has been silent for twice the board's inter-byte
+        time-out, so that the board has dropped any partial request."""
+        quiet = 2 * protocol.TIMEOUT_BYTES_TIME
+        last = time.monotonic()
+        while time.monotonic() - last < quiet:
+            if self._port.read(4096):
+                last = time.monotonic()
+
+    def _reply_to(self, cmd: Command, seq: int, wait: float | None) -> tuple[Status, bytes]:
+        """The status and payload of the reply to request ``seq`` (replies to older
+        requests skipped); _Lost if none comes whole."""
+        self._waited = self.timeout if wait is None else wait
+        deadline = time.monotonic() + self._waited
+        while True:
+            try:
+                echo, status, got, payload = self._frame(deadline)
+            except BoardError as e:
+                raise _Lost(str(e).removeprefix("reply: ")) from None
+            if status in TRANSPORT:
+                # the board refused bytes sent since the line fell quiet: this request,
+                # garbled (maybe in its cmd or seq, which the refusal echoes)
+                return Status(status), payload
+            if got != seq:
+                continue                    # the late reply to an earlier request
+            if echo != cmd:
+                raise BoardError(f"{cmd.name}: reply from {self.url} is for command "
+                                 f"0x{echo:02x}")
+            try:
+                return Status(status), payload
+            except ValueError:
+                raise BoardError(f"{cmd.name}: unknown status 0x{status:02x} "
+                                 f"from {self.url}") from None
+
+    def _read(self, count: int, deadline: float, started: bool) -> bytes:
+        """``count`` bytes: BoardError if ``deadline`` passes first, or (once a byte has
+        come, ``started``) the line is silent for :data:`GAP` seconds."""
         data = b""
+        last = time.monotonic()
         while len(data) < count:
-            if time.monotonic() > deadline:
-                break
             chunk = self._port.read(count - len(data))
-            if not chunk:
-                if patient:
-                    continue
-                break
-            self.bytes_received += len(chunk)
-            data += chunk
-        if len(data) < count:
-            missing = "incomplete reply" if started or data else "no reply"
-            raise BoardError(f"{what}: {missing} from the board on {self.url} "
-                             f"(waited {self._waited:g} s)")
+            now = time.monotonic()
+            if chunk:
+                self.bytes_received += len(chunk)
+                data += chunk
+                started, last = True, now
+            elif now > deadline or (started and now - last > GAP):
+                missing = "incomplete reply" if started else "no reply"
+                raise BoardError(f"reply: {missing} from the board on {self.url} "
+                                 f"(waited {self._waited:g} s)")
         return data
 
     def exchange(self, frame: bytes, wait: float | None = None) -> tuple[int, int, bytes]:
         """Send ``frame`` as it is (any bytes: a test's or a fuzzer's request) and return
         the next reply frame's command byte, status byte and payload, whatever the
-        status. Raises BoardError when no well-formed reply arrives."""
+        status (no retries). Raises BoardError when no well-formed reply arrives."""
         try:
             self._port.reset_input_buffer()
             self._port.write(frame)
             self.bytes_sent += len(frame)
             self._port.flush()
-            return self._frame("request", wait)
+            self._waited = self.timeout if wait is None else wait
+            echo, status, _, payload = self._frame(time.monotonic() + self._waited)
+            return echo, status, payload
         except serial.SerialException as e:
             raise BoardError(f"request: link to {self.url} failed: {e}") from None
 
-    def _frame(self, what: str, wait: float | None = None) -> tuple[int, int, bytes]:
-        """The next reply frame (sync word hunted for, CRC checked): command, status
-        and payload bytes."""
-        self._waited = self.timeout if wait is None else wait
-        deadline = time.monotonic() + self._waited
-        window = self._read(what, len(protocol.SYNC), deadline, started=False,
-                            patient=wait is not None)
+    def _frame(self, deadline: float) -> tuple[int, int, int, bytes]:
+        """The next reply frame (sync word hunted for, CRC checked): command, status,
+        sequence number and payload."""
+        window = self._read(len(protocol.SYNC), deadline, started=False)
         while window != protocol.SYNC:
-            window = window[1:] + self._read(what, 1, deadline)
-        header = self._read(what, 4, deadline)
-        echo, status, length = struct.unpack("<BBH", header)
-        rest = self._read(what, length + 2, deadline)
+            window = window[1:] + self._read(1, deadline, started=True)
+        header = self._read(protocol.REPLY_HEADER.size, deadline, started=True)
+        echo, status, seq, length = protocol.REPLY_HEADER.unpack(header)
+        rest = self._read(length + 2, deadline, started=True)
         payload, (crc,) = rest[:-2], struct.unpack("<H", rest[-2:])
         if crc != protocol.crc16(header + payload):
-            raise BoardError(f"{what}: corrupt reply from {self.url} (CRC mismatch)")
-        return echo, status, payload
-
-    def _reply(self, cmd: Command, wait: float | None = None) -> bytes:
-        echo, status, payload = self._frame(cmd.name, wait)
-        if echo != cmd:
-            raise BoardError(f"{cmd.name}: reply from {self.url} is for command 0x{echo:02x}")
-        try:
-            status = Status(status)
-        except ValueError:
-            raise BoardError(f"{cmd.name}: unknown status 0x{status:02x} "
-                             f"from {self.url}") from None
-        if status != Status.OK:
-            raise BoardError(f"{cmd.name} refused by the board on {self.url}: "
-                             f"{status.name} ({status.describe()})")
-        return payload
+            raise BoardError(f"reply: corrupt reply from {self.url} (CRC mismatch)")
+        return echo, status, seq, payload

@@ -3,10 +3,10 @@
 Every file is written atomically (a temporary file in the same folder, then
 ``os.replace``): a crash never leaves a half-written output.
 
-history.json (format ``ziphalp-history/4``), a format scripts can rely on::
+history.json (format ``ziphalp-history/5``), a format scripts can rely on::
 
     {
-      "format": "ziphalp-history/4",
+      "format": "ziphalp-history/5",
       "algo": str,                # "sgd" (mini-batch SGD) or "halp" (bit-centering SVRG)
       "dataset": str,             # bundled name or file path
       "task": str,                # "regression" or "classification"
@@ -47,14 +47,16 @@ history.json (format ``ziphalp-history/4``), a format scripts can rely on::
                   "suboptimality": float|null,  # halp: (loss - optimum) / optimum
                   "full_cycles": int|null,    # halp: cycles of the full-gradient pass
                   "inner_cycles": int|null,   # halp: cycles of the inner loop
-                  "host_bytes": int},         # bytes the host sent and received in the
+                  "host_bytes": int,          # bytes the host sent and received in the
                                               #   epoch (data, model, counters; not the load)
+                  "retries": int},            # requests resent after a lost reply or a
+                                              #   garbled request
                  ...]
     }
 
 Format 3 added ``algo``, ``optimum_data``, ``halp`` and the last four keys of an
 epoch but ``host_bytes`` to format 2; format 4 added ``settings.data``,
-``settings.load_bytes`` and ``host_bytes``.
+``settings.load_bytes`` and ``host_bytes``; format 5 added ``retries``.
 
 The loss is in normalised units (features, and a regression label, in [-1, 1]).
 model.json holds the model in the user's original units and in normalised
@@ -81,7 +83,7 @@ from .train import TrainResult
 __all__ = ["HISTORY_FORMAT", "MODEL_FORMAT", "history", "model", "write_atomic",
            "write_outputs"]
 
-HISTORY_FORMAT = "ziphalp-history/4"
+HISTORY_FORMAT = "ziphalp-history/5"
 MODEL_FORMAT = "ziphalp-model/1"
 
 
@@ -125,7 +127,7 @@ def _halp_settings(result: TrainResult) -> dict | None:
 
 
 def history(result: TrainResult) -> dict:
-    """The ``ziphalp-history/4`` document of a training run."""
+    """The ``ziphalp-history/5`` document of a training run."""
     return {
         "format": HISTORY_FORMAT,
         "algo": result.algo,

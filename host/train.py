@@ -150,6 +150,8 @@ class EpochRecord:
     driver's counters: the data (streamed samples, or the ``RUN`` requests of
     resident data), the model read back and the counters, and HALP's two
     configurations. Loading resident data is not in it (``settings["load_bytes"]``).
+    ``retries`` counts the requests the driver resent in the epoch because a reply
+    was lost or the board saw a garbled request (``ziphalp.host.driver``, "Faults").
     """
 
     epoch: int | float
@@ -165,6 +167,7 @@ class EpochRecord:
     full_cycles: int | None = None
     inner_cycles: int | None = None
     host_bytes: int | None = None
+    retries: int = 0
 
 
 @dataclass(frozen=True)
@@ -285,8 +288,15 @@ class TrainResult:
 
 
 @contextlib.contextmanager
-def _port_url(board: str, port: str | None) -> Iterator[str]:
-    """The URL of the board: ``port``, or that of a simulated board started here."""
+def _port_url(board: str, port: str | None, faults: float = 0.0,
+              fault_seed: int = 0) -> Iterator[str]:
+    """The URL of the board: ``port``, or that of a simulated board started here
+    (behind a :class:`~ziphalp.host.faults.FaultProxy` if ``faults``)."""
+    if faults and port is not None:
+        raise SettingsError("faults are injected between the host and a simulated board; "
+                            "leave out the port")
+    if not 0 <= faults < 1:
+        raise SettingsError(f"the fault rate must be in [0, 1), not {faults}")
     if port is not None:
         yield port
         return
@@ -296,13 +306,24 @@ def _port_url(board: str, port: str | None) -> Iterator[str]:
         from ziphalp.sim.board import SimBoardError, simulated_board
     except ImportError as e:
         raise BoardError(f"the simulated board is not available: {e}") from None
+    params = BOARD_PARAMS[board]
+    # with faults, the board must drop a request cut short as a board does after its
+    # inter-byte time-out: the simulation then runs on when the line is quiet
+    idle = (dict(idle_ms=5, idle_cycles=int(protocol.TIMEOUT_BYTES_TIME * params.clock_hz))
+            if faults else {})
     try:
-        sim = simulated_board(BOARD_PARAMS[board])
+        sim = simulated_board(params, **idle)
     except ImportError as e:
         raise BoardError(f"the simulated board is not available: {e}") from None
     try:
         with sim:
-            yield sim.url
+            if faults:
+                from .faults import FaultProxy
+
+                with FaultProxy(sim.url, faults, seed=fault_seed) as proxy:
+                    yield proxy.url
+            else:
+                yield sim.url
     except SimBoardError as e:
         raise BoardError(f"simulated board: {e}") from None
 
@@ -373,7 +394,8 @@ def train(dataset: str | Path | Dataset, *, board: str = "sim", port: str | None
           halve_every: int = 0, algo: str = "sgd", mu: float | None = None,
           inner_steps: int | None = None, data_bits: int | None = None,
           stale: int | None = None, resident: bool | None = None,
-          checkpoint: str | Path | None = None, resume: bool = False) -> TrainResult:
+          checkpoint: str | Path | None = None, resume: bool = False,
+          faults: float = 0.0, fault_seed: int = 0) -> TrainResult:
     """Train a linear model on a board.
 
     Parameters
@@ -473,6 +495,10 @@ def train(dataset: str | Path | Dataset, *, board: str = "sim", port: str | None
         have. :class:`~ziphalp.host.checkpoint.ResumeError` (a ValueError) if
         the folder holds no checkpoint or one of another run; the folder is then
         left as it was.
+    faults, fault_seed : float, int
+        Simulated boards only: damage this fraction of the link's bytes on
+        purpose (:class:`~ziphalp.host.faults.FaultProxy`, seeded), to exercise
+        the driver's retries. The model is the same as without faults.
 
     Returns
     -------
@@ -492,7 +518,8 @@ def train(dataset: str | Path | Dataset, *, board: str = "sim", port: str | None
                            progress=progress, timeout=timeout, on_epoch=on_epoch,
                            halve_every=halve_every, mu=mu, inner_steps=inner_steps,
                            data_bits=data_bits, stale=stale, resident=resident,
-                           checkpoint=checkpoint, resume=resume)
+                           checkpoint=checkpoint, resume=resume, faults=faults,
+                           fault_seed=fault_seed)
     saved = _saved_run(checkpoint, resume)
     for name, value in (("mu", mu), ("inner_steps", inner_steps), ("data_bits", data_bits),
                         ("stale", stale)):
@@ -537,7 +564,8 @@ def train(dataset: str | Path | Dataset, *, board: str = "sim", port: str | None
     labels = quantize.quantize_labels(data.labels)
     rng = np.random.default_rng(seed)
 
-    with _port_url(board, port) as url, Board(url, timeout=timeout) as driver:
+    with _port_url(board, port, faults, fault_seed) as url, \
+            Board(url, timeout=timeout) as driver:
         identity = driver.identify()
         params = driver.params
         _check_fit(dataset.name, dataset.d, batch, bits, params, url)
@@ -585,7 +613,7 @@ def train(dataset: str | Path | Dataset, *, board: str = "sim", port: str | None
 def _epoch(driver: Board, result: TrainResult, epoch: int,
            feed: Callable[[], None]) -> EpochRecord:
     """Feed one epoch (``feed``), read the model back, append to the history."""
-    start, moved = time.perf_counter(), _traffic(driver)
+    start, moved, resent = time.perf_counter(), _traffic(driver), driver.retries
     params, data = result.params, result.data
     feed()
     words = driver.read_model(0, data.features.shape[1])
@@ -597,7 +625,8 @@ def _epoch(driver: Board, result: TrainResult, epoch: int,
     record = EpochRecord(epoch, result.objective(beta), accuracy, counters.cycles, seconds,
                          counters.samples, bool(counters.flags & StatusFlags.OVERFLOW),
                          bool(counters.flags & StatusFlags.CLIPPED),
-                         host_bytes=_traffic(driver) - moved)
+                         host_bytes=_traffic(driver) - moved,
+                         retries=driver.retries - resent)
     result.words, result.coefficients = words, beta
     result.history.append(record)
     return record
@@ -810,7 +839,8 @@ def _scale_log(mu: float, bits: int) -> int:
 def _train_halp(dataset, *, board, port, epochs, step, batch, seed, label, bits, sampling,
                 levels,
                 loss, costs, l2, progress, timeout, on_epoch, halve_every, mu, inner_steps,
-                data_bits, stale, resident, checkpoint, resume) -> TrainResult:
+                data_bits, stale, resident, checkpoint, resume, faults,
+                fault_seed) -> TrainResult:
     """:func:`train` with ``algo="halp"`` (module docstring)."""
     saved = _saved_run(checkpoint, resume)
     if board not in BOARD_PARAMS:
@@ -905,7 +935,8 @@ def _train_halp(dataset, *, board, port, epochs, step, batch, seed, label, bits,
     rng = np.random.default_rng(seed)
     passes = (n + steps) / n
 
-    with _port_url(board, port) as url, Board(url, timeout=timeout) as driver:
+    with _port_url(board, port, faults, fault_seed) as url, \
+            Board(url, timeout=timeout) as driver:
         identity = driver.identify()
         params = driver.params
         _check_fit(dataset.name, dataset.d, 1, k, params, url)
@@ -944,7 +975,7 @@ def _train_halp(dataset, *, board, port, epochs, step, batch, seed, label, bits,
             full_pass, inner_loop = (_halp_runs(driver, n, seed, rng, bar) if on_board else
                                      _halp_streams(driver, problem, params, rng, bar))
             for iteration in range(first, epochs + 1):
-                start, moved = time.perf_counter(), _traffic(driver)
+                start, moved, resent = time.perf_counter(), _traffic(driver), driver.retries
                 driver.configure(features, 1, full_shift, k=k, double=False, loss=loss_code,
                                cost_pos=full_cost, cost_neg=full_cost, phase=Phase.FULL,
                                offset_bits=bits, scale_log=scale_log)
@@ -958,7 +989,8 @@ def _train_halp(dataset, *, board, port, epochs, step, batch, seed, label, bits,
                 words = driver.read_model(0, features)
                 inner = driver.status(clear=True)
                 record = _halp_record(result, iteration, iteration * passes, words, full, inner,
-                                      time.perf_counter() - start, _traffic(driver) - moved)
+                                      time.perf_counter() - start, _traffic(driver) - moved,
+                                      driver.retries - resent)
                 save(result, iteration, rng)
                 bar.set_postfix(loss=f"{record.loss:.5g}")
                 _warn(record, n + steps, first=not any(
@@ -1021,7 +1053,7 @@ def default_stale(identity: protocol.Identity, beats: int) -> int:
 
 def _halp_record(result: TrainResult, iteration: int, passes: float, words: np.ndarray,
                  full: protocol.Counters, inner: protocol.Counters,
-                 seconds: float, host_bytes: int) -> EpochRecord:
+                 seconds: float, host_bytes: int, retries: int = 0) -> EpochRecord:
     """Append the record of one outer iteration (the model read back as ``words``,
     ``host_bytes`` moved)."""
     beta = quantize.words_to_coefficients(words, result.params)
@@ -1036,7 +1068,7 @@ def _halp_record(result: TrainResult, iteration: int, passes: float, words: np.n
                          bool(flags & StatusFlags.CLIPPED), iteration=iteration,
                          suboptimality=(loss - optimum) / optimum if optimum else None,
                          full_cycles=full.cycles, inner_cycles=inner.cycles,
-                         host_bytes=host_bytes)
+                         host_bytes=host_bytes, retries=retries)
     result.words, result.coefficients = words, beta
     result.history.append(record)
     return record

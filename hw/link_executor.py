@@ -71,7 +71,10 @@ class LinkExecutor(Component):
     Only a request that :class:`~ziphalp.hw.link_check.LinkCheck` accepts acts.
     The frame counters count a request when its status is decided, so a STATUS
     reply includes itself; clearing after reading takes effect once the reply is
-    sent.
+    sent. A retry (``ziphalp.hw.protocol``, "Sequence numbers and retries": the
+    ``cmd`` and nonzero ``seq`` of the last accepted request) of a command without
+    a reply payload is answered ``OK`` and not executed again; it counts as a
+    request accepted.
 
     Parameters
     ----------
@@ -125,6 +128,9 @@ class LinkExecutor(Component):
             index=Signal(range(max(REPLY_HEADER_BYTES, IDENTIFY.size, STATUS.size))),
             replaying=Signal(),                 # STREAM: beats go to the engine
             from_store=Signal(),                # RUN: the resident store feeds the engine
+            last_seq=Signal(8),                 # seq and cmd of the last request accepted
+            last_cmd=Signal(8),                 # (last_seq 0: none, or unnumbered)
+            repeated=Signal(),                  # the request has the last one's cmd and seq
         )
         if self.params.resident:
             m.submodules.resident = x.resident = ResidentSource(self.params)
@@ -237,7 +243,7 @@ class LinkExecutor(Component):
         counters = x.counters.counters
         parts = {
             "header": Cat(Const(SYNC[0], 8), Const(SYNC[1], 8), req.cmd, x.status,
-                          Const(0, 8 - len(x.status)), x.reply_len),
+                          Const(0, 8 - len(x.status)), req.seq, x.reply_len),
             "identity": Const(int.from_bytes(self.identity(), "little"), 8 * IDENTIFY.size),
             "status": message_value(STATUS, {"flags": flags, **{
                 name: counters[name] for name in STATUS.groups if name != "flags"}}),
@@ -306,6 +312,8 @@ class LinkExecutor(Component):
                 x.at_last.eq(req.beats == Mux(is_cmd[Command.LOAD_DATA], x.header_beats + 1, 1)),
                 x.levels_left.eq(req.length[1:]),     # LOAD_LEVELS: at least 2 if accepted
                 x.level_final.eq(0),
+                x.repeated.eq((req.seq == x.last_seq) & (req.cmd == x.last_cmd)
+                              & x.last_seq.any()),
             ]
             m.d.comb += x.rd_restart.eq(1)
             with m.If(is_cmd[Command.LOAD_MODEL]):       # length is 4 + 4 * count
@@ -327,6 +335,9 @@ class LinkExecutor(Component):
                          x.counters.frame_bad.eq(~check.accepted)]
             m.next = "HEADER"
             with m.If(check.accepted):
+                m.d.sync += [x.last_seq.eq(req.seq), x.last_cmd.eq(req.cmd)]
+            # a retry whose reply has no payload: answered OK, not executed again
+            with m.If(check.accepted & ~(x.repeated & (check.payload_len == 0))):
                 with m.If(is_cmd[Command.CONFIGURE]):
                     m.d.sync += [getattr(eng, field.name).eq(
                                      field_value(args.configure, CONFIGURE, field.name))

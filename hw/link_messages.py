@@ -36,8 +36,8 @@ __all__ = [
 WEIGHT_BYTES = 4
 #: Bytes of one level in LOAD_LEVELS payloads (int16).
 LEVEL_BYTES = 2
-#: Reply bytes before the payload: sync word, cmd, status, len.
-REPLY_HEADER_BYTES = len(SYNC) + 4
+#: Reply bytes before the payload: sync word, cmd, status, seq, len.
+REPLY_HEADER_BYTES = len(SYNC) + 5
 assert MODEL_HEADER.size == WEIGHT_BYTES
 
 
@@ -110,6 +110,7 @@ def request_signature(p: EngineParams) -> Signature:
     return Signature({
         "valid": Out(1),
         "cmd": Out(8),
+        "seq": Out(8),                  # the request's sequence number (0: unnumbered)
         "length": Out(16),
         "status": Out(Status),          # OK, or CRC / LENGTH / TIMEOUT found while receiving
         "args": Out(ARGS_LAYOUT),       # first payload bytes (stale beyond the payload)

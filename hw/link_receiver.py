@@ -141,7 +141,8 @@ class LinkReceiver(Component):
             m.next = "WAIT"
 
     def _header_states(self, m, r):
-        """Sync hunt, command and length; a length beyond the buffer fails at once."""
+        """Sync hunt, command, sequence number and length; a length beyond the buffer
+        fails at once."""
         req, take, byte = self.req, r.take, r.byte
         with m.State("HUNT"):
             m.d.comb += r.crc.reset.eq(1)
@@ -153,7 +154,8 @@ class LinkReceiver(Component):
                 m.next = "CMD"
             with m.Elif(take & (byte != SYNC[0])):
                 m.next = "HUNT"
-        for state, target, next_state in (("CMD", req.cmd, "LEN_LO"),
+        for state, target, next_state in (("CMD", req.cmd, "SEQ"),
+                                          ("SEQ", req.seq, "LEN_LO"),
                                           ("LEN_LO", req.length[:8], "LEN_HI"),
                                           ("LEN_HI", req.length[8:], "LENGTH")):
             with m.State(state):
@@ -210,7 +212,8 @@ class LinkReceiver(Component):
         with m.State("WAIT"):
             m.d.comb += req.valid.eq(1)
             with m.If(req.done):
-                m.d.sync += [req.cmd.eq(0), *(flag.eq(0) for flag in r.failed.values())]
+                m.d.sync += [req.cmd.eq(0), req.seq.eq(0),
+                             *(flag.eq(0) for flag in r.failed.values())]
                 m.next = "HUNT"
 
     def _flow_control(self, m, fsm, r):

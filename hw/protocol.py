@@ -14,11 +14,11 @@ Framing
 -------
 Every request from the host is one frame::
 
-    A5 5A | cmd:u8 | len:u16 | payload (len bytes) | crc:u16
+    A5 5A | cmd:u8 | seq:u8 | len:u16 | payload (len bytes) | crc:u16
 
 and every reply from the board is one frame::
 
-    A5 5A | cmd:u8 | status:u8 | len:u16 | payload (len bytes) | crc:u16
+    A5 5A | cmd:u8 | status:u8 | seq:u8 | len:u16 | payload (len bytes) | crc:u16
 
 Integers are little-endian. ``crc`` is CRC-16/CCITT-FALSE (polynomial 0x1021,
 initial value 0xFFFF, no reflection, no final XOR) over every byte between the
@@ -29,6 +29,21 @@ status and an empty payload. A request whose ``len`` exceeds the board's frame
 buffer is answered with ``LENGTH`` at once and the board hunts for the next
 sync word. A request that stalls for ``TIMEOUT_BYTES_TIME`` seconds between two
 bytes is dropped and answered with ``TIMEOUT``.
+
+Sequence numbers and retries
+----------------------------
+``seq`` numbers the host's requests; the reply echoes the request's. The board
+remembers the ``cmd`` and ``seq`` of the last request it accepted. A request
+with the same nonzero ``seq`` and ``cmd`` that is accepted again is a retry (its
+reply was lost): a command whose reply has no payload is not executed a second
+time and is answered ``OK`` again; ``IDENTIFY``, ``READ_MODEL`` and ``STATUS``
+(whose replies carry the data) are executed again, which changes nothing (a
+``STATUS`` that clears clears again, with nothing counted in between). ``seq``
+0 is unnumbered: always executed. So the host may resend a request whose reply
+it did not get, with the same ``seq``, as often as it likes; it numbers each
+new request differently from the one before (``ziphalp.host.driver`` counts
+1..255 round). The board keeps no other history: this is stop-and-wait, one
+request in flight.
 
 Commands
 --------
@@ -114,11 +129,11 @@ __all__ = [
     "Region", "DATA_HEADER", "RUN", "Run",
     "CONFIGURE_FORMAT", "IDENTIFY_FORMAT", "STATUS_FORMAT", "MODEL_HEADER_FORMAT",
     "MODE_DOUBLE", "MODE_LOSS_SHIFT", "MODE_PHASE_SHIFT", "MODE_STOCHASTIC", "COUNTER_BITS",
-    "crc16", "encode_request", "encode_reply",
+    "REQUEST_HEADER", "REPLY_HEADER", "crc16", "encode_request", "encode_reply", "decode_reply",
 ]
 
 #: Protocol version, reported by ``IDENTIFY``.
-VERSION = 5
+VERSION = 6
 #: Sync word that opens every frame.
 SYNC = bytes([0xA5, 0x5A])
 #: Magic bytes at the start of the ``IDENTIFY`` reply.
@@ -653,13 +668,33 @@ def crc16(data: bytes, crc: int = 0xFFFF) -> int:
     return binascii.crc_hqx(data, crc)
 
 
-def encode_request(cmd: int, payload: bytes = b"") -> bytes:
-    """One host -> board frame."""
-    body = struct.pack("<BH", cmd, len(payload)) + payload
+#: struct formats of the request header (cmd, seq, len) and the reply header
+#: (cmd, status, seq, len), after the sync word.
+REQUEST_HEADER = struct.Struct("<BBH")
+REPLY_HEADER = struct.Struct("<BBBH")
+
+
+def encode_request(cmd: int, payload: bytes = b"", seq: int = 0) -> bytes:
+    """One host -> board frame (``seq`` 0: unnumbered)."""
+    body = REQUEST_HEADER.pack(cmd, seq, len(payload)) + payload
     return SYNC + body + struct.pack("<H", crc16(body))
 
 
-def encode_reply(cmd: int, status: int, payload: bytes = b"") -> bytes:
+def encode_reply(cmd: int, status: int, payload: bytes = b"", seq: int = 0) -> bytes:
     """One board -> host frame (used by tests and models of the board)."""
-    body = struct.pack("<BBH", cmd, status, len(payload)) + payload
+    body = REPLY_HEADER.pack(cmd, status, seq, len(payload)) + payload
     return SYNC + body + struct.pack("<H", crc16(body))
+
+
+def decode_reply(frame: bytes) -> tuple[int, int, int, bytes]:
+    """``cmd``, ``status``, ``seq`` and payload of one whole, well-formed reply frame
+    (ValueError otherwise)."""
+    head = len(SYNC) + REPLY_HEADER.size
+    if frame[:len(SYNC)] != SYNC or len(frame) < head + 2:
+        raise ValueError("not a reply frame")
+    cmd, status, seq, length = REPLY_HEADER.unpack(frame[len(SYNC):head])
+    if len(frame) != head + length + 2:
+        raise ValueError(f"reply frame of {len(frame)} bytes for a {length}-byte payload")
+    if struct.unpack("<H", frame[-2:])[0] != crc16(frame[len(SYNC):-2]):
+        raise ValueError("reply CRC mismatch")
+    return cmd, status, seq, frame[head:-2]

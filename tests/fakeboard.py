@@ -11,6 +11,9 @@ from ziphalp.hw.params import BOARD_PARAMS, EngineParams
 from ziphalp.hw.protocol import Command, Status, StatusFlags
 from ziphalp.sim.golden import GoldenEngine
 
+#: Commands whose replies carry data: a retry of one is executed again.
+REPLIES_WITH_DATA = (Command.IDENTIFY, Command.READ_MODEL, Command.STATUS)
+
 
 class FakeBoard:
     """Answers requests like the board, with ``GoldenEngine`` as its engine.
@@ -33,6 +36,19 @@ class FakeBoard:
         self.samples = self.cycles = self.updates = 0
         self.flushes: list[bool] = []
         self.runs: list[protocol.Run] = []
+        self.last: tuple[int, int] = (0, 0)     # (seq, cmd) of the last request accepted
+
+    def request(self, cmd: int, seq: int, payload: bytes) -> bytes:
+        """The reply frame to request ``seq``: a retry of the last request accepted is
+        answered OK without being executed again unless its reply carries data
+        (``protocol``, "Sequence numbers and retries")."""
+        if seq and (seq, cmd) == self.last and cmd not in REPLIES_WITH_DATA:
+            return protocol.encode_reply(cmd, Status.OK, seq=seq)
+        reply = self.handle(cmd, payload)
+        echo, status, _, body = protocol.decode_reply(reply)
+        if status == Status.OK:
+            self.last = (seq, cmd)
+        return protocol.encode_reply(echo, status, body, seq)
 
     @property
     def model(self) -> np.ndarray:
@@ -156,12 +172,13 @@ class FakeSerial:
 
     def write(self, data: bytes) -> int:
         assert data[:2] == protocol.SYNC
-        cmd, length = struct.unpack("<BH", data[2:5])
-        payload = data[5:5 + length]
-        assert len(data) == 7 + length
+        head = protocol.REQUEST_HEADER
+        cmd, seq, length = head.unpack(data[2:2 + head.size])
+        payload = data[2 + head.size:2 + head.size + length]
+        assert len(data) == 4 + head.size + length
         assert struct.unpack("<H", data[-2:])[0] == protocol.crc16(data[2:-2])
         self.requests.append((cmd, payload))
-        self.pending += self.mangle(cmd, self.board.handle(cmd, payload))
+        self.pending += self.mangle(cmd, self.board.request(cmd, seq, payload))
         return len(data)
 
     def read(self, size: int) -> bytes:

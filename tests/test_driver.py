@@ -157,7 +157,8 @@ def test_configure_stream_status(connect):
         assert counters.samples == 2 and counters.flags & StatusFlags.CONFIGURED
         assert board.status().samples == 0
     assert fake.board.flushes == [False, True]
-    assert [p for c, p in fake.requests if c == Command.STATUS] == [b"\x01", b"\x00"]
+    # a clearing read is a read, then a clear
+    assert [p for c, p in fake.requests if c == Command.STATUS] == [b"\0", b"\1", b"\0"]
 
 
 def test_configure_fields(connect):
@@ -390,10 +391,10 @@ def corrupt_crc(cmd, reply):
     (corrupt_crc, r"corrupt reply .*\(CRC mismatch\)"),
     (lambda cmd, reply: b"", "IDENTIFY: no reply from the board on fake://0"),
     (lambda cmd, reply: reply[:6], "incomplete reply"),
-    (lambda cmd, reply: protocol.encode_reply(Command.STATUS, 0, reply[6:-2]),
+    (lambda cmd, reply: protocol.encode_reply(Command.STATUS, 0, reply[7:-2], reply[4]),
      "for command 0x07"),
-    (lambda cmd, reply: protocol.encode_reply(cmd, 0x7F), "unknown status 0x7f"),
-    (lambda cmd, reply: protocol.encode_reply(cmd, 0, b"junk"), "malformed reply"),
+    (lambda cmd, reply: protocol.encode_reply(cmd, 0x7F, seq=reply[4]), "unknown status 0x7f"),
+    (lambda cmd, reply: protocol.encode_reply(cmd, 0, b"junk", reply[4]), "malformed reply"),
 ])
 def test_bad_replies(connect, mangle, message):
     connect(mangle=mangle)
@@ -446,11 +447,12 @@ def test_socket_url_and_silent_board():
             buffer = b""
             while chunk := connection.recv(4096):
                 buffer += chunk
-                while len(buffer) >= 5 and len(buffer) >= 7 + buffer[3] + 256 * buffer[4]:
-                    length = 7 + buffer[3] + 256 * buffer[4]
+                while len(buffer) >= 6 and len(buffer) >= 8 + buffer[4] + 256 * buffer[5]:
+                    length = 8 + buffer[4] + 256 * buffer[5]
                     request, buffer = buffer[:length], buffer[length:]
                     if request[2] != Command.STATUS:      # STATUS is never answered
-                        connection.sendall(fake.handle(request[2], request[5:-2]))
+                        connection.sendall(fake.request(request[2], request[3],
+                                                        request[6:-2]))
 
     server = threading.Thread(target=serve, daemon=True)
     server.start()
@@ -459,7 +461,94 @@ def test_socket_url_and_silent_board():
         board.load_model(0, np.array([5, -7, 1 << 30]))
         np.testing.assert_array_equal(board.read_model(0, 3), [5, -7, 1 << 30])
         url = re.escape(f"socket://127.0.0.1:{port}")
-        with pytest.raises(BoardError, match=f"STATUS: no reply from the board on {url}"):
+        with pytest.raises(BoardError, match=f"^STATUS: no reply from the board on {url} "
+                           r"\(waited 0.3 s\), twice$"):
             board.status()
     server.join(timeout=5)
     listener.close()
+
+
+class Faulty:
+    """A mangle that spoils the replies whose numbers (counted from 0) are in ``bad``:
+    dropped, cut, CRC-flipped, or replaced by the board's TIMEOUT refusal."""
+
+    def __init__(self, bad, how):
+        self.bad, self.how, self.count = set(bad), how, 0
+
+    def __call__(self, cmd, reply):
+        n, self.count = self.count, self.count + 1
+        if n not in self.bad:
+            return reply
+        return {"drop": b"", "cut": reply[:-1], "crc": corrupt_crc(cmd, reply),
+                "refused": protocol.encode_reply(cmd, Status.TIMEOUT, seq=reply[4])}[self.how]
+
+
+@pytest.mark.parametrize("how", ["drop", "cut", "crc", "refused"])
+def test_lost_replies_are_retried_and_nothing_runs_twice(connect, how):
+    """The replies to the STREAM requests are spoiled once each: the driver resends
+    with the same number; a STREAM the board executed is not executed again (a
+    refused one was not executed at all) and the model is the golden model's."""
+    fake = connect(mangle=Faulty(range(3, 18, 2), how))      # each STREAM's first reply
+    with Board("fake://0", timeout=0.2) as board:
+        board.identify()
+        board.load_levels([-256, 0, 256])
+        board.configure(4, 1, 4, k=1, double=False)
+        golden = GoldenEngine(board.params)
+        golden.load_levels([-256, 0, 256])
+        golden.configure(4, 1, 4, k=1, double=False)
+        rng = np.random.default_rng(0)
+        for _ in range(8):
+            frame = rng.integers(0, 256, 2 * (1 + 1), np.uint8).tobytes()
+            board.stream(frame)
+            golden.stream(frame)
+        np.testing.assert_array_equal(board.read_model(0, 4), golden.read_model(0, 4))
+        assert fake.board.engine.samples == golden.samples
+        streams = sum(c == Command.STREAM for c, _ in fake.requests)
+        assert len(fake.board.flushes) == 8 and streams == 16
+        assert board.retries == 8
+
+
+def test_retries_run_out_with_one_line(connect):
+    connect(mangle=Faulty(range(1, 100), "cut"))
+    with Board("fake://0", timeout=0.2, retries=3) as board:
+        board.identify()
+        with pytest.raises(BoardError, match=r"^STATUS: no good reply from the board on "
+                           r"fake://0 after 4 tries \(lost: incomplete reply from the board "
+                           r"on fake://0 \(waited 0.2 s\)\)$"):
+            board.status()
+        assert board.retries == 3
+
+
+class GarbledBoard(FakeBoard):
+    """Refuses (CRC, without executing) the STREAM requests longer than ``longest``
+    bytes, as a line that garbles long requests would."""
+
+    def __init__(self, longest):
+        super().__init__()
+        self.longest = longest
+
+    def request(self, cmd, seq, payload):
+        if cmd in (Command.STREAM, Command.STREAM_FLUSH) and len(payload) > self.longest:
+            return protocol.encode_reply(cmd, Status.CRC, seq=seq)
+        return super().request(cmd, seq, payload)
+
+
+def test_long_requests_that_never_get_through_are_split(connect):
+    """A frame the line always garbles is refused twice, dropped (it was never
+    executed) and sent again in halves, then quarters...: the engine takes every
+    beat once, the flush on the last; clean requests grow the size back."""
+    fake = connect(GarbledBoard(longest=100))
+    with Board("fake://0") as board:
+        board.configure(1, 1, 4, k=8, double=False)
+        frame = bytes(range(256)) * 2                       # 256 beats of 2 bytes
+        board.stream(frame, flush=True)
+        streamed = [p for c, p in fake.requests if c in (Command.STREAM, Command.STREAM_FLUSH)]
+        taken = [p for p in streamed if len(p) <= 100]
+        assert b"".join(taken) == frame
+        assert [c for c, p in fake.requests if c == Command.STREAM_FLUSH and len(p) <= 100] \
+            == [Command.STREAM_FLUSH]
+        assert board.payload_limit == driver.SMALLEST
+        assert len(fake.board.flushes) == len(taken)
+        for _ in range(driver.CLEAN_RUN):
+            board.status()
+        assert board.payload_limit == 2 * driver.SMALLEST

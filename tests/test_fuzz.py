@@ -59,27 +59,30 @@ def _valid(rng) -> bytes:
 def _request(rng, kind: str, invalid: list) -> tuple[bytes, Status]:
     known = {int(c) for c in Command}
     if kind == "random":
-        cmd = int(rng.integers(256))
-        body = bytes([cmd]) + int(rng.integers(0, 48)).to_bytes(2, "little")
-        body += rng.integers(0, 256, int.from_bytes(body[1:3], "little"), np.uint8).tobytes()
+        length = int(rng.integers(0, 48))
+        body = protocol.REQUEST_HEADER.pack(int(rng.integers(256)), int(rng.integers(256)),
+                                            length)
+        body += rng.integers(0, 256, length, np.uint8).tobytes()
         crc = (protocol.crc16(body) ^ int(rng.integers(1, 1 << 16))).to_bytes(2, "little")
         return protocol.SYNC + body + crc, Status.CRC
     if kind == "flipped":
         frame = bytearray(_valid(rng))
-        where = 2 if rng.random() < 0.2 else int(rng.integers(5, len(frame)))  # cmd, payload, CRC
+        # cmd or seq, or the payload or the CRC (not the length: the frame would end elsewhere)
+        where = int(rng.integers(2, 4)) if rng.random() < 0.2 else int(rng.integers(6, len(frame)))
         frame[where] ^= 1 << int(rng.integers(8))
         return bytes(frame), Status.CRC
     if kind == "unknown":
         cmd = int(rng.choice([c for c in range(256) if c not in known]))
         return encode_request(cmd, rng.integers(0, 256, int(rng.integers(0, 16)),
-                                                np.uint8).tobytes()), Status.COMMAND
+                                                np.uint8).tobytes(),
+                              int(rng.integers(256))), Status.COMMAND
     if kind == "invalid":
         cmd, payload, status = invalid[int(rng.integers(len(invalid)))]
         return encode_request(cmd, payload), status
     if kind == "oversized":
         length = int(rng.integers(PARAMS.frame_bytes + 1, 1 << 16))
-        return protocol.SYNC + bytes([int(rng.integers(256))]) + length.to_bytes(2, "little"), \
-            Status.LENGTH
+        return protocol.SYNC + protocol.REQUEST_HEADER.pack(
+            int(rng.integers(256)), int(rng.integers(256)), length), Status.LENGTH
     frame = _valid(rng)
     return frame[:int(rng.integers(3, len(frame)))], Status.TIMEOUT
 

@@ -242,24 +242,25 @@ class Bench:
         If ``closed`` (the request is complete), ``rx.ready`` must stay low meanwhile.
         """
         for _ in range(limit):
-            if len(self.reply) >= 6 and len(self.reply) >= 8 + self.reply[4] + 256 * self.reply[5]:
+            if len(self.reply) >= 7 and len(self.reply) >= 9 + self.reply[5] + 256 * self.reply[6]:
                 break
             _, _, ready = await ctx.tick().sample(self.link.rx.ready)
             assert not (closed and ready), "rx.ready high before the reply was sent"
         else:
             raise AssertionError(f"no whole reply in {limit} cycles: {bytes(self.reply).hex()}")
-        size = 8 + self.reply[4] + 256 * self.reply[5]
+        size = 9 + self.reply[5] + 256 * self.reply[6]
         frame, self.reply[:] = bytes(self.reply[:size]), self.reply[size:]
         return frame
 
-    async def request(self, ctx, cmd, payload=b"", *, status=Status.OK, reply=b"", frame=None):
-        """Send a request; check that the reply is exactly ``(cmd, status, reply)``."""
-        await self.send(ctx, encode_request(cmd, payload) if frame is None else frame)
+    async def request(self, ctx, cmd, payload=b"", *, status=Status.OK, reply=b"", frame=None,
+                      seq=0):
+        """Send a request; check that the reply is exactly ``(cmd, status, reply, seq)``."""
+        await self.send(ctx, encode_request(cmd, payload, seq) if frame is None else frame)
         got = await self.receive(ctx)
-        assert got == encode_reply(cmd, status, reply), \
+        assert got == encode_reply(cmd, status, reply, seq), \
             f"request {cmd:#x} {payload.hex()}: got {got.hex()}"
         self.frames["ok" if status == Status.OK else "bad"] += 1
-        return got[6:-2]
+        return got[7:-2]
 
     async def idle(self, ctx, cycles=20):
         await ctx.tick().repeat(cycles)
@@ -549,7 +550,7 @@ def test_framing_and_timeouts():
 
         # a length beyond the frame buffer is answered at once, then the rest is hunted through
         for length in (p.frame_bytes + 1, 0xFFFF):
-            await bench.send(ctx, SYNC + struct.pack("<BH", Command.LOAD_MODEL, length))
+            await bench.send(ctx, SYNC + struct.pack("<BBH", Command.LOAD_MODEL, 0, length))
             assert await bench.receive(ctx) == encode_reply(Command.LOAD_MODEL, Status.LENGTH)
             bench.frames["bad"] += 1
             await bench.send(ctx, bytes(p.frame_bytes + 3))
@@ -754,5 +755,48 @@ def test_load_levels(name):
         await bench.request(ctx, Command.LOAD_MODEL, load(0, [0x7FFF7FFF, -0x7F000000]))
         await bench.request(ctx, Command.CONFIGURE, make_config(1, 1, 0).pack())
         assert not bench.levels and not bench.beats and len(bench.starts) == 1
+        await bench.idle(ctx)
+    bench.run(testbench)
+
+
+@pytest.mark.parametrize("name", PARAMS)
+def test_retried_requests_are_not_executed_twice(name):
+    """A request with the cmd and nonzero seq of the last one accepted: no-payload
+    commands answered OK and not executed again; READ_MODEL and STATUS executed
+    again; seq 0 always executed; a request refused in between (bad CRC) does not
+    count as the last one; another seq or cmd is a new request."""
+    p = PARAMS[name]
+    bench = Bench(p, seed=11)
+    beat = bytes(p.beat_bits // 8)
+    sample = beat * (1 + 1)                 # a label beat and one feature beat (d = 1)
+
+    async def testbench(ctx, bench):
+        await bench.request(ctx, Command.CONFIGURE, make_config(1, 1, 0).pack(), seq=1)
+        await bench.request(ctx, Command.CONFIGURE, make_config(1, 1, 0).pack(), seq=1)
+        assert len(bench.starts) == 1                       # the retry did not start again
+        await bench.request(ctx, Command.STREAM, sample, seq=2)
+        await bench.request(ctx, Command.STREAM, sample, seq=2)
+        assert len(bench.beats) == 2
+        await bench.request(ctx, Command.STREAM, status=Status.CRC,      # refused
+                            frame=corrupted(Command.STREAM, sample, -1))
+        await bench.request(ctx, Command.STREAM, sample, seq=2)             # still a retry
+        assert len(bench.beats) == 2
+        await bench.request(ctx, Command.STREAM, sample, seq=3)             # a new one
+        assert len(bench.beats) == 4
+        await bench.request(ctx, Command.STREAM, sample, seq=0)
+        await bench.request(ctx, Command.STREAM, sample, seq=0)             # unnumbered
+        assert len(bench.beats) == 8
+        await bench.request(ctx, Command.LOAD_MODEL, load(0, [9]), seq=4)
+        writes = bench.writes
+        await bench.request(ctx, Command.LOAD_MODEL, load(0, [9]), seq=4)
+        assert bench.writes == writes
+        await bench.request(ctx, Command.LOAD_LEVELS, levels([1, 2]), seq=4)  # another cmd
+        assert len(bench.levels) == 2
+        words = struct.pack("<i", 9)
+        for _ in range(2):                                   # READ_MODEL answers again
+            await bench.request(ctx, Command.READ_MODEL, MODEL_HEADER_FORMAT.pack(0, 1),
+                                reply=words, seq=5)
+        counters = await bench.status(ctx)
+        assert counters.frames_bad == 1
         await bench.idle(ctx)
     bench.run(testbench)

@@ -119,7 +119,7 @@ def test_load_and_run_feed_the_golden_beats():
                                         for i, beat in enumerate(expected)]
         # the cycles count the store's pipeline too (the fake engine's monitor cannot)
         await bench.send(ctx, encode_request(Command.STATUS))
-        counters = Counters.unpack((await bench.receive(ctx))[6:-2])
+        counters = Counters.unpack((await bench.receive(ctx))[7:-2])
         assert counters.samples == run.count + with_bias.count + full.count
         assert counters.beats == len(bench.beats) <= counters.cycles
         await bench.idle(ctx)

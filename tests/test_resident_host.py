@@ -291,8 +291,8 @@ def test_load_data_in_frames(connect):
     assert b"".join(p[8:] for p in loads[:3]) == data
     np.testing.assert_array_equal(fake.board.engine.codes[:40].ravel(), np.arange(160))
     assert fake.board.engine.loaded[Region.CODES] == 40
-    assert sent == sum(7 + len(p) for _, p in fake.requests)
-    assert received == 8 + protocol.IDENTIFY.size + 8 * len(loads)   # empty replies: 8 bytes
+    assert sent == sum(8 + len(p) for _, p in fake.requests)
+    assert received == 9 + protocol.IDENTIFY.size + 9 * len(loads)   # empty replies: 9 bytes
 
 
 def test_run_payload(connect):
@@ -482,7 +482,7 @@ def test_sgd_resident_converges_with_little_traffic(monkeypatch):
     loads = [p for c, p in fake.requests if c == Command.LOAD_DATA]
     assert {p[0] for p in loads} == {Region.CODES, Region.LABELS, Region.SAMPLER}
     assert commands.index(Command.LOAD_LEVELS) < commands.index(Command.LOAD_DATA)
-    assert result.settings["load_bytes"] == sum(7 + len(p) + 8 for p in loads)
+    assert result.settings["load_bytes"] == sum(8 + len(p) + 9 for p in loads)
     assert result.settings["load_bytes"] > 500 * 17        # the codes at least
     runs = fake.board.runs
     assert len(runs) == 20 and {(r.count, r.samples) for r in runs} == {(500, 500)}
@@ -496,7 +496,7 @@ def test_sgd_resident_converges_with_little_traffic(monkeypatch):
     np.testing.assert_array_equal(stored, encode_codes(data.features[:, :-1]))
     # the history document
     doc = json.loads(json.dumps(report.history(result)))
-    assert doc["format"] == "ziphalp-history/4"
+    assert doc["format"] == "ziphalp-history/5"
     assert doc["settings"]["data"] == "resident" and doc["settings"]["load_bytes"] > 0
     assert [e["host_bytes"] for e in doc["epochs"]] == moved
 

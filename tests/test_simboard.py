@@ -329,8 +329,8 @@ def test_simulated_board_identifies():
     with simulated_board(params) as board:
         with serial.serial_for_url(board.url, timeout=10) as ser:
             ser.write(encode_request(Command.IDENTIFY))
-            head = read_exactly(ser, 6)
-            length = int.from_bytes(head[4:6], "little")
+            head = read_exactly(ser, 7)
+            length = int.from_bytes(head[5:7], "little")
             rest = read_exactly(ser, length + 2)
     payload = rest[:length]
     assert head + rest == encode_reply(Command.IDENTIFY, 0, payload)

@@ -118,7 +118,7 @@ def test_commands(ls_run):
 def test_history_document(ls_run):
     _, result = ls_run
     doc = json.loads(json.dumps(report.history(result)))
-    assert doc["format"] == "ziphalp-history/4" and doc["algo"] == "halp"
+    assert doc["format"] == "ziphalp-history/5" and doc["algo"] == "halp"
     assert "8-bit levels" in doc["optimum_data"] and "Q2.14" in doc["optimum_data"]
     assert doc["halp"] == {key: result.settings[key] for key in (
         "offset_bits", "data_bits", "mu", "inner_steps", "step", "shift", "scale_log")}
