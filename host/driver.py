@@ -61,7 +61,7 @@ WEIGHT_BYTES = 4
 #: Resends of a request before the driver gives up.
 RETRIES = 8
 #: Seconds of silence that end a reply once a byte of it has come.
-GAP = 0.5
+GAP = 0.2
 #: Seconds between polls of the port.
 POLL = 0.01
 #: Smallest request payload the driver shrinks to on a noisy line, in bytes.
