@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Self
 
@@ -275,16 +275,14 @@ class Board:
         if weights.size and (weights.min() < -2**31 or weights.max() >= 2**31):
             raise BoardError("LOAD_MODEL: weights do not fit the 32-bit wire format")
         data = weights.astype("<i4")
-        i = 0
-        while i < len(data):
-            per_request = self._per_request(protocol.MODEL_HEADER_FORMAT.size)
+        lanes = self.identity.lanes
+
+        def send(i: int, n: int) -> None:
             header = protocol.MODEL_HEADER_FORMAT.pack(start + i, 0)
-            try:
-                self._expect_empty(Command.LOAD_MODEL, header + data[i:i + per_request].tobytes(),
-                                   splittable=per_request > self.identity.lanes)
-            except _Unsent:
-                continue
-            i += per_request
+            self._expect_empty(Command.LOAD_MODEL, header + data[i:i + n].tobytes(),
+                               splittable=n > lanes)
+        self._in_pieces(len(data), lambda: self._per_request(protocol.MODEL_HEADER_FORMAT.size),
+                        send)
 
     def read_model(self, start: int, count: int) -> np.ndarray:
         """Read ``count`` model weights from index ``start`` as int64.
@@ -292,16 +290,15 @@ class Board:
         Split into several requests when one reply would exceed ``frame_bytes``.
         """
         parts = []
-        i = 0
-        while i < count:
-            n = min(self._per_request(0), count - i)
+
+        def read(i: int, n: int) -> None:
             reply = self._command(Command.READ_MODEL,
                                   protocol.MODEL_HEADER_FORMAT.pack(start + i, n))
             if len(reply) != n * WEIGHT_BYTES:
                 raise BoardError(f"READ_MODEL: reply of {len(reply)} bytes from {self.url}, "
                                  f"expected {n * WEIGHT_BYTES}")
             parts.append(np.frombuffer(reply, "<i4"))
-            i += n
+        self._in_pieces(count, lambda: self._per_request(0), read)
         return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
 
     def stream(self, frame: bytes, flush: bool = False) -> None:
@@ -311,16 +308,13 @@ class Board:
         at beats (the last one flushing): the engine keeps its place in a sample
         from one request to the next, so it takes the same beats."""
         width = self.identity.beat_bits // 8
-        sent = 0
-        while sent < len(frame):
-            size = max(width, self.payload_limit // width * width)
-            last = sent + size >= len(frame)
-            try:
-                self._expect_empty(Command.STREAM_FLUSH if flush and last else Command.STREAM,
-                                   frame[sent:sent + size], splittable=size > width)
-            except _Unsent:
-                continue
-            sent += size
+
+        def send(i: int, n: int) -> None:
+            last = i + n == len(frame)
+            self._expect_empty(Command.STREAM_FLUSH if flush and last else Command.STREAM,
+                               frame[i:i + n], splittable=n > width)
+        self._in_pieces(len(frame), lambda: max(width, self.payload_limit // width * width),
+                        send)
 
     def load_data(self, region: protocol.Region, data: bytes) -> None:
         """Load ``data`` into ``region`` of the board's resident store, from beat 0 on.
@@ -367,16 +361,13 @@ class Board:
             raise ArgumentError(f"LOAD_DATA: {beats} beats do not fit {region.name}, which "
                                 f"holds {room} on the board on {self.url}")
         header = protocol.DATA_HEADER.format
-        start = 0
-        while start < beats:
-            per_request = max(1, (self.payload_limit - header.size) // width)
-            chunk = data[start * width:(start + per_request) * width]
-            try:
-                self._expect_empty(Command.LOAD_DATA, header.pack(region, start) + chunk,
-                                   splittable=per_request > 1)
-            except _Unsent:
-                continue
-            start += per_request
+
+        def send(start: int, n: int) -> None:
+            chunk = data[start * width:(start + n) * width]
+            self._expect_empty(Command.LOAD_DATA, header.pack(region, start) + chunk,
+                               splittable=n > 1)
+        self._in_pieces(beats, lambda: max(1, (self.payload_limit - header.size) // width),
+                        send)
 
     def run(self, count: int, first: int, stride: int, samples: int, seed: int,
             bias: bool = False) -> None:
@@ -438,6 +429,21 @@ class Board:
                                 "resident data")
         return params
 
+    @staticmethod
+    def _in_pieces(count: int, most: Callable[[], int],
+                   send: Callable[[int, int], None]) -> None:
+        """Send ``count`` units as requests ``send(first, n)`` of at most ``most()``
+        units each, asked again before each request (the size follows the line); a
+        request refused unexecuted (_Unsent) is sent again at the new size."""
+        first = 0
+        while first < count:
+            n = min(most(), count - first)
+            try:
+                send(first, n)
+            except _Unsent:
+                continue
+            first += n
+
     def _per_request(self, header: int) -> int:
         """Weights per model request: fits a frame, whole model words (rows of lanes)."""
         identity = self.identity
@@ -473,10 +479,7 @@ class Board:
                 if attempt:
                     self.retries += 1
                     self._quiet()
-                self._port.reset_input_buffer()
-                self._port.write(frame)
-                self.bytes_sent += len(frame)
-                self._port.flush()
+                self._send(frame)
                 try:
                     status, reply = self._reply_to(cmd, self._seq, wait)
                 except _Lost as e:
@@ -524,6 +527,13 @@ class Board:
         frame = self.identity.frame_bytes
         return frame if self._limit is None else min(frame, self._limit)
 
+    def _send(self, frame: bytes) -> None:
+        """Write one request frame, dropping whatever the port had received."""
+        self._port.reset_input_buffer()
+        self._port.write(frame)
+        self.bytes_sent += len(frame)
+        self._port.flush()
+
     def _quiet(self) -> None:
         """Wait until the line has been silent for twice the board's inter-byte
         time-out, so that the board has dropped any partial request."""
@@ -539,10 +549,7 @@ class Board:
         self._waited = self.timeout if wait is None else wait
         deadline = time.monotonic() + self._waited
         while True:
-            try:
-                echo, status, got, payload = self._frame(deadline)
-            except BoardError as e:
-                raise _Lost(str(e).removeprefix("reply: ")) from None
+            echo, status, got, payload = self._frame(deadline)
             if status in TRANSPORT:
                 # the board refused bytes sent since the line fell quiet: this request,
                 # garbled (maybe in its cmd or seq, which the refusal echoes)
@@ -559,7 +566,7 @@ class Board:
                                  f"from {self.url}") from None
 
     def _read(self, count: int, deadline: float, started: bool) -> bytes:
-        """``count`` bytes: BoardError if ``deadline`` passes first, or (once a byte has
+        """``count`` bytes: _Lost if ``deadline`` passes first, or (once a byte has
         come, ``started``) the line is silent for :data:`GAP` seconds."""
         data = b""
         last = time.monotonic()
@@ -572,8 +579,8 @@ class Board:
                 started, last = True, now
             elif now > deadline or (started and now - last > GAP):
                 missing = "incomplete reply" if started else "no reply"
-                raise BoardError(f"reply: {missing} from the board on {self.url} "
-                                 f"(waited {self._waited:g} s)")
+                raise _Lost(f"{missing} from the board on {self.url} "
+                            f"(waited {self._waited:g} s)")
         return data
 
     def exchange(self, frame: bytes, wait: float | None = None) -> tuple[int, int, bytes]:
@@ -581,19 +588,18 @@ class Board:
         the next reply frame's command byte, status byte and payload, whatever the
         status (no retries). Raises BoardError when no well-formed reply arrives."""
         try:
-            self._port.reset_input_buffer()
-            self._port.write(frame)
-            self.bytes_sent += len(frame)
-            self._port.flush()
+            self._send(frame)
             self._waited = self.timeout if wait is None else wait
             echo, status, _, payload = self._frame(time.monotonic() + self._waited)
             return echo, status, payload
         except serial.SerialException as e:
             raise BoardError(f"request: link to {self.url} failed: {e}") from None
+        except _Lost as e:
+            raise BoardError(f"request: {e}") from None
 
     def _frame(self, deadline: float) -> tuple[int, int, int, bytes]:
         """The next reply frame (sync word hunted for, CRC checked): command, status,
-        sequence number and payload."""
+        sequence number and payload; _Lost if none comes whole."""
         window = self._read(len(protocol.SYNC), deadline, started=False)
         while window != protocol.SYNC:
             window = window[1:] + self._read(1, deadline, started=True)
@@ -602,5 +608,5 @@ class Board:
         rest = self._read(length + 2, deadline, started=True)
         payload, (crc,) = rest[:-2], struct.unpack("<H", rest[-2:])
         if crc != protocol.crc16(header + payload):
-            raise BoardError(f"reply: corrupt reply from {self.url} (CRC mismatch)")
+            raise _Lost(f"corrupt reply from {self.url} (CRC mismatch)")
         return echo, status, seq, payload
