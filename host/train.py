@@ -679,7 +679,10 @@ def _checkpointer(folder: str | Path | None, saved: checkpoints.Checkpoint | Non
                   identity: protocol.Identity, url: str
                   ) -> Callable[[TrainResult, int, np.random.Generator], None]:
     """Check a resume against the run (before the board or the folder is touched)
-    and return the function that writes each epoch's checkpoint."""
+    and return the function that writes each epoch's checkpoint (none without a
+    folder)."""
+    if folder is None:
+        return lambda result, epoch, rng: None
     described = {"name": dataset.name, "n": dataset.n, "d": dataset.d,
                  "sha256": checkpoints.fingerprint(dataset.features, dataset.labels)}
     if saved is not None:
@@ -689,8 +692,6 @@ def _checkpointer(folder: str | Path | None, saved: checkpoints.Checkpoint | Non
                              f"in {folder} was on build 0x{saved.build_id:08x}")
 
     def save(result: TrainResult, epoch: int, rng: np.random.Generator) -> None:
-        if folder is None:
-            return
         checkpoints.write(Path(folder), checkpoints.Checkpoint(
             epoch, [int(w) for w in result.words], rng.bit_generator.state,
             checkpoints.plain(result.settings), described, identity.build_id, board,
@@ -959,13 +960,13 @@ def _train_halp(dataset, *, board, port, epochs, step, batch, seed, label, bits,
             settings["load_bytes"] = _load_resident(driver, data.features, problem.label_words,
                                                     table, k, "nearest")
         loss_code = Loss(LOSSES.index(loss))
-        # the SGD phase first: a board left in an inner loop refuses LOAD_MODEL
         result = TrainResult(dataset, data, identity, params, board, url, settings, table,
                              quantisation_variance(data.features.ravel(), table),
                              np.zeros(features, np.int64), np.zeros(features),
                              None if optimum is None else optimum[0],
                              None if optimum is None else optimum[1], problem=problem)
         first = _restore(result, saved, rng)
+        # the SGD phase first: a board left in an inner loop refuses LOAD_MODEL
         driver.configure(features, 1, full_shift, k=k, double=False, loss=loss_code)
         driver.load_model(0, result.words)
         driver.status(clear=True)
