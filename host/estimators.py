@@ -59,8 +59,8 @@ class _ZiphalpEstimator(BaseEstimator):
     def _train_kwargs(self) -> dict:
         params = self.get_params(deep=False)
         kwargs = {name: params[name] for name in _TRAIN_PARAMS if name in params}
-        kwargs.setdefault("loss", "squared")
-        return kwargs
+        # regressors fit least squares; HALPClassifier's loss is fixed (a class attribute)
+        return kwargs | {"loss": getattr(self, "loss", "squared")}
 
     def _train(self, X: np.ndarray, y: np.ndarray, task: str):
         names = ([str(name) for name in self.feature_names_in_]
@@ -250,7 +250,29 @@ class ZipMLClassifier(_Classifier):
         return super()._train_kwargs()
 
 
-class HALPRegressor(_Regressor):
+class _HALP:
+    """The HALP estimators' parameters (documented in :class:`HALPRegressor`)."""
+
+    _algo = "halp"
+
+    def __init__(self, *, board="sim-ulx3s", port=None, bits=None, epochs=DEFAULTS["epochs"],
+                 step=None, seed=DEFAULTS["seed"], mu=None, inner_steps=None,
+                 data_bits=None, stale=None, resident=None, timeout=5.0):
+        self.board = board
+        self.port = port
+        self.bits = bits
+        self.epochs = epochs
+        self.step = step
+        self.seed = seed
+        self.mu = mu
+        self.inner_steps = inner_steps
+        self.data_bits = data_bits
+        self.stale = stale
+        self.resident = resident
+        self.timeout = timeout
+
+
+class HALPRegressor(_HALP, _Regressor):
     """Least squares trained by bit-centering SVRG in the engine's HALP mode.
 
     Parameters
@@ -280,26 +302,8 @@ class HALPRegressor(_Regressor):
         the quantised problem after each.
     """
 
-    _algo = "halp"
 
-    def __init__(self, *, board="sim-ulx3s", port=None, bits=None, epochs=DEFAULTS["epochs"],
-                 step=None, seed=DEFAULTS["seed"], mu=None, inner_steps=None,
-                 data_bits=None, stale=None, resident=None, timeout=5.0):
-        self.board = board
-        self.port = port
-        self.bits = bits
-        self.epochs = epochs
-        self.step = step
-        self.seed = seed
-        self.mu = mu
-        self.inner_steps = inner_steps
-        self.data_bits = data_bits
-        self.stale = stale
-        self.resident = resident
-        self.timeout = timeout
-
-
-class HALPClassifier(_Classifier):
+class HALPClassifier(_HALP, _Classifier):
     """Logistic regression trained by bit-centering SVRG in the engine's HALP mode.
 
     Parameters and attributes are those of :class:`HALPRegressor` (HALP runs the
@@ -307,24 +311,4 @@ class HALPClassifier(_Classifier):
     :class:`ZipMLClassifier`.
     """
 
-    _algo = "halp"
     loss = "logistic"
-
-    def __init__(self, *, board="sim-ulx3s", port=None, bits=None, epochs=DEFAULTS["epochs"],
-                 step=None, seed=DEFAULTS["seed"], mu=None, inner_steps=None,
-                 data_bits=None, stale=None, resident=None, timeout=5.0):
-        self.board = board
-        self.port = port
-        self.bits = bits
-        self.epochs = epochs
-        self.step = step
-        self.seed = seed
-        self.mu = mu
-        self.inner_steps = inner_steps
-        self.data_bits = data_bits
-        self.stale = stale
-        self.resident = resident
-        self.timeout = timeout
-
-    def _train_kwargs(self) -> dict:
-        return super()._train_kwargs() | {"loss": "logistic"}
