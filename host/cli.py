@@ -18,7 +18,7 @@ from tqdm import tqdm
 from ziphalp.hw.params import BOARD_PARAMS
 
 from .checkpoint import ResumeError
-from .data import BUNDLED, DataError
+from .data import BUNDLED, DataError, load
 from .driver import BoardError
 from .train import (
     ALGOS,
@@ -322,7 +322,6 @@ def _run(args: argparse.Namespace) -> None:
 
 
 def _sweep(args: argparse.Namespace) -> None:
-    from .data import load
     from .sweep import parse_grid, sweep, write_sweep
 
     if args.scheduler is not None and args.backend != "dask":
