@@ -5,7 +5,8 @@ full pass. :class:`InnerLoopPrep` then, as ``ziphalp.hw.params`` ("HALP mode")
 writes out and :func:`ziphalp.hw.params.halp_shift` and the golden model
 compute:
 
-1. ``S = sum_f G_f**2``, exact, one word of one bank per cycle through one squarer;
+1. ``S = sum_f G_f**2``, exact, one word of one bank per cycle through one pipelined
+   squarer;
 2. the offset shift ``sh`` from ``S`` and ``scale_log`` in five steps (the
    leading one of ``S``, the bits below it, the log-domain rule, rounding, the
    clamp to ``0..OFFSET_SHIFT_MAX``): the offset grid ``2**(sh - model.frac)``;
@@ -104,24 +105,35 @@ class InnerLoopPrep(wiring.Component):
         return m
 
     def _norm(self, m):
-        """``S``: address, select a lane, square, accumulate (three cycles behind)."""
+        """``S``: address, select a lane, take ``|g|``, square it in halves, add the
+        halves, accumulate (five cycles behind the address). The square of a whole
+        gradient word in one cycle was the ECP5 engine's longest path (81 logic
+        levels through the multipliers' adders); ``|g|**2 = hi**2 * 2**(2h) +
+        2 * hi * lo * 2**h + lo**2`` with each product and their sum in its own cycle."""
         p, count, norm2 = self.params, self._count, self._norm2
         total = p.bank_depth * p.lanes
         lane_bits = (p.lanes - 1).bit_length()
+        half = (p.grad_bits + 1) // 2
         lane1 = Signal(range(p.lanes))
         g2 = Signal(signed(p.grad_bits))
+        mag = Signal(p.grad_bits)
+        hh, hl, ll = Signal(2 * half), Signal(2 * half), Signal(2 * half)
         sq = Signal(2 * p.grad_bits)
-        v1, v2, v3 = Signal(), Signal(), Signal()
+        valid = [Signal(name=f"norm_valid{i}") for i in range(5)]
         m.d.comb += self.word.eq(Mux(self._norming, count >> lane_bits, count))
+        hi, lo = mag[half:], mag[:half]
         m.d.sync += [lane1.eq(count[:lane_bits] if lane_bits else 0),
-                     v1.eq(self._norming & (count < total)),
-                     g2.eq(Array(self.grad)[lane1]), v2.eq(v1),
-                     sq.eq(g2 * g2), v3.eq(v2)]
-        with m.If(v3):
+                     valid[0].eq(self._norming & (count < total)),
+                     g2.eq(Array(self.grad)[lane1]),
+                     mag.eq(Mux(g2 < 0, -g2, g2)),
+                     hh.eq(hi * hi), hl.eq(hi * lo), ll.eq(lo * lo),
+                     sq.eq((hh << (2 * half)) + (hl << (half + 1)) + ll),
+                     *(valid[i + 1].eq(valid[i]) for i in range(4))]
+        with m.If(valid[4]):
             m.d.sync += norm2.eq(norm2 + sq)
         with m.If(self._norming):
             m.d.sync += count.eq(count + 1)
-            with m.If(count == total + 3):
+            with m.If(count == total + 5):
                 m.d.sync += [self._norming.eq(0), self._deciding.eq(1), count.eq(0)]
 
     def _decide(self, m):
