@@ -26,7 +26,7 @@ iverilog:
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq iverilog; }
 
 train: setup
-	$(BIN)/ziphalp train diabetes --board sim --epochs 30 --batch 8 --step 0.001953125 --out results/train
+	$(BIN)/ziphalp train diabetes --board sim-ulx3s --epochs 30 --batch 8 --step 0.001953125 --out results/train
 
 reproduce-zipml: setup
 	$(BIN)/python -m ziphalp.sim.reproduce_zipml --out results/zipml

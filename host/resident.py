@@ -264,8 +264,8 @@ def does_not_fit(params: EngineParams, n: int, d: int, bias: bool = False) -> st
 
     The reason is a phrase naming the limit, e.g. ``"the board has no resident
     data"``, ``"the resident store holds at most 4096 samples (labels), not
-    5000"`` or ``"the resident store holds at most 240 samples of 257 features
-    (4096 rows of 16 codes, 17 rows a sample), not 300"``.
+    5000"`` or ``"the resident store holds at most 248 samples of 257 features
+    (8192 rows of 8 codes, 33 rows a sample), not 300"``.
     """
     if not params.resident:
         return "the board has no resident data"

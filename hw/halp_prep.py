@@ -105,35 +105,49 @@ class InnerLoopPrep(wiring.Component):
         return m
 
     def _norm(self, m):
-        """``S``: address, select a lane, take ``|g|``, square it in halves, add the
-        halves, accumulate (five cycles behind the address). The square of a whole
-        gradient word in one cycle was the ECP5 engine's longest path (81 logic
-        levels through the multipliers' adders); ``|g|**2 = hi**2 * 2**(2h) +
-        2 * hi * lo * 2**h + lo**2`` with each product and their sum in its own cycle."""
+        """``S``: address, select a lane, take ``|g|``, square it, accumulate (six
+        cycles behind the address).
+
+        The square of a whole gradient word in one cycle was the ECP5 engine's
+        longest path (81 logic levels through the multipliers' adders), and halves of
+        27 bits still left a 27 x 27 product (four hard multipliers and their sum) in
+        one. Here ``|g|`` is cut into 18-bit limbs ``a_i``, each product ``a_i * a_j``
+        is one hard multiplier into a register, and ``|g|**2`` is their sum: the
+        squares ``a_i**2`` do not overlap (they are concatenated), the three cross
+        terms are added in two adders, and the two sums in a third."""
         p, count, norm2 = self.params, self._count, self._norm2
         total = p.bank_depth * p.lanes
         lane_bits = (p.lanes - 1).bit_length()
-        half = (p.grad_bits + 1) // 2
         lane1 = Signal(range(p.lanes))
         g2 = Signal(signed(p.grad_bits))
         mag = Signal(p.grad_bits)
-        hh, hl, ll = Signal(2 * half), Signal(2 * half), Signal(2 * half)
+        LIMB = 18
+        limbs = [mag[i:i + LIMB] for i in range(0, p.grad_bits, LIMB)]
+        squares = [Signal(2 * len(a), name=f"norm_sq{i}") for i, a in enumerate(limbs)]
+        cross = {(i, j): Signal(len(limbs[i]) + len(limbs[j]), name=f"norm_x{i}{j}")
+                 for i in range(len(limbs)) for j in range(i + 1, len(limbs))}
+        sums = [Signal(2 * p.grad_bits + 1, name=f"norm_sum{i}") for i in range(2)]
         sq = Signal(2 * p.grad_bits)
-        valid = [Signal(name=f"norm_valid{i}") for i in range(5)]
+        valid = [Signal(name=f"norm_valid{i}") for i in range(6)]
         m.d.comb += self.word.eq(Mux(self._norming, count >> lane_bits, count))
-        hi, lo = mag[half:], mag[:half]
         m.d.sync += [lane1.eq(count[:lane_bits] if lane_bits else 0),
                      valid[0].eq(self._norming & (count < total)),
                      g2.eq(Array(self.grad)[lane1]),
                      mag.eq(Mux(g2 < 0, -g2, g2)),
-                     hh.eq(hi * hi), hl.eq(hi * lo), ll.eq(lo * lo),
-                     sq.eq((hh << (2 * half)) + (hl << (half + 1)) + ll),
-                     *(valid[i + 1].eq(valid[i]) for i in range(4))]
-        with m.If(valid[4]):
+                     *(sq_i.eq(a * a) for sq_i, a in zip(squares, limbs)),
+                     *(x.eq(limbs[i] * limbs[j]) for (i, j), x in cross.items()),
+                     *(valid[i + 1].eq(valid[i]) for i in range(5))]
+        # sum_i a_i**2 * 2**(2 * LIMB * i), then + 2 * a_i * a_j * 2**(LIMB * (i + j))
+        terms = [Cat(*(Cat(sq_i, Const(0, 2 * LIMB - len(sq_i))) for sq_i in squares))]
+        terms += [x << (LIMB * (i + j) + 1) for (i, j), x in cross.items()]
+        split = (len(terms) + 1) // 2
+        m.d.sync += [sums[0].eq(sum(terms[:split])), sums[1].eq(sum(terms[split:])),
+                     sq.eq(sums[0] + sums[1])]
+        with m.If(valid[5]):
             m.d.sync += norm2.eq(norm2 + sq)
         with m.If(self._norming):
             m.d.sync += count.eq(count + 1)
-            with m.If(count == total + 5):
+            with m.If(count == total + 6):
                 m.d.sync += [self._norming.eq(0), self._deciding.eq(1), count.eq(0)]
 
     def _decide(self, m):

@@ -552,12 +552,16 @@ class EngineParams:
 #: wider than 16 bits, two SB_MAC16 each, and the UP5K has eight; so a 16-bit beat
 #: carries at most two values (one at k = 8 with double sampling). The class-cost
 #: multiply and the L2 decay do not fit its 5280 logic cells beside two lanes.
-#: ULX3S (ECP5-85F, 156 multipliers, 208 DP16KD): 64-bit beats and 16 lanes, every
+#: ULX3S (ECP5-85F, 156 multipliers, 208 DP16KD): 64-bit beats and 8 lanes, every
 #: option (HALP with a 4096-sample anchor-error cache), values per beat
-#: 16/16/16/12/10/9/8/7 from k = 1 to 8 with single sampling, 16/16/12/10/9/8/7/6 double.
-#: 32 lanes need 100k LUT4 cells after synthesis, 119% of the device; 16 lanes 45k.
-#: Resident data in the block RAM the 16-lane engine leaves (it takes 150 DP16KD):
-#: 4096 rows of 16 codes (64 KB, 32 DP16KD), 4096 labels, a sampler table per lane.
+#: 8/8/8/8/8/8/8/7 from k = 1 to 8 with single sampling, 8/8/8/8/8/8/7/6 double.
+#: Lanes are what the open place and route allows: 32 lanes need 100k LUT4 cells
+#: after synthesis, 119% of the device; 16 lanes fit (about 54k of 83k logic cells)
+#: but take 202 of the 208 DP16KD and router2 did not converge on them; 8 lanes
+#: route (``-P lanes=16`` still builds the wider engine). The clock is 45 MHz (25 MHz
+#: * 9 / 5; 15 cycles a UART bit at 3 Mbaud), which the routed 8-lane engine meets.
+#: Resident data in the block RAM the 8-lane engine leaves: 8192 rows of 8 codes
+#: (64 KB, 32 DP16KD), 4096 labels, a sampler table per lane.
 #: "sim" runs the iCEBreaker's parameters, so what trains in simulation fits the
 #: board; "sim-ulx3s" the ULX3S's.
 BOARD_PARAMS: dict[str, EngineParams] = {
@@ -565,10 +569,10 @@ BOARD_PARAMS: dict[str, EngineParams] = {
                                max_batch=16, model_bits=32, model_frac=24,
                                frame_bytes=1024, clock_hz=33_000_000,
                                class_costs=False, l2_decay=False),
-    "ulx3s": EngineParams(beat_bits=64, lanes=16, max_k=8, max_features=1024,
+    "ulx3s": EngineParams(beat_bits=64, lanes=8, max_k=8, max_features=1024,
                           max_batch=64, model_bits=32, model_frac=24, frame_bytes=8192,
-                          clock_hz=50_000_000, halp_samples=4096,
-                          resident_rows=4096, resident_samples=4096),
+                          clock_hz=45_000_000, halp_samples=4096,
+                          resident_rows=8192, resident_samples=4096),
 }
 BOARD_PARAMS["sim"] = BOARD_PARAMS["icebreaker"]
 BOARD_PARAMS["sim-ulx3s"] = BOARD_PARAMS["ulx3s"]

@@ -305,22 +305,21 @@ def _ecp5_pll_instance(clock: ECP5PLL) -> Instance:
 
 def test_ulx3s_top_clock_and_uart():
     top = ULX3STop(BOARD_PARAMS["ulx3s"])
-    assert top.params.clock_hz == 50_000_000 == top.clock.f_out_hz
+    assert top.params.clock_hz == 45_000_000 == top.clock.f_out_hz
     assert top.params == BOARD_PARAMS["ulx3s"]
-    # 3 Mbaud from 50 MHz: 17 cycles a bit, 2.94 Mbaud, 1.96% slow (within the 2% bound).
-    assert top.divisor == 17
-    assert abs(50_000_000 / 17 - 3_000_000) / 3_000_000 < BAUD_TOLERANCE
+    # 3 Mbaud from 45 MHz: 15 cycles a bit, exact.
+    assert top.divisor == 15
     assert top.clock.settings() == {"primitive": "EHXPLLL", "f_in_hz": ULX3S_CLK_HZ,
-                                    "clki_div": 1, "clkfb_div": 2, "clkop_div": 12,
-                                    "f_vco_hz": 600_000_000, "f_out_hz": 50_000_000}
+                                    "clki_div": 5, "clkfb_div": 9, "clkop_div": 13,
+                                    "f_vco_hz": 585_000_000, "f_out_hz": 45_000_000}
     pll = _ecp5_pll_instance(top.clock)
     params = {name: getattr(value, "value", value) for name, value in pll.parameters.items()}
     assert {k: params[k] for k in ("CLKI_DIV", "CLKFB_DIV", "CLKOP_DIV", "CLKOP_CPHASE",
                                    "FEEDBK_PATH", "CLKOP_ENABLE")} == {
-        "CLKI_DIV": 1, "CLKFB_DIV": 2, "CLKOP_DIV": 12, "CLKOP_CPHASE": 11,
+        "CLKI_DIV": 5, "CLKFB_DIV": 9, "CLKOP_DIV": 13, "CLKOP_CPHASE": 12,
         "FEEDBK_PATH": "CLKOP", "CLKOP_ENABLE": "ENABLED"}
     assert pll.attrs["FREQUENCY_PIN_CLKI"] == "25"
-    assert pll.attrs["FREQUENCY_PIN_CLKOP"] == "50"
+    assert pll.attrs["FREQUENCY_PIN_CLKOP"] == "45"
     # The feedback is the primary output, which is also the clock.
     (clkfb, clkfb_dir), (clkop, clkop_dir) = pll.ports["CLKFB"], pll.ports["CLKOP"]
     assert (clkfb_dir, clkop_dir) == ("i", "o") and clkfb is clkop
@@ -348,7 +347,7 @@ def test_ulx3s_top_elaborates():
                      "led_0__io": "B2", "led_1__io": "C2", "button_fire_0__io": "R1"}
     # L3 (the FT231X's TXDEN, an FPGA input on the board) is never driven.
     assert "L3" not in sites.values()
-    assert 'FREQUENCY NET "clk" 50000000' in lpf
+    assert 'FREQUENCY NET "clk" 45000000' in lpf
     assert 'FREQUENCY PORT "clk25_0__io" 25000000' in lpf
 
 

@@ -39,7 +39,7 @@ from ziphalp.hw.params import BOARD_PARAMS, CODE_ZERO, EngineParams
 from ziphalp.hw.protocol import Command, Region, Status
 from ziphalp.sim.golden import GoldenEngine, decode, sample_fields, walk
 
-ULX3S = BOARD_PARAMS["sim-ulx3s"]          # 64-bit beats, 16 lanes, 4096 rows and labels
+ULX3S = BOARD_PARAMS["sim-ulx3s"]          # 64-bit beats, 8 lanes, 8192 rows, 4096 labels
 CODES = np.arange(1, 256)                  # every code a feature value can have
 #: A small resident build: 32-bit beats of 4 codes, 64-byte frames (14 beats of data).
 SMALL = EngineParams(beat_bits=32, lanes=4, max_k=4, max_features=64, max_batch=8,
@@ -215,7 +215,7 @@ def test_sampler_table_errors():
 def test_store_image_feeds_what_the_host_would_stream():
     """Codes, labels and sampler table loaded into the golden model: a RUN feeds the
     beats the host's packer makes of the same on-chip fields (layout of code_rows and
-    label_words, padding included: d = 20 takes two rows of 16 codes)."""
+    label_words, padding included: d = 20 takes three rows of 8 codes)."""
     rng = np.random.default_rng(3)
     n, d, k = 9, 20, 3
     codes = encode_codes(rng.uniform(-1, 1, (n, d)))
@@ -223,8 +223,8 @@ def test_store_image_feeds_what_the_host_would_stream():
     levels = uniform_levels(k)
     table = sampler_table(levels, k, "double")
     image = code_rows(codes, ULX3S)
-    assert len(image) == n * 2 * 16
-    assert set(np.frombuffer(image, np.uint8).reshape(n, 32)[:, d:].ravel()) == {CODE_ZERO}
+    assert len(image) == n * 3 * 8
+    assert set(np.frombuffer(image, np.uint8).reshape(n, 24)[:, d:].ravel()) == {CODE_ZERO}
     assert len(label_words(labels, ULX3S)) == 3 * 8            # 4 labels a 64-bit beat
     golden = GoldenEngine(ULX3S)
     golden.load_data(Region.CODES, 0, image)
@@ -241,8 +241,8 @@ def test_store_image_feeds_what_the_host_would_stream():
 
 
 def test_capacity_and_fit():
-    assert capacity(ULX3S, 16) == 4096 and capacity(ULX3S, 17) == 2048
-    assert capacity(ULX3S, 257) == 240 and capacity(BOARD_PARAMS["sim"], 5) == 0
+    assert capacity(ULX3S, 16) == 4096 and capacity(ULX3S, 17) == 2730
+    assert capacity(ULX3S, 257) == 248 and capacity(BOARD_PARAMS["sim"], 5) == 0
     # with the bias made on the board, the store keeps d - 1 features
     assert capacity(ULX3S, 17, bias=True) == 4096 and capacity(ULX3S, 33, bias=True) == 2048
     assert capacity(ULX3S, 1, bias=True) == 4096
@@ -253,8 +253,8 @@ def test_capacity_and_fit():
     assert does_not_fit(ULX3S, 4097, 1) == ("the resident store holds at most 4096 samples "
                                             "(labels), not 4097")
     assert does_not_fit(ULX3S, 300, 257) == (
-        "the resident store holds at most 240 samples of 257 features (4096 rows of 16 "
-        "codes, 17 rows a sample), not 300")
+        "the resident store holds at most 248 samples of 257 features (8192 rows of 8 "
+        "codes, 33 rows a sample), not 300")
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 12, 60, 97, 4096])
@@ -339,7 +339,7 @@ def test_run_waits_for_a_long_run(monkeypatch):
         board.load_data(Region.LABELS, label_words(np.arange(5, dtype=np.int16), ULX3S))
         board.configure(3, 2, 10, k=2)
         assert board._run_seconds(10 ** 6) == pytest.approx(
-            10 ** 6 * (1 + 1 + 35) / ULX3S.clock_hz)
+            10 ** 6 * (1 + 1 + 34) / ULX3S.clock_hz)       # update gap 34 at 8 lanes
         board.run(7, 0, 1, 5, 3)
         assert fake.board.runs
         fake.empty = 10 ** 9                                   # a board that never answers
@@ -489,10 +489,10 @@ def test_sgd_resident_converges_with_little_traffic(monkeypatch):
     assert all(math.gcd(r.stride, 500) == 1 for r in runs)
     assert len({r.seed for r in runs}) == 20 and len({(r.first, r.stride) for r in runs}) > 15
     # the board holds the codes of the normalised features but the bias, which the
-    # runs make on the board: 16 features, one row a sample
+    # runs make on the board: 16 features, two rows of 8 codes a sample
     assert {r.bias for r in runs} == {1}
     data = normalise(load(LS16))
-    stored = fake.board.engine.codes[:500]
+    stored = fake.board.engine.codes[:1000].reshape(500, 16)
     np.testing.assert_array_equal(stored, encode_codes(data.features[:, :-1]))
     # the history document
     doc = json.loads(json.dumps(report.history(result)))
