@@ -327,7 +327,12 @@ def _sweep(args: argparse.Namespace) -> None:
     if args.scheduler is not None and args.backend != "dask":
         raise SettingsError("--scheduler needs --backend dask")
     grid = parse_grid(args.grid)
-    fixed = {name: values[0] for name, values in parse_grid(args.set).items()}
+    fixed = {}
+    for name, values in parse_grid(args.set).items():
+        if len(values) != 1:
+            raise SettingsError(f"--set {name} takes one value, not {len(values)} "
+                                f"(use --grid to sweep it)")
+        fixed[name] = values[0]
     dataset = load(args.data, args.label)
     result = sweep(dataset, grid, algo=args.algo, params={"timeout": 30.0} | fixed,
                    folds=args.folds, workers=args.workers, backend=args.backend,

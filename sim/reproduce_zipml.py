@@ -30,7 +30,7 @@ Experiments (least squares unless stated otherwise, features normalised to [-1, 
    sampling at k = 1..8 on the board; test accuracy next to scikit-learn's
    LogisticRegression / LinearSVC and float64 SGD on the same split.
 4. **Throughput** (``throughput``): engine cycles per epoch at k = 1, 2, 4, 8 with
-   double sampling on the wide ULX3S engine (64-bit beats, 32 lanes) and on the
+   double sampling on the ULX3S engine (64-bit beats, ``BOARD_PARAMS`` lanes) and on the
    iCEBreaker engine, against the run at k = 8 and against a baseline build of
    the same engine with as many lanes as 32-bit data fill a beat with (the
    iCEBreaker's 16-bit beat cannot carry a 32-bit value: its baseline is one lane,

@@ -67,6 +67,8 @@ def test_cli_sweep_writes_table_and_plot(tmp_path, capsys):
     (["--grid", "bits=2", "--scheduler", "tcp://127.0.0.1:9"], "--scheduler needs --backend dask"),
     (["--grid", "bits=2", "--folds", "1"], "folds must be 2.."),
     (["--grid", "bits=2", "--set", "port=/dev/null", "--workers", "2"], "one fit at a time"),
+    (["--grid", "bits=2", "--set", "batch=4,8"],
+     "--set batch takes one value, not 2 (use --grid to sweep it)"),
     (["--grid", "bits=2", "--backend", "dask", "--scheduler", "tcp://127.0.0.1:9"],
      "no Dask scheduler at tcp://127.0.0.1:9"),
 ])
