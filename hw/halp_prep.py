@@ -134,7 +134,7 @@ class InnerLoopPrep(wiring.Component):
                      valid[0].eq(self._norming & (count < total)),
                      g2.eq(Array(self.grad)[lane1]),
                      mag.eq(Mux(g2 < 0, -g2, g2)),
-                     *(sq_i.eq(a * a) for sq_i, a in zip(squares, limbs)),
+                     *(sq_i.eq(a * a) for sq_i, a in zip(squares, limbs, strict=True)),
                      *(x.eq(limbs[i] * limbs[j]) for (i, j), x in cross.items()),
                      *(valid[i + 1].eq(valid[i]) for i in range(5))]
         # sum_i a_i**2 * 2**(2 * LIMB * i), then + 2 * a_i * a_j * 2**(LIMB * (i + j))

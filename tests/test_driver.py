@@ -90,12 +90,12 @@ def test_identity_reports_halp(connect):
     # halp_samples, update_gap, resident_rows, resident_samples: the last fields
     assert payload[-9:] == ((4096).to_bytes(2, "little")
                             + bytes([SGDEngine.update_gap(BOARD_PARAMS["ulx3s"])])
-                            + (4096).to_bytes(4, "little") + (4096).to_bytes(2, "little"))
+                            + (8192).to_bytes(4, "little") + (4096).to_bytes(2, "little"))
     with Board("fake://0") as board:
         identity = board.identify()
         assert identity.options & protocol.Options.HALP and identity.halp_samples == 4096
         assert board.halp_samples == 4096
-        assert identity.update_gap == 35
+        assert identity.update_gap == 34                 # 8 lanes
         assert board.params == BOARD_PARAMS["ulx3s"]
     connect(FakeBoard(BOARD_PARAMS["sim"]))
     with Board("fake://0") as board:
