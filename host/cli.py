@@ -260,7 +260,9 @@ def _traffic(result: TrainResult) -> str:
     loaded = result.settings.get("load_bytes", 0)
     load = f" after a {loaded}-byte load" if loaded else ""
     resent = sum(r.retries for r in result.history)
-    retries = f"; {resent} requests resent" if resent else ""
+    retries = f"; {resent} requests resent" if resent or result.faults_injected else ""
+    if result.faults_injected:
+        retries += f" after {result.faults_injected} injected faults"
     return f"data {result.settings.get('data', 'streamed')}{per_epoch}{load}{retries}"
 
 

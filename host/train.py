@@ -44,6 +44,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -246,6 +247,8 @@ class TrainResult:
     problem : QuantisedProblem or None
         HALP: the quantised problem; ``objective``, ``optimum`` and
         ``optimum_loss`` then refer to it.
+    faults_injected : int
+        Bytes the fault proxy damaged (``faults``; 0 without it).
     """
 
     dataset: Dataset
@@ -263,6 +266,7 @@ class TrainResult:
     optimum_loss: float | None
     history: list[EpochRecord] = field(default_factory=list)
     problem: QuantisedProblem | None = None
+    faults_injected: int = 0
 
     @property
     def algo(self) -> str:
@@ -287,18 +291,30 @@ class TrainResult:
         return self.data.to_original(self.coefficients)
 
 
+@dataclass
+class _Port:
+    """Where the board is, and how many faults a proxy in front of it has injected."""
+
+    url: str
+    proxy: Any = None
+
+    @property
+    def faults(self) -> int:
+        return self.proxy.total if self.proxy is not None else 0
+
+
 @contextlib.contextmanager
 def _port_url(board: str, port: str | None, faults: float = 0.0,
-              fault_seed: int = 0) -> Iterator[str]:
-    """The URL of the board: ``port``, or that of a simulated board started here
-    (behind a :class:`~ziphalp.host.faults.FaultProxy` if ``faults``)."""
+              fault_seed: int = 0) -> Iterator[_Port]:
+    """The board: ``port``, or a simulated board started here (behind a
+    :class:`~ziphalp.host.faults.FaultProxy` if ``faults``)."""
     if faults and port is not None:
         raise SettingsError("faults are injected between the host and a simulated board; "
                             "leave out the port")
     if not 0 <= faults < 1:
         raise SettingsError(f"the fault rate must be in [0, 1), not {faults}")
     if port is not None:
-        yield port
+        yield _Port(port)
         return
     if not board.startswith("sim"):
         raise SettingsError(f"--board {board} needs --port (the board's serial port)")
@@ -321,9 +337,9 @@ def _port_url(board: str, port: str | None, faults: float = 0.0,
                 from .faults import FaultProxy
 
                 with FaultProxy(sim.url, faults, seed=fault_seed) as proxy:
-                    yield proxy.url
+                    yield _Port(proxy.url, proxy)
             else:
-                yield sim.url
+                yield _Port(sim.url)
     except SimBoardError as e:
         raise BoardError(f"simulated board: {e}") from None
 
@@ -564,8 +580,9 @@ def train(dataset: str | Path | Dataset, *, board: str = "sim", port: str | None
     labels = quantize.quantize_labels(data.labels)
     rng = np.random.default_rng(seed)
 
-    with _port_url(board, port, faults, fault_seed) as url, \
-            Board(url, timeout=timeout) as driver:
+    with _port_url(board, port, faults, fault_seed) as link, \
+            Board(link.url, timeout=timeout) as driver:
+        url = link.url
         identity = driver.identify()
         params = driver.params
         _check_fit(dataset.name, dataset.d, batch, bits, params, url)
@@ -607,6 +624,7 @@ def train(dataset: str | Path | Dataset, *, board: str = "sim", port: str | None
                     r.overflow or r.clipped for r in result.history[:-1]))
                 if on_epoch is not None:
                     on_epoch(result, record)
+        result.faults_injected = link.faults
     return result
 
 
@@ -936,8 +954,9 @@ def _train_halp(dataset, *, board, port, epochs, step, batch, seed, label, bits,
     rng = np.random.default_rng(seed)
     passes = (n + steps) / n
 
-    with _port_url(board, port, faults, fault_seed) as url, \
-            Board(url, timeout=timeout) as driver:
+    with _port_url(board, port, faults, fault_seed) as link, \
+            Board(link.url, timeout=timeout) as driver:
+        url = link.url
         identity = driver.identify()
         params = driver.params
         _check_fit(dataset.name, dataset.d, 1, k, params, url)
@@ -998,6 +1017,7 @@ def _train_halp(dataset, *, board, port, epochs, step, batch, seed, label, bits,
                     r.overflow or r.clipped for r in result.history[:-1]))
                 if on_epoch is not None:
                     on_epoch(result, record)
+        result.faults_injected = link.faults
     return result
 
 

@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from ziphalp.host import faults as faults_module
 from ziphalp.host.train import train
 
 __all__ = ["CASES", "main", "measure"]
@@ -35,18 +34,6 @@ CASES = {
 RATES = (1e-4, 1e-3)
 
 
-def _counting_proxy():
-    """FaultProxy instances made during a run (to read their fault counts)."""
-    made = []
-    original = faults_module.FaultProxy.__init__
-
-    def init(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        made.append(self)
-    faults_module.FaultProxy.__init__ = init
-    return made, lambda: setattr(faults_module.FaultProxy, "__init__", original)
-
-
 def measure() -> list[dict]:
     rows = []
     for name, kw in CASES.items():
@@ -54,17 +41,13 @@ def measure() -> list[dict]:
         clean = train(progress=False, timeout=60.0, **kw)
         clean_seconds = time.perf_counter() - start
         for rate in RATES:
-            made, restore = _counting_proxy()
-            try:
-                start = time.perf_counter()
-                faulty = train(progress=False, timeout=60.0, faults=rate, fault_seed=1, **kw)
-                seconds = time.perf_counter() - start
-            finally:
-                restore()
+            start = time.perf_counter()
+            faulty = train(progress=False, timeout=60.0, faults=rate, fault_seed=1, **kw)
+            seconds = time.perf_counter() - start
             if not np.array_equal(faulty.words, clean.words):
                 raise SystemExit(f"bench_faults: {name} at {rate}: the model differs")
             rows.append({"case": name, "rate": rate, "same_model": True,
-                         "faults": sum(p.total for p in made),
+                         "faults": faulty.faults_injected,
                          "retries": sum(r.retries for r in faulty.history),
                          "host_bytes": sum(r.host_bytes or 0 for r in faulty.history),
                          "clean_seconds": clean_seconds, "seconds": seconds,

@@ -80,6 +80,9 @@ def test_faults_leave_the_model_of_a_clean_run(kw):
     assert [r.loss for r in faulty.history] == [r.loss for r in clean.history]
     assert sum(r.retries for r in faulty.history) > 0
     assert sum(r.retries for r in clean.history) == 0
+    # every damaged byte is counted; no retry without a fault
+    assert faulty.faults_injected >= sum(r.retries for r in faulty.history) > 0
+    assert clean.faults_injected == 0
 
 
 def test_faults_need_a_simulated_board(capsys):
