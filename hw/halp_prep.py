@@ -113,8 +113,9 @@ class InnerLoopPrep(wiring.Component):
         27 bits still left a 27 x 27 product (four hard multipliers and their sum) in
         one. Here ``|g|`` is cut into 18-bit limbs ``a_i``, each product ``a_i * a_j``
         is one hard multiplier into a register, and ``|g|**2`` is their sum: the
-        squares ``a_i**2`` do not overlap (they are concatenated), the three cross
-        terms are added in two adders, and the two sums in a third."""
+        squares ``a_i**2`` do not overlap (they are concatenated), and the cross
+        terms are added to them in two sums, and the two sums in a third (three
+        limbs at the ULX3S's 54-bit gradient: three cross terms)."""
         p, count, norm2 = self.params, self._count, self._norm2
         total = p.bank_depth * p.lanes
         lane_bits = (p.lanes - 1).bit_length()
@@ -128,6 +129,7 @@ class InnerLoopPrep(wiring.Component):
                  for i in range(len(limbs)) for j in range(i + 1, len(limbs))}
         sums = [Signal(2 * p.grad_bits + 1, name=f"norm_sum{i}") for i in range(2)]
         sq = Signal(2 * p.grad_bits)
+        # a valid bit per register step: lane, word, |g|, products, two sums, square
         valid = [Signal(name=f"norm_valid{i}") for i in range(6)]
         m.d.comb += self.word.eq(Mux(self._norming, count >> lane_bits, count))
         m.d.sync += [lane1.eq(count[:lane_bits] if lane_bits else 0),
@@ -136,18 +138,18 @@ class InnerLoopPrep(wiring.Component):
                      mag.eq(Mux(g2 < 0, -g2, g2)),
                      *(sq_i.eq(a * a) for sq_i, a in zip(squares, limbs, strict=True)),
                      *(x.eq(limbs[i] * limbs[j]) for (i, j), x in cross.items()),
-                     *(valid[i + 1].eq(valid[i]) for i in range(5))]
+                     *(valid[i + 1].eq(valid[i]) for i in range(len(valid) - 1))]
         # sum_i a_i**2 * 2**(2 * LIMB * i), then + 2 * a_i * a_j * 2**(LIMB * (i + j))
         terms = [Cat(*(Cat(sq_i, Const(0, 2 * LIMB - len(sq_i))) for sq_i in squares))]
         terms += [x << (LIMB * (i + j) + 1) for (i, j), x in cross.items()]
         split = (len(terms) + 1) // 2
         m.d.sync += [sums[0].eq(sum(terms[:split])), sums[1].eq(sum(terms[split:])),
                      sq.eq(sums[0] + sums[1])]
-        with m.If(valid[5]):
+        with m.If(valid[-1]):
             m.d.sync += norm2.eq(norm2 + sq)
         with m.If(self._norming):
             m.d.sync += count.eq(count + 1)
-            with m.If(count == total + 6):
+            with m.If(count == total + len(valid)):
                 m.d.sync += [self._norming.eq(0), self._deciding.eq(1), count.eq(0)]
 
     def _decide(self, m):
