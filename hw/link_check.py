@@ -19,29 +19,29 @@ from .protocol import (
     DATA_HEADER,
     IDENTIFY,
     MODEL_HEADER,
+    REPLAY,
     RUN,
     STATUS,
     Bits,
     Command,
     Region,
     Status,
+    regions,
 )
 
 __all__ = ["LinkCheck", "command_layout", "commands", "loaded_layout"]
 
-#: The commands only builds with resident data have.
-RESIDENT_COMMANDS = (Command.LOAD_DATA, Command.RUN)
-
-
 def commands(p: EngineParams) -> list[Command]:
     """The commands a build knows (the others are answered ``COMMAND``)."""
-    return [cmd for cmd in Command if p.resident or cmd not in RESIDENT_COMMANDS]
+    built = {Command.LOAD_DATA: p.stores_data, Command.RUN: p.resident,
+             Command.REPLAY: p.replay}
+    return [cmd for cmd in Command if built.get(cmd, True)]
 
 
 def loaded_layout(p: EngineParams) -> data.StructLayout:
-    """The loaded length of each resident region, in beats."""
+    """The loaded length of each region the build has, in beats."""
     return data.StructLayout({region.name.lower(): range(region.beats(p) + 1)
-                              for region in Region})
+                              for region in regions(p)})
 
 
 def command_layout() -> data.StructLayout:
@@ -87,8 +87,9 @@ class LinkCheck(Component):
     inner : In(1)
         The configuration accepted is HALP's inner loop (LOAD_MODEL is STATE then).
     features : In(range(max_features + 1)); halp : In(1); loaded : In(loaded_layout(params))
-        Builds with resident data: the configured ``d``, whether a HALP phase is
-        configured, and the loaded length of each region (RUN's checks).
+        Builds with resident data or a replay store: the configured ``d``, whether
+        a HALP phase is configured, and the loaded length of each region (the
+        checks of LOAD_DATA, RUN and REPLAY).
     verdict : Out(Status)
     accepted : Out(1)
         ``verdict`` is OK: the executor acts.
@@ -109,7 +110,7 @@ class LinkCheck(Component):
             "cmd": In(8), "length": In(16), "received": In(Status), "args": In(ARGS_LAYOUT),
             "whole": In(1), "wide": In(1), "configured": In(1), "inner": In(1),
             "features": In(range(params.max_features + 1)), "halp": In(1),
-            "loaded": In(loaded_layout(params)) if params.resident else In(1),
+            "loaded": In(loaded_layout(params)) if params.stores_data else In(1),
             "verdict": Out(Status), "accepted": Out(1), "payload_len": Out(16),
             "is_cmd": Out(command_layout()), "clear": Out(1),
         })
@@ -144,10 +145,12 @@ class LinkCheck(Component):
         length_good = step(Cat(is_cmd[cmd] & length_ok[cmd]
                                for cmd in commands(self.params)).any(),
                            "length_good")
-        stream = is_cmd[Command.STREAM] | is_cmd[Command.STREAM_FLUSH]
-        state_good = step((self.configured | ~(stream | is_cmd[Command.RUN]))
+        feeds = (is_cmd[Command.STREAM] | is_cmd[Command.STREAM_FLUSH] | is_cmd[Command.RUN]
+                 | is_cmd[Command.REPLAY])
+        state_good = step((self.configured | ~feeds)
                           & ~(self.inner & is_cmd[Command.LOAD_MODEL])
-                          & (self._run_state(step) | ~is_cmd[Command.RUN]), "state_good")
+                          & (self._run_state(step) | ~is_cmd[Command.RUN])
+                          & (self._replay_state(step) | ~is_cmd[Command.REPLAY]), "state_good")
 
         # step 3: the status, by priority
         args_good = Cat(is_cmd[cmd] & args_ok.get(cmd, 1) for cmd in Command).any()
@@ -180,9 +183,12 @@ class LinkCheck(Component):
             # whole int16s, at least two (an even length >= 4 has a bit above bit 1)
             Command.LOAD_LEVELS: (length[0] == 0) & (length[2:] != 0),
         }
-        if p.resident:
+        if p.stores_data:
             ok[Command.LOAD_DATA] = (length > DATA_HEADER.size) & self.whole
+        if p.resident:
             ok[Command.RUN] = length == RUN.size
+        if p.replay:
+            ok[Command.REPLAY] = length == REPLAY.size
         ok = {cmd: step(fact, f"length_ok_{cmd.name.lower()}") for cmd, fact in ok.items()}
         ok[Command.STREAM_FLUSH] = ok[Command.STREAM]
         most = LEVEL_BYTES * min(p.levels_max, p.frame_bytes // LEVEL_BYTES)
@@ -204,34 +210,39 @@ class LinkCheck(Component):
             Command.STATUS: flags_ok,
             Command.LOAD_LEVELS: ~self.wide,    # a receiver register, held with the request
         }
-        if p.resident:
+        if p.stores_data:
             facts.update(self._resident_facts(step))
         return facts
 
     def _resident_facts(self, step) -> dict:
-        """Step 1 of LOAD_DATA (a known region, inside it, no gap after its loaded
-        length) and RUN (``samples`` in range, ``first`` and ``stride`` below it)."""
+        """Step 1 of LOAD_DATA (a region of the build, inside it, no gap after its
+        loaded length), RUN (``samples`` in range, ``first`` and ``stride`` below
+        it) and REPLAY (``count`` not 0)."""
         p, header, run = self.params, self.args.data, self.args.run
         beats = self.length[clog2(p.beat_bits // 8):] - DATA_HEADER.size // (p.beat_bits // 8)
         region_ok, end_ok, gap_ok = [], [], []
-        for region in Region:
+        for region in regions(p):
             here = header.region == region
             loaded = self.loaded[region.name.lower()]
             region_ok.append(here)
             end_ok.append(~here | (header.start + beats <= region.beats(p)))
             gap_ok.append(~here | (header.start <= loaded))
         halp_most = p.halp_samples if p.halp else p.resident_samples
-        return {
+        facts = {
             Command.LOAD_DATA: step(Cat(*region_ok).any() & Cat(*end_ok).all()
                                     & Cat(*gap_ok).all() & (header.start < 1 << 24),
                                     "data_ok"),
-            Command.RUN: step((run.count != 0) & (run.samples != 0)
+        }
+        if p.replay:
+            facts[Command.REPLAY] = step(self.args.replay.count != 0, "replay_ok")
+        if p.resident:
+            facts[Command.RUN] = step((run.count != 0) & (run.samples != 0)
                               & (run.samples <= p.resident_samples)
                               & (~self.halp | (run.samples <= halp_most))
                               & (run.first < run.samples) & (run.stride < run.samples)
                               & (run.bias <= 1),
-                              "run_ok"),
-        }
+                              "run_ok")
+        return facts
 
     def _run_state(self, step):
         """Step 1 of RUN's state: the loaded data covers ``samples`` samples of the
@@ -249,6 +260,12 @@ class LinkCheck(Component):
         return ((needed <= p.resident_rows)
                 & (loaded.codes >= needed * p.beats_per_row)
                 & (labels >= samples) & sampler)
+
+    def _replay_state(self, step):
+        """Step 1 of REPLAY's state: ``first`` is below the beats loaded."""
+        if not self.params.replay:
+            return Const(1)
+        return step(self.args.replay.first < self.loaded.beats, "replay_loaded")
 
     def _configure_facts(self, step) -> list:
         """Step 1 of CONFIGURE: one register per field of the table that can be out of

@@ -5,10 +5,11 @@ command family, one method each: taking and dispatching a request
 (:meth:`~LinkExecutor._request_states`, which also drives CONFIGURE's fields),
 the engine's start and the beat stream (:meth:`~LinkExecutor._engine_states`),
 the model port (:meth:`~LinkExecutor._model_states`), the level table
-(:meth:`~LinkExecutor._level_states`), the resident store's loads and runs
-(:meth:`~LinkExecutor._resident_states`, builds with resident data: the store,
-:class:`~ziphalp.hw.resident.ResidentSource`, is the executor's second source of
-beats besides the frame buffer) and the reply frame
+(:meth:`~LinkExecutor._level_states`), the data stores' loads, runs and replays
+(:meth:`~LinkExecutor._data_states`, builds with resident data or a replay
+store: the resident store, :class:`~ziphalp.hw.resident.ResidentSource`, and the
+replay store, :class:`~ziphalp.hw.replay.ReplaySource`, are the executor's
+sources of beats besides the frame buffer) and the reply frame
 (:meth:`~LinkExecutor._reply_states`). The verdict comes from
 :class:`~ziphalp.hw.link_check.LinkCheck`; the reply bytes leave through
 :class:`~ziphalp.hw.link_reply.ReplySender`.
@@ -50,7 +51,9 @@ from .protocol import (
     Region,
     Status,
     StatusFlags,
+    regions,
 )
+from .replay import ReplaySource
 from .resident import ResidentSource
 
 __all__ = ["LinkExecutor", "saturate"]
@@ -128,13 +131,18 @@ class LinkExecutor(Component):
             index=Signal(range(max(REPLY_HEADER_BYTES, IDENTIFY.size, STATUS.size))),
             replaying=Signal(),                 # STREAM: beats go to the engine
             from_store=Signal(),                # RUN: the resident store feeds the engine
+            from_replay=Signal(),               # REPLAY: the replay store feeds the engine
             last_seq=Signal(8),                 # seq and cmd of the last request accepted
             last_cmd=Signal(8),                 # (last_seq 0: none, or unnumbered)
             repeated=Signal(),                  # the request has the last one's cmd and seq
         )
         if self.params.resident:
             m.submodules.resident = x.resident = ResidentSource(self.params)
-            x.written = Signal.like(req.args.data.start)   # LOAD_DATA: the beat being written
+        if self.params.replay:
+            m.submodules.replay = x.replay = ReplaySource(self.params)
+        if self.params.stores_data:
+            most = max(region.beats(self.params) for region in regions(self.params))
+            x.written = Signal(range(most + 1))     # LOAD_DATA: the beat being written
         m.d.comb += [
             check.cmd.eq(req.cmd), check.length.eq(req.length), check.received.eq(req.status),
             check.args.eq(req.args), check.whole.eq(req.whole), check.wide.eq(req.wide),
@@ -152,8 +160,8 @@ class LinkExecutor(Component):
             self._engine_states(m, x)
             self._model_states(m, x)
             self._level_states(m, x)
-            if self.params.resident:
-                self._resident_states(m, x)
+            if self.params.stores_data:
+                self._data_states(m, x)
             self._reply_states(m, x, source)
         # one-hot: short decode paths in synthesis (the domain's reset sets the state)
         fsm.state.attrs["fsm_encoding"] = "one-hot"
@@ -199,7 +207,7 @@ class LinkExecutor(Component):
         x.rd_advance = Signal()                 # move the cursor to the next beat
         x.before_last = Signal.like(x.rd_addr)  # STREAM: rd_addr of the beat before the last
         x.at_last = Signal()                    # STREAM: rd_addr is the frame's last beat
-        x.header_beats = DATA_HEADER.size // bytes_per_beat if p.resident else 0
+        x.header_beats = DATA_HEADER.size // bytes_per_beat if p.stores_data else 0
         rd_start = Mux(x.is_cmd[Command.LOAD_MODEL], MODEL_HEADER.size // bytes_per_beat,
                        Mux(x.is_cmd[Command.LOAD_DATA], x.header_beats, 0))
         m.d.comb += [
@@ -207,25 +215,21 @@ class LinkExecutor(Component):
                                 Mux(x.rd_advance, x.rd_addr + 1, x.rd_addr))),
             self.buf.addr.eq(rd_addr_next),
         ]
-        if p.resident:
-            store = x.resident.beats
-            m.d.comb += [
-                eng.beats.payload.data.eq(Mux(x.from_store, store.payload.data, self.buf.data)),
-                eng.beats.payload.flush.eq(Mux(x.from_store, store.payload.flush,
-                                               x.is_cmd[Command.STREAM_FLUSH] & x.at_last)),
-            ]
-        else:
-            m.d.comb += [
-                eng.beats.payload.data.eq(self.buf.data),
-                eng.beats.payload.flush.eq(x.is_cmd[Command.STREAM_FLUSH] & x.at_last),
-            ]
+        data = self.buf.data
+        flush = x.is_cmd[Command.STREAM_FLUSH] & x.at_last
+        for source, active in ((getattr(x, "resident", None), x.from_store),
+                               (getattr(x, "replay", None), x.from_replay)):
+            if source is not None:
+                data = Mux(active, source.beats.payload.data, data)
+                flush = Mux(active, source.beats.payload.flush, flush)
+        m.d.comb += [eng.beats.payload.data.eq(data), eng.beats.payload.flush.eq(flush)]
         m.d.sync += x.rd_addr.eq(rd_addr_next)
 
     def _count_events(self, m, x):
         """What the STATUS counters count (the frames are counted at dispatch)."""
         eng, counters = self.engine, x.counters
         m.d.comb += [
-            counters.busy.eq(x.replaying | x.from_store | ~eng.idle),
+            counters.busy.eq(x.replaying | x.from_store | x.from_replay | ~eng.idle),
             counters.sample.eq(eng.sample_done),
             counters.update.eq(eng.update_done),
             counters.beat.eq(eng.beats.valid & eng.beats.ready),
@@ -350,12 +354,16 @@ class LinkExecutor(Component):
                     m.next = "LEVEL_LOAD"
                 with m.If(is_cmd[Command.STREAM] | is_cmd[Command.STREAM_FLUSH]):
                     m.next = "STREAM"
-                if p.resident:
+                if p.stores_data:
                     with m.If(is_cmd[Command.LOAD_DATA]):
                         m.d.sync += x.written.eq(args.data.start)
                         m.next = "DATA_LOAD"
+                if p.resident:
                     with m.If(is_cmd[Command.RUN]):
                         m.next = "RUN_START"
+                if p.replay:
+                    with m.If(is_cmd[Command.REPLAY]):
+                        m.next = "REPLAY_START"
 
     def _engine_states(self, m, x):
         """CONFIGURE: the engine's start strobe; STREAM: the frame's beats replayed into
@@ -438,43 +446,62 @@ class LinkExecutor(Component):
             with m.If(x.level_final):
                 m.next = "HEADER"
 
-    def _resident_states(self, m, x):
-        """LOAD_DATA: the frame's beats written into the store's region, one a cycle (a
-        sampler beat one entry a cycle), then the region's loaded length extended.
-        RUN: the store started, its beats into the engine until it is drained, then
-        SETTLE. The loaded lengths live here (the check reads them)."""
-        eng, store, header, run = self.engine, x.resident, self.req.args.data, self.req.args.run
-        loaded = Signal(loaded_layout(self.params))
+    def _data_states(self, m, x):
+        """LOAD_DATA: the frame's beats written into the region's store, one a cycle
+        (a sampler beat one entry a cycle), then the region's loaded length
+        extended. RUN and REPLAY: their store started, its beats into the engine
+        until it is drained, then SETTLE. The loaded lengths live here (the check
+        reads them)."""
+        p, eng, header = self.params, self.engine, self.req.args.data
+        loaded = Signal(loaded_layout(p))
         m.d.comb += x.check.loaded.eq(loaded)
         written = x.written
-        m.d.comb += [store.region.eq(header.region), store.addr.eq(written),
-                     store.data.eq(self.buf.data),
-                     store.features.eq(eng.features), store.k.eq(eng.k),
-                     store.double.eq(eng.double), store.indexed.eq(eng.phase != Phase.SGD),
-                     store.count.eq(run.count), store.first.eq(run.first),
-                     store.stride.eq(run.stride), store.samples.eq(run.samples),
-                     store.seed.eq(run.seed), store.bias.eq(run.bias)]
+        ready = Const(1)
+        if p.resident:
+            store, run = x.resident, self.req.args.run
+            m.d.comb += [store.region.eq(header.region), store.addr.eq(written),
+                         store.data.eq(self.buf.data),
+                         store.features.eq(eng.features), store.k.eq(eng.k),
+                         store.double.eq(eng.double),
+                         store.indexed.eq(eng.phase != Phase.SGD),
+                         store.count.eq(run.count), store.first.eq(run.first),
+                         store.stride.eq(run.stride), store.samples.eq(run.samples),
+                         store.seed.eq(run.seed), store.bias.eq(run.bias)]
+            ready = store.write_ready
+        if p.replay:
+            replay, args = x.replay, self.req.args.replay
+            m.d.comb += [replay.addr.eq(written), replay.data.eq(self.buf.data),
+                         replay.first.eq(args.first), replay.count.eq(args.count),
+                         replay.loaded.eq(loaded.beats)]
         with m.State("DATA_LOAD"):
-            m.d.comb += [store.write.eq(1), x.rd_advance.eq(store.write_ready)]
-            with m.If(store.write_ready):
+            if p.resident:
+                m.d.comb += x.resident.write.eq(1)
+            if p.replay:
+                m.d.comb += x.replay.write.eq(header.region == Region.BEATS)
+            m.d.comb += x.rd_advance.eq(ready)
+            with m.If(ready):
                 m.d.sync += [written.eq(written + 1), x.at_last.eq(x.rd_addr == x.before_last)]
                 with m.If(x.at_last):
                     m.next = "DATA_LOADED"
         with m.State("DATA_LOADED"):            # written is one past the last beat
-            for region in Region:
+            for region in regions(p):
                 name = region.name.lower()
                 with m.If(header.region == region):
                     with m.If((header.start == 0) | (written > loaded[name])):
                         m.d.sync += loaded[name].eq(written)
             m.next = "HEADER"
-        with m.State("RUN_START"):
-            m.d.comb += store.start.eq(1)
-            m.next = "RUN"
-        with m.State("RUN"):
-            m.d.comb += [x.from_store.eq(1), eng.beats.valid.eq(store.beats.valid),
-                         store.beats.ready.eq(eng.beats.ready)]
-            with m.If(~store.busy):
-                m.next = "SETTLE"
+        for source, name, active in ((getattr(x, "resident", None), "RUN", x.from_store),
+                                     (getattr(x, "replay", None), "REPLAY", x.from_replay)):
+            if source is None:
+                continue
+            with m.State(f"{name}_START"):
+                m.d.comb += source.start.eq(1)
+                m.next = name
+            with m.State(name):
+                m.d.comb += [active.eq(1), eng.beats.valid.eq(source.beats.valid),
+                             source.beats.ready.eq(eng.beats.ready)]
+                with m.If(~source.busy):
+                    m.next = "SETTLE"
 
     def _reply_states(self, m, x, source):
         """The reply frame: header, the IDENTIFY or STATUS payload (READ_MODEL's is in

@@ -18,6 +18,7 @@ from .protocol import (
     CONFIGURE,
     DATA_HEADER,
     MODEL_HEADER,
+    REPLAY,
     RUN,
     SYNC,
     Bits,
@@ -95,6 +96,7 @@ ARGS_LAYOUT = data.UnionLayout({
     "status": data.StructLayout({"flags": 8}),
     "data": message_layout(DATA_HEADER),
     "run": message_layout(RUN),
+    "replay": message_layout(REPLAY),
 })
 ARGS_BYTES = ARGS_LAYOUT.size // 8
 assert CONFIGURE.size == ARGS_BYTES

@@ -165,6 +165,19 @@ and with ``r1``/``r2`` its low/high 16 bits field ``i`` of a feature ``f < d`` i
 ``up = r < t``; fields of ``f >= d`` are 0. Double sampling gets two independent
 roundings of the stored value, fresh each run; ``t`` in {0, 2**16} for every
 code gives deterministic rounding.
+
+Replayed data (builds with ``replay_beats > 0``)
+-----------------------------------------------
+A board too small for the resident store's sampling lanes can still keep a data
+set: the *replay store* holds ``replay_beats`` beats exactly as the host would
+stream them (label beats and packed feature beats, encoding above), quantised
+once by the host. ``REPLAY`` feeds ``count`` of them to the engine, beat
+``(first + u) mod loaded`` for ``u < count`` (``loaded`` the beats loaded), the
+last one flushing the batch, exactly as ``STREAM_FLUSH`` would feed their
+bytes. Sample boundaries are the host's business. The samples are fixed at load
+time: every replay of a sample sees the same roundings (a double-sampled pair
+is still two independent roundings, drawn once). The engine's arithmetic is
+unchanged.
 """
 
 from __future__ import annotations
@@ -372,6 +385,9 @@ class EngineParams:
         of ``beat_bits`` (a loaded beat fills part of one row).
     resident_samples : int
         Labels the resident store holds: the most samples of a resident set.
+    replay_beats : int
+        Beats the replay store holds (0: none): host-packed stream beats the
+        board replays (module docstring, "Replayed data").
     """
 
     beat_bits: int = 32
@@ -388,6 +404,7 @@ class EngineParams:
     halp_samples: int = 0
     resident_rows: int = 0
     resident_samples: int = 0
+    replay_beats: int = 0
 
     def __post_init__(self):
         def fail(msg):
@@ -432,6 +449,8 @@ class EngineParams:
         if self.resident_rows and (self.beat_bits not in (32, 64)
                                    or (self.lanes * 8) % self.beat_bits):
             fail("resident data needs beat_bits 32 or 64 and lanes * 8 a multiple of it")
+        if not 0 <= self.replay_beats <= 1 << 24:
+            fail(f"replay_beats must be 0..2**24, not {self.replay_beats}")
 
     # --- run-time modes ------------------------------------------------------------
 
@@ -469,7 +488,7 @@ class EngineParams:
     def options(self) -> int:
         """The optional blocks built, as ``IDENTIFY`` reports them (``protocol.Options``)."""
         return (int(self.class_costs) | int(self.l2_decay) << 1 | int(self.halp) << 2
-                | int(self.resident) << 3)
+                | int(self.resident) << 3 | int(self.replay) << 4)
 
     @property
     def halp(self) -> bool:
@@ -480,6 +499,16 @@ class EngineParams:
     def resident(self) -> bool:
         """Resident data is built."""
         return self.resident_rows > 0
+
+    @property
+    def replay(self) -> bool:
+        """The replay store is built."""
+        return self.replay_beats > 0
+
+    @property
+    def stores_data(self) -> bool:
+        """The board keeps data (``LOAD_DATA``): a resident or a replay store."""
+        return self.resident or self.replay
 
     def resident_rows_for(self, features: int) -> int:
         """Rows ``R`` of the resident store one sample of ``features`` features takes."""

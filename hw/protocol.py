@@ -90,7 +90,19 @@ Commands
                   configured ``d`` (``d - 1`` stored features with ``bias``);
                   ``ARGUMENT`` for ``first`` or ``stride`` not below ``samples``.
                   Reply (once the engine is idle): empty.
-                  Builds without resident data answer both commands ``COMMAND``.
+``REPLAY``        :data:`REPLAY` (builds with a replay store: ``ziphalp.hw.params``,
+                  "Replayed data"). Feeds ``count`` beats of the loaded ``BEATS``
+                  region to the engine, beat ``(first + u) mod loaded``, as
+                  ``STREAM_FLUSH`` would feed their bytes. ``STATE`` before
+                  ``CONFIGURE`` or with ``first`` not below the beats loaded
+                  (none loaded included); ``ARGUMENT`` for ``count`` 0.
+                  Reply (once the engine is idle): empty.
+                  ``LOAD_DATA`` takes the regions a build has (:func:`regions`):
+                  ``CODES``, ``LABELS`` and ``SAMPLER`` with resident data,
+                  ``BEATS`` with a replay store; any other is ``ARGUMENT``.
+                  Builds without resident data answer ``RUN`` ``COMMAND``, builds
+                  without a replay store ``REPLAY``, builds with neither
+                  ``LOAD_DATA``.
 ``STATUS``        optional ``flags:u8`` (bit 0: clear counters and sticky flags
                   after reading). Reply: :data:`STATUS`.
 """
@@ -126,14 +138,14 @@ __all__ = [
     "VERSION", "SYNC", "MAGIC", "TIMEOUT_BYTES_TIME", "Command", "Status", "StatusFlags",
     "Options", "Field", "Bits", "Fixed", "Message", "Record",
     "CONFIGURE", "IDENTIFY", "STATUS", "MODEL_HEADER", "Configure", "Identity", "Counters",
-    "Region", "DATA_HEADER", "RUN", "Run",
+    "Region", "regions", "DATA_HEADER", "RUN", "Run", "REPLAY", "Replay",
     "CONFIGURE_FORMAT", "IDENTIFY_FORMAT", "STATUS_FORMAT", "MODEL_HEADER_FORMAT",
     "MODE_DOUBLE", "MODE_LOSS_SHIFT", "MODE_PHASE_SHIFT", "MODE_STOCHASTIC", "COUNTER_BITS",
     "REQUEST_HEADER", "REPLY_HEADER", "crc16", "encode_request", "encode_reply", "decode_reply",
 ]
 
 #: Protocol version, reported by ``IDENTIFY``.
-VERSION = 6
+VERSION = 7
 #: Sync word that opens every frame.
 SYNC = bytes([0xA5, 0x5A])
 #: Magic bytes at the start of the ``IDENTIFY`` reply.
@@ -153,6 +165,7 @@ class Command(IntEnum):
     LOAD_LEVELS = 0x08
     LOAD_DATA = 0x09
     RUN = 0x0A
+    REPLAY = 0x0B
 
 
 class Region(IntEnum):
@@ -162,14 +175,24 @@ class Region(IntEnum):
     CODES = 0      # rows of `lanes` 8-bit codes; beat a: row a // beats_per_row
     LABELS = 1     # LABEL words; beat a: labels a * (beat_bits // 16) ...
     SAMPLER = 2    # the sampler table, one uint32 entry (j | t << 8) per code
+    BEATS = 3      # the replay store: stream beats as the host packs them
 
     def beats(self, params: EngineParams) -> int:
-        """Beats the region holds in a build."""
+        """Beats the region holds in a build (0 if the build lacks it)."""
+        if self == Region.BEATS:
+            return params.replay_beats
+        if not params.resident:
+            return 0
         if self == Region.CODES:
             return params.resident_rows * params.beats_per_row
         if self == Region.LABELS:
             return -(-params.resident_samples // (params.beat_bits // 16))
         return SAMPLER_ENTRIES * 32 // params.beat_bits
+
+
+def regions(params: EngineParams) -> list[Region]:
+    """The regions a build's ``LOAD_DATA`` writes."""
+    return [region for region in Region if region.beats(params)]
 
 
 class Status(IntEnum):
@@ -179,7 +202,7 @@ class Status(IntEnum):
     LENGTH = 0x03     # payload length wrong for the command or larger than the buffer
     ARGUMENT = 0x04   # an argument out of range (configuration, model range, level)
     STATE = 0x05      # not allowed now (STREAM before CONFIGURE, LOAD_MODEL in the inner
-                      # loop, RUN beyond the data loaded)
+                      # loop, RUN or REPLAY beyond the data loaded)
     TIMEOUT = 0x06    # request stalled mid-frame
 
     def describe(self) -> str:
@@ -190,7 +213,7 @@ class Status(IntEnum):
             Status.LENGTH: "bad payload length",
             Status.ARGUMENT: "argument out of range",
             Status.STATE: "not allowed now (not configured, a model load in the inner loop, "
-                          "or a run beyond the data loaded)",
+                          "or a run or replay beyond the data loaded)",
             Status.TIMEOUT: "request timed out mid-frame",
         }[self]
 
@@ -202,10 +225,12 @@ class Options(IntFlag):
     L2_DECAY = 0x02     # an L2 decay shift other than 0
     HALP = 0x04         # the HALP phases (bit-centering SVRG)
     RESIDENT = 0x08     # the resident data store (LOAD_DATA, RUN)
+    REPLAY = 0x10       # the replay store (LOAD_DATA, REPLAY)
 
     def describe(self) -> str:
         return {Options.CLASS_COSTS: "class costs", Options.L2_DECAY: "the L2 decay",
-                Options.HALP: "HALP mode", Options.RESIDENT: "resident data"}[self]
+                Options.HALP: "HALP mode", Options.RESIDENT: "resident data",
+                Options.REPLAY: "a replay store"}[self]
 
 
 class StatusFlags(IntFlag):
@@ -560,6 +585,7 @@ IDENTIFY = Message("IDENTIFY", [
           "(SGDEngine.update_gap; delayed gradients hide them)"),
     Field("resident_rows", "I", "rows of lanes codes in the resident store (0: none)"),
     Field("resident_samples", "H", "labels in the resident store"),
+    Field("replay_beats", "I", "beats in the replay store (0: none)"),
 ])
 
 
@@ -583,6 +609,9 @@ class Identity(record(IDENTIFY)):
         if bool(self.options & Options.RESIDENT) != (self.resident_rows > 0):
             raise ValueError(f"resident option {bool(self.options & Options.RESIDENT)} "
                              f"with resident_rows {self.resident_rows}")
+        if bool(self.options & Options.REPLAY) != (self.replay_beats > 0):
+            raise ValueError(f"replay option {bool(self.options & Options.REPLAY)} "
+                             f"with replay_beats {self.replay_beats}")
         names = {f.name for f in IDENTIFY.fields} & set(EngineParams.__dataclass_fields__)
         return EngineParams(**{name: getattr(self, name) for name in names},
                             class_costs=bool(self.options & Options.CLASS_COSTS),
@@ -646,6 +675,23 @@ class Run(record(RUN)):
                 raise ValueError(f"{name} must be below samples ({run.samples}), "
                                  f"not {getattr(run, name)}")
         return run
+
+
+#: REPLAY's payload: feed the engine from the replay store.
+REPLAY = Message("REPLAY", [
+    Field("first", "I", "beat fed first (below the beats loaded)"),
+    Field("count", "I", "beats to feed", range(1, 1 << 32)),
+])
+
+
+class Replay(record(REPLAY)):
+    """A REPLAY payload (fields: :data:`REPLAY`)."""
+
+    def check(self, build: Build, board: str = "the board") -> Replay:
+        """This replay with its values cast, if ``build`` takes it; else ValueError."""
+        if not build.options & Options.REPLAY:
+            raise ValueError(f"{board} is built without a replay store")
+        return REPLAY.check(self, build, board)
 
 
 IDENTIFY_FORMAT = IDENTIFY.format

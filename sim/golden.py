@@ -56,7 +56,7 @@ from ziphalp.hw.params import (
     halp_shift,
     sigmoid_table,
 )
-from ziphalp.hw.protocol import Region
+from ziphalp.hw.protocol import Region, regions
 
 __all__ = ["round_shift", "saturate", "unpack_fields", "decode", "sigmoid_fixed",
            "loss_derivative", "inner_loop_prep", "xorshift32", "prng_seeds", "walk",
@@ -285,6 +285,8 @@ class GoldenEngine:
         self.resident_labels = np.zeros(params.resident_samples, dtype=np.int64)
         self.sampler = np.zeros(SAMPLER_ENTRIES, dtype=np.uint32)
         self.loaded = {region: 0 for region in Region}
+        # the replay store (builds with one)
+        self.replayed = bytearray(params.replay_beats * (params.beat_bits // 8))
         self._reset_position()
 
     # --- commands -----------------------------------------------------------------
@@ -385,9 +387,11 @@ class GoldenEngine:
         ValueError (``ARGUMENT``) for a load past the region or beyond its loaded
         length; nothing is written then."""
         p = self.p
-        if not p.resident:
-            raise ValueError("this engine has no resident data")
+        if not p.stores_data:
+            raise ValueError("this engine has no resident data and no replay store")
         region, width = Region(region), p.beat_bits // 8
+        if region not in regions(p):
+            raise ValueError(f"this engine has no {region.name} region")
         if len(data) % width or not data:
             raise ValueError(f"a load is whole {width}-byte beats")
         beats = len(data) // width
@@ -395,7 +399,9 @@ class GoldenEngine:
             raise ValueError(f"load of beats {start}..{start + beats - 1} into {region.name} "
                              f"(loaded {self.loaded[region]}, holds {region.beats(p)})")
         raw = np.frombuffer(data, dtype=np.uint8)
-        if region == Region.CODES:
+        if region == Region.BEATS:
+            self.replayed[start * width:start * width + len(raw)] = data
+        elif region == Region.CODES:
             flat = self.codes.reshape(-1)
             flat[start * width:start * width + len(raw)] = raw
         elif region == Region.LABELS:
@@ -446,6 +452,27 @@ class GoldenEngine:
         beats = resident_beats(fields, self.resident_labels[order],
                                order if self.phase != Phase.SGD else None, p, self.k,
                                self.double)
+        self.stream(beats, flush=True)
+        return beats
+
+    def replay(self, first: int, count: int) -> bytes:
+        """``REPLAY``: feed ``count`` beats of the replay store, beat ``(first + u) mod
+        loaded``, the last one flushing; returns the beats fed. ValueError for
+        ``count`` 0 (``ARGUMENT``), RuntimeError before ``configure`` or with
+        ``first`` not below the beats loaded (``STATE``)."""
+        p = self.p
+        if not p.replay:
+            raise ValueError("this engine has no replay store")
+        if not 1 <= count < 1 << 32 or first < 0:
+            raise ValueError("REPLAY arguments out of range")
+        if self.features == 0:
+            raise RuntimeError("REPLAY before configure")
+        loaded = self.loaded[Region.BEATS]
+        if first >= loaded:
+            raise RuntimeError(f"REPLAY from beat {first} of {loaded} loaded")
+        width = p.beat_bits // 8
+        stored = np.frombuffer(bytes(self.replayed[:loaded * width]), np.uint8).reshape(-1, width)
+        beats = stored[(first + np.arange(count)) % loaded].tobytes()
         self.stream(beats, flush=True)
         return beats
 

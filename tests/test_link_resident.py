@@ -1,10 +1,10 @@
-"""The link's resident-data commands (LOAD_DATA, RUN) against the protocol and the
-golden model, with the fake engine of ``test_link``.
+"""The link's data-store commands (LOAD_DATA, RUN, REPLAY) against the protocol and
+the golden model, with the fake engine of ``test_link``.
 
-The beats a RUN feeds the engine must be exactly those of
-:meth:`ziphalp.sim.golden.GoldenEngine.run` for the same loads and configuration;
-every rejected request is answered with its status and changes nothing a later
-run could see.
+The beats a RUN or a REPLAY feeds the engine must be exactly those of
+:meth:`ziphalp.sim.golden.GoldenEngine.run` (``replay``) for the same loads and
+configuration; every rejected request is answered with its status and changes
+nothing a later run could see.
 """
 
 import numpy as np
@@ -13,10 +13,12 @@ from test_link import PARAMS, Bench, beats_of, make_config
 from ziphalp.hw.params import EngineParams, Phase
 from ziphalp.hw.protocol import (
     DATA_HEADER,
+    REPLAY,
     RUN,
     Command,
     Counters,
     Region,
+    Replay,
     Run,
     Status,
     encode_request,
@@ -26,6 +28,11 @@ from ziphalp.sim.golden import GoldenEngine
 RESIDENT = EngineParams(beat_bits=64, lanes=8, max_k=4, max_features=20, max_batch=4,
                         frame_bytes=264, halp_samples=8, resident_rows=24,
                         resident_samples=12)
+
+
+#: A replay store of 40 two-byte beats beside a two-lane engine (the iCEBreaker's shape).
+REPLAYED = EngineParams(beat_bits=16, lanes=2, max_k=4, max_features=20, max_batch=4,
+                        frame_bytes=64, class_costs=False, l2_decay=False, replay_beats=40)
 
 
 def header(region, start):
@@ -136,5 +143,61 @@ def test_builds_without_resident_data_do_not_know_the_commands(name):
         await bench.request(ctx, Command.LOAD_DATA, header(Region.CODES, 0) + bytes(width),
                             status=Status.COMMAND)
         await bench.request(ctx, Command.RUN, bytes(RUN.size), status=Status.COMMAND)
+        await bench.request(ctx, Command.REPLAY, Replay(0, 1).pack(), status=Status.COMMAND)
+        await bench.idle(ctx)
+    bench.run(testbench)
+
+
+def test_load_and_replay_feed_the_golden_beats():
+    p = REPLAYED
+    bench = Bench(p, seed=8)
+    rng = np.random.default_rng(8)
+    golden = GoldenEngine(p)
+    width = p.beat_bits // 8
+    stored = rng.integers(0, 256, 33 * width).astype(np.uint8).tobytes()   # 33 beats
+    config = make_config(7, 2, 5, k=3, double=1)
+
+    async def testbench(ctx, bench):
+        await bench.request(ctx, Command.REPLAY, Replay(0, 4).pack(), status=Status.STATE)
+        await bench.request(ctx, Command.CONFIGURE, config.pack())
+        golden.configure(**vars(config))
+        await bench.request(ctx, Command.REPLAY, Replay(0, 4).pack(),
+                            status=Status.STATE)                 # nothing loaded
+        parts = frames(p, Region.BEATS, stored, 10)
+        for i, part in enumerate(parts):
+            if i == 1:        # a gap past the loaded length is refused
+                await bench.request(ctx, Command.LOAD_DATA, parts[2], status=Status.ARGUMENT)
+            await bench.request(ctx, Command.LOAD_DATA, part)
+        golden.load_data(Region.BEATS, 0, stored)
+        for payload, status in [
+                (header(Region.BEATS, p.replay_beats - 1) + bytes(2 * width),
+                 Status.ARGUMENT),                                  # past the region
+                (header(Region.CODES, 0) + bytes(width), Status.ARGUMENT),   # not in this build
+                (header(Region.BEATS, 0) + bytes(1), Status.LENGTH)]:     # not whole beats
+            await bench.request(ctx, Command.LOAD_DATA, payload, status=status)
+        await bench.request(ctx, Command.REPLAY, Replay(33, 1).pack(), status=Status.STATE)
+        await bench.request(ctx, Command.REPLAY, REPLAY.pack(Replay(0, 0)),
+                            status=Status.ARGUMENT)
+        await bench.request(ctx, Command.RUN, bytes(RUN.size), status=Status.COMMAND)
+        assert not bench.beats
+        fed = 0
+        for replay in (Replay(0, 33), Replay(25, 50), Replay(32, 1)):    # whole, wrapped, last
+            await bench.request(ctx, Command.REPLAY, replay.pack())
+            expected = beats_of(p, golden.replay(**vars(replay)))
+            assert bench.beats[fed:] == [(beat, i == len(expected) - 1)
+                                         for i, beat in enumerate(expected)]
+            fed = len(bench.beats)
+        # a reload from beat 0 shortens the loaded length
+        await bench.request(ctx, Command.LOAD_DATA, header(Region.BEATS, 0) + stored[:4 * width])
+        await bench.request(ctx, Command.REPLAY, Replay(4, 1).pack(), status=Status.STATE)
+        golden.load_data(Region.BEATS, 0, stored[:4 * width])
+        await bench.request(ctx, Command.REPLAY, Replay(3, 6).pack())
+        expected = beats_of(p, golden.replay(3, 6))
+        assert bench.beats[fed:] == [(beat, i == len(expected) - 1)
+                                     for i, beat in enumerate(expected)]
+        await bench.send(ctx, encode_request(Command.STATUS))
+        counters = Counters.unpack((await bench.receive(ctx))[7:-2])
+        assert counters.beats == len(bench.beats) == 33 + 50 + 1 + 6 <= counters.cycles
+        assert counters.samples == golden.samples
         await bench.idle(ctx)
     bench.run(testbench)
