@@ -330,7 +330,8 @@ class Board:
         Parameters
         ----------
         region : protocol.Region
-            ``CODES``, ``LABELS`` or ``SAMPLER``.
+            ``CODES``, ``LABELS`` or ``SAMPLER`` (resident data), ``BEATS`` (a replay
+            store): one of the board's (:func:`ziphalp.hw.protocol.regions`).
         data : bytes
             Whole beats (``beat_bits // 8`` bytes each), at most the region's
             size (``region.beats(params)`` beats).
@@ -338,19 +339,21 @@ class Board:
         Raises
         ------
         ArgumentError
-            The board has no resident data, an unknown region, or ``data`` is
-            empty, not whole beats or larger than the region (nothing is sent).
+            The board has no data store, a region it lacks, or ``data`` is empty,
+            not whole beats or larger than the region (nothing is sent).
         BoardError
             The board refused a request or could not be reached (the requests
             before it were written).
         """
-        params = self._resident_params("LOAD_DATA")
+        params = self._store_params("LOAD_DATA", params_has="stores_data")
         try:
             region = protocol.Region(region)
+            if region not in protocol.regions(params):
+                raise ValueError
         except ValueError:
-            names = ", ".join(r.name for r in protocol.Region)
-            raise ArgumentError(f"LOAD_DATA: region must be one of {names}, "
-                                f"not {region!r}") from None
+            names = ", ".join(r.name for r in protocol.regions(params))
+            raise ArgumentError(f"LOAD_DATA: region must be one of {names} on the board on "
+                                f"{self.url}, not {region!r}") from None
         width = params.beat_bits // 8
         data = bytes(data)
         if not data or len(data) % width:
@@ -398,7 +401,7 @@ class Board:
             The board refused the run (``STATE``: not configured, or beyond the
             data loaded) or could not be reached.
         """
-        self._resident_params("RUN")
+        self._store_params("RUN", params_has="resident")
         try:
             run = protocol.Run(count, first, stride, samples, seed, bias=int(bias))
             run = run.check(self.identity, board=f"the board on {self.url}")
@@ -406,6 +409,37 @@ class Board:
         except (TypeError, ValueError) as e:
             raise ArgumentError(f"RUN: {e}") from None
         self._expect_empty(Command.RUN, payload, wait=self.timeout + 2 * self._run_seconds(count))
+
+    def replay(self, first: int, count: int) -> None:
+        """Feed ``count`` beats of the replay store to the engine (``REPLAY``).
+
+        Beat ``u`` (from 0) is beat ``(first + u) mod loaded`` of the ``BEATS``
+        region (``loaded``: the beats :meth:`load_data` put there), the last one
+        flushing the mini-batch, exactly as :meth:`stream` of those beats with
+        ``flush``. The samples are whatever the host packed into the region
+        (:func:`ziphalp.host.quantize.encode_epoch`); the caller keeps ``first`` and
+        ``count`` on sample boundaries. Returns when the engine is idle: the reply
+        is awaited for the driver's ``timeout`` plus twice the time the beats
+        would take if every one ended a batch.
+
+        Raises
+        ------
+        ArgumentError
+            The board has no replay store, or ``first`` (32 bits) or ``count``
+            (1..2**32 - 1) is out of range; nothing is sent.
+        BoardError
+            The board refused the replay (``STATE``: not configured, or ``first``
+            not below the beats loaded) or could not be reached.
+        """
+        params = self._store_params("REPLAY", params_has="replay")
+        try:
+            replay = protocol.Replay(first, count).check(self.identity,
+                                                         board=f"the board on {self.url}")
+            payload = replay.pack()
+        except (TypeError, ValueError, struct.error) as e:
+            raise ArgumentError(f"REPLAY: {e}") from None
+        seconds = count * (1 + self.identity.update_gap) / params.clock_hz
+        self._expect_empty(Command.REPLAY, payload, wait=self.timeout + 2 * seconds)
 
     def status(self, clear: bool = False) -> protocol.Counters:
         """Read the counters and sticky flags; ``clear`` resets them after reading (a
@@ -421,12 +455,14 @@ class Board:
 
     # --- framing ---------------------------------------------------------------------
 
-    def _resident_params(self, what: str) -> EngineParams:
-        """The board's parameters, or ArgumentError if it has no resident data."""
+    def _store_params(self, what: str, params_has: str) -> EngineParams:
+        """The board's parameters, or ArgumentError if it lacks the store ``what`` needs
+        (``params_has``: the ``EngineParams`` property that says it has it)."""
         params = self.params
-        if not params.resident:
-            raise ArgumentError(f"{what}: the board on {self.url} is built without "
-                                "resident data")
+        if not getattr(params, params_has):
+            lacks = {"stores_data": "resident data or a replay store",
+                     "resident": "resident data", "replay": "a replay store"}[params_has]
+            raise ArgumentError(f"{what}: the board on {self.url} is built without {lacks}")
         return params
 
     @staticmethod

@@ -49,6 +49,14 @@ weaker shuffle than a uniformly random permutation (``n`` times Euler's
 ``phi(n)`` orders, each an arithmetic progression mod ``n``), the price of
 shuffling without moving data.
 
+Replayed data. A board with a replay store instead (``EngineParams.replay``;
+"Replayed data" in :mod:`ziphalp.hw.params`) keeps the stream beats the host
+packs, quantised once (:func:`ziphalp.host.quantize.encode_epoch`), and
+``REPLAY`` feeds them again each epoch: no host traffic either, but the samples
+are fixed at load time (the same roundings every epoch) and an epoch can only
+start at another sample (:func:`replay_walk`), not visit them in a new order.
+:func:`replay_capacity` and :func:`replay_does_not_fit` size it.
+
 This module does no I/O (the driver's :meth:`ziphalp.host.driver.Board.load_data`
 and :meth:`~ziphalp.host.driver.Board.run` send what it builds).
 """
@@ -79,6 +87,9 @@ __all__ = [
     "encode_codes",
     "epoch_walk",
     "label_words",
+    "replay_capacity",
+    "replay_does_not_fit",
+    "replay_walk",
     "sampler_bytes",
     "sampler_table",
 ]
@@ -307,3 +318,46 @@ def epoch_walk(n: int, shuffle: bool, rng: np.random.Generator | None = None
     stride = int(strides[rng.integers(len(strides))])
     assert math.gcd(stride, n) == 1
     return first, stride
+
+
+# --- replayed data ---------------------------------------------------------------------
+
+def _sample_beats(params: EngineParams, d: int, k: int, double: bool) -> int:
+    """Beats of one streamed sample: the label beat and the feature beats."""
+    return 1 + params.beats_for(d, k, double)
+
+
+def replay_capacity(params: EngineParams, d: int, k: int, double: bool) -> int:
+    """The most samples of ``d`` features (the bias included: the host packs it) a
+    board's replay store holds at precision ``k``: ``replay_beats // (1 +
+    ceil(d / K))``; 0 for a board without one."""
+    return params.replay_beats // _sample_beats(params, d, k, double) if params.replay else 0
+
+
+def replay_does_not_fit(params: EngineParams, n: int, d: int, k: int,
+                        double: bool) -> str | None:
+    """Why ``n`` samples of ``d`` features at precision ``k`` do not fit a board's
+    replay store, or None when they do; the reason names the limit, e.g. ``"the
+    replay store holds at most 1985 samples of 64 features at k = 2 (65536 beats,
+    33 a sample), not 2000"``."""
+    if not params.replay:
+        return "the board has no replay store"
+    beats = _sample_beats(params, d, k, double)
+    if n * beats > params.replay_beats:
+        return (f"the replay store holds at most {replay_capacity(params, d, k, double)} "
+                f"samples of {d} features at k = {k} ({params.replay_beats} beats, {beats} a "
+                f"sample), not {n}")
+    return None
+
+
+def replay_walk(n: int, shuffle: bool, rng: np.random.Generator | None = None) -> int:
+    """The sample a replayed epoch of ``n`` samples starts at: 0 unshuffled, else
+    uniform on ``0 .. n - 1`` from ``rng`` (the epoch then wraps round the store;
+    the order is the one the samples were loaded in, rotated)."""
+    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
+        raise ValueError(f"an epoch covers at least one sample, not {n!r}")
+    if not shuffle or n == 1:
+        return 0
+    if not isinstance(rng, np.random.Generator):
+        raise ValueError("a shuffled epoch needs a numpy.random.Generator")
+    return int(rng.integers(n))

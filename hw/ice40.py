@@ -7,6 +7,8 @@
 - :data:`SB_MAC16` tells the build's DSP check how Yosys maps products to the
   UltraPlus multiply-accumulate blocks and when nextpnr leaves their multiply
   untimed.
+- :class:`ICE40SPRAM` is a :class:`ziphalp.hw.replay.SinglePortRAM` of the
+  UltraPlus single-port RAM blocks (SB_SPRAM256KA).
 - :data:`ICE40` is the family's entry for the build flow: YoWASP tools,
   ``synth_ice40 -dsp``, the cells in the summary.
 
@@ -18,13 +20,14 @@ import dataclasses
 from dataclasses import dataclass
 from fractions import Fraction
 
-from amaranth.hdl import Const, Instance, Module
+from amaranth.hdl import Array, Cat, ClockSignal, Const, Instance, Module, Signal
 
+from .replay import SinglePortRAM
 from .target import Family, HardMultiplier
 from .top import ClockGenerator
 
-__all__ = ["ICE40", "SB_MAC16", "ICE40PLL", "ICE40PLLConfig", "ice40_pll", "mac16_comb_output",
-           "mac16_registered"]
+__all__ = ["ICE40", "SB_MAC16", "ICE40PLL", "ICE40PLLConfig", "ICE40SPRAM", "ice40_pll",
+           "mac16_comb_output", "mac16_registered"]
 
 # iCE40 sysCLOCK PLL operating ranges (Hz), SIMPLE feedback path.
 _F_REF = (10_000_000, 133_000_000)
@@ -282,3 +285,59 @@ ICE40 = Family(
     summary={"LC": "ICESTORM_LC", "DSP": "ICESTORM_DSP", "EBR": "ICESTORM_RAM",
              "SPRAM": "ICESTORM_SPRAM", "IO": "SB_IO", "GB": "SB_GB"},
 )
+
+
+# --- SB_SPRAM256KA ---------------------------------------------------------------------
+
+#: Words and word width of one UP5K single-port RAM block (SB_SPRAM256KA).
+SPRAM_DEPTH = 16384
+SPRAM_WIDTH = 16
+
+
+class ICE40SPRAM(SinglePortRAM):
+    """A :class:`ziphalp.hw.replay.SinglePortRAM` of SB_SPRAM256KA blocks (iCE40 UP5K).
+
+    Yosys infers these blocks only for memories without initial contents, and
+    Amaranth memories always have them, so the blocks are instantiated here:
+    ``width / 16`` side by side for each ``16384`` words of ``depth``, the top
+    address bits choosing the bank that writes and (registered, as the blocks'
+    outputs are) the bank that is read. Every block reads every cycle no write
+    is addressed to it; none sleeps.
+    """
+
+    def __init__(self, width: int, depth: int):
+        if width % SPRAM_WIDTH or depth % SPRAM_DEPTH or depth & (depth - 1):
+            raise ValueError(f"SPRAM words are {SPRAM_WIDTH}-bit multiples and the depth a "
+                             f"power-of-two multiple of {SPRAM_DEPTH}, not {width} x {depth}")
+        super().__init__(width, depth)
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        banks = self.depth // SPRAM_DEPTH
+        low = SPRAM_DEPTH.bit_length() - 1
+        bank = self.addr[low:]
+        read_bank = Signal(range(banks))
+        with m.If(~self.we):
+            m.d.sync += read_bank.eq(bank)
+        outputs = []
+        for b in range(banks):
+            words = []
+            for c in range(self.width // SPRAM_WIDTH):
+                out = Signal(SPRAM_WIDTH, name=f"spram{b}_{c}")
+                m.submodules[f"spram{b}_{c}"] = Instance(
+                    "SB_SPRAM256KA",
+                    i_ADDRESS=self.addr[:low],
+                    i_DATAIN=self.wdata.word_select(c, SPRAM_WIDTH),
+                    i_MASKWREN=Const(0b1111, 4),
+                    i_WREN=self.we & (bank == b) if banks > 1 else self.we,
+                    i_CHIPSELECT=Const(1),
+                    i_CLOCK=ClockSignal(),
+                    i_STANDBY=Const(0),
+                    i_SLEEP=Const(0),
+                    i_POWEROFF=Const(1),        # active low: powered
+                    o_DATAOUT=out,
+                )
+                words.append(out)
+            outputs.append(Cat(*words))
+        m.d.comb += self.rdata.eq(Array(outputs)[read_bank] if banks > 1 else outputs[0])
+        return m

@@ -14,7 +14,7 @@ parts; logic belongs in ``top.py`` (any board) or ``ice40.py`` (any iCE40).
 
 from amaranth.hdl import Elaboratable
 
-from .ice40 import ICE40, ICE40PLL
+from .ice40 import ICE40, ICE40PLL, ICE40SPRAM
 from .params import BOARD_PARAMS, EngineParams
 from .target import BuildTarget
 from .top import BoardPins, BoardTop
@@ -29,9 +29,17 @@ PINS = BoardPins(led_run=("led_g", 0), led_traffic=("led_r", 0), uart=("uart", 0
 
 
 def icebreaker_platform():
-    """The Amaranth platform of the board (from ``amaranth-boards``)."""
+    """The Amaranth platform of the board (from ``amaranth-boards``), offering the
+    UP5K's SPRAM blocks as ``single_port_ram`` (:class:`ziphalp.hw.replay.ReplaySource`
+    keeps its beats there)."""
     from amaranth_boards.icebreaker import ICEBreakerPlatform
-    return ICEBreakerPlatform()
+
+    class Platform(ICEBreakerPlatform):
+        @staticmethod
+        def single_port_ram(width: int, depth: int) -> ICE40SPRAM:
+            return ICE40SPRAM(width, depth)
+
+    return Platform()
 
 
 class ICEBreakerTop(BoardTop):

@@ -5,9 +5,11 @@ The semantics are written down in ``ziphalp.hw.params`` ("Replayed data") and
 :meth:`~ziphalp.sim.golden.GoldenEngine.replay` is the same in NumPy.
 
 :class:`ReplaySource` is one memory of ``replay_beats`` beats with a single
-address, shared by the link's ``LOAD_DATA`` writes and the replay's reads, so
-that it maps onto single-port RAM (the iCE40 UP5K's SPRAM: ``ram_style
-"huge"``). A replay (``start`` with ``first``, ``count`` and the ``loaded``
+address, shared by the link's ``LOAD_DATA`` writes and the replay's reads: a
+:class:`SinglePortRAM`. A platform may offer its own (the iCE40 UP5K's SPRAM
+blocks, :class:`ziphalp.hw.ice40.ICE40SPRAM`) as
+``platform.single_port_ram(width, depth)``; without one (simulation, the ECP5)
+it is an Amaranth memory. A replay (``start`` with ``first``, ``count`` and the ``loaded``
 length) reads beat ``first`` on, wrapping to beat 0 at ``loaded``, at one beat
 a cycle. The memory is addressed with the next cycle's address, so its output
 is always the beat at the cursor and back-pressure costs no cycle: the cursor
@@ -21,7 +23,35 @@ from amaranth.lib.wiring import In, Out
 from .control import beat_layout
 from .params import EngineParams
 
-__all__ = ["ReplaySource"]
+__all__ = ["ReplaySource", "SinglePortRAM"]
+
+
+class SinglePortRAM(wiring.Component):
+    """A RAM with one address for reads and writes.
+
+    Each cycle ``we`` is low the RAM reads: ``rdata`` holds, from the next cycle
+    on, the word at ``addr``. A cycle with ``we`` high writes ``wdata`` at
+    ``addr``; what ``rdata`` shows after it is unspecified until the next read.
+    The contents start unspecified.
+
+    Parameters
+    ----------
+    width, depth : int
+        Bits of a word and words.
+    """
+
+    def __init__(self, width: int, depth: int):
+        self.width, self.depth = width, depth
+        super().__init__({"addr": In(range(depth)), "wdata": In(width), "we": In(1),
+                          "rdata": Out(width)})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.memory = mem = memory.Memory(shape=self.width, depth=self.depth, init=[])
+        wr, rd = mem.write_port(), mem.read_port()
+        m.d.comb += [wr.addr.eq(self.addr), rd.addr.eq(self.addr), rd.en.eq(~self.we),
+                     wr.data.eq(self.wdata), wr.en.eq(self.we), self.rdata.eq(rd.data)]
+        return m
 
 
 class ReplaySource(wiring.Component):
@@ -55,10 +85,8 @@ class ReplaySource(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         p = self.params
-        mem = memory.Memory(shape=p.beat_bits, depth=p.replay_beats, init=[],
-                            attrs={"ram_style": "huge"})
-        m.submodules.store = mem
-        wr, rd = mem.write_port(), mem.read_port()
+        make = getattr(platform, "single_port_ram", SinglePortRAM)
+        m.submodules.store = ram = make(p.beat_bits, p.replay_beats)
         at = Signal(range(p.replay_beats))          # the beat the output holds
         remaining = Signal(32)                      # beats left, the output's included
         running = Signal()
@@ -69,10 +97,9 @@ class ReplaySource(wiring.Component):
         address = Signal(range(p.replay_beats))
         m.d.comb += address.eq(Mux(self.write, self.addr,
                                    Mux(self.start, self.first, Mux(taken, following, at))))
-        m.d.comb += [wr.addr.eq(address), rd.addr.eq(address),
-                     wr.data.eq(self.data), wr.en.eq(self.write)]
+        m.d.comb += [ram.addr.eq(address), ram.wdata.eq(self.data), ram.we.eq(self.write)]
         m.d.sync += at.eq(address)
-        m.d.comb += [self.beats.valid.eq(running), self.beats.payload.data.eq(rd.data),
+        m.d.comb += [self.beats.valid.eq(running), self.beats.payload.data.eq(ram.rdata),
                      self.beats.payload.flush.eq(remaining == 1), self.busy.eq(running)]
         with m.If(self.start):
             m.d.sync += [running.eq(1), remaining.eq(self.count)]
