@@ -30,8 +30,15 @@ quantisation variance stay those of the normalised data (the codes are within
 1/254 of it); HALP's quantised problem is the codes rounded to the nearest
 level, exactly what the engine decodes, and its inner loop walks the samples
 without replacement (a stride walk) instead of drawing them with replacement.
-By default the data are resident when the board has resident data and the
-data set fits its store, else streamed.
+Replayed data (SGD on boards with a replay store, the "Replayed data" section
+of :mod:`ziphalp.hw.params`, such as the iCEBreaker): the host quantises the
+data set once, in one shuffled order, packs it as it would stream it and loads
+the beats into the board's store; each epoch is then one ``REPLAY`` of all of
+them, starting at a random sample when shuffling, the engine decoding the same
+samples every epoch (``settings["data"]`` is "replayed"). A board with both
+stores replays only what its resident store cannot hold.
+By default the data stay on the board when it has a store they fit (resident
+before replayed), else they are streamed.
 """
 
 from __future__ import annotations
@@ -80,6 +87,8 @@ from .resident import (
     encode_codes,
     epoch_walk,
     label_words,
+    replay_does_not_fit,
+    replay_walk,
     sampler_bytes,
     sampler_table,
 )
@@ -224,9 +233,11 @@ class TrainResult:
         loss, costs (as the engine holds them), l2 (effective) and l2_shift,
         shuffle, halve_every (the step schedule; step, shift and l2_shift are
         those of the first epoch), algo ("sgd" or "halp"), data ("resident":
-        loaded once into the board's store and fed by ``RUN``; or "streamed")
-        and load_bytes (the host bytes, requests and replies, of loading the
-        resident data; 0 when streamed). HALP adds
+        loaded once into the board's store and fed by ``RUN``, sampled afresh on
+        the board each epoch; "replayed": quantised once on the host, loaded into
+        the board's replay store and fed by ``REPLAY``, the same samples each
+        epoch; or "streamed") and load_bytes (the host bytes, requests and
+        replies, of loading the data; 0 when streamed). HALP adds
         offset_bits, data_bits, mu, inner_steps, scale_log, full_shift and
         full_cost (the full pass's shift and cost words); its batch is 1, its
         sampling "nearest" and its levels "uniform".
@@ -558,7 +569,7 @@ def train(dataset: str | Path | Dataset, *, board: str = "sim", port: str | None
         raise DataError(f"{dataset.name} is a regression data set; the {loss} loss needs "
                         "labels +1/-1 (a classification data set)")
     _check_fit(dataset.name, dataset.d, batch, bits, BOARD_PARAMS[board], f"the {board} board")
-    _placement(resident, BOARD_PARAMS[board], dataset, f"the {board} board")
+    _placement(resident, BOARD_PARAMS[board], dataset, f"the {board} board", bits, sampling)
     data = normalise(dataset)
     features = data.features.shape[1]
     if levels == "optimal":
@@ -586,13 +597,16 @@ def train(dataset: str | Path | Dataset, *, board: str = "sim", port: str | None
         identity = driver.identify()
         params = driver.params
         _check_fit(dataset.name, dataset.d, batch, bits, params, url)
-        on_board = _placement(resident, params, dataset, f"the board on {url}")
-        settings["data"] = "resident" if on_board else "streamed"
+        settings["data"] = _placement(resident, params, dataset, f"the board on {url}", bits,
+                                      sampling)
         save = _checkpointer(checkpoint, saved, settings, dataset, board, identity, url)
         driver.load_levels(level_words(table))
-        if on_board:
+        if settings["data"] == "resident":
             settings["load_bytes"] = _load_resident(driver, data.features, labels, table,
                                                     bits, sampling)
+        elif settings["data"] == "replayed":
+            settings["load_bytes"] = _load_replayed(driver, data.features, labels, table,
+                                                    settings, rng)
 
         def configure(halvings: int) -> None:
             driver.configure(features, batch, min(shift + halvings, SHIFT_MAX), k=bits,
@@ -611,7 +625,8 @@ def train(dataset: str | Path | Dataset, *, board: str = "sim", port: str | None
         driver.status(clear=True)
         with tqdm(total=epochs * dataset.n, initial=(first - 1) * dataset.n, unit="sample",
                   disable=not progress, desc="training", leave=False) as bar:
-            feed = (_run_epoch if on_board else _stream_epoch)(driver, result, labels, rng, bar)
+            feed = {"resident": _run_epoch, "replayed": _replay_epoch,
+                    "streamed": _stream_epoch}[settings["data"]](driver, result, labels, rng, bar)
             for epoch in range(first, epochs + 1):
                 # (a resumed run configures here too: the epoch's counters then
                 # include the configuration, as they do in an uninterrupted run)
@@ -683,6 +698,21 @@ def _run_epoch(driver: Board, result: TrainResult, labels: np.ndarray,
     return feed
 
 
+def _replay_epoch(driver: Board, result: TrainResult, labels: np.ndarray,
+                  rng: np.random.Generator, bar: tqdm) -> Callable[[], None]:
+    """The feed of a replayed SGD epoch: one ``REPLAY`` of every sample loaded, from a
+    random sample on when shuffling (:func:`ziphalp.host.resident.replay_walk`)."""
+    s, n = result.settings, len(labels)
+    beats = 1 + result.params.beats_for(result.data.features.shape[1], s["bits"],
+                                        s["sampling"] == "double")
+
+    def feed() -> None:
+        first = replay_walk(n, s["shuffle"], rng)
+        driver.replay(first * beats, n * beats)
+        bar.update(n)
+    return feed
+
+
 def _saved_run(folder: str | Path | None, resume: bool) -> checkpoints.Checkpoint | None:
     """The checkpoint to resume from (read before any work), or None."""
     if not resume:
@@ -740,24 +770,35 @@ def _traffic(driver: Board) -> int:
 
 
 def _placement(resident: bool | None, params: EngineParams, dataset: Dataset,
-               where: str) -> bool:
-    """Whether the data set lives in the resident store of ``params``'s board (``where``
-    names it): ``resident`` None, when it can; True, or a one-line error naming the
-    limit (SettingsError: no resident data; DataError: too large); False, never."""
+               where: str, bits: int | None = None, sampling: str = "double") -> str:
+    """Where an SGD run keeps the data set on ``params``'s board (``where`` names it):
+    "resident" (its resident store), "replayed" (its replay store; only with
+    ``bits``, the precision the host packs at) or "streamed". ``resident`` None:
+    the first store it fits, else streamed; True: a store, or a one-line error
+    naming the limit (SettingsError: no store; DataError: too large); False:
+    streamed. HALP passes no ``bits``: its runs use the resident store only."""
     if resident is not None and not isinstance(resident, bool):
         raise SettingsError(f"resident must be True, False or None, not {resident!r}")
     d = dataset.d + 1
     reason = does_not_fit(params, dataset.n, d, bias=True)
     if reason is None:
-        return resident is not False
-    if resident and not params.resident:
-        boards = ", ".join(name for name, p in BOARD_PARAMS.items() if p.resident)
-        raise SettingsError(f"{where} has no resident data (boards with it: {boards}); "
+        return "streamed" if resident is False else "resident"
+    replays = bits is not None and params.replay
+    if replays:
+        replay_reason = replay_does_not_fit(params, dataset.n, d, bits, sampling == "double")
+        if replay_reason is None:
+            return "streamed" if resident is False else "replayed"
+        reason = replay_reason if not params.resident else f"{reason}, and {replay_reason}"
+    if resident and not (params.resident or replays):
+        boards = ", ".join(name for name, p in BOARD_PARAMS.items()
+                           if p.resident or (bits is not None and p.replay))
+        what = "resident data or a replay store" if bits is not None else "resident data"
+        raise SettingsError(f"{where} has no {what} (boards with it: {boards}); "
                             "stream the data instead")
     if resident:
         raise DataError(f"{dataset.name} ({dataset.n} samples of {dataset.d} features, "
                         f"{d} with the bias) cannot be resident on {where}: {reason}")
-    return False
+    return "streamed"
 
 
 def _load_resident(driver: Board, features: np.ndarray, labels: np.ndarray,
@@ -769,6 +810,19 @@ def _load_resident(driver: Board, features: np.ndarray, labels: np.ndarray,
     driver.load_data(Region.SAMPLER, sampler_bytes(sampler_table(levels, k, sampling)))
     driver.load_data(Region.CODES, code_rows(encode_codes(features[:, :-1]), params))
     driver.load_data(Region.LABELS, label_words(labels, params))
+    return _traffic(driver) - moved
+
+
+def _load_replayed(driver: Board, features: np.ndarray, labels: np.ndarray,
+                   levels: np.ndarray, settings: dict, rng: np.random.Generator) -> int:
+    """Quantise the data set once (shuffled if ``settings["shuffle"]``), pack it as a
+    stream and load the beats into the board's replay store; return the host bytes
+    it took."""
+    moved, n = _traffic(driver), len(labels)
+    order = rng.permutation(n) if settings["shuffle"] else np.arange(n)
+    stream = quantize.encode_epoch(features[order], labels[order], levels, settings["bits"],
+                                   settings["sampling"], rng, driver.params)
+    driver.load_data(Region.BEATS, stream)
     return _traffic(driver) - moved
 
 
@@ -918,7 +972,7 @@ def _train_halp(dataset, *, board, port, epochs, step, batch, seed, label, bits,
         raise SettingsError(f"{dataset.name} has {dataset.n} samples; HALP on the {board} "
                             f"board takes at most {kind.halp_samples}")
     # decided for the board kind: the quantised problem depends on it
-    on_board = _placement(resident, kind, dataset, f"the {board} board")
+    on_board = _placement(resident, kind, dataset, f"the {board} board") == "resident"
     data = normalise(dataset)
     n, features = dataset.n, data.features.shape[1]
     name = loss.replace("-", "_")
@@ -970,7 +1024,7 @@ def _train_halp(dataset, *, board, port, epochs, step, batch, seed, label, bits,
         elif stale > params.max_stale:
             raise SettingsError(f"stale must be 0..{params.max_stale} on the board on {url}")
         settings["stale"] = stale
-        if on_board and not _placement(resident, params, dataset, f"the board on {url}"):
+        if on_board and _placement(resident, params, dataset, f"the board on {url}") != "resident":
             raise SettingsError(f"the board on {url} cannot hold {dataset.name} as a {board} "
                                 "board can; stream the data (resident=False, --stream)")
         save = _checkpointer(checkpoint, saved, settings, dataset, board, identity, url)

@@ -220,17 +220,20 @@ class LinkCheck(Component):
         it) and REPLAY (``count`` not 0)."""
         p, header, run = self.params, self.args.data, self.args.run
         beats = self.length[clog2(p.beat_bits // 8):] - DATA_HEADER.size // (p.beat_bits // 8)
+        # a start beyond every region fails on its high bits: the sums stay narrow
+        low = clog2(max(region.beats(p) for region in regions(p)) + 1)
+        start = header.start[:low]
         region_ok, end_ok, gap_ok = [], [], []
         for region in regions(p):
             here = header.region == region
             loaded = self.loaded[region.name.lower()]
             region_ok.append(here)
-            end_ok.append(~here | (header.start + beats <= region.beats(p)))
-            gap_ok.append(~here | (header.start <= loaded))
+            end_ok.append(~here | (start + beats <= region.beats(p)))
+            gap_ok.append(~here | (start <= loaded))
         halp_most = p.halp_samples if p.halp else p.resident_samples
         facts = {
             Command.LOAD_DATA: step(Cat(*region_ok).any() & Cat(*end_ok).all()
-                                    & Cat(*gap_ok).all() & (header.start < 1 << 24),
+                                    & Cat(*gap_ok).all() & (header.start[low:] == 0),
                                     "data_ok"),
         }
         if p.replay:
@@ -265,7 +268,8 @@ class LinkCheck(Component):
         """Step 1 of REPLAY's state: ``first`` is below the beats loaded."""
         if not self.params.replay:
             return Const(1)
-        return step(self.args.replay.first < self.loaded.beats, "replay_loaded")
+        first, low = self.args.replay.first, clog2(self.params.replay_beats + 1)
+        return step((first[low:] == 0) & (first[:low] < self.loaded.beats), "replay_loaded")
 
     def _configure_facts(self, step) -> list:
         """Step 1 of CONFIGURE: one register per field of the table that can be out of

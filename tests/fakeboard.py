@@ -21,8 +21,9 @@ class FakeBoard:
     ``config`` is the last configuration accepted (a dict of the fields of
     ``protocol.CONFIGURE``, also the golden model's keywords), ``levels`` the last
     level table loaded; both ``None`` until then. ``runs`` are the ``RUN`` requests
-    accepted (``protocol.Run``). The counters count samples, updates and beats fed
-    (one cycle a beat) of ``STREAM`` and ``RUN`` alike.
+    accepted (``protocol.Run``), ``replays`` the ``REPLAY`` ones (``protocol.Replay``).
+    The counters count samples, updates and beats fed (one cycle a beat) of
+    ``STREAM``, ``RUN`` and ``REPLAY`` alike.
     """
 
     def __init__(self, params: EngineParams = BOARD_PARAMS["sim"], version=protocol.VERSION):
@@ -36,6 +37,7 @@ class FakeBoard:
         self.samples = self.cycles = self.updates = 0
         self.flushes: list[bool] = []
         self.runs: list[protocol.Run] = []
+        self.replays: list[protocol.Replay] = []
         self.last: tuple[int, int] = (0, 0)     # (seq, cmd) of the last request accepted
 
     def request(self, cmd: int, seq: int, payload: bytes) -> bytes:
@@ -96,6 +98,8 @@ class FakeBoard:
             return self._load_data(payload)
         elif cmd == Command.RUN:
             return self._run(payload)
+        elif cmd == Command.REPLAY:
+            return self._replay(payload)
         elif cmd == Command.STATUS:
             e = self.engine
             flags = (StatusFlags.OVERFLOW * e.overflow | StatusFlags.CLIPPED * e.clipped
@@ -123,7 +127,7 @@ class FakeBoard:
         """LOAD_DATA: LENGTH unless the header and whole beats; ARGUMENT for an
         unknown region or a load the golden model refuses (it writes nothing then)."""
         cmd, header = Command.LOAD_DATA, protocol.DATA_HEADER
-        if not self.p.resident:             # the gateware does not know the command
+        if not self.p.stores_data:          # the gateware does not know the command
             return protocol.encode_reply(cmd, Status.COMMAND)
         width = self.p.beat_bits // 8
         if len(payload) <= header.size or (len(payload) - header.size) % width:
@@ -153,6 +157,24 @@ class FakeBoard:
         except RuntimeError:
             return protocol.encode_reply(cmd, Status.STATE)
         self.runs.append(run)
+        return protocol.encode_reply(cmd, Status.OK)
+
+    def _replay(self, payload: bytes) -> bytes:
+        """REPLAY: as RUN, with the golden model's ``replay``."""
+        cmd = Command.REPLAY
+        if not self.p.replay:
+            return protocol.encode_reply(cmd, Status.COMMAND)
+        if len(payload) != protocol.REPLAY.size:
+            return protocol.encode_reply(cmd, Status.LENGTH)
+        try:
+            replay = protocol.Replay.unpack(payload).check(self.identity)
+        except ValueError:
+            return protocol.encode_reply(cmd, Status.ARGUMENT)
+        try:
+            self._count(lambda: self.engine.replay(replay.first, replay.count))
+        except RuntimeError:
+            return protocol.encode_reply(cmd, Status.STATE)
+        self.replays.append(replay)
         return protocol.encode_reply(cmd, Status.OK)
 
 

@@ -87,10 +87,11 @@ def test_identity_reports_halp(connect):
     """The ULX3S build has HALP: options and cache size come through IDENTIFY."""
     fake = connect(FakeBoard(BOARD_PARAMS["sim-ulx3s"]))
     payload = fake.board.identity.pack()
-    # halp_samples, update_gap, resident_rows, resident_samples: the last fields
-    assert payload[-9:] == ((4096).to_bytes(2, "little")
-                            + bytes([SGDEngine.update_gap(BOARD_PARAMS["ulx3s"])])
-                            + (8192).to_bytes(4, "little") + (4096).to_bytes(2, "little"))
+    # halp_samples, update_gap, resident_rows, resident_samples, replay_beats: the last
+    assert payload[-13:] == ((4096).to_bytes(2, "little")
+                             + bytes([SGDEngine.update_gap(BOARD_PARAMS["ulx3s"])])
+                             + (8192).to_bytes(4, "little") + (4096).to_bytes(2, "little")
+                             + bytes(4))
     with Board("fake://0") as board:
         identity = board.identify()
         assert identity.options & protocol.Options.HALP and identity.halp_samples == 4096
