@@ -7,6 +7,8 @@ sampling modes, level tables, losses, costs and L2 decay; a corrupted request
 must change nothing; training diabetes must reach within 2% of the optimum.
 """
 
+import dataclasses
+
 import numpy as np
 import pytest
 from ziphalp.host import quantize
@@ -91,3 +93,52 @@ def test_train_diabetes_within_two_percent():
     result = train("diabetes", board="sim", epochs=30, seed=0, progress=False)
     assert result.loss < 1.02 * result.optimum_loss
     assert all(r.cycles > 0 and r.samples == 442 for r in result.history)
+
+
+#: The iCEBreaker's engine with its four SPRAMs as a replay store: what fits the UP5K
+#: beside it is a narrower level table (max_k 4; README, "Replayed data").
+REPLAYED = dataclasses.replace(PARAMS, replay_beats=65536, max_k=4)
+
+
+@pytest.fixture
+def replay_board():
+    """A simulated board of that engine (it serves one connection: one a test)."""
+    with simulated_board(REPLAYED) as sim:
+        yield sim
+
+
+def test_replay_matches_golden(replay_board):
+    """Stream beats loaded once, replayed three times from other beats (wrapping round
+    the store): the model equals the golden model's, bit for bit."""
+    features, k = 13, 3
+    rng = np.random.default_rng(7)
+    golden = GoldenEngine(REPLAYED)
+    levels = np.sort(rng.integers(-256, 257, size=(1 << k) + 1))
+    fields = rng.integers(0, 1 << field_bits(k, True), size=(40, features))
+    labels = rng.integers(LABEL.min_int >> 2, LABEL.max_int >> 2, size=40).astype(np.int16)
+    data = quantize.pack_samples(fields, labels, REPLAYED, k, True)
+    beats = 1 + REPLAYED.beats_for(features, k, True)
+    with Board(replay_board.url) as board:
+        for target in (board, golden):
+            target.load_levels(levels)
+            target.configure(features, 4, 8, k=k, double=True)
+            target.load_data(protocol.Region.BEATS, *((data,) if target is board else (0, data)))
+        board.status(clear=True)
+        for first, count in ((0, 40), (17, 40), (39, 25)):
+            board.replay(first * beats, count * beats)
+            golden.replay(first * beats, count * beats)
+        model = np.asarray(board.read_model(0, features))
+        counters = board.status()
+    assert np.array_equal(model, golden.read_model(0, features))
+    assert counters.samples == golden.samples == 105 and counters.updates == golden.updates
+    assert counters.beats == 105 * beats
+
+
+def test_train_replayed_within_two_percent(replay_board):
+    """diabetes with the data replayed (2-bit double sampling, quantised once): within
+    2% of the optimum, as streamed, each epoch a REPLAY of the 442 samples."""
+    result = train("diabetes", board="sim", port=replay_board.url, epochs=30, bits=2,
+                   seed=0, progress=False)
+    assert result.settings["data"] == "replayed"
+    assert result.loss < 1.02 * result.optimum_loss
+    assert all(r.samples == 442 and r.host_bytes < 200 for r in result.history)
