@@ -38,7 +38,7 @@ test: setup
 	$(BIN)/python -m pytest -n auto
 
 bitstream: setup
-	$(BIN)/python -m ziphalp.hw.build $(BOARD)
+	$(BIN)/python -m ziphalp.hw.build $(BOARD) $(PARAMS)
 
 lint: setup
 	$(BIN)/ruff check hw host sim tests

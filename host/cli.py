@@ -87,7 +87,8 @@ def parser() -> argparse.ArgumentParser:
                     "suboptimality against the exact optimum of that quantised problem. "
                     "On boards with resident data (sim-ulx3s, ulx3s) the data set is loaded "
                     "once, as 8-bit codes, and the board feeds and rounds it itself each "
-                    "epoch (--resident, --stream).")
+                    "epoch; on boards built with a replay store the host quantises it once "
+                    "and the board replays those samples each epoch (--resident, --stream).")
     p.add_argument("data", metavar="DATA",
                    help="a CSV file (optional header row; label the last column unless "
                         "--label), a LIBSVM/svmlight file (.svm, .libsvm, .svmlight), or "
@@ -156,14 +157,15 @@ def parser() -> argparse.ArgumentParser:
     where.add_argument("--resident", dest="resident", action="store_const", const=True,
                        default=None,
                        help="load the data set into the board once (8-bit codes, labels and "
-                            "a sampler table) and let the board feed and round it each epoch; "
-                            "an error if the board has no resident data (sim-ulx3s, ulx3s "
-                            "have it) or the data set does not fit (default: resident when "
-                            "the board has resident data and the data set fits, else "
-                            "streamed)")
+                            "a sampler table) and let the board feed and round it each epoch, "
+                            "or, on a board built with a replay store instead, the samples "
+                            "quantised once, replayed each epoch; an error if the board has "
+                            "neither (sim-ulx3s, ulx3s have resident data) or the data set "
+                            "does not fit (default: on the board when it has a store the "
+                            "data set fits, else streamed)")
     where.add_argument("--stream", dest="resident", action="store_const", const=False,
                        help="quantise on the host and stream the data every epoch, even to a "
-                            "board with resident data")
+                            "board with a store")
     p.add_argument("--faults", type=float, default=0.0, metavar="RATE",
                    help="simulated boards: relay the link through a proxy that flips, "
                         "drops, duplicates or delays this fraction of its bytes (e.g. 1e-3), "
