@@ -580,7 +580,9 @@ class EngineParams:
 #: iCEBreaker: two lanes. Each lane's model x level and sigma x level products are
 #: wider than 16 bits, two SB_MAC16 each, and the UP5K has eight; so a 16-bit beat
 #: carries at most two values (one at k = 8 with double sampling). The class-cost
-#: multiply and the L2 decay do not fit its 5280 logic cells beside two lanes.
+#: multiply and the L2 decay do not fit its 5280 logic cells beside two lanes, nor
+#: does a replay store in the four SPRAMs (``replay_beats=65536``: 5579 cells); that
+#: fits with ``max_k=4`` (``-P replay_beats=65536 -P max_k=4 -P clock_hz=24000000``).
 #: ULX3S (ECP5-85F, 156 multipliers, 208 DP16KD): 64-bit beats and 8 lanes, every
 #: option (HALP with a 4096-sample anchor-error cache), values per beat
 #: 8/8/8/8/8/8/8/7 from k = 1 to 8 with single sampling, 8/8/8/8/8/8/7/6 double.

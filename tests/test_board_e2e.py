@@ -96,8 +96,8 @@ def test_train_diabetes_within_two_percent():
 
 
 #: The iCEBreaker's engine with its four SPRAMs as a replay store: what fits the UP5K
-#: beside it is a narrower level table (max_k 4; README, "Replayed data").
-REPLAYED = dataclasses.replace(PARAMS, replay_beats=65536, max_k=4)
+#: beside it is a narrower level table, at 24 MHz (README, "iCEBreaker").
+REPLAYED = dataclasses.replace(PARAMS, replay_beats=65536, max_k=4, clock_hz=24_000_000)
 
 
 @pytest.fixture
