@@ -66,13 +66,15 @@ class ResidentSource(wiring.Component):
     Attributes
     ----------
     features : In(range(max_features + 1)); k : In(range(max_k + 1)); double : In(1)
-        The engine's configuration (held during a run).
+        The engine's configuration (set at least a cycle before ``start``, held during
+        the run).
     indexed : In(1)
         Label beats carry the sample index (the HALP phases).
     start : In(1)
         Begin a run of ``count`` samples from ``first``, ``stride`` and ``samples``,
         the sampling lanes seeded with ``seed``, the last feature made on chip as
-        the constant 1.0 if ``bias`` (all held during the run).
+        the constant 1.0 if ``bias`` (all set at least a cycle before ``start`` and
+        held during the run).
     busy : Out(1)
         A run has beats still to emit.
     write : In(1); region : In(Region); addr : In(range(...)); data : In(beat_bits)
@@ -194,8 +196,10 @@ class ResidentSource(wiring.Component):
         label_next = Signal()                  # the next beat is a label beat
         f0 = Signal(range(p.max_features + L))     # the next feature beat's first feature
         per_beat = self._per_beat(m)
+        # registered: the products below start from a register (the inputs settle a
+        # cycle before start)
         rows = Signal(range(p.max_features // L + 2))
-        m.d.comb += rows.eq((self.features - self.bias + L - 1) >> lane_bits)
+        m.d.sync += rows.eq((self.features - self.bias + L - 1) >> lane_bits)
         with m.If(self.start):
             m.d.sync += [running.eq(1), remaining.eq(self.count), index.eq(self.first),
                          base.eq(self.first * rows), stride_rows.eq(self.stride * rows),

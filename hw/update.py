@@ -171,18 +171,21 @@ class UpdateLanes(wiring.Component):
             m.d.sync += acc.eq(self.grad[k] + prod + Mux(halp["inner"], self.gamma[k], 0))
         else:
             m.d.sync += acc.eq(self.grad[k] + prod)
-        # the model word arrives at MODEL_AT: decay it; round the gradient meanwhile
-        decayed = Signal(signed(WM + 1), name=f"decayed{k}")
+        # the model word arrives at MODEL_AT: shift out its decay (the RAM's output
+        # meets only the shifter); round the gradient meanwhile
+        held = Signal(signed(WM), name=f"held{k}")
+        decay = Signal(signed(WM), name=f"decay{k}")
         step = Signal(signed(p.grad_bits - SIGMA_FRAC + 1), name=f"step{k}")
         acc5 = Signal(signed(p.grad_bits), name=f"acc5_{k}")
-        decay = Mux(l2_on, self.model[k] >> l2_shift, 0) if p.l2_decay else 0
-        m.d.sync += [decayed.eq(self.model[k] - decay),
+        m.d.sync += [held.eq(self.model[k]),
                      step.eq((acc + (1 << (SIGMA_FRAC - 1))) >> SIGMA_FRAC),
                      acc5.eq(acc)]
-        # apply the rounded step
+        if p.l2_decay:
+            m.d.sync += decay.eq(Mux(l2_on, self.model[k] >> l2_shift, 0))
+        # apply the decay and the rounded step
         new = Signal(signed(max(WM + 1, p.grad_bits - SIGMA_FRAC + 1) + 1), name=f"new{k}")
         acc6 = Signal(signed(p.grad_bits), name=f"acc6_{k}")
-        m.d.sync += [new.eq(decayed - step), acc6.eq(acc5)]
+        m.d.sync += [new.eq(held - decay - step), acc6.eq(acc5)]
         # saturate; at a batch end the gradient restarts from zero
         word, clipped = saturate(m, new, WM, f"model{k}")
         ovf = Signal(name=f"ovf{k}")
