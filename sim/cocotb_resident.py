@@ -33,8 +33,8 @@ async def resident_source_runs(dut):
     for _ in range(3):
         await RisingEdge(dut.clk)
     dut.rst.value = 0
-    for region in Region:
-        payload = bytes.fromhex(spec["image"][region.name])
+    for name, image in spec["image"].items():
+        region, payload = Region[name], bytes.fromhex(image)
         for addr in range(len(payload) // width):
             dut.write.value, dut.region.value, dut.addr.value = 1, int(region), addr
             dut.data.value = int.from_bytes(payload[addr * width:(addr + 1) * width], "little")
