@@ -20,10 +20,11 @@ A ``RUN`` (``start`` with ``count``, ``first``, ``stride``, ``samples``, ``seed`
 the samples ``(first + u * stride) mod samples`` and emits, for each, the label
 beat and ``ceil(d / K)`` feature beats in the stream format the link would
 replay, at one beat a cycle. Pipeline: S0 issues a beat (memory addresses), S1
-rotates the codes into fields and looks them up in the sampler table (the label
-word is picked), S2 draws (each lane's xorshift32 steps per feature beat) and
-packs the fields for the run-time ``(k, double)``, S3 holds the beat for the
-output FIFO. A beat is issued only when the FIFO has room for it and every beat
+rotates the codes into fields (the label word is picked), S2 looks them up in
+the sampler table (so that no path runs from one block RAM's output into
+another's address), S3 draws (each lane's xorshift32 steps per feature beat)
+and packs the fields for the run-time ``(k, double)``, S4 holds the beat for
+the output FIFO. A beat is issued only when the FIFO has room for it and every beat
 in flight, so the engine's back-pressure never stalls the pipeline.
 """
 
@@ -54,10 +55,10 @@ from .protocol import Region
 
 __all__ = ["ResidentSource"]
 
-#: Beats the output FIFO holds (the pipeline's three stages fit in it twice over).
+#: Beats the output FIFO holds (the pipeline's four stages fit in it twice over).
 FIFO_DEPTH = 8
 #: Pipeline stages between issue and the FIFO.
-STAGES = 3
+STAGES = 4
 
 
 class ResidentSource(wiring.Component):
@@ -121,10 +122,11 @@ class ResidentSource(wiring.Component):
         issue = Signal()
         running = self._issue(m, mems, stage[1], issue)
         m.d.comb += issue.eq(running & (out.level + inflight < FIFO_DEPTH))
-        self._lookup(m, mems, stage[1], stage[2])
-        self._draw(m, mems, stage[2], stage[3])
-        m.d.comb += [out.w_data.eq(Cat(stage[3].data, stage[3].flush)),
-                     out.w_en.eq(stage[3].valid),
+        self._rotate(m, mems, stage[1], stage[2])
+        self._lookup(m, mems, stage[2], stage[3])
+        self._draw(m, mems, stage[3], stage[4])
+        m.d.comb += [out.w_data.eq(Cat(stage[4].data, stage[4].flush)),
+                     out.w_en.eq(stage[4].valid),
                      self.busy.eq(running | (inflight != 0) | out.r_rdy)]
         return m
 
@@ -170,15 +172,17 @@ class ResidentSource(wiring.Component):
         return reads
 
     def _stage_signals(self):
-        """The registers after S0, S1 and S2 (index 1..3; index 0 unused)."""
+        """The registers after S0 .. S3 (index 1..4; index 0 unused)."""
         p, L = self.params, self.params.lanes
         common = {"valid": 1, "feature": 1, "flush": 1, "index": 16}
         s1 = Signal(data.StructLayout({**common, "f0": range(p.max_features + L),
                                        "slot": range(p.beat_bits // 16)}), name="s1")
-        s2 = Signal(data.StructLayout({**common, "on": L, "label": LABEL.bits}), name="s2")
-        s3 = Signal(data.StructLayout({"valid": 1, "flush": 1, "data": p.beat_bits}),
-                    name="s3")
-        return [None, s1, s2, s3]
+        s2 = Signal(data.StructLayout({**common, "on": L, "label": LABEL.bits,
+                                       "codes": data.ArrayLayout(CODE_BITS, L)}), name="s2")
+        s3 = Signal(data.StructLayout({**common, "on": L, "label": LABEL.bits}), name="s3")
+        s4 = Signal(data.StructLayout({"valid": 1, "flush": 1, "data": p.beat_bits}),
+                    name="s4")
+        return [None, s1, s2, s3, s4]
 
     # --- S0: the walk and the beat sequence ----------------------------------------------
 
@@ -245,24 +249,32 @@ class ResidentSource(wiring.Component):
         self._per_beat_reg = per_beat
         return per_beat
 
-    # --- S1: codes into fields, the sampler table ----------------------------------------
+    # --- S1: codes into fields; S2: the sampler table ------------------------------------
 
-    def _lookup(self, m, mems, s1, s2):
+    def _rotate(self, m, mems, s1, s2):
+        """The codes in field order (the bias feature's made), the fields in use and
+        the label word, registered."""
         L = self.params.lanes
         lane_bits = clog2(L)
         codes = [port.data for port in mems["codes"]]
         # field i takes column (f0 + i) % L: rotate lane order by -f0
         slots = rotate(codes, (-s1.f0)[:lane_bits])
         one = CODE_ZERO + CODE_SCALE                # the bias feature's code
-        for i, port in enumerate(mems["tables"]):
+        for i in range(L):
             is_bias = self.bias & (s1.f0 + i == self.features - 1)
-            m.d.comb += port.addr.eq(Mux(is_bias, one, slots[i]))
+            m.d.sync += s2.codes[i].eq(Mux(is_bias, one, slots[i]))
         on = Cat((s1.f0 + i < self.features) & (i < self._per_beat_reg) for i in range(L))
         label = mems["labels"].data.word_select(s1.slot, 16)
         m.d.sync += [s2.valid.eq(s1.valid), s2.feature.eq(s1.feature), s2.flush.eq(s1.flush),
                      s2.index.eq(s1.index), s2.on.eq(on), s2.label.eq(label)]
 
-    # --- S2: draws and packing -----------------------------------------------------------
+    def _lookup(self, m, mems, s2, s3):
+        for i, port in enumerate(mems["tables"]):
+            m.d.comb += port.addr.eq(s2.codes[i])
+        m.d.sync += [s3.valid.eq(s2.valid), s3.feature.eq(s2.feature), s3.flush.eq(s2.flush),
+                     s3.index.eq(s2.index), s3.on.eq(s2.on), s3.label.eq(s2.label)]
+
+    # --- S3: draws and packing -----------------------------------------------------------
 
     def _draw(self, m, mems, s2, s3):
         p = self.params
