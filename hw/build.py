@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m ziphalp.hw.build icebreaker|ulx3s [--out DIR] [--param NAME=VALUE ...]
+    python -m ziphalp.hw.build BOARD [--out DIR] [--param NAME=VALUE ...]
 
 The boards are the build targets in :data:`TARGETS`: each board module
 (``ziphalp.hw.icebreaker``, ``ziphalp.hw.ulx3s``) describes its own as a
@@ -88,7 +88,8 @@ NEXTPNR_REPORT = f"{NAME}.nextpnr.json"
 MUL_DUMP = f"{NAME}.mul.il"
 
 #: The boards this module builds for, by command-line name.
-TARGETS: dict[str, BuildTarget] = {t.name: t for t in (icebreaker.TARGET, ulx3s.TARGET)}
+TARGETS: dict[str, BuildTarget] = {t.name: t for t in (icebreaker.TARGET, ulx3s.TARGET,
+                                                       icebreaker.TARGET_REPLAY)}
 
 
 def _overrides(target: BuildTarget, seed: int | None, verbose: bool) -> dict[str, Any]:

@@ -19,7 +19,8 @@ from .params import BOARD_PARAMS, EngineParams
 from .target import BuildTarget
 from .top import BoardPins, BoardTop
 
-__all__ = ["CLK_IN_HZ", "PINS", "TARGET", "ICEBreakerTop", "icebreaker_platform"]
+__all__ = ["CLK_IN_HZ", "PINS", "TARGET", "TARGET_REPLAY", "ICEBreakerTop",
+           "icebreaker_platform"]
 
 #: Frequency of the iCEBreaker's oscillator (pin 35, resource ``"clk12"``).
 CLK_IN_HZ = 12_000_000
@@ -79,5 +80,14 @@ TARGET = BuildTarget(
     top=ICEBreakerTop,
     # The same parameters the simulated board runs.
     params=BOARD_PARAMS["icebreaker"],
+    family=ICE40,
+)
+#: The iCEBreaker with its four SPRAMs as a replay store (k up to 4, 24 MHz).
+TARGET_REPLAY = BuildTarget(
+    name="icebreaker-replay",
+    description="iCEBreaker with a 128 KB replay store in its SPRAMs (k <= 4, 24 MHz)",
+    platform=icebreaker_platform,
+    top=ICEBreakerTop,
+    params=BOARD_PARAMS["icebreaker-replay"],
     family=ICE40,
 )

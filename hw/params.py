@@ -182,6 +182,7 @@ unchanged.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import zlib
 from dataclasses import asdict, dataclass
@@ -581,8 +582,10 @@ class EngineParams:
 #: wider than 16 bits, two SB_MAC16 each, and the UP5K has eight; so a 16-bit beat
 #: carries at most two values (one at k = 8 with double sampling). The class-cost
 #: multiply and the L2 decay do not fit its 5280 logic cells beside two lanes, nor
-#: does a replay store in the four SPRAMs (``replay_beats=65536``: 5579 cells); that
-#: fits with ``max_k=4`` (``-P replay_beats=65536 -P max_k=4 -P clock_hz=24000000``).
+#: does a replay store in the four SPRAMs (``replay_beats=65536``: 5579 cells).
+#: "icebreaker-replay" is the iCEBreaker with that store: it fits with ``max_k=4``
+#: (5260 cells) and routes at about 26 MHz, so it runs at 24 MHz (8 cycles a UART
+#: bit at 3 Mbaud).
 #: ULX3S (ECP5-85F, 156 multipliers, 208 DP16KD): 64-bit beats and 8 lanes, every
 #: option (HALP with a 4096-sample anchor-error cache), values per beat
 #: 8/8/8/8/8/8/8/7 from k = 1 to 8 with single sampling, 8/8/8/8/8/8/7/6 double.
@@ -594,7 +597,7 @@ class EngineParams:
 #: Resident data in the block RAM the 8-lane engine leaves: 8192 rows of 8 codes
 #: (64 KB, 32 DP16KD), 4096 labels, a sampler table per lane.
 #: "sim" runs the iCEBreaker's parameters, so what trains in simulation fits the
-#: board; "sim-ulx3s" the ULX3S's.
+#: board; "sim-icebreaker-replay" and "sim-ulx3s" the other boards'.
 BOARD_PARAMS: dict[str, EngineParams] = {
     "icebreaker": EngineParams(beat_bits=16, lanes=2, max_k=8, max_features=512,
                                max_batch=16, model_bits=32, model_frac=24,
@@ -605,5 +608,8 @@ BOARD_PARAMS: dict[str, EngineParams] = {
                           clock_hz=45_000_000, halp_samples=4096,
                           resident_rows=8192, resident_samples=4096),
 }
+BOARD_PARAMS["icebreaker-replay"] = dataclasses.replace(
+    BOARD_PARAMS["icebreaker"], max_k=4, clock_hz=24_000_000, replay_beats=65536)
 BOARD_PARAMS["sim"] = BOARD_PARAMS["icebreaker"]
+BOARD_PARAMS["sim-icebreaker-replay"] = BOARD_PARAMS["icebreaker-replay"]
 BOARD_PARAMS["sim-ulx3s"] = BOARD_PARAMS["ulx3s"]

@@ -12,6 +12,7 @@ five minutes (nextpnr fills a UP5K). The ULX3S build (the 32-lane engine on an
 ECP5-85F) takes far longer, so it runs only with ``ZIPHALP_BUILD_ULX3S=1``.
 """
 
+import dataclasses
 import json
 import os
 import re
@@ -354,13 +355,21 @@ def test_ulx3s_top_elaborates():
 
 
 def test_targets():
-    assert list(hwbuild.TARGETS) == ["icebreaker", "ulx3s"]
+    assert list(hwbuild.TARGETS) == ["icebreaker", "ulx3s", "icebreaker-replay"]
     target = hwbuild.TARGETS["icebreaker"]
     assert target.name == "icebreaker"
     assert target.params == BOARD_PARAMS["icebreaker"]
     assert target.family is ICE40 and ICE40.dsp is SB_MAC16
     assert target.top is ICEBreakerTop
     assert ICE40.bitstream == "bin"
+    replay = hwbuild.TARGETS["icebreaker-replay"]
+    assert replay.top is ICEBreakerTop and replay.family is ICE40
+    assert replay.params == BOARD_PARAMS["icebreaker-replay"] == BOARD_PARAMS[
+        "sim-icebreaker-replay"]
+    assert (replay.params.replay_beats, replay.params.max_k, replay.params.clock_hz) == (
+        65536, 4, 24_000_000)
+    assert dataclasses.replace(replay.params, replay_beats=0, max_k=8,
+                               clock_hz=33_000_000) == BOARD_PARAMS["icebreaker"]
 
 
 def test_ulx3s_target():

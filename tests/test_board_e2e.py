@@ -7,8 +7,6 @@ sampling modes, level tables, losses, costs and L2 decay; a corrupted request
 must change nothing; training diabetes must reach within 2% of the optimum.
 """
 
-import dataclasses
-
 import numpy as np
 import pytest
 from ziphalp.host import quantize
@@ -95,9 +93,8 @@ def test_train_diabetes_within_two_percent():
     assert all(r.cycles > 0 and r.samples == 442 for r in result.history)
 
 
-#: The iCEBreaker's engine with its four SPRAMs as a replay store: what fits the UP5K
-#: beside it is a narrower level table, at 24 MHz (README, "iCEBreaker").
-REPLAYED = dataclasses.replace(PARAMS, replay_beats=65536, max_k=4, clock_hz=24_000_000)
+#: The iCEBreaker's engine with its four SPRAMs as a replay store (README, "iCEBreaker").
+REPLAYED = BOARD_PARAMS["sim-icebreaker-replay"]
 
 
 @pytest.fixture
@@ -137,7 +134,8 @@ def test_replay_matches_golden(replay_board):
 def test_train_replayed_within_two_percent(replay_board):
     """diabetes with the data replayed (2-bit double sampling, quantised once): within
     2% of the optimum, as streamed, each epoch a REPLAY of the 442 samples."""
-    result = train("diabetes", board="sim", port=replay_board.url, epochs=30, bits=2,
+    result = train("diabetes", board="sim-icebreaker-replay", port=replay_board.url,
+                   epochs=30, bits=2,
                    seed=0, progress=False)
     assert result.settings["data"] == "replayed"
     assert result.loss < 1.02 * result.optimum_loss
