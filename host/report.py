@@ -30,9 +30,11 @@ history.json (format ``ziphalp-history/5``), a format scripts can rely on::
       "settings": {"epochs", "step", "shift", "batch", "seed", "bits", "sampling",
                    "levels", "loss", "costs", "l2", "l2_shift", "shuffle", "halve_every",
                    "algo",
-                   "data",          # "resident" (loaded once, the board feeds itself) or
+                   "data",          # "resident" (loaded once, the board feeds and
+                                    #   rounds itself), "replayed" (quantised once,
+                                    #   the board replays the same samples) or
                                     #   "streamed" (quantised on the host every epoch)
-                   "load_bytes",    # host bytes of loading the resident data (0 streamed)
+                   "load_bytes",    # host bytes of loading the data (0 streamed)
                    ...},    # (halp adds the keys of "halp" and full_shift, full_cost, stale)
       "epochs": [{"epoch": int|float,  # 1-based; halp: passes over the data so far,
                                     #   (n + T) / n per outer iteration
