@@ -11,9 +11,10 @@ board: ``cycles / f`` at the engine clock ``f`` (nextpnr's achieved Fmax when a
 ``report.json`` of the board is given, else the build's ``clock_hz``) against
 the streamed epoch's bytes over the 3 Mbaud UART (``bytes / 300 kB/s``: ten bits
 a byte). Every cycle count comes from the gateware; only the projection is
-arithmetic. It also prints each board's resident capacity (the most samples of
-d features it holds; codes are 8 bits, so the capacity is the same at every
-precision). Writes ``bench_resident.json`` and ``bench_resident.md`` into
+arithmetic. It also prints each board's capacity (the most samples of d
+features it keeps: codes are 8 bits, so a resident store's capacity is the same
+at every precision; a replay store's is the least over the precisions it runs,
+with double sampling). Writes ``bench_resident.json`` and ``bench_resident.md`` into
 ``--out``.
 """
 
@@ -43,10 +44,16 @@ CAPACITY_FEATURES = (8, 16, 32, 64, 128, 256, 512, 1024)
 
 
 def capacity_table(features=CAPACITY_FEATURES) -> dict:
-    """The most samples of each d every board's resident store holds (None where d
-    exceeds the board's ``max_features``)."""
-    return {board: {d: resident.capacity(p, d) if d <= p.max_features else None
-                    for d in features}
+    """The most samples of each d every board keeps: its resident store's, or its
+    replay store's at the precision (double sampling) that holds fewest (None where
+    d exceeds the board's ``max_features``)."""
+    def most(p, d):
+        if d > p.max_features:
+            return None
+        replayed = min((resident.replay_capacity(p, d, k, True)
+                        for k in range(1, p.max_k + 1)), default=0)
+        return max(resident.capacity(p, d), replayed)
+    return {board: {d: most(p, d) for d in features}
             for board, p in BOARD_PARAMS.items() if not board.startswith("sim")}
 
 
@@ -126,8 +133,9 @@ def _markdown(rows: list[dict], clock_hz: float, clock_source: str, capacity: di
             f"{r['engine_bound']:.2f} | {s['host_bytes']:,} | {res['host_bytes']:,} | "
             f"{p['streamed_s'] * 1e3:.1f} ms | {p['resident_s'] * 1e3:.3f} ms | "
             f"{p['speedup']:.0f}x |")
-    lines += ["", "Resident capacity (most samples of d features, at every precision: "
-              "the codes are 8 bits; 0: no resident store, -: d above max_features):", "",
+    lines += ["", "Capacity (most samples of d features a board keeps, at every precision: "
+              "8-bit codes in a resident store, or packed beats with double sampling in a "
+              "replay store; 0: no store, -: d above max_features):", "",
               "| board | " + " | ".join(f"d={d}" for d in CAPACITY_FEATURES) + " |",
               "|---|" + "---|" * len(CAPACITY_FEATURES)]
     for board, row in capacity.items():

@@ -700,3 +700,14 @@ def test_replay_placement():
         _placement(True, REPLAYED, big, "b", 2, "double")
     with pytest.raises(SettingsError, match="b has no resident data or a replay store"):
         _placement(True, PLAIN, big, "b", 2, "double")
+
+
+def test_capacity_table_of_the_boards():
+    """bench_resident's table: the resident store's capacity, or the replay store's at
+    the precision that holds fewest (65536 beats of a label beat and d / 2 beats)."""
+    from ziphalp.sim.bench_resident import capacity_table
+    table = capacity_table((8, 64, 1024))
+    assert table["ulx3s"] == {d: capacity(ULX3S, d) for d in (8, 64, 1024)}
+    assert table["icebreaker-replay"] == {8: 65536 // 5, 64: 65536 // 33, 1024: None}
+    assert table["icebreaker"] == {8: 0, 64: 0, 1024: None}
+    assert not any(board.startswith("sim") for board in table)
