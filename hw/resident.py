@@ -19,15 +19,13 @@ link's ``LOAD_DATA``:
 A ``RUN`` (``start`` with ``count``, ``first``, ``stride``, ``samples``, ``seed``) walks
 the samples ``(first + u * stride) mod samples`` and emits, for each, the label
 beat and ``ceil(d / K)`` feature beats in the stream format the link would
-replay, at one beat a cycle. Pipeline: S0 issues a beat (its memory addresses,
-registered: one register a code column, so that the walk's arithmetic does not
-share a cycle with the fan-out to the block RAMs), A presents them, S1 rotates
-the codes into fields (the label word is picked), S2 looks them up in the
-sampler table (so that no path runs from one block RAM's output into another's
-address), S3 draws (each lane's xorshift32 steps per feature beat) and packs the
-fields for the run-time ``(k, double)``, S4 holds the beat for the output FIFO.
-A beat is issued only when the FIFO has room for it and every beat in flight,
-so the engine's back-pressure never stalls the pipeline.
+replay, at one beat a cycle. Pipeline: S0 issues a beat (memory addresses), S1
+rotates the codes into fields (the label word is picked), S2 looks them up in
+the sampler table (so that no path runs from one block RAM's output into
+another's address), S3 draws (each lane's xorshift32 steps per feature beat)
+and packs the fields for the run-time ``(k, double)``, S4 holds the beat for
+the output FIFO. A beat is issued only when the FIFO has room for it and every beat
+in flight, so the engine's back-pressure never stalls the pipeline.
 """
 
 from functools import reduce
@@ -57,10 +55,10 @@ from .protocol import Region
 
 __all__ = ["ResidentSource"]
 
+#: Beats the output FIFO holds (the pipeline's four stages fit in it twice over).
+FIFO_DEPTH = 8
 #: Pipeline stages between issue and the FIFO.
-STAGES = 5
-#: Beats the output FIFO holds (the pipeline's stages fit in it twice over).
-FIFO_DEPTH = 2 * STAGES
+STAGES = 4
 
 
 class ResidentSource(wiring.Component):
@@ -122,14 +120,13 @@ class ResidentSource(wiring.Component):
         stage = self._stage_signals()
         inflight = sum(s.valid for s in stage[1:])
         issue = Signal()
-        running = self._issue(m, stage[1], issue)
+        running = self._issue(m, mems, stage[1], issue)
         m.d.comb += issue.eq(running & (out.level + inflight < FIFO_DEPTH))
-        self._address(m, mems, stage[1], stage[2])
-        self._rotate(m, mems, stage[2], stage[3])
-        self._lookup(m, mems, stage[3], stage[4])
-        self._draw(m, mems, stage[4], stage[5])
-        m.d.comb += [out.w_data.eq(Cat(stage[5].data, stage[5].flush)),
-                     out.w_en.eq(stage[5].valid),
+        self._rotate(m, mems, stage[1], stage[2])
+        self._lookup(m, mems, stage[2], stage[3])
+        self._draw(m, mems, stage[3], stage[4])
+        m.d.comb += [out.w_data.eq(Cat(stage[4].data, stage[4].flush)),
+                     out.w_en.eq(stage[4].valid),
                      self.busy.eq(running | (inflight != 0) | out.r_rdy)]
         return m
 
@@ -175,26 +172,23 @@ class ResidentSource(wiring.Component):
         return reads
 
     def _stage_signals(self):
-        """The registers after S0, A, S1 .. S3 (index 1..5; index 0 unused)."""
+        """The registers after S0 .. S3 (index 1..4; index 0 unused)."""
         p, L = self.params, self.params.lanes
         common = {"valid": 1, "feature": 1, "flush": 1, "index": 16}
-        walk = {**common, "f0": range(p.max_features + L), "slot": range(p.beat_bits // 16)}
-        a = Signal(data.StructLayout({
-            **walk, "rows": data.ArrayLayout(range(p.resident_rows), L),
-            "label_word": range(Region.LABELS.beats(p))}), name="a")
-        s1 = Signal(data.StructLayout(walk), name="s1")
+        s1 = Signal(data.StructLayout({**common, "f0": range(p.max_features + L),
+                                       "slot": range(p.beat_bits // 16)}), name="s1")
         s2 = Signal(data.StructLayout({**common, "on": L, "label": LABEL.bits,
                                        "codes": data.ArrayLayout(CODE_BITS, L)}), name="s2")
         s3 = Signal(data.StructLayout({**common, "on": L, "label": LABEL.bits}), name="s3")
         s4 = Signal(data.StructLayout({"valid": 1, "flush": 1, "data": p.beat_bits}),
                     name="s4")
-        return [None, a, s1, s2, s3, s4]
+        return [None, s1, s2, s3, s4]
 
     # --- S0: the walk and the beat sequence ----------------------------------------------
 
-    def _issue(self, m, a, issue):
-        """The run's state; each issued beat's memory addresses and walk, into the A
-        register. Returns ``running`` (beats are left to issue)."""
+    def _issue(self, m, mems, s1, issue):
+        """The run's state; each issued beat's memory addresses and S1 register.
+        Returns ``running`` (beats are left to issue)."""
         p, L = self.params, self.params.lanes
         lane_bits = clog2(L)
         row_bits = clog2(p.resident_rows) + 2
@@ -217,15 +211,16 @@ class ResidentSource(wiring.Component):
         # label word of the sample; code rows of the feature beat (column c reads one
         # row further when it holds a feature after the row's wrap)
         labels_per_word = p.beat_bits // 16
+        m.d.comb += mems["labels"].addr.eq(index >> clog2(labels_per_word))
         first_row = base + (f0 >> lane_bits)
+        for c, port in enumerate(mems["codes"]):
+            m.d.comb += port.addr.eq(first_row + (c < f0[:lane_bits]))
         last_beat = f0 + per_beat >= self.features
-        m.d.sync += a.valid.eq(issue)
+        m.d.sync += s1.valid.eq(issue)
         with m.If(issue):
-            m.d.sync += [a.feature.eq(~label_next), a.f0.eq(f0), a.index.eq(index),
-                         a.slot.eq(index[:clog2(labels_per_word)]),
-                         a.flush.eq(~label_next & last_beat & (remaining == 1)),
-                         a.label_word.eq(index >> clog2(labels_per_word))]
-            m.d.sync += [a.rows[c].eq(first_row + (c < f0[:lane_bits])) for c in range(L)]
+            m.d.sync += [s1.feature.eq(~label_next), s1.f0.eq(f0), s1.index.eq(index),
+                         s1.slot.eq(index[:clog2(labels_per_word)]),
+                         s1.flush.eq(~label_next & last_beat & (remaining == 1))]
             with m.If(label_next):
                 m.d.sync += [label_next.eq(0), f0.eq(0)]
             with m.Elif(~last_beat):
@@ -239,14 +234,6 @@ class ResidentSource(wiring.Component):
                 with m.If(remaining == 1):
                     m.d.sync += running.eq(0)
         return running
-
-    def _address(self, m, mems, a, s1):
-        """A: the registered addresses at the memories; the walk on to S1."""
-        for c, port in enumerate(mems["codes"]):
-            m.d.comb += port.addr.eq(a.rows[c])
-        m.d.comb += mems["labels"].addr.eq(a.label_word)
-        m.d.sync += [s1.valid.eq(a.valid), s1.feature.eq(a.feature), s1.flush.eq(a.flush),
-                     s1.f0.eq(a.f0), s1.index.eq(a.index), s1.slot.eq(a.slot)]
 
     def _per_beat(self, m):
         """``K`` for the run-time mode, and the one-hot mode (registered)."""
