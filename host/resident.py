@@ -90,6 +90,7 @@ __all__ = [
     "replay_capacity",
     "replay_does_not_fit",
     "replay_walk",
+    "sample_beats",
     "sampler_bytes",
     "sampler_table",
 ]
@@ -322,8 +323,9 @@ def epoch_walk(n: int, shuffle: bool, rng: np.random.Generator | None = None
 
 # --- replayed data ---------------------------------------------------------------------
 
-def _sample_beats(params: EngineParams, d: int, k: int, double: bool) -> int:
-    """Beats of one streamed sample: the label beat and the feature beats."""
+def sample_beats(params: EngineParams, d: int, k: int, double: bool) -> int:
+    """Beats of one streamed (and replayed) sample: the label beat and the feature
+    beats."""
     return 1 + params.beats_for(d, k, double)
 
 
@@ -331,7 +333,7 @@ def replay_capacity(params: EngineParams, d: int, k: int, double: bool) -> int:
     """The most samples of ``d`` features (the bias included: the host packs it) a
     board's replay store holds at precision ``k``: ``replay_beats // (1 +
     ceil(d / K))``; 0 for a board without one."""
-    return params.replay_beats // _sample_beats(params, d, k, double) if params.replay else 0
+    return params.replay_beats // sample_beats(params, d, k, double) if params.replay else 0
 
 
 def replay_does_not_fit(params: EngineParams, n: int, d: int, k: int,
@@ -342,7 +344,7 @@ def replay_does_not_fit(params: EngineParams, n: int, d: int, k: int,
     33 a sample), not 2000"``."""
     if not params.replay:
         return "the board has no replay store"
-    beats = _sample_beats(params, d, k, double)
+    beats = sample_beats(params, d, k, double)
     if n * beats > params.replay_beats:
         return (f"the replay store holds at most {replay_capacity(params, d, k, double)} "
                 f"samples of {d} features at k = {k} ({params.replay_beats} beats, {beats} a "

@@ -89,6 +89,7 @@ from .resident import (
     label_words,
     replay_does_not_fit,
     replay_walk,
+    sample_beats,
     sampler_bytes,
     sampler_table,
 )
@@ -703,8 +704,8 @@ def _replay_epoch(driver: Board, result: TrainResult, labels: np.ndarray,
     """The feed of a replayed SGD epoch: one ``REPLAY`` of every sample loaded, from a
     random sample on when shuffling (:func:`ziphalp.host.resident.replay_walk`)."""
     s, n = result.settings, len(labels)
-    beats = 1 + result.params.beats_for(result.data.features.shape[1], s["bits"],
-                                        s["sampling"] == "double")
+    beats = sample_beats(result.params, result.data.features.shape[1], s["bits"],
+                         s["sampling"] == "double")
 
     def feed() -> None:
         first = replay_walk(n, s["shuffle"], rng)

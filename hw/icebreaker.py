@@ -12,6 +12,8 @@ LED showing UART traffic, the user button restarting the design.
 parts; logic belongs in ``top.py`` (any board) or ``ice40.py`` (any iCE40).
 """
 
+import dataclasses
+
 from amaranth.hdl import Elaboratable
 
 from .ice40 import ICE40, ICE40PLL, ICE40SPRAM
@@ -83,11 +85,7 @@ TARGET = BuildTarget(
     family=ICE40,
 )
 #: The iCEBreaker with its four SPRAMs as a replay store (k up to 4, 24 MHz).
-TARGET_REPLAY = BuildTarget(
-    name="icebreaker-replay",
+TARGET_REPLAY = dataclasses.replace(
+    TARGET, name="icebreaker-replay",
     description="iCEBreaker with a 128 KB replay store in its SPRAMs (k <= 4, 24 MHz)",
-    platform=icebreaker_platform,
-    top=ICEBreakerTop,
-    params=BOARD_PARAMS["icebreaker-replay"],
-    family=ICE40,
-)
+    params=BOARD_PARAMS["icebreaker-replay"])

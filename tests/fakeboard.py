@@ -140,41 +140,35 @@ class FakeBoard:
         return protocol.encode_reply(cmd, Status.OK)
 
     def _run(self, payload: bytes) -> bytes:
-        """RUN: LENGTH for a wrong size, ARGUMENT for arguments the build does not
-        take, STATE when the golden model refuses (not configured, beyond the data)."""
-        cmd = Command.RUN
-        if not self.p.resident:
-            return protocol.encode_reply(cmd, Status.COMMAND)
-        if len(payload) != protocol.RUN.size:
-            return protocol.encode_reply(cmd, Status.LENGTH)
-        try:
-            run = protocol.Run.unpack(payload).check(self.identity)
-        except ValueError:
-            return protocol.encode_reply(cmd, Status.ARGUMENT)
-        try:
-            self._count(lambda: self.engine.run(run.count, run.first, run.stride,
-                                                run.samples, run.seed, run.bias))
-        except RuntimeError:
-            return protocol.encode_reply(cmd, Status.STATE)
-        self.runs.append(run)
-        return protocol.encode_reply(cmd, Status.OK)
+        """RUN: the golden model's ``run`` (:meth:`_feed`)."""
+        return self._feed(Command.RUN, self.p.resident, protocol.Run, payload, self.runs,
+                          lambda run: self.engine.run(run.count, run.first, run.stride,
+                                                      run.samples, run.seed, run.bias))
 
     def _replay(self, payload: bytes) -> bytes:
-        """REPLAY: as RUN, with the golden model's ``replay``."""
-        cmd = Command.REPLAY
-        if not self.p.replay:
+        """REPLAY: the golden model's ``replay`` (:meth:`_feed`)."""
+        return self._feed(Command.REPLAY, self.p.replay, protocol.Replay, payload,
+                          self.replays, lambda replay: self.engine.replay(replay.first,
+                                                                          replay.count))
+
+    def _feed(self, cmd, built, record, payload, accepted, feed) -> bytes:
+        """A command that feeds the engine from a store: COMMAND unless ``built``,
+        LENGTH for a wrong size, ARGUMENT for arguments the build does not take
+        (``record``'s check), STATE when the golden model refuses in ``feed`` (not
+        configured, beyond the data); an accepted request joins ``accepted``."""
+        if not built:
             return protocol.encode_reply(cmd, Status.COMMAND)
-        if len(payload) != protocol.REPLAY.size:
+        if len(payload) != record.MESSAGE.size:
             return protocol.encode_reply(cmd, Status.LENGTH)
         try:
-            replay = protocol.Replay.unpack(payload).check(self.identity)
+            request = record.unpack(payload).check(self.identity)
         except ValueError:
             return protocol.encode_reply(cmd, Status.ARGUMENT)
         try:
-            self._count(lambda: self.engine.replay(replay.first, replay.count))
+            self._count(lambda: feed(request))
         except RuntimeError:
             return protocol.encode_reply(cmd, Status.STATE)
-        self.replays.append(replay)
+        accepted.append(request)
         return protocol.encode_reply(cmd, Status.OK)
 
 
