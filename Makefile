@@ -35,7 +35,7 @@ reproduce-halp: setup
 	$(BIN)/python -m ziphalp.sim.reproduce_halp --out results/halp
 
 test: setup
-	$(BIN)/python -m pytest -n auto
+	$(BIN)/python -m pytest -n auto --maxschedchunk 1
 
 bitstream: setup
 	$(BIN)/python -m ziphalp.hw.build $(BOARD) $(PARAMS)

@@ -8,8 +8,10 @@ tests marked ``bitstream`` run the real flow (Yosys, nextpnr and the packer
 through YoWASP; select them with ``-m bitstream``, skip them with
 ``-m "not bitstream"``): the first YoWASP call of a tool compiles it (about a
 minute, cached in ``~/.cache/YoWASP``), the iCEBreaker build then takes one to
-five minutes (nextpnr fills a UP5K). The ULX3S build (the 32-lane engine on an
-ECP5-85F) takes far longer, so it runs only with ``ZIPHALP_BUILD_ULX3S=1``.
+five minutes (nextpnr fills a UP5K). On the ULX3S the suite builds the board's
+top level around a reduced engine with every option (about six minutes) and
+synthesises the full one to check that it fits; the full engine's place and route
+(8 lanes on an ECP5-85F, 15 to 30 minutes) runs only with ``ZIPHALP_BUILD_ULX3S=1``.
 """
 
 import dataclasses
@@ -505,15 +507,17 @@ def test_check_dsp_cells(tmp_path):
 UP5K_BIN_BYTES = 104090
 
 
-def _build_report(board: str, out, timeout: int) -> dict:
-    """Run the build command for ``board`` into ``out`` and return its report.
+def _build_report(board: str, out, timeout: int, overrides: dict | None = None) -> dict:
+    """Run the build command for ``board`` (its parameters changed by ``overrides``)
+    into ``out`` and return its report.
 
     The build runs with ``--allow-timing-fail`` so that a slow design still gets
     its report checked; :func:`_check_report` judges timing last.
     """
     result = subprocess.run(
         [sys.executable, "-m", "ziphalp.hw.build", board, "--out", str(out),
-         "--allow-timing-fail"],
+         "--allow-timing-fail",
+         *(f"-P{name}={value}" for name, value in (overrides or {}).items())],
         capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, f"build failed:\n{result.stdout}\n{result.stderr}"
     assert "fmax" in result.stdout
@@ -521,20 +525,21 @@ def _build_report(board: str, out, timeout: int) -> dict:
 
 
 def _check_report(report: dict, board: str, device: str, limits: dict[str, int],
-                  dsp_cell: str, out) -> None:
-    """The checks every board's build report must pass, timing last."""
+                  dsp_cell: str, out, params: EngineParams | None = None) -> None:
+    """The checks every board's build report must pass, timing last. ``params``: what
+    the engine was built with, when not the board's own."""
+    params = hwbuild.TARGETS[board].params if params is None else params
     for key, kind in [("board", str), ("device", str), ("utilisation", dict),
                       ("fmax_mhz", dict), ("params", dict), ("build_id", str),
                       ("clock_hz", int), ("timing_met", bool), ("dsp", dict)]:
         assert isinstance(report.get(key), kind), key
     assert report["board"] == board
     assert report["device"] == device
-    clock_hz = BOARD_PARAMS[board].clock_hz
+    clock_hz = params.clock_hz
     assert report["clock_hz"] == report["params"]["clock_hz"] == clock_hz
     assert report["fmax_mhz"]["constraint"] == pytest.approx(clock_hz / 1e6, rel=1e-3)
 
-    # Parameters and build id are those of the board's engine.
-    params = hwbuild.TARGETS[board].params
+    # Parameters and build id are those of the engine built.
     assert report["params"] == {k: getattr(params, k) for k in report["params"]}
     assert report["build_id"] == f"0x{params.build_id:08x}"
 
@@ -592,16 +597,44 @@ def test_ulx3s_bitstream(tmp_path):
     """Build the ULX3S bitstream and check its report (one build, all checks)."""
     out = tmp_path / "ulx3s"
     report = _build_report("ulx3s", out, timeout=4 * 3600)
+    _check_ulx3s(report, out)
+
+
+#: A reduced ULX3S engine with every option of the board's (class costs, L2, HALP,
+#: the resident store), four lanes and small memories: the smallest engine HALP
+#: (beats of 32 bits and more) and the store (lanes * 8 a multiple of the beat) allow.
+ULX3S_REDUCED = dict(lanes=4, beat_bits=32, max_features=64, max_batch=8, frame_bytes=1024,
+                     halp_samples=256, resident_rows=256, resident_samples=256)
+
+
+def _check_ulx3s(report: dict, out, params: EngineParams | None = None) -> None:
     util = report["utilisation"]
     assert util["EHXPLLL"]["used"] == 1
     assert util["TRELLIS_COMB"]["used"] > 0 and util["DP16KD"]["used"] > 0
     assert report["bitstream"] == "ziphalp.bit"
     assert report["pll"]["clkop_div"] * report["clock_hz"] == report["pll"]["f_vco_hz"]
+    assert report["uart_divisor"] == report["clock_hz"] // 3_000_000
     _check_report(report, "ulx3s", "LFE5U-85F-BG381",
                   {"TRELLIS_COMB": 83640, "TRELLIS_FF": 83640, "MULT18X18D": 156,
-                   "DP16KD": 208, "EHXPLLL": 4}, "MULT18X18D", out)
+                   "DP16KD": 208, "EHXPLLL": 4}, "MULT18X18D", out, params)
 
 
+@pytest.mark.bitstream
+def test_ulx3s_reduced_bitstream(tmp_path):
+    """The whole ULX3S flow in the suite: the board's top level (PLL from the 25 MHz
+    oscillator, the UART at 3 Mbaud, reset, LEDs) around the reduced engine, through
+    Yosys, nextpnr-ecp5 and ecppack, timing met at the board's 45 MHz. About six
+    minutes on one core; the full engine's place and route (``test_ulx3s_bitstream``)
+    takes three times that and more."""
+    params = dataclasses.replace(BOARD_PARAMS["ulx3s"], **ULX3S_REDUCED)
+    assert params.halp and params.class_costs and params.l2_decay and params.resident
+    out = tmp_path / "ulx3s"
+    report = _build_report("ulx3s", out, timeout=3600, overrides=ULX3S_REDUCED)
+    assert report["params"]["lanes"] == 4 and report["params"]["resident_rows"] == 256
+    _check_ulx3s(report, out, params)
+
+
+@pytest.mark.slow
 def test_ulx3s_synthesis_fits(tmp_path):
     """The whole ULX3S design (8-lane engine, resident store, link, UART, PLL) through
     the ECP5 flow's Yosys script: its cells fit the ECP5-85F. The place and route

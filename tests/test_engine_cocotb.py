@@ -168,6 +168,7 @@ def run_bench(work, sources, params: EngineParams, cases: list[dict], defines=No
     return results
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("build", range(len(BUILDS)))
 def test_engine_matches_golden(build, tmp_path_factory):
     from amaranth.back import verilog
@@ -221,6 +222,7 @@ def check_cycles(r: dict, params: EngineParams, gap: int) -> None:
         assert drain <= gap + n - 1, f"{drain} cycles to drain, more than {gap} + {n} - 1"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("build", range(len(HALP_BUILDS)))
 def test_halp_matches_golden(build, tmp_path_factory):
     """HALP: re-centring, the full-gradient pass, the offset grid, the inner loop with
@@ -240,6 +242,7 @@ def test_halp_matches_golden(build, tmp_path_factory):
     assert sum(r["changed"] for r in results), "no inner loop changed the model"
 
 
+@pytest.mark.slow
 def test_synthesised_netlist_matches_golden(tmp_path):
     """Post-synthesis simulation: the iCE40 netlist (SB_MAC16, SB_RAM40_4K, LUTs and
     carries, with Yosys's cell models) of a two-lane engine equals the golden model."""
@@ -466,6 +469,7 @@ def ecp5_cell_models(share: Path, out: Path) -> list[Path]:
     return [out / "ecp5_common_sim.v", share / "ccu2c_sim.vh", out / "ecp5_hard_blocks.v"]
 
 
+@pytest.mark.slow
 def test_ecp5_netlist_matches_golden(tmp_path):
     """Post-synthesis simulation: the ECP5 netlist of a four-lane engine with the
     ULX3S engine's options (class costs, L2 decay, HALP), synthesised as the ULX3S

@@ -24,6 +24,7 @@ refused.
 import os
 
 import numpy as np
+import pytest
 from test_link import bad_requests
 from ziphalp.host import quantize
 from ziphalp.host.driver import Board
@@ -99,6 +100,7 @@ def _trained_state(board: Board, rng) -> None:
         board.stream(frame, flush=True)
 
 
+@pytest.mark.slow
 def test_fuzz_the_board_port():
     rng = np.random.default_rng(2026)
     timeout_cycles = int(protocol.TIMEOUT_BYTES_TIME * PARAMS.clock_hz)
