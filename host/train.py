@@ -357,17 +357,13 @@ def _port_url(board: str, port: str | None, faults: float = 0.0,
 
 
 @contextlib.contextmanager
-def _session(board: str, port: str | None, timeout: float, faults: float, fault_seed: int,
-             fits: Callable[[EngineParams, str], None]
+def _session(board: str, port: str | None, timeout: float, faults: float, fault_seed: int
              ) -> Iterator[tuple[_Port, Board, protocol.Identity]]:
-    """Open the board (:func:`_port_url`), identify it and check that the data set
-    fits what it was built with (``fits(params, url)``); yield the port, the driver
+    """Open the board (:func:`_port_url`) and identify it; yield the port, the driver
     and the identity. Both algorithms train inside one of these."""
     with _port_url(board, port, faults, fault_seed) as link, \
             Board(link.url, timeout=timeout) as driver:
-        identity = driver.identify()
-        fits(driver.params, link.url)
-        yield link, driver, identity
+        yield link, driver, driver.identify()
 
 
 def _check_settings(board: str, epochs: int, batch: int, step: float, bits: int,
@@ -606,11 +602,9 @@ def train(dataset: str | Path | Dataset, *, board: str = "sim", port: str | None
     labels = quantize.quantize_labels(data.labels)
     rng = np.random.default_rng(seed)
 
-    def fits(params: EngineParams, url: str) -> None:
-        _check_fit(dataset.name, dataset.d, batch, bits, params, url)
-
-    with _session(board, port, timeout, faults, fault_seed, fits) as (link, driver, identity):
+    with _session(board, port, timeout, faults, fault_seed) as (link, driver, identity):
         url, params = link.url, driver.params
+        _check_fit(dataset.name, dataset.d, batch, bits, params, url)
         settings["data"] = _placement(resident, params, dataset, f"the board on {url}", bits,
                                       sampling)
         save = _checkpointer(checkpoint, saved, settings, dataset, board, identity, url)
@@ -1022,11 +1016,9 @@ def _train_halp(dataset, *, board, port, epochs, step, batch, seed, label, bits,
     rng = np.random.default_rng(seed)
     passes = (n + steps) / n
 
-    def fits(params: EngineParams, url: str) -> None:
-        _check_fit(dataset.name, dataset.d, 1, k, params, url)
-
-    with _session(board, port, timeout, faults, fault_seed, fits) as (link, driver, identity):
+    with _session(board, port, timeout, faults, fault_seed) as (link, driver, identity):
         url, params = link.url, driver.params
+        _check_fit(dataset.name, dataset.d, 1, k, params, url)
         if not identity.options & Options.HALP:
             raise SettingsError(f"the board on {url} is built without HALP mode")
         if n > identity.halp_samples:
