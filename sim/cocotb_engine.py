@@ -27,7 +27,7 @@ import os
 import cocotb
 import numpy as np
 from cocotb.clock import Clock
-from cocotb.triggers import ReadOnly, RisingEdge
+from cocotb.triggers import ReadOnly, RisingEdge, Timer
 from ziphalp.hw.params import LABEL, EngineParams, Phase, field_bits
 from ziphalp.hw.protocol import CONFIGURE, Configure
 from ziphalp.sim.golden import GoldenEngine
@@ -49,6 +49,7 @@ class EngineDriver:
         self.updates_done += int(self.dut.ctrl__update_done.value)
 
     async def reset(self):
+        """Drive every input, then start the clock and pulse ``rst``."""
         d = self.dut
         for name in ("ctrl__beats__valid", "ctrl__start", "ctrl__model_read",
                      "ctrl__model_write", "ctrl__clear_flags", "ctrl__level_write"):
@@ -57,7 +58,18 @@ class EngineDriver:
         d.ctrl__model_word.value = 0
         d.ctrl__model_lane.value = 0
         d.ctrl__model_wdata.value = 0
+        d.ctrl__level_index.value = 0
+        d.ctrl__level_data.value = 0
+        for field in CONFIGURE.fields:
+            if hasattr(d, f"ctrl__{field.name}"):
+                getattr(d, f"ctrl__{field.name}").value = 0
         d.rst.value = 1
+        # every input is driven before the first clock edge, as the link's registers
+        # drive them: an undriven input is X in Icarus, and the multiplexers of the
+        # simulation Verilog (ziphalp.sim.rtl), unlike an `if`, would write an X
+        # into the memories, which no reset clears
+        await Timer(1, unit="ns")
+        cocotb.start_soon(Clock(d.clk, 10, unit="ns").start())
         for _ in range(3):
             await RisingEdge(d.clk)
         d.rst.value = 0
@@ -179,7 +191,6 @@ def beats_to_bytes(beats: list[int], p: EngineParams) -> bytes:
 async def engine_matches_golden(dut):
     spec = json.loads(os.environ["ZIPHALP_BENCH"])
     p = EngineParams(**spec["params"])
-    cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
     drv = EngineDriver(dut, p)
     await drv.reset()
     results = []

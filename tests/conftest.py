@@ -11,8 +11,7 @@ def pytest_configure(config):
     )
     config.addinivalue_line(
         "markers",
-        "slow: takes a minute or more (a cocotb bench of a large build, a netlist "
-        "simulation, a long fuzz); collected first",
+        "slow: takes a minute or more (a netlist simulation, a long fuzz); collected first",
     )
 
 

@@ -9,10 +9,9 @@ through YoWASP; select them with ``-m bitstream``, skip them with
 ``-m "not bitstream"``): the first YoWASP call of a tool compiles it (about a
 minute, cached in ``~/.cache/YoWASP``), the iCEBreaker build then takes one to
 five minutes (nextpnr fills a UP5K). On the ULX3S the suite synthesises the full
-engine to check that it fits; the place and route of the board's top level around
-a reduced engine with every option (about six minutes) runs with
-``ZIPHALP_BUILD_ULX3S=reduced``, and with ``ZIPHALP_BUILD_ULX3S=1`` the full
-engine's too (8 lanes on an ECP5-85F, 15 to 30 minutes).
+engine to check that it fits, and places and routes the board's top level around
+a reduced engine with every option (about six minutes); ``ZIPHALP_BUILD_ULX3S=1``
+adds the full engine's place and route (8 lanes on an ECP5-85F, 15 to 30 minutes).
 """
 
 import dataclasses
@@ -621,10 +620,6 @@ def _check_ulx3s(report: dict, out, params: EngineParams | None = None) -> None:
 
 
 @pytest.mark.bitstream
-@pytest.mark.skipif(os.environ.get("ZIPHALP_BUILD_ULX3S") not in ("1", "reduced"),
-                    reason="the reduced ULX3S place and route takes 5 to 7 minutes of a "
-                           "core, more than the suite's budget leaves; set "
-                           "ZIPHALP_BUILD_ULX3S=reduced (or 1) to run it")
 def test_ulx3s_reduced_bitstream(tmp_path):
     """The whole ULX3S flow: the board's top level (PLL from the 25 MHz oscillator,
     the UART at 3 Mbaud, reset, LEDs) around the reduced engine, through Yosys,
