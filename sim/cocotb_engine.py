@@ -41,6 +41,7 @@ class EngineDriver:
         self.samples_done = 0
         self.updates_done = 0
         self.cycle = 0
+        self.clocked = False
 
     async def tick(self):
         await RisingEdge(self.dut.clk)
@@ -49,7 +50,7 @@ class EngineDriver:
         self.updates_done += int(self.dut.ctrl__update_done.value)
 
     async def reset(self):
-        """Drive every input, then start the clock and pulse ``rst``."""
+        """Drive every input, start the clock (the first time), pulse ``rst``."""
         d = self.dut
         for name in ("ctrl__beats__valid", "ctrl__start", "ctrl__model_read",
                      "ctrl__model_write", "ctrl__clear_flags", "ctrl__level_write"):
@@ -68,8 +69,10 @@ class EngineDriver:
         # drive them: an undriven input is X in Icarus, and the multiplexers of the
         # simulation Verilog (ziphalp.sim.rtl), unlike an `if`, would write an X
         # into the memories, which no reset clears
-        await Timer(1, unit="ns")
-        cocotb.start_soon(Clock(d.clk, 10, unit="ns").start())
+        if not self.clocked:
+            await Timer(1, unit="ns")
+            cocotb.start_soon(Clock(d.clk, 10, unit="ns").start())
+            self.clocked = True
         for _ in range(3):
             await RisingEdge(d.clk)
         d.rst.value = 0
