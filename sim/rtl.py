@@ -6,10 +6,16 @@ multiplexers and flip-flops) and writes it back. Icarus runs the engine's bench
 on the result about 25 times faster: the 16-lane, 64-bit build's five cases
 took 98 s on Amaranth's Verilog and 3.9 s on this, on the same 1,765 cycles.
 
-Why is measured, not understood: writing Amaranth's RTLIL directly with the
-same passes (``read_rtlil``, ``proc``) is as slow as Amaranth's Verilog, and so
-is that output put through ``read_verilog`` and ``proc`` again. Only the Verilog
-frontend's reading of Amaranth's ``always @*`` blocks gives the fast netlist.
+Where the time goes, found by swapping modules one at a time between the two
+renderings: only the dot product's matters. There, the adder tree's input
+vector (2,016 bits in that build) is driven in 48 parts, a continuous
+assignment each (``assign inputs[2015:1974] = ...``), and Icarus is slow on a
+vector driven in parts: alone, such a vector (48 parts of 42 bits, read by 24
+adders) took 21.5 s for 200 changes of every part, and 0.4 s when one
+assignment drives it. Yosys's Verilog frontend gives the parts their own wires
+and drives the vector with one assignment. (Writing Amaranth's RTLIL directly with
+``read_rtlil; proc`` keeps the partial drivers and is as slow; the ECP5 netlist
+test's ``splitnets`` works around the same effect in a netlist.)
 
 It is a rendering of the same design, not a synthesis: no optimisation beyond
 removing unused wires, no technology mapping. One difference shows in
