@@ -163,7 +163,13 @@ class SGDEngine(wiring.Component):
         # inner loop's updates each write the next copy)
         self._current = Signal(range(p.model_copies))
         m.d.sync += self._current.eq(self._current + (self._pass.update_done & self._inner))
-        self._preparing = self._clear.busy | (self._prep.busy | self._fill.busy if p.halp else 0)
+        # a pass before training (clearing, HALP's preparation, the copy fill) runs:
+        # registered, and high from the cycle after `start` (the passes start then),
+        # so that it leaves the preparing modules on a register; it falls a cycle
+        # after they finish
+        self._preparing = Signal()
+        m.d.sync += self._preparing.eq(
+            ctrl.start | self._clear.busy | (self._prep.busy | self._fill.busy if p.halp else 0))
         self._input(m, samples)
         self._stage1(m, samples, sigmas)
         self._stage2(m, samples, sigmas)
@@ -187,8 +193,9 @@ class SGDEngine(wiring.Component):
             sched.pass_start.eq(self._pass.pass_start), sched.pass_done.eq(self._pass.pass_done),
             sched.model_written.eq(self._pass.model_write),
             sched.update_done.eq(self._pass.update_done), sched.base.eq(self._current),
-            *([sched.stale.eq(Mux(self._inner_now, ctrl.stale, 0)),
-               sched.rotate.eq(self._inner_now)]
+            # the scheduler uses these from the cycle after `start` on
+            *([sched.stale.eq(Mux(self._inner, ctrl.stale, 0)),
+               sched.rotate.eq(self._inner)]
               if p.model_copies > 1 else []),
             dec.k.eq(ctrl.k), dec.double.eq(ctrl.double),
             dec.data.eq(self._slice.o.payload.data), dec.last.eq(sched.last_beat),

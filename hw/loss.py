@@ -69,7 +69,7 @@ class ScaledError(wiring.Component):
     @staticmethod
     def latency_of(params: EngineParams) -> int:
         """Cycles from ``valid`` to ``valid_out`` in a build with ``params``."""
-        return 7 + AdderTree.latency_of(COST_BITS) if params.class_costs else 7
+        return 10 + AdderTree.latency_of(COST_BITS) if params.class_costs else 9
 
     def __init__(self, params: EngineParams, tag_bits: int):
         assert BASE_SHIFT >= 1
@@ -126,6 +126,7 @@ class ScaledError(wiring.Component):
         m.d.sync += loss.eq(self.loss)
 
         derivative = self._derivative(m, loss, pos)
+        # cycle 5: the HALP error (its own cycle in every build)
         error = Signal(signed(self._width), name="error")
         if p.halp:
             m.d.sync += error.eq(self._halp_error(m, derivative, valid))
@@ -141,7 +142,7 @@ class ScaledError(wiring.Component):
         return m
 
     def _derivative(self, m, loss, pos):
-        """Cycles 1-3: ``E`` by the loss (combinational in cycle 3)."""
+        """Cycles 1-4: ``E`` by the loss (registered: with ``valid[3]``)."""
         frac, width = self._frac, self._width
         one = 1 << frac
         # cycle 1: one subtraction serves every loss: D - Y (squared) or
@@ -158,7 +159,8 @@ class ScaledError(wiring.Component):
             neg.eq(self.dot < 0),
             index.eq(Mux(cell >= SIGMOID_CELLS, SIGMOID_CELLS - 1, cell)),
         ]
-        # cycle 2: the table's answer; the hinge is active inside the margin
+        # cycle 2: the table's answer (the block RAM's own output register); the
+        # hinge is active inside the margin
         m.submodules.sigmoid = table = memory.Memory(
             shape=unsigned(SIGMOID_FRAC), depth=SIGMOID_CELLS, init=sigmoid_table())
         read = table.read_port(domain="comb")
@@ -170,51 +172,58 @@ class ScaledError(wiring.Component):
             t2.eq(read.data), diff2.eq(diff), neg2.eq(neg),
             active2.eq(Mux(pos[0], diff < 0, diff > 0)),
         ]
-        # cycle 3: E by the loss
+        # cycle 3: the table's answer in a flip-flop: nextpnr times a block RAM's
+        # output at its unregistered delay, so nothing but a register follows it
+        t3 = Signal(SIGMOID_FRAC)
+        diff3 = Signal.like(diff)
+        neg3, active3 = Signal(), Signal()
+        m.d.sync += [t3.eq(t2), diff3.eq(diff2), neg3.eq(neg2), active3.eq(active2)]
+        # cycle 4: E by the loss, registered
         prob = Signal(SIGMOID_FRAC + 1)
         excess = Signal(signed(SIGMOID_FRAC + 2))
-        m.d.comb += [prob.eq(Mux(neg2, (1 << SIGMOID_FRAC) - t2, t2)),
-                     excess.eq(prob - Mux(pos[1], 1 << SIGMOID_FRAC, 0))]
+        m.d.comb += [prob.eq(Mux(neg3, (1 << SIGMOID_FRAC) - t3, t3)),
+                     excess.eq(prob - Mux(pos[2], 1 << SIGMOID_FRAC, 0))]
         logistic = excess << (frac - SIGMOID_FRAC)
-        hinge = Mux(active2, Mux(pos[1], -one, one), 0)
-        sq_hinge = Mux(active2, diff2, 0)
+        hinge = Mux(active3, Mux(pos[2], -one, one), 0)
+        sq_hinge = Mux(active3, diff3, 0)
         derivative = Signal(signed(width), name="derivative")
         with m.Switch(loss):
             with m.Case(Loss.SQUARED):
-                m.d.comb += derivative.eq(diff2)
+                m.d.sync += derivative.eq(diff3)
             with m.Case(Loss.LOGISTIC):
-                m.d.comb += derivative.eq(logistic)
+                m.d.sync += derivative.eq(logistic)
             with m.Case(Loss.HINGE):
-                m.d.comb += derivative.eq(hinge)
+                m.d.sync += derivative.eq(hinge)
             with m.Case(Loss.SQUARED_HINGE):
-                m.d.comb += derivative.eq(sq_hinge)
+                m.d.sync += derivative.eq(sq_hinge)
         return derivative
 
     def _halp_error(self, m, derivative, valid):
         """HALP builds: the anchor-error cache. The sample's index addresses it in
-        cycle 1, the cached ``E`` is there in cycle 2; the full pass writes ``E`` in
-        cycle 3. Returns the cycle-3 value of ``error``: ``E << LEVEL.frac`` in the
-        full pass, ``(E - C[i]) << LEVEL.frac`` in the inner loop, else ``E``."""
+        cycle 2, the cached ``E`` is in the block RAM's output register in cycle 3
+        and in a flip-flop in cycle 4, beside ``E``; the full pass writes ``E`` in
+        cycle 4. Returns the value registered into ``error``: ``E << LEVEL.frac`` in
+        the full pass, ``(E - C[i]) << LEVEL.frac`` in the inner loop, else ``E``."""
         p = self.params
         full, inner = Signal(), Signal()
         m.d.sync += [full.eq(self.phase == Phase.FULL), inner.eq(self.phase == Phase.INNER)]
-        index1 = Signal(SAMPLE_INDEX_BITS, name="index1")
-        index2 = Signal(SAMPLE_INDEX_BITS, name="index2")
-        m.d.sync += [index1.eq(self.index), index2.eq(index1)]
+        index = [Signal(SAMPLE_INDEX_BITS, name=f"index{i + 1}") for i in range(4)]
+        m.d.sync += [index[0].eq(self.index), *(index[i + 1].eq(index[i]) for i in range(3))]
         m.submodules.cache = cache = memory.Memory(
             shape=signed(p.residual_bits), depth=p.halp_samples, init=[],
             attrs={"no_rw_check": 1})
         cache_rd = cache.read_port(domain="comb")
         cache_wr = cache.write_port()
+        read = Signal(signed(p.residual_bits), name="cache_read")
         cached = Signal(signed(self._width), name="cached")
-        m.d.comb += cache_rd.addr.eq(index1)
-        m.d.sync += cached.eq(Mux(inner, cache_rd.data, 0))
-        m.d.comb += [cache_wr.addr.eq(index2), cache_wr.data.eq(derivative),
-                     cache_wr.en.eq(full & valid[1])]
+        m.d.comb += cache_rd.addr.eq(index[1])
+        m.d.sync += [read.eq(cache_rd.data), cached.eq(Mux(inner, read, 0))]
+        m.d.comb += [cache_wr.addr.eq(index[3]), cache_wr.data.eq(derivative),
+                     cache_wr.en.eq(full & valid[3])]
         return Mux(full | inner, (derivative - cached) << LEVEL.frac, derivative)
 
     def _scale(self, m, error, valid):
-        """Cycles 4-6: ``S = sat(round_shift(E, s))``. ``round_shift(E, s) = (floor(E /
+        """Cycles 6-8: ``S = sat(round_shift(E, s))``. ``round_shift(E, s) = (floor(E /
         2**(s-1)) + 1) >> 1`` for s >= 1: a constant shift, a barrel shift by
         ``shift`` only, then a narrow increment. Returns ``S`` and its clip flag."""
         coarse = error >> (BASE_SHIFT - 1)
@@ -224,19 +233,21 @@ class ScaledError(wiring.Component):
         s_sat, s_clip = saturate(m, rounded, self.params.sigma.bits, "scaled")
         scaled = Signal(signed(self.params.sigma.bits))
         clip6 = Signal()
-        m.d.sync += [scaled.eq(s_sat), clip6.eq(valid[4] & s_clip)]
+        m.d.sync += [scaled.eq(s_sat), clip6.eq(valid[6] & s_clip)]
         return scaled, clip6
 
     def _cost(self, m, scaled, clip6, pos, valid_last):
-        """Cycles 7..: ``sigma = sat(round_shift(S * cost, COST_FRAC))``, shift-and-add."""
+        """Cycles 9..: ``sigma = sat(round_shift(S * cost, COST_FRAC))``, shift-and-add;
+        the rounding has a cycle, the saturation another."""
         m.submodules.cost_tree = tree = self._cost_tree
         cost = Signal(COST_BITS)
-        m.d.comb += cost.eq(Mux(pos[5], self.cost_pos, self.cost_neg))
+        m.d.comb += cost.eq(Mux(pos[7], self.cost_pos, self.cost_neg))
         for i in range(COST_BITS):
             m.d.comb += tree.inputs[i].eq(Mux(cost[i], scaled << i, 0))
-        clip_late = Signal(max(1, tree.latency))
+        clip_late = Signal(tree.latency + 1)
         m.d.sync += clip_late.eq(Cat(clip6, clip_late))
-        sigma, clip = saturate(m, (tree.sum + (1 << (COST_FRAC - 1))) >> COST_FRAC,
-                               self.params.sigma.bits, "sigma")
+        rounded = Signal(signed(len(tree.sum) - COST_FRAC + 1), name="cost_rounded")
+        m.d.sync += rounded.eq((tree.sum + (1 << (COST_FRAC - 1))) >> COST_FRAC)
+        sigma, clip = saturate(m, rounded, self.params.sigma.bits, "sigma")
         m.d.sync += [self.sigma.eq(sigma),
                      self.clipped.eq(valid_last & (clip | clip_late[-1]))]

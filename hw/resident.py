@@ -22,10 +22,12 @@ beat and ``ceil(d / K)`` feature beats in the stream format the link would
 replay, at one beat a cycle. Pipeline: S0 issues a beat (memory addresses), S1
 rotates the codes into fields (the label word is picked), S2 looks them up in
 the sampler table (so that no path runs from one block RAM's output into
-another's address), S3 draws (each lane's xorshift32 steps per feature beat)
-and packs the fields for the run-time ``(k, double)``, S4 holds the beat for
-the output FIFO. A beat is issued only when the FIFO has room for it and every beat
-in flight, so the engine's back-pressure never stalls the pipeline.
+another's address), S3 holds the table's answers and each lane's xorshift32 output in
+flip-flops (the lane steps per feature beat; nothing but a register follows a
+block RAM's output), S4 draws and packs the fields for the run-time ``(k,
+double)``, S5 holds the beat for the output FIFO. A beat is issued only when
+the FIFO has room for it and every beat in flight, so the engine's
+back-pressure never stalls the pipeline.
 """
 
 from functools import reduce
@@ -53,12 +55,14 @@ from .params import (
 from .prng import PRNGLane
 from .protocol import Region
 
-__all__ = ["ResidentSource"]
+__all__ = ["ResidentSource", "FIFO_DEPTH", "LAUNCH", "STAGES"]
 
-#: Beats the output FIFO holds (the pipeline's four stages fit in it twice over).
+#: Beats the output FIFO holds (more than the pipeline's stages).
 FIFO_DEPTH = 8
 #: Pipeline stages between issue and the FIFO.
-STAGES = 4
+STAGES = 5
+#: Cycles from ``start`` to the run's first issue (the geometry's products).
+LAUNCH = 1
 
 
 class ResidentSource(wiring.Component):
@@ -117,6 +121,7 @@ class ResidentSource(wiring.Component):
         m.d.comb += [self.beats.valid.eq(out.r_rdy), out.r_en.eq(self.beats.ready),
                      self.beats.payload.data.eq(out.r_data[:p.beat_bits]),
                      self.beats.payload.flush.eq(out.r_data[-1])]
+        self._launch = Signal()                   # `start`, a cycle later
         stage = self._stage_signals()
         inflight = sum(s.valid for s in stage[1:])
         issue = Signal()
@@ -124,10 +129,11 @@ class ResidentSource(wiring.Component):
         m.d.comb += issue.eq(running & (out.level + inflight < FIFO_DEPTH))
         self._rotate(m, mems, stage[1], stage[2])
         self._lookup(m, mems, stage[2], stage[3])
-        self._draw(m, mems, stage[3], stage[4])
-        m.d.comb += [out.w_data.eq(Cat(stage[4].data, stage[4].flush)),
-                     out.w_en.eq(stage[4].valid),
-                     self.busy.eq(running | (inflight != 0) | out.r_rdy)]
+        self._hold(m, mems, stage[3], stage[4])
+        self._draw(m, stage[4], stage[5])
+        m.d.comb += [out.w_data.eq(Cat(stage[5].data, stage[5].flush)),
+                     out.w_en.eq(stage[5].valid),
+                     self.busy.eq(self._launch | running | (inflight != 0) | out.r_rdy)]
         return m
 
     # --- storage -------------------------------------------------------------------
@@ -172,7 +178,7 @@ class ResidentSource(wiring.Component):
         return reads
 
     def _stage_signals(self):
-        """The registers after S0 .. S3 (index 1..4; index 0 unused)."""
+        """The registers after S0 .. S4 (index 1..5; index 0 unused)."""
         p, L = self.params, self.params.lanes
         common = {"valid": 1, "feature": 1, "flush": 1, "index": 16}
         s1 = Signal(data.StructLayout({**common, "f0": range(p.max_features + L),
@@ -180,9 +186,12 @@ class ResidentSource(wiring.Component):
         s2 = Signal(data.StructLayout({**common, "on": L, "label": LABEL.bits,
                                        "codes": data.ArrayLayout(CODE_BITS, L)}), name="s2")
         s3 = Signal(data.StructLayout({**common, "on": L, "label": LABEL.bits}), name="s3")
-        s4 = Signal(data.StructLayout({"valid": 1, "flush": 1, "data": p.beat_bits}),
-                    name="s4")
-        return [None, s1, s2, s3, s4]
+        s4 = Signal(data.StructLayout({**common, "on": L, "label": LABEL.bits,
+                                       "entry": data.ArrayLayout(self.entry_bits, L),
+                                       "draw": data.ArrayLayout(32, L)}), name="s4")
+        s5 = Signal(data.StructLayout({"valid": 1, "flush": 1, "data": p.beat_bits}),
+                    name="s5")
+        return [None, s1, s2, s3, s4, s5]
 
     # --- S0: the walk and the beat sequence ----------------------------------------------
 
@@ -200,14 +209,19 @@ class ResidentSource(wiring.Component):
         label_next = Signal()                  # the next beat is a label beat
         f0 = Signal(range(p.max_features + L))     # the next feature beat's first feature
         per_beat = self._per_beat(m)
-        # registered: the products below start from a register (the inputs settle a
-        # cycle before start)
+        # the run's geometry in registers, then its products in registers (the inputs
+        # settle a cycle before `start` and are held): the run begins a cycle after
+        # `start`, with each product a cycle of its own
         rows = Signal(range(p.max_features // L + 2))
-        m.d.sync += rows.eq((self.features - self.bias + L - 1) >> lane_bits)
-        with m.If(self.start):
-            m.d.sync += [running.eq(1), remaining.eq(self.count), index.eq(self.first),
-                         base.eq(self.first * rows), stride_rows.eq(self.stride * rows),
-                         wrap_rows.eq(self.samples * rows), label_next.eq(1), f0.eq(0)]
+        first, stride, samples = Signal(16), Signal(16), Signal(16)
+        first_rows = Signal(row_bits)
+        m.d.sync += [rows.eq((self.features - self.bias + L - 1) >> lane_bits),
+                     first.eq(self.first), stride.eq(self.stride), samples.eq(self.samples),
+                     first_rows.eq(first * rows), stride_rows.eq(stride * rows),
+                     wrap_rows.eq(samples * rows), self._launch.eq(self.start)]
+        with m.If(self._launch):
+            m.d.sync += [running.eq(1), remaining.eq(self.count), index.eq(first),
+                         base.eq(first_rows), label_next.eq(1), f0.eq(0)]
         # label word of the sample; code rows of the feature beat (column c reads one
         # row further when it holds a feature after the row's wrap)
         labels_per_word = p.beat_bits // 16
@@ -226,10 +240,10 @@ class ResidentSource(wiring.Component):
             with m.Elif(~last_beat):
                 m.d.sync += f0.eq(f0 + per_beat)
             with m.Else():                     # the sample's last beat: walk on
-                step = index + self.stride
-                wrap = step >= self.samples
+                step = index + stride
+                wrap = step >= samples
                 m.d.sync += [label_next.eq(1), remaining.eq(remaining - 1),
-                             index.eq(Mux(wrap, step - self.samples, step)),
+                             index.eq(Mux(wrap, step - samples, step)),
                              base.eq(base + stride_rows - Mux(wrap, wrap_rows, 0))]
                 with m.If(remaining == 1):
                     m.d.sync += running.eq(0)
@@ -274,31 +288,38 @@ class ResidentSource(wiring.Component):
         m.d.sync += [s3.valid.eq(s2.valid), s3.feature.eq(s2.feature), s3.flush.eq(s2.flush),
                      s3.index.eq(s2.index), s3.on.eq(s2.on), s3.label.eq(s2.label)]
 
-    # --- S3: draws and packing -----------------------------------------------------------
+    # --- S3: the table's answers and the draws held; S4: the fields packed -------------
 
-    def _draw(self, m, mems, s2, s3):
-        p = self.params
-        step = s2.valid & s2.feature
-        fields = {mode: [] for mode in modes(p)}
+    def _hold(self, m, mems, s3, s4):
+        step = s3.valid & s3.feature
         for i, port in enumerate(mems["tables"]):
             m.submodules[f"lane{i}"] = lane = PRNGLane(i)
             m.d.comb += [lane.seed.eq(self.seed), lane.reseed.eq(self.start),
                          lane.step.eq(step)]
-            j, t = port.data[:8], port.data[8:self.entry_bits]
+            m.d.sync += [s4.entry[i].eq(port.data), s4.draw[i].eq(lane.next)]
+        m.d.sync += [s4.valid.eq(s3.valid), s4.feature.eq(s3.feature), s4.flush.eq(s3.flush),
+                     s4.index.eq(s3.index), s4.on.eq(s3.on), s4.label.eq(s3.label)]
+
+    def _draw(self, m, s4, s5):
+        p = self.params
+        fields = {mode: [] for mode in modes(p)}
+        for i in range(p.lanes):
+            entry, draw = s4.entry[i], s4.draw[i]
+            j, t = entry[:8], entry[8:]
             up1 = Signal(name=f"up1_{i}")
             up2 = Signal(name=f"up2_{i}")
-            m.d.comb += [up1.eq(lane.next[:16] < t), up2.eq(lane.next[16:] < t)]
+            m.d.comb += [up1.eq(draw[:16] < t), up2.eq(draw[16:] < t)]
             for k, double in modes(p):
                 if i < p.values_per_beat(k, double):
                     field = Cat(j[:k], up1, up2) if double else Cat(j[:k], up1)
-                    fields[(k, double)].append(Mux(s2.on[i], field, 0))
+                    fields[(k, double)].append(Mux(s4.on[i], field, 0))
         words = []
         for index, (k, double) in enumerate(modes(p)):
             word = Cat(*fields[(k, double)])
             assert len(word) == p.values_per_beat(k, double) * field_bits(k, double)
             words.append(Mux(self._selected[index], word, 0))
         packed = reduce(or_, words)
-        label_beat = Cat(s2.label, Mux(self.indexed, s2.index, 0))
+        label_beat = Cat(s4.label, Mux(self.indexed, s4.index, 0))
         assert len(label_beat) == SAMPLE_INDEX_OFFSET + 16
-        m.d.sync += [s3.valid.eq(s2.valid), s3.flush.eq(s2.flush),
-                     s3.data.eq(Mux(s2.feature, packed, label_beat))]
+        m.d.sync += [s5.valid.eq(s4.valid), s5.flush.eq(s4.flush),
+                     s5.data.eq(Mux(s4.feature, packed, label_beat))]

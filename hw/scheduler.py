@@ -167,16 +167,18 @@ class SampleScheduler(wiring.Component):
         and beat ``j`` waits until the last of them has written its words. Updates
         are written in order, one after the other."""
         p, copies = self.params, self.params.model_copies
-        ends = Signal(8)                          # batch ends taken since `start`
         done = Signal(8)                          # updates written since `start`
         written = Signal(range(p.max_beats + 1))  # beats of update `done` written
         recent = Signal(p.max_stale)              # the last samples' batch ends, newest first
         need, base = Signal(8), Signal(range(copies))
         # updates the next sample must see: all but those of its `stale` predecessors
-        window = Signal(p.max_stale)
-        m.d.comb += window.eq(recent & ((1 << self.stale) - 1))
+        # (the batch ends since `start` less those in `recent[:stale]`), kept in a
+        # register: a sample's last beat adds the batch end that leaves the window
+        # (its own when `stale` is 0), so no sum of the window lies on a path
         need_next = Signal(8)
-        m.d.comb += need_next.eq(ends - sum(window[i] for i in range(p.max_stale)))
+        leaving = Signal()
+        m.d.comb += leaving.eq(Mux(self.stale == 0, self.end,
+                                   recent.bit_select((self.stale - 1).as_unsigned(), 1)))
         lag = Signal(signed(8))
         m.d.comb += lag.eq(Mux(at_label, need_next, need) - done)
         model_ready = Signal()
@@ -185,13 +187,13 @@ class SampleScheduler(wiring.Component):
             m.d.sync += [need.eq(need_next),
                          self.copy.eq(base + Mux(self.rotate, need_next, 0))]
         with m.If(self.last):
-            m.d.sync += [ends.eq(ends + self.end), recent.eq(Cat(self.end, recent))]
+            m.d.sync += [need_next.eq(need_next + leaving), recent.eq(Cat(self.end, recent))]
         with m.If(self.update_done):
             m.d.sync += [done.eq(done + 1), written.eq(0)]
         with m.Elif(self.model_written):
             m.d.sync += written.eq(written + 1)
         with m.If(self.start):
-            m.d.sync += [ends.eq(0), done.eq(0), written.eq(0), recent.eq(0), need.eq(0),
+            m.d.sync += [need_next.eq(0), done.eq(0), written.eq(0), recent.eq(0), need.eq(0),
                          base.eq(self.base)]
         return model_ready
 

@@ -39,6 +39,9 @@ from .saturate import saturate
 
 __all__ = ["UpdateLanes"]
 
+#: Cycles the HALP inner-loop update takes beyond the SGD update.
+HALP_EXTRA = 4
+
 
 class UpdateLanes(wiring.Component):
     """One word of the update pass.
@@ -77,7 +80,7 @@ class UpdateLanes(wiring.Component):
     @staticmethod
     def latency_of(params: EngineParams) -> int:
         """Cycles from ``valid`` to ``valid_out`` in a build with ``params``."""
-        return PRODUCT_LATENCY + 5 + params.halp
+        return PRODUCT_LATENCY + 6 + (HALP_EXTRA if params.halp else 0)
 
     def __init__(self, params: EngineParams):
         self.params = params
@@ -128,10 +131,8 @@ class UpdateLanes(wiring.Component):
                 continue
             halp_overflow.append(self._halp_lane(m, k, acc, model_out, grad_out, valid, halp))
         overflow = Cat(*sgd_overflow).any()
-        if p.halp:      # the SGD flag waits a cycle for the HALP results
-            late = Signal()
-            m.d.sync += late.eq(overflow)
-            overflow = late | Cat(*halp_overflow).any()
+        if p.halp:      # the SGD flag waits for the HALP results
+            overflow = delayed(m, overflow, HALP_EXTRA, "sgd_overflow") | Cat(*halp_overflow).any()
         m.d.comb += self.overflow.eq(overflow)
         m.d.sync += self.valid_out.eq(valid[-1])
         return m
@@ -151,37 +152,44 @@ class UpdateLanes(wiring.Component):
         # every lane's PRNG steps for every beat of the inner loop when its
         # accumulator is ready (MODEL_AT)
         return {"inner": inner, "stochastic": stochastic, "z_min": z_min, "z_max": z_max,
-                "sh": sh, "step_prng": valid[self.MODEL_AT - 1] & inner}
+                "sh": sh, "step_prng": valid[self.MODEL_AT] & inner}
 
     def _sgd_lane(self, m, k, valid, end, l2_on, l2_shift, halp):
         """Lane ``k``'s gradient accumulation and SGD model update. Returns the
         accumulator and the (registered) SGD model word, gradient word and overflow."""
         p, WM = self.params, self.params.model_bits
-        # the SGD results are ready PRODUCT_LATENCY + 5 cycles after `valid`
-        last_valid, last_end = valid[PRODUCT_LATENCY + 3], end[PRODUCT_LATENCY + 3]
+        # the SGD results are ready PRODUCT_LATENCY + 6 cycles after `valid`
+        last_valid, last_end = valid[PRODUCT_LATENCY + 4], end[PRODUCT_LATENCY + 4]
         # DSP products of sigma x code, PRODUCT_LATENCY cycles later
         terms = product_terms(m, self.sigma, self.levels[k], name=f"upd{k}")
-        # the product (cycle GRAD_AT)
+        # the product (cycle GRAD_AT), and again a cycle later
         prod = Signal(signed(p.product_bits), name=f"prod{k}")
-        m.d.sync += prod.eq(sum(terms))
-        # accumulate (the gradient word, and in the HALP inner loop gamma, arrive
-        # at GRAD_AT)
+        prod2 = Signal(signed(p.product_bits), name=f"prod2_{k}")
+        m.d.sync += [prod.eq(sum(terms)), prod2.eq(prod)]
+        # the gradient word (and in the HALP inner loop gamma) arrive at GRAD_AT, and
+        # go into flip-flops first: nextpnr times a block RAM's output at its
+        # unregistered delay, so nothing but a register follows it
+        grad = Signal(signed(p.grad_bits), name=f"grad{k}")
+        m.d.sync += grad.eq(self.grad[k])
         acc = Signal(signed(p.grad_bits), name=f"acc{k}")
         if p.halp:
-            m.d.sync += acc.eq(self.grad[k] + prod + Mux(halp["inner"], self.gamma[k], 0))
+            gamma = Signal(signed(p.grad_bits), name=f"gamma{k}")
+            m.d.sync += [gamma.eq(self.gamma[k]),
+                         acc.eq(grad + prod2 + Mux(halp["inner"], gamma, 0))]
         else:
-            m.d.sync += acc.eq(self.grad[k] + prod)
-        # the model word arrives at MODEL_AT: shift out its decay (the RAM's output
-        # meets only the shifter); round the gradient meanwhile
+            m.d.sync += acc.eq(grad + prod2)
+        # the model word arrives at MODEL_AT, into a flip-flop; then its decay is
+        # shifted out while the gradient is rounded
+        model = Signal(signed(WM), name=f"model{k}")
         held = Signal(signed(WM), name=f"held{k}")
         decay = Signal(signed(WM), name=f"decay{k}")
         step = Signal(signed(p.grad_bits - SIGMA_FRAC + 1), name=f"step{k}")
         acc5 = Signal(signed(p.grad_bits), name=f"acc5_{k}")
-        m.d.sync += [held.eq(self.model[k]),
+        m.d.sync += [model.eq(self.model[k]), held.eq(model),
                      step.eq((acc + (1 << (SIGMA_FRAC - 1))) >> SIGMA_FRAC),
                      acc5.eq(acc)]
         if p.l2_decay:
-            m.d.sync += decay.eq(Mux(l2_on, self.model[k] >> l2_shift, 0))
+            m.d.sync += decay.eq(Mux(l2_on, model >> l2_shift, 0))
         # apply the decay and the rounded step
         new = Signal(signed(max(WM + 1, p.grad_bits - SIGMA_FRAC + 1) + 1), name=f"new{k}")
         acc6 = Signal(signed(p.grad_bits), name=f"acc6_{k}")
@@ -206,27 +214,52 @@ class UpdateLanes(wiring.Component):
         return Mux(halp["stochastic"], prng.next[32 - HALP_FRAC:], 1 << (HALP_FRAC - 1))
 
     def _halp_lane(self, m, k, acc, model_out, grad_out, valid, halp):
-        """Lane ``k``'s HALP inner-loop update, from MODEL_AT: z - step, clamp to b
-        bits, a + (z' << sh); drives the lane's outputs. Returns its overflow."""
+        """Lane ``k``'s HALP inner-loop update, from the accumulator: the rounded
+        step, z - step, clamp to b bits (the comparisons, then the choice), the
+        shift, a + (z' << sh), each in its own cycle; drives the lane's outputs.
+        Returns its overflow."""
         WM, grad_bits = self.params.model_bits, self.params.grad_bits
         fine = self._prng(m, k, halp)
         z_min, z_max, inner = halp["z_min"], halp["z_max"], halp["inner"]
-        a3, a4 = Signal(signed(WM), name=f"a3_{k}"), Signal(signed(WM), name=f"a4_{k}")
+        # the anchor and offset words arrive at MODEL_AT, into flip-flops, and then
+        # travel beside the accumulator's results
+        offset = Signal(signed(OFFSET_BITS), name=f"offset{k}")
+        anchor = Signal(signed(WM), name=f"anchor{k}")
+        m.d.sync += [offset.eq(self.offset[k]), anchor.eq(self.anchor[k])]
+        step = Signal(signed(grad_bits - HALP_FRAC + 1), name=f"halp_step{k}")
         zdiff = Signal(signed(max(OFFSET_BITS, grad_bits - HALP_FRAC) + 2), name=f"zdiff{k}")
+        above, below = Signal(name=f"above{k}"), Signal(name=f"below{k}")
+        zd = Signal.like(zdiff, name=f"zd{k}")
         znew = Signal(signed(OFFSET_BITS), name=f"znew{k}")
-        z5 = Signal(signed(OFFSET_BITS), name=f"z5_{k}")
+        zshift = Signal(signed(OFFSET_BITS + OFFSET_SHIFT_MAX), name=f"zshift{k}")
         wsum = Signal(signed(max(WM, OFFSET_BITS + OFFSET_SHIFT_MAX) + 1), name=f"wsum{k}")
+        offset5 = delayed(m, offset, 1, f"offset5_{k}")
+        anchor8 = delayed(m, anchor, 5, f"anchor8_{k}")
         m.d.sync += [
-            zdiff.eq(self.offset[k] - ((acc + fine) >> HALP_FRAC)), a3.eq(self.anchor[k]),
-            znew.eq(Mux(zdiff > z_max, z_max, Mux(zdiff < z_min, z_min, zdiff))), a4.eq(a3),
-            wsum.eq(a4 + (znew << halp["sh"])), z5.eq(znew),
+            step.eq((acc + fine) >> HALP_FRAC),
+            zdiff.eq(offset5 - step),
+            zd.eq(zdiff), above.eq(zdiff > z_max), below.eq(zdiff < z_min),
+            znew.eq(Mux(above, z_max, Mux(below, z_min, zd))),
+            zshift.eq(znew << halp["sh"]),
+            wsum.eq(anchor8 + zshift),
         ]
+        z9 = delayed(m, znew, 2, f"z9_{k}")
         halp_word, halp_clipped = saturate(m, wsum, WM, f"halp_model{k}")
         halp_ovf = Signal(name=f"halp_ovf{k}")
         m.d.sync += [
-            self.model_out[k].eq(Mux(inner, halp_word, model_out)),
-            self.grad_out[k].eq(grad_out),
-            self.offset_out[k].eq(z5),
+            self.model_out[k].eq(Mux(inner, halp_word,
+                                     delayed(m, model_out, HALP_EXTRA - 1, f"sgd_model{k}_"))),
+            self.grad_out[k].eq(delayed(m, grad_out, HALP_EXTRA - 1, f"sgd_grad{k}_")),
+            self.offset_out[k].eq(z9),
             halp_ovf.eq(valid[-1] & inner & halp_clipped),
         ]
         return halp_ovf
+
+
+def delayed(m, value, cycles: int, name: str):
+    """``value`` through ``cycles`` registers."""
+    for i in range(cycles):
+        reg = Signal.like(value, name=f"{name}d{i}")
+        m.d.sync += reg.eq(value)
+        value = reg
+    return value

@@ -207,7 +207,7 @@ def check_cycles(r: dict, params: EngineParams, gap: int) -> None:
     case = r["case"]
     n = params.beats_for(case["features"], case["k"], case["double"])
     samples, ends = len(r["ends"]), r["ends"]
-    if n < UpdateLanes(params).latency - UpdateLanes.GRAD_AT:
+    if n < UpdateLanes.latency_of(params) - UpdateLanes.GRAD_AT:
         bound = samples * (n + gap) + gap + 1
         assert r["cycles"] <= bound, (
             f"{r['cycles']} cycles for {samples} samples exceeds samples * (ceil(d/K) + "

@@ -12,7 +12,7 @@ import pytest
 from amaranth.sim import Simulator
 from ziphalp.hw.params import EngineParams, Phase
 from ziphalp.hw.protocol import Region
-from ziphalp.hw.resident import FIFO_DEPTH, STAGES, ResidentSource
+from ziphalp.hw.resident import FIFO_DEPTH, LAUNCH, STAGES, ResidentSource
 from ziphalp.sim.golden import GoldenEngine
 
 PARAMS = [
@@ -111,7 +111,7 @@ def test_resident_source_matches_golden(p):
             assert got == want, f"run {number}: {config} {run}"
             assert flushes == [0] * (len(want) - 1) + [1]
             if full_rate:                           # a beat a cycle after the pipeline fills
-                assert cycles <= len(want) + STAGES + 2, (cycles, len(want))
+                assert cycles <= len(want) + LAUNCH + STAGES + 2, (cycles, len(want))
 
     sim = Simulator(dut)
     sim.add_clock(1e-6)
