@@ -11,7 +11,7 @@ and :func:`~ziphalp.sim.golden.decode` are the same two steps in NumPy):
   table, ``l_j`` and ``l_{j+1}`` in one read, and picks the two samples ``q1``
   and ``q2`` (one cycle).
 * :class:`BeatDecoder` is the two in a row: packed beat in, lane values out
-  :data:`BeatDecoder.latency` cycles later. It is the engine's seam for a data
+  :meth:`BeatDecoder.latency_of` cycles later. It is the engine's seam for a data
   source: anything that yields the same lane values at the same latency (for
   example data resident on the board, sampled on chip) can replace it.
 
@@ -101,7 +101,9 @@ class FieldDecoder(wiring.Component):
 
 
 class LevelTable(wiring.Component):
-    """Each lane's copy of the level table, and its two samples (one cycle).
+    """Each lane's copy of the level table, and its two samples (one cycle; with
+    ``deep_pipeline`` two: the table's read, then the choice into flip-flops, so
+    that nothing but a register follows a block RAM's output).
 
     Lane ``i``'s copy is sized for the largest ``k`` the lane serves
     (``EngineParams.lane_max_k``); entry ``j`` holds ``l_j`` (lo) and ``l_{j+1}``
@@ -114,7 +116,8 @@ class LevelTable(wiring.Component):
     j : In(lanes x max_k); up1, up2, on : In(lanes)
         The fields from :class:`FieldDecoder`.
     q1, q2 : Out(lanes x signed(LEVEL.bits)); active : Out(lanes)
-        Next cycle: ``q = l_{j + up}`` (0 on lanes that hold no feature), and ``on``.
+        One cycle later (two, ``deep_pipeline``): ``q = l_{j + up}`` (0 on lanes
+        that hold no feature), and ``on``.
     """
 
     def __init__(self, params: EngineParams):
@@ -131,8 +134,10 @@ class LevelTable(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         p = self.params
-        up1, up2 = Signal(p.lanes), Signal(p.lanes)
-        m.d.sync += [up1.eq(self.up1), up2.eq(self.up2), self.active.eq(self.on)]
+        up1, up2, active = Signal(p.lanes), Signal(p.lanes), Signal(p.lanes)
+        out = "sync" if p.deep_pipeline else "comb"
+        m.d.sync += [up1.eq(self.up1), up2.eq(self.up2), active.eq(self.on)]
+        m.d[out] += self.active.eq(active)
         for i in range(p.lanes):
             depth = 1 << p.lane_max_k(i)
             pair = []
@@ -150,8 +155,8 @@ class LevelTable(wiring.Component):
                 m.d.sync += word.eq(read.data)
                 pair.append(word)
             lo, hi = pair
-            m.d.comb += [self.q1[i].eq(Mux(self.active[i], Mux(up1[i], hi, lo), 0)),
-                         self.q2[i].eq(Mux(self.active[i], Mux(up2[i], hi, lo), 0))]
+            m.d[out] += [self.q1[i].eq(Mux(active[i], Mux(up1[i], hi, lo), 0)),
+                         self.q2[i].eq(Mux(active[i], Mux(up2[i], hi, lo), 0))]
         return m
 
 
@@ -168,11 +173,16 @@ class BeatDecoder(wiring.Component):
         As :class:`LevelTable`, for the beat given ``latency`` cycles earlier.
     """
 
-    #: cycles from a beat to its lane values (field register, table read)
-    latency = 2
+    @staticmethod
+    def latency_of(params: EngineParams) -> int:
+        """Cycles from a beat to its lane values: the field register, the table's
+        read (and, ``deep_pipeline``, the choice's register)."""
+        return 2 + params.deep_pipeline
 
     def __init__(self, params: EngineParams):
         self.params = params
+        #: cycles from a beat to its lane values
+        self.latency = self.latency_of(params)
         self._fields = FieldDecoder(params)
         self._table = LevelTable(params)
         f, t = self._fields.signature.members, self._table.signature.members

@@ -129,7 +129,7 @@ class SGDEngine(wiring.Component):
         (2), pass start, RAM read, update lanes, write-back, and two for the
         registered, one-word-early hazard check.) The board reports it
         (``IDENTIFY``'s ``update_gap``)."""
-        return (BeatDecoder.latency + DotProduct.latency_of(params)
+        return (BeatDecoder.latency_of(params) + DotProduct.latency_of(params)
                 + ScaledError.latency_of(params) + UpdateLanes.latency_of(params) + 6)
 
     @property
@@ -171,6 +171,7 @@ class SGDEngine(wiring.Component):
         m.d.sync += self._preparing.eq(
             ctrl.start | self._clear.busy | (self._prep.busy | self._fill.busy if p.halp else 0))
         self._input(m, samples)
+        self._addresses(m)
         self._stage1(m, samples, sigmas)
         self._stage2(m, samples, sigmas)
         self._grad_writes(m)
@@ -206,15 +207,44 @@ class SGDEngine(wiring.Component):
             clear.per_beat.eq(dec.per_beat),
         ]
 
+    def _addresses(self, m):
+        """Each bank's word addresses, computed into registers a cycle ahead from the
+        places a cycle ahead: the dot product's model read, the update pass's
+        gradient and model reads and its write-back. (An address's adder then never
+        lies on the path into the block RAMs, which span the die.)"""
+        p, ps = self.params, self._pass
+        # each beat's place and tag, delayed to meet its decoded lane values (stage 1)
+        layout = data.StructLayout({"valid": 1, "first": 1, "last": 1, "bank": range(p.lanes),
+                                    "addr": range(p.bank_depth + 1), "tag": self._tag,
+                                    "copy": range(p.model_copies)})
+        self._ctl = ctl = [Signal(layout, name=f"ctl{i}")
+                           for i in range(self._decoder.latency + 1)]
+        self._dot_addr, self._grad_addr, self._model_addr, self._wb_addr = [], [], [], []
+        # the model words meet the lane values: read a cycle ahead, the address
+        # registered a cycle before that
+        early = ctl[self._decoder.latency - 2]
+        for b in range(p.lanes):
+            regs = [Signal(range(p.bank_depth + 1), name=f"{name}_addr{b}")
+                    for name in ("grad", "model", "wb")]
+            dot = Signal(range(p.model_copies << self._word_bits if p.model_copies > 1
+                               else p.bank_depth + 1), name=f"dot_addr{b}")
+            m.d.sync += [
+                regs[0].eq(word_address(b, ps.grad_ahead.bank, ps.grad_ahead.addr)),
+                regs[1].eq(word_address(b, ps.model_ahead.bank, ps.model_ahead.addr)),
+                regs[2].eq(word_address(b, ps.write_ahead.bank, ps.write_ahead.addr)),
+                dot.eq(self._model_address(word_address(b, early.bank, early.addr),
+                                           early.copy)),
+            ]
+            self._grad_addr.append(regs[0])
+            self._model_addr.append(regs[1])
+            self._wb_addr.append(regs[2])
+            self._dot_addr.append(dot)
+
     def _stage1(self, m, samples, sigmas):
         """Decoded beats into the dot product and the sample FIFO; the loss into ``sigma``."""
         p, ctrl, sched, dec = self.params, self.ctrl, self._scheduler, self._decoder
         dot, loss, model = self._dot, self._loss, self._model
-        # each beat's place and tag, delayed to meet its decoded lane values
-        layout = data.StructLayout({"valid": 1, "first": 1, "last": 1, "bank": range(p.lanes),
-                                    "addr": range(p.bank_depth + 1), "tag": self._tag,
-                                    "copy": range(p.model_copies)})
-        ctl = [Signal(layout, name=f"ctl{i}") for i in range(dec.latency + 1)]
+        ctl = self._ctl
         m.d.comb += [ctl[0].valid.eq(sched.take), ctl[0].first.eq(sched.first),
                      ctl[0].last.eq(sched.last), ctl[0].bank.eq(sched.bank),
                      ctl[0].addr.eq(sched.addr), ctl[0].copy.eq(sched.copy),
@@ -224,12 +254,13 @@ class SGDEngine(wiring.Component):
             m.d.comb += ctl[0].tag.index.eq(sched.index)
         m.d.sync += [ctl[i + 1].eq(ctl[i]) for i in range(dec.latency)]
         ready = ctl[dec.latency]
-        # model words are read a cycle ahead; the link reads the model through the
-        # same port while the engine is idle
+        # model words are read a cycle ahead (the address registered in
+        # `_addresses`); the link reads the model through the same port while the engine
+        # is idle
         for b in range(p.lanes):
             m.d.comb += model.dot.addr[b].eq(Mux(
                 ctrl.model_read, self._model_address(ctrl.model_word, self._current),
-                self._model_address(word_address(b, ctl[1].bank, ctl[1].addr), ctl[1].copy)))
+                self._dot_addr[b]))
         lane_sel = Signal.like(ctrl.model_lane)
         m.d.sync += lane_sel.eq(ctrl.model_lane)
         m.d.comb += ctrl.model_rdata.eq(Array(model.dot.data[b] for b in range(p.lanes))[lane_sel])
@@ -285,8 +316,7 @@ class SGDEngine(wiring.Component):
                 self._fill.base.eq(self._current),
             ]
         for b in range(p.lanes):
-            grad_addr = word_address(b, ps.grad_at.bank, ps.grad_at.addr)
-            model_addr = word_address(b, ps.model_at.bank, ps.model_at.addr)
+            grad_addr, model_addr = self._grad_addr[b], self._model_addr[b]
             if p.halp:
                 m.d.comb += [self._anchor.update.addr[b].eq(model_addr),
                              self._offset.update.addr[b].eq(model_addr),
@@ -321,8 +351,7 @@ class SGDEngine(wiring.Component):
                     m.d.comb += [grad.write.addr[b].eq(self._prep.gamma_word),
                                  grad.write.data[b].eq(0), grad.write.en[b].eq(1)]
             with m.Else():
-                m.d.comb += [grad.write.addr[b].eq(word_address(b, ps.write_at.bank,
-                                                                ps.write_at.addr)),
+                m.d.comb += [grad.write.addr[b].eq(self._wb_addr[b]),
                              grad.write.data[b].eq(upd.grad_out[b]),
                              grad.write.en[b].eq(upd.valid_out & ps.write_at.active[b])]
         if p.halp:
@@ -336,7 +365,7 @@ class SGDEngine(wiring.Component):
         p, ctrl, clear, ps, upd = self.params, self.ctrl, self._clear, self._pass, self._update
         model = self._model
         for b in range(p.lanes):
-            wb_addr = word_address(b, ps.write_at.bank, ps.write_at.addr)
+            wb_addr = self._wb_addr[b]
             wb_model = ps.model_write & ps.write_at.active[b]
             with m.If(ctrl.model_write):
                 m.d.comb += [model.write.addr[b].eq(self._model_address(ctrl.model_word,

@@ -187,25 +187,31 @@ class InnerLoopPrep(wiring.Component):
         """``gamma``: read a word of every bank, round-shift it, hand it on."""
         p, count = self.params, self._count
         amount = Signal(range(OFFSET_SHIFT_MAX + SHIFT_MAX + 1))
-        m.d.sync += amount.eq(self.offset_shift + self.shift)
         less = Signal.like(amount)
-        m.d.comb += less.eq(amount - 1)
-        # the word read (a cycle after its address), registered; shifted; rounded: three
-        # register steps, so the block RAM's output and the wide shift and add each
-        # get a cycle (they were the ECP5 engine's longest path in one)
-        valid = [Signal(name=f"scale_valid{i}") for i in range(3)]
-        words = [Signal.like(self.gamma_word, name=f"scale_word{i}") for i in range(3)]
+        m.d.sync += [amount.eq(self.offset_shift + self.shift),
+                     less.eq(self.offset_shift + self.shift - 1)]
+        # the word read (a cycle after its address), registered; shifted by the high
+        # bits of `less`, then by the low ones; rounded: four register steps, so the
+        # block RAM's output, each half of the wide shift and the add get a cycle
+        # (they were the ECP5 engine's longest path in one)
+        steps = 4
+        valid = [Signal(name=f"scale_valid{i}") for i in range(steps)]
+        words = [Signal.like(self.gamma_word, name=f"scale_word{i}") for i in range(steps)]
         m.d.sync += [valid[0].eq(self._scaling & (count < p.bank_depth)), words[0].eq(count),
-                     *(valid[i + 1].eq(valid[i]) for i in range(2)),
-                     *(words[i + 1].eq(words[i]) for i in range(2)),
-                     self.gamma_write.eq(valid[2]), self.gamma_word.eq(words[2])]
+                     *(valid[i + 1].eq(valid[i]) for i in range(steps - 1)),
+                     *(words[i + 1].eq(words[i]) for i in range(steps - 1)),
+                     self.gamma_write.eq(valid[-1]), self.gamma_word.eq(words[-1])]
+        low = 3                                   # the second shift's bits
         for b in range(p.lanes):
             g1 = Signal(signed(p.grad_bits), name=f"scale_g1_{b}")
             g2 = Signal(signed(p.grad_bits), name=f"scale_g2_{b}")
+            g3 = Signal(signed(p.grad_bits), name=f"scale_g3_{b}")
+            coarse = Signal(signed(p.grad_bits), name=f"scale_coarse{b}")
             shifted = Signal(signed(p.grad_bits), name=f"scale_shifted{b}")
-            m.d.sync += [g1.eq(self.grad[b]), g2.eq(g1), shifted.eq(g1 >> less),
-                         self.gamma[b].eq(Mux(amount == 0, g2, (shifted + 1) >> 1))]
+            m.d.sync += [g1.eq(self.grad[b]), g2.eq(g1), g3.eq(g2),
+                         coarse.eq(g1 >> (less[low:] << low)), shifted.eq(coarse >> less[:low]),
+                         self.gamma[b].eq(Mux(amount == 0, g3, (shifted + 1) >> 1))]
         with m.If(self._scaling):
             m.d.sync += count.eq(count + 1)
-            with m.If(count == p.bank_depth + 3):
+            with m.If(count == p.bank_depth + steps):
                 m.d.sync += self._scaling.eq(0)

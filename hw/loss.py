@@ -69,7 +69,17 @@ class ScaledError(wiring.Component):
     @staticmethod
     def latency_of(params: EngineParams) -> int:
         """Cycles from ``valid`` to ``valid_out`` in a build with ``params``."""
-        return 10 + AdderTree.latency_of(COST_BITS) if params.class_costs else 9
+        base = ScaledError.error_at(params) + 6
+        if params.class_costs:
+            return base + AdderTree.latency_of(COST_BITS) + params.deep_pipeline
+        return base
+
+    @staticmethod
+    def error_at(params: EngineParams) -> int:
+        """The stage ``e`` that holds ``E`` (with ``valid[e]``): the table's output
+        goes straight into the loss's logic (1), or into a flip-flop first and
+        ``E`` into another (3, ``deep_pipeline``)."""
+        return 3 if params.deep_pipeline else 1
 
     def __init__(self, params: EngineParams, tag_bits: int):
         assert BASE_SHIFT >= 1
@@ -126,7 +136,6 @@ class ScaledError(wiring.Component):
         m.d.sync += loss.eq(self.loss)
 
         derivative = self._derivative(m, loss, pos)
-        # cycle 5: the HALP error (its own cycle in every build)
         error = Signal(signed(self._width), name="error")
         if p.halp:
             m.d.sync += error.eq(self._halp_error(m, derivative, valid))
@@ -142,8 +151,11 @@ class ScaledError(wiring.Component):
         return m
 
     def _derivative(self, m, loss, pos):
-        """Cycles 1-4: ``E`` by the loss (registered: with ``valid[3]``)."""
+        """Stages 1 to ``e``: ``E`` by the loss (``error_at``; combinational from the
+        table's output register, or registered after a flip-flop stage)."""
         frac, width = self._frac, self._width
+        deep = self.params.deep_pipeline
+        e = self.error_at(self.params)
         one = 1 << frac
         # cycle 1: one subtraction serves every loss: D - Y (squared) or
         # D - (pos ? ONE : -ONE) (the margin of the hinges); the sigmoid table index
@@ -164,68 +176,77 @@ class ScaledError(wiring.Component):
         m.submodules.sigmoid = table = memory.Memory(
             shape=unsigned(SIGMOID_FRAC), depth=SIGMOID_CELLS, init=sigmoid_table())
         read = table.read_port(domain="comb")
-        t2 = Signal(SIGMOID_FRAC)
+        t = Signal(SIGMOID_FRAC, name="t2")
         diff2 = Signal.like(diff)
-        neg2, active2 = Signal(), Signal()
+        neg2, active = Signal(), Signal()
         m.d.comb += read.addr.eq(index)
         m.d.sync += [
-            t2.eq(read.data), diff2.eq(diff), neg2.eq(neg),
-            active2.eq(Mux(pos[0], diff < 0, diff > 0)),
+            t.eq(read.data), diff2.eq(diff), neg2.eq(neg),
+            active.eq(Mux(pos[0], diff < 0, diff > 0)),
         ]
-        # cycle 3: the table's answer in a flip-flop: nextpnr times a block RAM's
-        # output at its unregistered delay, so nothing but a register follows it
-        t3 = Signal(SIGMOID_FRAC)
-        diff3 = Signal.like(diff)
-        neg3, active3 = Signal(), Signal()
-        m.d.sync += [t3.eq(t2), diff3.eq(diff2), neg3.eq(neg2), active3.eq(active2)]
-        # cycle 4: E by the loss, registered
+        if deep:
+            # cycle 3: the table's answer in a flip-flop: nextpnr times a block RAM's
+            # output at its unregistered delay, so nothing but a register follows it
+            t3, diff3 = Signal(SIGMOID_FRAC), Signal.like(diff)
+            neg3, active3 = Signal(), Signal()
+            m.d.sync += [t3.eq(t), diff3.eq(diff2), neg3.eq(neg2), active3.eq(active)]
+            t, diff2, neg2, active = t3, diff3, neg3, active3
+        # E by the loss
         prob = Signal(SIGMOID_FRAC + 1)
         excess = Signal(signed(SIGMOID_FRAC + 2))
-        m.d.comb += [prob.eq(Mux(neg3, (1 << SIGMOID_FRAC) - t3, t3)),
-                     excess.eq(prob - Mux(pos[2], 1 << SIGMOID_FRAC, 0))]
+        m.d.comb += [prob.eq(Mux(neg2, (1 << SIGMOID_FRAC) - t, t)),
+                     excess.eq(prob - Mux(pos[e - 1], 1 << SIGMOID_FRAC, 0))]
         logistic = excess << (frac - SIGMOID_FRAC)
-        hinge = Mux(active3, Mux(pos[2], -one, one), 0)
-        sq_hinge = Mux(active3, diff3, 0)
+        hinge = Mux(active, Mux(pos[e - 1], -one, one), 0)
+        sq_hinge = Mux(active, diff2, 0)
         derivative = Signal(signed(width), name="derivative")
+        domain = "sync" if deep else "comb"             # registered: stage 3
         with m.Switch(loss):
             with m.Case(Loss.SQUARED):
-                m.d.sync += derivative.eq(diff3)
+                m.d[domain] += derivative.eq(diff2)
             with m.Case(Loss.LOGISTIC):
-                m.d.sync += derivative.eq(logistic)
+                m.d[domain] += derivative.eq(logistic)
             with m.Case(Loss.HINGE):
-                m.d.sync += derivative.eq(hinge)
+                m.d[domain] += derivative.eq(hinge)
             with m.Case(Loss.SQUARED_HINGE):
-                m.d.sync += derivative.eq(sq_hinge)
+                m.d[domain] += derivative.eq(sq_hinge)
         return derivative
 
     def _halp_error(self, m, derivative, valid):
-        """HALP builds: the anchor-error cache. The sample's index addresses it in
-        cycle 2, the cached ``E`` is in the block RAM's output register in cycle 3
-        and in a flip-flop in cycle 4, beside ``E``; the full pass writes ``E`` in
-        cycle 4. Returns the value registered into ``error``: ``E << LEVEL.frac`` in
-        the full pass, ``(E - C[i]) << LEVEL.frac`` in the inner loop, else ``E``."""
+        """HALP builds: the anchor-error cache. The sample's index addresses it so
+        that the cached ``E`` is in a register at stage ``e`` beside ``E`` (with
+        ``deep_pipeline`` the block RAM's output register is followed by a
+        flip-flop); the full pass writes ``E`` at stage ``e``. Returns the value
+        registered into ``error``: ``E << LEVEL.frac`` in the full pass, ``(E -
+        C[i]) << LEVEL.frac`` in the inner loop, else ``E``."""
         p = self.params
+        e = self.error_at(p)
         full, inner = Signal(), Signal()
         m.d.sync += [full.eq(self.phase == Phase.FULL), inner.eq(self.phase == Phase.INNER)]
-        index = [Signal(SAMPLE_INDEX_BITS, name=f"index{i + 1}") for i in range(4)]
-        m.d.sync += [index[0].eq(self.index), *(index[i + 1].eq(index[i]) for i in range(3))]
+        index = [Signal(SAMPLE_INDEX_BITS, name=f"index{i + 1}") for i in range(e + 1)]
+        m.d.sync += [index[0].eq(self.index), *(index[i + 1].eq(index[i]) for i in range(e))]
         m.submodules.cache = cache = memory.Memory(
             shape=signed(p.residual_bits), depth=p.halp_samples, init=[],
             attrs={"no_rw_check": 1})
         cache_rd = cache.read_port(domain="comb")
         cache_wr = cache.write_port()
-        read = Signal(signed(p.residual_bits), name="cache_read")
         cached = Signal(signed(self._width), name="cached")
-        m.d.comb += cache_rd.addr.eq(index[1])
-        m.d.sync += [read.eq(cache_rd.data), cached.eq(Mux(inner, read, 0))]
-        m.d.comb += [cache_wr.addr.eq(index[3]), cache_wr.data.eq(derivative),
-                     cache_wr.en.eq(full & valid[3])]
+        if p.deep_pipeline:
+            read = Signal(signed(p.residual_bits), name="cache_read")
+            m.d.comb += cache_rd.addr.eq(index[e - 2])
+            m.d.sync += [read.eq(cache_rd.data), cached.eq(Mux(inner, read, 0))]
+        else:
+            m.d.comb += cache_rd.addr.eq(index[e - 1])
+            m.d.sync += cached.eq(Mux(inner, cache_rd.data, 0))
+        m.d.comb += [cache_wr.addr.eq(index[e]), cache_wr.data.eq(derivative),
+                     cache_wr.en.eq(full & valid[e])]
         return Mux(full | inner, (derivative - cached) << LEVEL.frac, derivative)
 
     def _scale(self, m, error, valid):
-        """Cycles 6-8: ``S = sat(round_shift(E, s))``. ``round_shift(E, s) = (floor(E /
-        2**(s-1)) + 1) >> 1`` for s >= 1: a constant shift, a barrel shift by
-        ``shift`` only, then a narrow increment. Returns ``S`` and its clip flag."""
+        """Stages ``e + 2`` to ``e + 4``: ``S = sat(round_shift(E, s))``.
+        ``round_shift(E, s) = (floor(E / 2**(s-1)) + 1) >> 1`` for s >= 1: a
+        constant shift, a barrel shift by ``shift`` only, then a narrow increment.
+        Returns ``S`` and its clip flag."""
         coarse = error >> (BASE_SHIFT - 1)
         halved = Signal(signed(len(coarse)))
         rounded = Signal(signed(len(coarse)))
@@ -233,21 +254,25 @@ class ScaledError(wiring.Component):
         s_sat, s_clip = saturate(m, rounded, self.params.sigma.bits, "scaled")
         scaled = Signal(signed(self.params.sigma.bits))
         clip6 = Signal()
-        m.d.sync += [scaled.eq(s_sat), clip6.eq(valid[6] & s_clip)]
+        m.d.sync += [scaled.eq(s_sat),
+                     clip6.eq(valid[self.error_at(self.params) + 3] & s_clip)]
         return scaled, clip6
 
     def _cost(self, m, scaled, clip6, pos, valid_last):
-        """Cycles 9..: ``sigma = sat(round_shift(S * cost, COST_FRAC))``, shift-and-add;
-        the rounding has a cycle, the saturation another."""
+        """Stages ``e + 5``..: ``sigma = sat(round_shift(S * cost, COST_FRAC))``,
+        shift-and-add (with ``deep_pipeline`` the rounding has a cycle of its own)."""
         m.submodules.cost_tree = tree = self._cost_tree
+        deep = self.params.deep_pipeline
         cost = Signal(COST_BITS)
-        m.d.comb += cost.eq(Mux(pos[7], self.cost_pos, self.cost_neg))
+        m.d.comb += cost.eq(Mux(pos[self.error_at(self.params) + 4], self.cost_pos,
+                                self.cost_neg))
         for i in range(COST_BITS):
             m.d.comb += tree.inputs[i].eq(Mux(cost[i], scaled << i, 0))
-        clip_late = Signal(tree.latency + 1)
+        clip_late = Signal(max(1, tree.latency + deep))
         m.d.sync += clip_late.eq(Cat(clip6, clip_late))
         rounded = Signal(signed(len(tree.sum) - COST_FRAC + 1), name="cost_rounded")
-        m.d.sync += rounded.eq((tree.sum + (1 << (COST_FRAC - 1))) >> COST_FRAC)
+        m.d["sync" if deep else "comb"] += rounded.eq(
+            (tree.sum + (1 << (COST_FRAC - 1))) >> COST_FRAC)
         sigma, clip = saturate(m, rounded, self.params.sigma.bits, "sigma")
         m.d.sync += [self.sigma.eq(sigma),
                      self.clipped.eq(valid_last & (clip | clip_late[-1]))]

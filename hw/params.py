@@ -389,6 +389,12 @@ class EngineParams:
     replay_beats : int
         Beats the replay store holds (0: none): host-packed stream beats the
         board replays (module docstring, "Replayed data").
+    deep_pipeline : bool
+        Register stages for a fast clock: every block RAM read of the engine goes
+        into a flip-flop before any logic (nextpnr times an ECP5 block RAM's output
+        at its unregistered delay), and the loss and the decoder get a stage more
+        each. Costs flip-flops and a few cycles of ``update_gap`` (the arithmetic
+        is the same); the iCEBreaker, short of logic cells, is built without it.
     """
 
     beat_bits: int = 32
@@ -406,6 +412,7 @@ class EngineParams:
     resident_rows: int = 0
     resident_samples: int = 0
     replay_beats: int = 0
+    deep_pipeline: bool = False
 
     def __post_init__(self):
         def fail(msg):
@@ -489,7 +496,8 @@ class EngineParams:
     def options(self) -> int:
         """The optional blocks built, as ``IDENTIFY`` reports them (``protocol.Options``)."""
         return (int(self.class_costs) | int(self.l2_decay) << 1 | int(self.halp) << 2
-                | int(self.resident) << 3 | int(self.replay) << 4)
+                | int(self.resident) << 3 | int(self.replay) << 4
+                | int(self.deep_pipeline) << 5)
 
     @property
     def halp(self) -> bool:
@@ -606,7 +614,7 @@ BOARD_PARAMS: dict[str, EngineParams] = {
     "ulx3s": EngineParams(beat_bits=64, lanes=8, max_k=8, max_features=1024,
                           max_batch=64, model_bits=32, model_frac=24, frame_bytes=8192,
                           clock_hz=45_000_000, halp_samples=4096,
-                          resident_rows=8192, resident_samples=4096),
+                          resident_rows=8192, resident_samples=4096, deep_pipeline=True),
 }
 BOARD_PARAMS["icebreaker-replay"] = dataclasses.replace(
     BOARD_PARAMS["icebreaker"], max_k=4, clock_hz=24_000_000, replay_beats=65536)

@@ -24,9 +24,11 @@ class PRNGLane(wiring.Component):
     Attributes
     ----------
     seed : In(32); reseed : In(1)
-        ``reseed`` loads the lane's start state for ``seed``.
+        ``reseed`` loads the lane's start state for ``seed`` a cycle later (the start
+        state is computed into a register in between); ``seed`` is held meanwhile,
+        and the lane does not step in that cycle.
     step : In(1)
-        Step the state (``reseed`` wins).
+        Step the state.
     state : Out(32)
         The current state.
     next : Out(32)
@@ -44,11 +46,16 @@ class PRNGLane(wiring.Component):
         state = self.state
         x1 = state ^ (state << 13)[:32]
         x2 = x1 ^ (x1 >> 17)
+        offset = ((self.lane + 1) * PRNG_GOLDEN) & 0xFFFFFFFF
         start = Signal(32)
-        m.d.comb += [self.next.eq(x2 ^ (x2 << 5)[:32]),
-                     start.eq(self.seed + (((self.lane + 1) * PRNG_GOLDEN) & 0xFFFFFFFF))]
-        with m.If(self.reseed):
-            m.d.sync += state.eq(Mux(start == 0, PRNG_ZERO_SEED, start))
+        m.d.comb += self.next.eq(x2 ^ (x2 << 5)[:32])
+        # the sum is 0 exactly when the seed is -offset: compared beside the adder
+        m.d.sync += start.eq(Mux(self.seed == (-offset & 0xFFFFFFFF), PRNG_ZERO_SEED,
+                                 (self.seed + offset)[:32]))
+        load = Signal()
+        m.d.sync += load.eq(self.reseed)
+        with m.If(load):
+            m.d.sync += state.eq(start)
         with m.Elif(self.step):
             m.d.sync += state.eq(self.next)
         return m

@@ -226,11 +226,13 @@ class Options(IntFlag):
     HALP = 0x04         # the HALP phases (bit-centering SVRG)
     RESIDENT = 0x08     # the resident data store (LOAD_DATA, RUN)
     REPLAY = 0x10       # the replay store (LOAD_DATA, REPLAY)
+    DEEP_PIPELINE = 0x20  # the fast clock's register stages (EngineParams.deep_pipeline)
 
     def describe(self) -> str:
         return {Options.CLASS_COSTS: "class costs", Options.L2_DECAY: "the L2 decay",
                 Options.HALP: "HALP mode", Options.RESIDENT: "resident data",
-                Options.REPLAY: "a replay store"}[self]
+                Options.REPLAY: "a replay store",
+                Options.DEEP_PIPELINE: "the deep pipeline"}[self]
 
 
 class StatusFlags(IntFlag):
@@ -615,7 +617,8 @@ class Identity(record(IDENTIFY)):
         names = {f.name for f in IDENTIFY.fields} & set(EngineParams.__dataclass_fields__)
         return EngineParams(**{name: getattr(self, name) for name in names},
                             class_costs=bool(self.options & Options.CLASS_COSTS),
-                            l2_decay=bool(self.options & Options.L2_DECAY))
+                            l2_decay=bool(self.options & Options.L2_DECAY),
+                            deep_pipeline=bool(self.options & Options.DEEP_PIPELINE))
 
 
 #: STATUS's reply: flags and counters (each wraps at its range).

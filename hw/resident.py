@@ -20,12 +20,13 @@ A ``RUN`` (``start`` with ``count``, ``first``, ``stride``, ``samples``, ``seed`
 the samples ``(first + u * stride) mod samples`` and emits, for each, the label
 beat and ``ceil(d / K)`` feature beats in the stream format the link would
 replay, at one beat a cycle. Pipeline: S0 issues a beat (memory addresses), S1
-rotates the codes into fields (the label word is picked), S2 looks them up in
-the sampler table (so that no path runs from one block RAM's output into
-another's address), S3 holds the table's answers and each lane's xorshift32 output in
-flip-flops (the lane steps per feature beat; nothing but a register follows a
-block RAM's output), S4 draws and packs the fields for the run-time ``(k,
-double)``, S5 holds the beat for the output FIFO. A beat is issued only when
+holds the code columns' and the label memory's words in flip-flops (nothing but
+a register follows a block RAM's output), S2 rotates the codes into fields (the
+label word is picked), S3 looks them up in the sampler table (so that no path
+runs from one block RAM's output into another's address), S4 holds the table's
+answers and each lane's xorshift32 output (the lane steps per feature beat), S5
+draws and packs the fields for the run-time ``(k, double)``, S6 holds the beat
+for the output FIFO. A beat is issued only when
 the FIFO has room for it and every beat in flight, so the engine's
 back-pressure never stalls the pipeline.
 """
@@ -57,10 +58,11 @@ from .protocol import Region
 
 __all__ = ["ResidentSource", "FIFO_DEPTH", "LAUNCH", "STAGES"]
 
-#: Beats the output FIFO holds (more than the pipeline's stages).
-FIFO_DEPTH = 8
+#: Beats the output FIFO holds (the beats in flight, one issued on a registered
+#: room, and a margin).
+FIFO_DEPTH = 16
 #: Pipeline stages between issue and the FIFO.
-STAGES = 5
+STAGES = 6
 #: Cycles from ``start`` to the run's first issue (the geometry's products).
 LAUNCH = 1
 
@@ -126,13 +128,18 @@ class ResidentSource(wiring.Component):
         inflight = sum(s.valid for s in stage[1:])
         issue = Signal()
         running = self._issue(m, mems, stage[1], issue)
-        m.d.comb += issue.eq(running & (out.level + inflight < FIFO_DEPTH))
-        self._rotate(m, mems, stage[1], stage[2])
-        self._lookup(m, mems, stage[2], stage[3])
-        self._hold(m, mems, stage[3], stage[4])
-        self._draw(m, stage[4], stage[5])
-        m.d.comb += [out.w_data.eq(Cat(stage[5].data, stage[5].flush)),
-                     out.w_en.eq(stage[5].valid),
+        # room for a beat, registered: it assumes a beat issued in the cycle it is
+        # computed in, so it never admits one too many
+        room = Signal()
+        m.d.sync += room.eq(out.level + inflight + 1 < FIFO_DEPTH)
+        m.d.comb += issue.eq(running & room)
+        self._latch(m, mems, stage[1], stage[2])
+        self._rotate(m, stage[2], stage[3])
+        self._lookup(m, mems, stage[3], stage[4])
+        self._hold(m, mems, stage[4], stage[5])
+        self._draw(m, stage[5], stage[6])
+        m.d.comb += [out.w_data.eq(Cat(stage[6].data, stage[6].flush)),
+                     out.w_en.eq(stage[6].valid),
                      self.busy.eq(self._launch | running | (inflight != 0) | out.r_rdy)]
         return m
 
@@ -178,11 +185,13 @@ class ResidentSource(wiring.Component):
         return reads
 
     def _stage_signals(self):
-        """The registers after S0 .. S4 (index 1..5; index 0 unused)."""
+        """The registers after S0 .. S5 (index 1..6; index 0 unused)."""
         p, L = self.params, self.params.lanes
         common = {"valid": 1, "feature": 1, "flush": 1, "index": 16}
-        s1 = Signal(data.StructLayout({**common, "f0": range(p.max_features + L),
-                                       "slot": range(p.beat_bits // 16)}), name="s1")
+        first = {**common, "f0": range(p.max_features + L), "slot": range(p.beat_bits // 16)}
+        s1 = Signal(data.StructLayout(first), name="s1")
+        s1r = Signal(data.StructLayout({**first, "codes": data.ArrayLayout(CODE_BITS, L),
+                                        "labels": p.beat_bits}), name="s1r")
         s2 = Signal(data.StructLayout({**common, "on": L, "label": LABEL.bits,
                                        "codes": data.ArrayLayout(CODE_BITS, L)}), name="s2")
         s3 = Signal(data.StructLayout({**common, "on": L, "label": LABEL.bits}), name="s3")
@@ -191,7 +200,7 @@ class ResidentSource(wiring.Component):
                                        "draw": data.ArrayLayout(32, L)}), name="s4")
         s5 = Signal(data.StructLayout({"valid": 1, "flush": 1, "data": p.beat_bits}),
                     name="s5")
-        return [None, s1, s2, s3, s4, s5]
+        return [None, s1, s1r, s2, s3, s4, s5]
 
     # --- S0: the walk and the beat sequence ----------------------------------------------
 
@@ -219,9 +228,22 @@ class ResidentSource(wiring.Component):
                      first.eq(self.first), stride.eq(self.stride), samples.eq(self.samples),
                      first_rows.eq(first * rows), stride_rows.eq(stride * rows),
                      wrap_rows.eq(samples * rows), self._launch.eq(self.start)]
+        # the walk's next sample, ready in registers: `index` changes at most every
+        # other cycle (a sample is a label beat and a feature beat at least)
+        step, step_back = Signal(17), Signal(17)
+        wrap = Signal()
+        ahead, ahead_back = Signal(row_bits + 16), Signal(row_bits + 16)
+        m.d.sync += [step.eq(index + stride), step_back.eq(index + stride - samples),
+                     wrap.eq(index + stride >= samples),
+                     ahead.eq(stride_rows), ahead_back.eq(stride_rows - wrap_rows)]
+        # whether the next feature beat is the sample's last, and whether the sample
+        # is the run's last, kept in registers beside `f0` and `remaining`
+        last_beat, final, one_beat = Signal(), Signal(), Signal()
+        m.d.sync += one_beat.eq(per_beat >= self.features)
         with m.If(self._launch):
             m.d.sync += [running.eq(1), remaining.eq(self.count), index.eq(first),
-                         base.eq(first_rows), label_next.eq(1), f0.eq(0)]
+                         base.eq(first_rows), label_next.eq(1), f0.eq(0),
+                         final.eq(self.count == 1)]
         # label word of the sample; code rows of the feature beat (column c reads one
         # row further when it holds a feature after the row's wrap)
         labels_per_word = p.beat_bits // 16
@@ -229,23 +251,22 @@ class ResidentSource(wiring.Component):
         first_row = base + (f0 >> lane_bits)
         for c, port in enumerate(mems["codes"]):
             m.d.comb += port.addr.eq(first_row + (c < f0[:lane_bits]))
-        last_beat = f0 + per_beat >= self.features
         m.d.sync += s1.valid.eq(issue)
         with m.If(issue):
             m.d.sync += [s1.feature.eq(~label_next), s1.f0.eq(f0), s1.index.eq(index),
                          s1.slot.eq(index[:clog2(labels_per_word)]),
-                         s1.flush.eq(~label_next & last_beat & (remaining == 1))]
+                         s1.flush.eq(~label_next & last_beat & final)]
             with m.If(label_next):
-                m.d.sync += [label_next.eq(0), f0.eq(0)]
+                m.d.sync += [label_next.eq(0), f0.eq(0), last_beat.eq(one_beat)]
             with m.Elif(~last_beat):
-                m.d.sync += f0.eq(f0 + per_beat)
+                m.d.sync += [f0.eq(f0 + per_beat),
+                             last_beat.eq(f0 + (per_beat << 1) >= self.features)]
             with m.Else():                     # the sample's last beat: walk on
-                step = index + stride
-                wrap = step >= samples
                 m.d.sync += [label_next.eq(1), remaining.eq(remaining - 1),
-                             index.eq(Mux(wrap, step - samples, step)),
-                             base.eq(base + stride_rows - Mux(wrap, wrap_rows, 0))]
-                with m.If(remaining == 1):
+                             final.eq(remaining == 2),
+                             index.eq(Mux(wrap, step_back, step)),
+                             base.eq(base + Mux(wrap, ahead_back, ahead))]
+                with m.If(final):
                     m.d.sync += running.eq(0)
         return running
 
@@ -263,14 +284,22 @@ class ResidentSource(wiring.Component):
         self._per_beat_reg = per_beat
         return per_beat
 
-    # --- S1: codes into fields; S2: the sampler table ------------------------------------
+    # --- S1: the memories' words held; S2: codes into fields; S3: the sampler table ----
 
-    def _rotate(self, m, mems, s1, s2):
+    def _latch(self, m, mems, s1, s1r):
+        """The code columns' and the label memory's words into flip-flops (nothing but
+        a register follows a block RAM's output), beside the beat's S1 register."""
+        m.d.sync += [s1r.valid.eq(s1.valid), s1r.feature.eq(s1.feature),
+                     s1r.flush.eq(s1.flush), s1r.index.eq(s1.index), s1r.f0.eq(s1.f0),
+                     s1r.slot.eq(s1.slot), s1r.labels.eq(mems["labels"].data),
+                     *(s1r.codes[c].eq(port.data) for c, port in enumerate(mems["codes"]))]
+
+    def _rotate(self, m, s1, s2):
         """The codes in field order (the bias feature's made), the fields in use and
         the label word, registered."""
         L = self.params.lanes
         lane_bits = clog2(L)
-        codes = [port.data for port in mems["codes"]]
+        codes = [s1.codes[c] for c in range(L)]
         # field i takes column (f0 + i) % L: rotate lane order by -f0
         slots = rotate(codes, (-s1.f0)[:lane_bits])
         one = CODE_ZERO + CODE_SCALE                # the bias feature's code
@@ -278,7 +307,7 @@ class ResidentSource(wiring.Component):
             is_bias = self.bias & (s1.f0 + i == self.features - 1)
             m.d.sync += s2.codes[i].eq(Mux(is_bias, one, slots[i]))
         on = Cat((s1.f0 + i < self.features) & (i < self._per_beat_reg) for i in range(L))
-        label = mems["labels"].data.word_select(s1.slot, 16)
+        label = s1.labels.word_select(s1.slot, 16)
         m.d.sync += [s2.valid.eq(s1.valid), s2.feature.eq(s1.feature), s2.flush.eq(s1.flush),
                      s2.index.eq(s1.index), s2.on.eq(on), s2.label.eq(label)]
 
@@ -288,7 +317,7 @@ class ResidentSource(wiring.Component):
         m.d.sync += [s3.valid.eq(s2.valid), s3.feature.eq(s2.feature), s3.flush.eq(s2.flush),
                      s3.index.eq(s2.index), s3.on.eq(s2.on), s3.label.eq(s2.label)]
 
-    # --- S3: the table's answers and the draws held; S4: the fields packed -------------
+    # --- S4: the table's answers and the draws held; S5: the fields packed -------------
 
     def _hold(self, m, mems, s3, s4):
         step = s3.valid & s3.feature

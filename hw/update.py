@@ -10,10 +10,13 @@ sigma * q2`` (``gamma`` arrives with the gradient word ``g``), and at a batch en
 ``z' = clamp(z - ((acc + r) >> HALP_FRAC))`` to ``offset_bits`` bits, ``w' = sat(a + (z' << sh))``
 from the offset ``z`` and anchor ``a`` words (arriving with the model word),
 ``r`` the top bits of a per-lane xorshift32 PRNG when ``stochastic``, else half
-an LSB (``ziphalp.hw.params``). They take one cycle more (for every phase).
+an LSB (``ziphalp.hw.params``). They take ``HALP_EXTRA`` cycles more (for every
+phase): the rounded step, the difference, the clamp's comparisons, its choice,
+the shift and the sum each get a cycle.
 
-Fixed latency, no stalls. To keep block-RAM words out of delay registers the
-operands arrive when they are needed: ``sigma``/``levels``/``end``/``valid`` at
+With ``deep_pipeline`` every word from block RAM goes into a flip-flop before any
+logic (a cycle more). Fixed latency, no stalls. To keep block-RAM words out of
+delay registers the operands arrive when they are needed: ``sigma``/``levels``/``end``/``valid`` at
 cycle 0, the gradient word ``GRAD_AT`` cycles later and the model word
 ``MODEL_AT`` cycles later (the engine issues the RAM reads accordingly); the
 results appear ``latency`` cycles after cycle 0.
@@ -80,7 +83,8 @@ class UpdateLanes(wiring.Component):
     @staticmethod
     def latency_of(params: EngineParams) -> int:
         """Cycles from ``valid`` to ``valid_out`` in a build with ``params``."""
-        return PRODUCT_LATENCY + 6 + (HALP_EXTRA if params.halp else 0)
+        return (PRODUCT_LATENCY + 5 + params.deep_pipeline
+                + (HALP_EXTRA if params.halp else 0))
 
     def __init__(self, params: EngineParams):
         self.params = params
@@ -152,40 +156,41 @@ class UpdateLanes(wiring.Component):
         # every lane's PRNG steps for every beat of the inner loop when its
         # accumulator is ready (MODEL_AT)
         return {"inner": inner, "stochastic": stochastic, "z_min": z_min, "z_max": z_max,
-                "sh": sh, "step_prng": valid[self.MODEL_AT] & inner}
+                "sh": sh,
+                "step_prng": valid[self.MODEL_AT - 1 + self.params.deep_pipeline] & inner}
 
     def _sgd_lane(self, m, k, valid, end, l2_on, l2_shift, halp):
         """Lane ``k``'s gradient accumulation and SGD model update. Returns the
         accumulator and the (registered) SGD model word, gradient word and overflow."""
         p, WM = self.params, self.params.model_bits
-        # the SGD results are ready PRODUCT_LATENCY + 6 cycles after `valid`
-        last_valid, last_end = valid[PRODUCT_LATENCY + 4], end[PRODUCT_LATENCY + 4]
+        # the SGD results are ready PRODUCT_LATENCY + 5 (+ 1: deep_pipeline) cycles
+        # after `valid`
+        deep = p.deep_pipeline
+        last_valid, last_end = valid[PRODUCT_LATENCY + 3 + deep], end[PRODUCT_LATENCY + 3 + deep]
         # DSP products of sigma x code, PRODUCT_LATENCY cycles later
         terms = product_terms(m, self.sigma, self.levels[k], name=f"upd{k}")
-        # the product (cycle GRAD_AT), and again a cycle later
+        # the product (cycle GRAD_AT)
         prod = Signal(signed(p.product_bits), name=f"prod{k}")
-        prod2 = Signal(signed(p.product_bits), name=f"prod2_{k}")
-        m.d.sync += [prod.eq(sum(terms)), prod2.eq(prod)]
-        # the gradient word (and in the HALP inner loop gamma) arrive at GRAD_AT, and
-        # go into flip-flops first: nextpnr times a block RAM's output at its
-        # unregistered delay, so nothing but a register follows it
-        grad = Signal(signed(p.grad_bits), name=f"grad{k}")
-        m.d.sync += grad.eq(self.grad[k])
+        m.d.sync += prod.eq(sum(terms))
+        # the gradient word (and in the HALP inner loop gamma) arrive at GRAD_AT; with
+        # deep_pipeline they go into flip-flops first (nothing but a register follows
+        # a block RAM's output) and the product waits a cycle beside them
+        grad = lane_input(m, self.grad[k], deep, f"grad{k}")
+        prod = lane_input(m, prod, deep, f"prod{k}_")
         acc = Signal(signed(p.grad_bits), name=f"acc{k}")
         if p.halp:
-            gamma = Signal(signed(p.grad_bits), name=f"gamma{k}")
-            m.d.sync += [gamma.eq(self.gamma[k]),
-                         acc.eq(grad + prod2 + Mux(halp["inner"], gamma, 0))]
+            gamma = lane_input(m, self.gamma[k], deep, f"gamma{k}")
+            m.d.sync += acc.eq(grad + prod + Mux(halp["inner"], gamma, 0))
         else:
-            m.d.sync += acc.eq(grad + prod2)
-        # the model word arrives at MODEL_AT, into a flip-flop; then its decay is
-        # shifted out while the gradient is rounded
-        model = Signal(signed(WM), name=f"model{k}")
+            m.d.sync += acc.eq(grad + prod)
+        # the model word arrives at MODEL_AT (into a flip-flop first, deep_pipeline);
+        # then its decay is shifted out while the gradient is rounded
+        model = lane_input(m, self.model[k], deep, f"model{k}")
         held = Signal(signed(WM), name=f"held{k}")
         decay = Signal(signed(WM), name=f"decay{k}")
         step = Signal(signed(p.grad_bits - SIGMA_FRAC + 1), name=f"step{k}")
         acc5 = Signal(signed(p.grad_bits), name=f"acc5_{k}")
-        m.d.sync += [model.eq(self.model[k]), held.eq(model),
+        m.d.sync += [held.eq(model),
                      step.eq((acc + (1 << (SIGMA_FRAC - 1))) >> SIGMA_FRAC),
                      acc5.eq(acc)]
         if p.l2_decay:
@@ -221,11 +226,11 @@ class UpdateLanes(wiring.Component):
         WM, grad_bits = self.params.model_bits, self.params.grad_bits
         fine = self._prng(m, k, halp)
         z_min, z_max, inner = halp["z_min"], halp["z_max"], halp["inner"]
-        # the anchor and offset words arrive at MODEL_AT, into flip-flops, and then
-        # travel beside the accumulator's results
-        offset = Signal(signed(OFFSET_BITS), name=f"offset{k}")
-        anchor = Signal(signed(WM), name=f"anchor{k}")
-        m.d.sync += [offset.eq(self.offset[k]), anchor.eq(self.anchor[k])]
+        # the anchor and offset words arrive at MODEL_AT (into flip-flops first,
+        # deep_pipeline), with the accumulator, and then travel beside its results
+        deep = self.params.deep_pipeline
+        offset = lane_input(m, self.offset[k], deep, f"offset{k}")
+        anchor = lane_input(m, self.anchor[k], deep, f"anchor{k}")
         step = Signal(signed(grad_bits - HALP_FRAC + 1), name=f"halp_step{k}")
         zdiff = Signal(signed(max(OFFSET_BITS, grad_bits - HALP_FRAC) + 2), name=f"zdiff{k}")
         above, below = Signal(name=f"above{k}"), Signal(name=f"below{k}")
@@ -254,6 +259,11 @@ class UpdateLanes(wiring.Component):
             halp_ovf.eq(valid[-1] & inner & halp_clipped),
         ]
         return halp_ovf
+
+
+def lane_input(m, value, registered: bool, name: str):
+    """``value``, through a register if ``registered``."""
+    return delayed(m, value, int(registered), name)
 
 
 def delayed(m, value, cycles: int, name: str):

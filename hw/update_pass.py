@@ -68,6 +68,9 @@ class UpdatePass(wiring.Component):
         arrive ``grad_at`` (``model_at``) cycles after its ``valid``.
     write_at : Out(place_layout(params))
         The place of the beat whose results are on the update lanes' outputs.
+    grad_ahead, model_ahead, write_ahead : Out(place_layout(params))
+        ``grad_at``, ``model_at`` and ``write_at`` a cycle ahead, for addresses
+        computed into registers.
     written : In(1)
         The update lanes' ``valid_out``.
     pass_start, pass_done, model_write, update_done : Out(1)
@@ -76,6 +79,7 @@ class UpdatePass(wiring.Component):
     """
 
     def __init__(self, params: EngineParams, *, grad_at: int, model_at: int, latency: int):
+        assert grad_at >= 2 and model_at >= 2
         self.params = params
         self.grad_at_cycle, self.model_at_cycle, self.latency = grad_at, model_at, latency
         p = params
@@ -90,6 +94,7 @@ class UpdatePass(wiring.Component):
             "levels": Out(data.ArrayLayout(signed(LEVEL.bits), p.lanes)),
             "valid": Out(1), "end": Out(1),
             "grad_at": Out(place), "model_at": Out(place), "write_at": Out(place),
+            "grad_ahead": Out(place), "model_ahead": Out(place), "write_ahead": Out(place),
             "written": In(1),
             "pass_start": Out(1), "pass_done": Out(1),
             "model_write": Out(1), "update_done": Out(1),
@@ -142,6 +147,9 @@ class UpdatePass(wiring.Component):
             self.grad_at.eq(trail[self.grad_at_cycle - 1]),
             self.model_at.eq(trail[self.model_at_cycle - 1]),
             self.write_at.eq(write_at),
+            self.grad_ahead.eq(trail[self.grad_at_cycle - 2]),
+            self.model_ahead.eq(trail[self.model_at_cycle - 2]),
+            self.write_ahead.eq(trail[self.latency - 1]),
             self.pass_done.eq(self.written & write_at.last),
             self.model_write.eq(self.written & write_at.end),
             self.update_done.eq(self.written & write_at.last & write_at.end),

@@ -39,19 +39,21 @@ from ziphalp.hw.update import UpdateLanes
 pytestmark = pytest.mark.skipif(shutil.which("iverilog") is None,
                                 reason="Icarus Verilog (iverilog) is not installed")
 
+#: Builds with and without ``deep_pipeline`` (the ULX3S's register stages).
 BUILDS = [
-    dict(beat_bits=32, lanes=4, max_features=37, max_batch=4),
+    dict(beat_bits=32, lanes=4, max_features=37, max_batch=4, deep_pipeline=True),
     dict(beat_bits=32, lanes=16, max_features=20, max_batch=3, max_k=4),
     dict(beat_bits=16, lanes=2, max_features=9, max_batch=1),
-    dict(beat_bits=64, lanes=16, max_features=40, max_batch=4, max_k=3),
+    dict(beat_bits=64, lanes=16, max_features=40, max_batch=4, max_k=3, deep_pipeline=True),
     dict(beat_bits=16, lanes=1, max_features=5, max_batch=2),
     dict(beat_bits=32, lanes=8, max_features=12, max_batch=8, model_bits=24, model_frac=16),
-    dict(beat_bits=64, lanes=8, max_features=23, max_batch=5, model_bits=32, model_frac=30),
+    dict(beat_bits=64, lanes=8, max_features=23, max_batch=5, model_bits=32, model_frac=30,
+         deep_pipeline=True),
     dict(beat_bits=24, lanes=8, max_features=1, max_batch=2, frame_bytes=1023,
-         class_costs=False, l2_decay=False),
+         class_costs=False, l2_decay=False, deep_pipeline=True),
     dict(beat_bits=48, lanes=4, max_features=30, max_batch=7, model_bits=16, model_frac=10,
          frame_bytes=1020),
-    dict(beat_bits=128, lanes=8, max_features=50, max_batch=16, max_k=2),
+    dict(beat_bits=128, lanes=8, max_features=50, max_batch=16, max_k=2, deep_pipeline=True),
 ]
 
 
@@ -102,9 +104,10 @@ def make_cases(params: EngineParams, seed: int) -> list[dict]:
 
 #: HALP builds (the class costs come with them).
 HALP_BUILDS = [
-    dict(beat_bits=32, lanes=4, max_features=37, max_batch=4, halp_samples=48),
+    dict(beat_bits=32, lanes=4, max_features=37, max_batch=4, halp_samples=48,
+         deep_pipeline=True),
     dict(beat_bits=64, lanes=8, max_features=23, max_batch=2, max_k=4, halp_samples=20,
-         l2_decay=False),
+         l2_decay=False, deep_pipeline=True),
     dict(beat_bits=32, lanes=2, max_features=9, max_batch=1, max_k=8, halp_samples=16,
          model_bits=24, model_frac=16),
 ]

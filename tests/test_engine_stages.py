@@ -27,11 +27,11 @@ from ziphalp.sim.golden import decode, inner_loop_prep, unpack_fields
 
 PARAMS = [EngineParams(beat_bits=16, lanes=2, max_features=64, max_batch=8),
           EngineParams(beat_bits=40, lanes=4, max_features=300, max_batch=3, model_bits=24,
-                       model_frac=16, frame_bytes=1000),
+                       model_frac=16, frame_bytes=1000, deep_pipeline=True),
           EngineParams(beat_bits=64, lanes=32, max_features=100, max_batch=4)]
 HALP = [EngineParams(beat_bits=32, lanes=4, max_features=40, max_batch=4, halp_samples=64),
         EngineParams(beat_bits=64, lanes=8, max_features=70, max_batch=4, halp_samples=16,
-                     model_bits=24, model_frac=16)]
+                     model_bits=24, model_frac=16, deep_pipeline=True)]
 ids = lambda p: f"w{p.beat_bits}l{p.lanes}"                     # noqa: E731
 
 
