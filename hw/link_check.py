@@ -219,22 +219,26 @@ class LinkCheck(Component):
         loaded length), RUN (``samples`` in range, ``first`` and ``stride`` below
         it) and REPLAY (``count`` not 0)."""
         p, header, run = self.params, self.args.data, self.args.run
-        beats = self.length[clog2(p.beat_bits // 8):] - DATA_HEADER.size // (p.beat_bits // 8)
+        # the beats and the start in step-1 registers, the comparisons over them (the
+        # verdict registers them in step 2)
+        beats = step(self.length[clog2(p.beat_bits // 8):]
+                     - DATA_HEADER.size // (p.beat_bits // 8), "data_beats")
         # a start beyond every region fails on its high bits: the sums stay narrow
         low = clog2(max(region.beats(p) for region in regions(p)) + 1)
-        start = header.start[:low]
+        start = step(header.start[:low], "data_start")
+        high = step(header.start[low:] == 0, "data_start_high")
+        region_at = step(header.region, "data_region")
         region_ok, end_ok, gap_ok = [], [], []
         for region in regions(p):
-            here = header.region == region
+            here = region_at == region
             loaded = self.loaded[region.name.lower()]
             region_ok.append(here)
             end_ok.append(~here | (start + beats <= region.beats(p)))
             gap_ok.append(~here | (start <= loaded))
         halp_most = p.halp_samples if p.halp else p.resident_samples
         facts = {
-            Command.LOAD_DATA: step(Cat(*region_ok).any() & Cat(*end_ok).all()
-                                    & Cat(*gap_ok).all() & (header.start[low:] == 0),
-                                    "data_ok"),
+            Command.LOAD_DATA: (Cat(*region_ok).any() & Cat(*end_ok).all()
+                                & Cat(*gap_ok).all() & high),
         }
         if p.replay:
             facts[Command.REPLAY] = step(self.args.replay.count != 0, "replay_ok")
