@@ -100,6 +100,8 @@ class SGDEngine(wiring.Component):
         self._loss = ScaledError(p, tag_bits=1)
         self._update = UpdateLanes(p)
         self._pass = UpdatePass(p, grad_at=UpdateLanes.GRAD_AT, model_at=UpdateLanes.MODEL_AT,
+                                anchor_at=UpdateLanes.ANCHOR_AT if p.halp else None,
+                                grad_latency=self._update.grad_latency,
                                 latency=self._update.latency)
         L, depth = p.lanes, p.bank_depth
         # builds with delayed gradients keep model_copies copies of the model, copy c
@@ -219,25 +221,25 @@ class SGDEngine(wiring.Component):
                                     "copy": range(p.model_copies)})
         self._ctl = ctl = [Signal(layout, name=f"ctl{i}")
                            for i in range(self._decoder.latency + 1)]
-        self._dot_addr, self._grad_addr, self._model_addr, self._wb_addr = [], [], [], []
+        # the update pass's points: each bank's address of each, per bank
+        points = {"grad": ps.grad_ahead, "model": ps.model_ahead, "wb": ps.write_ahead,
+                  "grad_wb": ps.grad_write_ahead}
+        if p.halp:
+            points["anchor"] = ps.anchor_ahead
+        self._addr = {name: [] for name in points}
+        self._dot_addr = []
         # the model words meet the lane values: read a cycle ahead, the address
         # registered a cycle before that
         early = ctl[self._decoder.latency - 2]
         for b in range(p.lanes):
-            regs = [Signal(range(p.bank_depth + 1), name=f"{name}_addr{b}")
-                    for name in ("grad", "model", "wb")]
+            for name, place in points.items():
+                reg = Signal(range(p.bank_depth + 1), name=f"{name}_addr{b}")
+                m.d.sync += reg.eq(word_address(b, place.bank, place.addr))
+                self._addr[name].append(reg)
             dot = Signal(range(p.model_copies << self._word_bits if p.model_copies > 1
                                else p.bank_depth + 1), name=f"dot_addr{b}")
-            m.d.sync += [
-                regs[0].eq(word_address(b, ps.grad_ahead.bank, ps.grad_ahead.addr)),
-                regs[1].eq(word_address(b, ps.model_ahead.bank, ps.model_ahead.addr)),
-                regs[2].eq(word_address(b, ps.write_ahead.bank, ps.write_ahead.addr)),
-                dot.eq(self._model_address(word_address(b, early.bank, early.addr),
-                                           early.copy)),
-            ]
-            self._grad_addr.append(regs[0])
-            self._model_addr.append(regs[1])
-            self._wb_addr.append(regs[2])
+            m.d.sync += dot.eq(self._model_address(word_address(b, early.bank, early.addr),
+                                                   early.copy))
             self._dot_addr.append(dot)
 
     def _stage1(self, m, samples, sigmas):
@@ -316,9 +318,9 @@ class SGDEngine(wiring.Component):
                 self._fill.base.eq(self._current),
             ]
         for b in range(p.lanes):
-            grad_addr, model_addr = self._grad_addr[b], self._model_addr[b]
+            grad_addr, model_addr = self._addr["grad"][b], self._addr["model"][b]
             if p.halp:
-                m.d.comb += [self._anchor.update.addr[b].eq(model_addr),
+                m.d.comb += [self._anchor.update.addr[b].eq(self._addr["anchor"][b]),
                              self._offset.update.addr[b].eq(model_addr),
                              self._gamma.read.addr[b].eq(grad_addr)]
                 grad_addr = Mux(self._prep.reading, self._prep.word, grad_addr)   # HALP prep
@@ -351,9 +353,10 @@ class SGDEngine(wiring.Component):
                     m.d.comb += [grad.write.addr[b].eq(self._prep.gamma_word),
                                  grad.write.data[b].eq(0), grad.write.en[b].eq(1)]
             with m.Else():
-                m.d.comb += [grad.write.addr[b].eq(self._wb_addr[b]),
+                m.d.comb += [grad.write.addr[b].eq(self._addr["grad_wb"][b]),
                              grad.write.data[b].eq(upd.grad_out[b]),
-                             grad.write.en[b].eq(upd.valid_out & ps.write_at.active[b])]
+                             grad.write.en[b].eq(ps.grad_write_at.valid
+                                                 & ps.grad_write_at.active[b])]
         if p.halp:
             gamma, prep = self._gamma, self._prep
             m.d.comb += [gamma.write.addr[b].eq(prep.gamma_word) for b in range(p.lanes)]
@@ -365,7 +368,7 @@ class SGDEngine(wiring.Component):
         p, ctrl, clear, ps, upd = self.params, self.ctrl, self._clear, self._pass, self._update
         model = self._model
         for b in range(p.lanes):
-            wb_addr = self._wb_addr[b]
+            wb_addr = self._addr["wb"][b]
             wb_model = ps.model_write & ps.write_at.active[b]
             with m.If(ctrl.model_write):
                 m.d.comb += [model.write.addr[b].eq(self._model_address(ctrl.model_word,

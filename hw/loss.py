@@ -23,6 +23,7 @@ from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 
 from .adder_tree import AdderTree
+from .delay import delay_line
 from .params import (
     COST_BITS,
     COST_FRAC,
@@ -127,10 +128,8 @@ class ScaledError(wiring.Component):
         stages = self.latency - 1
         valid = Signal(stages)
         pos = Signal(stages)
-        tags = [Signal(len(self.tag), name=f"tag{i}") for i in range(stages)]
-        m.d.sync += [valid.eq(Cat(self.valid, valid)), pos.eq(Cat(self.label > 0, pos)),
-                     tags[0].eq(self.tag)]
-        m.d.sync += [tags[i + 1].eq(tags[i]) for i in range(stages - 1)]
+        tags = delay_line(m, self.tag, stages, "tag")[1:]
+        m.d.sync += [valid.eq(Cat(self.valid, valid)), pos.eq(Cat(self.label > 0, pos))]
         # configuration held in a register (static while samples flow)
         loss = Signal.like(self.loss)
         m.d.sync += loss.eq(self.loss)

@@ -17,15 +17,19 @@ the shift and the sum each get a cycle.
 With ``deep_pipeline`` every word from block RAM goes into a flip-flop before any
 logic (a cycle more). Fixed latency, no stalls. To keep block-RAM words out of
 delay registers the operands arrive when they are needed: ``sigma``/``levels``/``end``/``valid`` at
-cycle 0, the gradient word ``GRAD_AT`` cycles later and the model word
-``MODEL_AT`` cycles later (the engine issues the RAM reads accordingly); the
-results appear ``latency`` cycles after cycle 0.
+cycle 0, the gradient word ``GRAD_AT`` cycles later, the model word ``MODEL_AT``
+cycles later and (HALP) the anchor word ``ANCHOR_AT`` cycles later (the engine
+issues the RAM reads accordingly). For the same reason the results leave as soon
+as they are ready: the gradient word ``grad_latency`` cycles after cycle 0, the
+model (and HALP offset) word ``latency`` cycles after it; the two are equal but
+in HALP builds, whose model word takes ``HALP_EXTRA`` cycles more.
 """
 
 from amaranth import Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
+from .delay import delayed
 from .multiply import LATENCY as PRODUCT_LATENCY
 from .multiply import product_terms
 from .params import (
@@ -61,16 +65,19 @@ class UpdateLanes(wiring.Component):
         The word's gradient, ``GRAD_AT`` cycles after ``valid``.
     model : In(lanes x signed(model_bits))
         The word's model, ``MODEL_AT`` cycles after ``valid``.
-    grad_out, model_out : Out, with ``valid_out``
-        ``model_out`` is the updated model word; the engine writes it only when
-        the pass ends a batch.
+    grad_out : Out(lanes x signed(params.grad_bits))
+        The word's new gradient, ``grad_latency`` cycles after ``valid``.
+    model_out : Out(lanes x signed(model_bits)), with ``valid_out``
+        The updated model word, ``latency`` cycles after ``valid``; the engine
+        writes it only when the pass ends a batch.
     overflow : Out(1)
         High with ``valid_out`` when a model lane saturated (only at a batch end).
     inner, stochastic, offset_bits, offset_shift, seed, reseed : In
         HALP builds: the inner loop runs (held), its rounding, ``b``, ``sh`` and
         the PRNG seed, loaded into every lane's generator by the ``reseed`` strobe.
     offset : In(lanes x signed(OFFSET_BITS)); anchor : In(lanes x signed(model_bits))
-        HALP builds: the word's ``z`` and ``a``, ``MODEL_AT`` cycles after ``valid``.
+        HALP builds: the word's ``z``, ``MODEL_AT`` cycles after ``valid``, and
+        ``a``, ``ANCHOR_AT`` cycles after it.
     gamma : In(lanes x signed(params.grad_bits))
         HALP builds: the word's ``gamma``, ``GRAD_AT`` cycles after ``valid``.
     offset_out : Out(lanes x signed(OFFSET_BITS))
@@ -79,17 +86,26 @@ class UpdateLanes(wiring.Component):
 
     GRAD_AT = PRODUCT_LATENCY + 1
     MODEL_AT = PRODUCT_LATENCY + 2
+    #: the anchor word meets the shifted offset (HALP builds)
+    ANCHOR_AT = MODEL_AT + 5
+
+    @staticmethod
+    def grad_latency_of(params: EngineParams) -> int:
+        """Cycles from ``valid`` to ``grad_out`` in a build with ``params``."""
+        return PRODUCT_LATENCY + 5 + params.deep_pipeline
 
     @staticmethod
     def latency_of(params: EngineParams) -> int:
-        """Cycles from ``valid`` to ``valid_out`` in a build with ``params``."""
-        return (PRODUCT_LATENCY + 5 + params.deep_pipeline
-                + (HALP_EXTRA if params.halp else 0))
+        """Cycles from ``valid`` to ``valid_out`` (and ``model_out``) in a build with
+        ``params``."""
+        return UpdateLanes.grad_latency_of(params) + (HALP_EXTRA if params.halp else 0)
 
     def __init__(self, params: EngineParams):
         self.params = params
         #: cycles from ``valid`` to ``valid_out``
         self.latency = self.latency_of(params)
+        #: cycles from ``valid`` to ``grad_out``
+        self.grad_latency = self.grad_latency_of(params)
         K = params.lanes
         halp = {
             "inner": In(1), "stochastic": In(1), "offset_bits": In(range(OFFSET_BITS + 1)),
@@ -130,10 +146,11 @@ class UpdateLanes(wiring.Component):
             acc, model_out, grad_out, ovf = self._sgd_lane(m, k, valid, end, l2_on, l2_shift,
                                                            halp)
             sgd_overflow.append(ovf)
+            m.d.comb += self.grad_out[k].eq(grad_out)
             if not p.halp:
-                m.d.comb += [self.model_out[k].eq(model_out), self.grad_out[k].eq(grad_out)]
+                m.d.comb += self.model_out[k].eq(model_out)
                 continue
-            halp_overflow.append(self._halp_lane(m, k, acc, model_out, grad_out, valid, halp))
+            halp_overflow.append(self._halp_lane(m, k, acc, model_out, valid, halp))
         overflow = Cat(*sgd_overflow).any()
         if p.halp:      # the SGD flag waits for the HALP results
             overflow = delayed(m, overflow, HALP_EXTRA, "sgd_overflow") | Cat(*halp_overflow).any()
@@ -163,9 +180,8 @@ class UpdateLanes(wiring.Component):
         """Lane ``k``'s gradient accumulation and SGD model update. Returns the
         accumulator and the (registered) SGD model word, gradient word and overflow."""
         p, WM = self.params, self.params.model_bits
-        # the SGD results are ready PRODUCT_LATENCY + 5 (+ 1: deep_pipeline) cycles
-        # after `valid`
-        deep = p.deep_pipeline
+        # the SGD results are ready grad_latency cycles after `valid`
+        deep = int(p.deep_pipeline)
         last_valid, last_end = valid[PRODUCT_LATENCY + 3 + deep], end[PRODUCT_LATENCY + 3 + deep]
         # DSP products of sigma x code, PRODUCT_LATENCY cycles later
         terms = product_terms(m, self.sigma, self.levels[k], name=f"upd{k}")
@@ -175,17 +191,17 @@ class UpdateLanes(wiring.Component):
         # the gradient word (and in the HALP inner loop gamma) arrive at GRAD_AT; with
         # deep_pipeline they go into flip-flops first (nothing but a register follows
         # a block RAM's output) and the product waits a cycle beside them
-        grad = lane_input(m, self.grad[k], deep, f"grad{k}")
-        prod = lane_input(m, prod, deep, f"prod{k}_")
+        grad = delayed(m, self.grad[k], deep, f"grad{k}")
+        prod = delayed(m, prod, deep, f"prod{k}_")
         acc = Signal(signed(p.grad_bits), name=f"acc{k}")
         if p.halp:
-            gamma = lane_input(m, self.gamma[k], deep, f"gamma{k}")
+            gamma = delayed(m, self.gamma[k], deep, f"gamma{k}")
             m.d.sync += acc.eq(grad + prod + Mux(halp["inner"], gamma, 0))
         else:
             m.d.sync += acc.eq(grad + prod)
         # the model word arrives at MODEL_AT (into a flip-flop first, deep_pipeline);
         # then its decay is shifted out while the gradient is rounded
-        model = lane_input(m, self.model[k], deep, f"model{k}")
+        model = delayed(m, self.model[k], deep, f"model{k}")
         held = Signal(signed(WM), name=f"held{k}")
         decay = Signal(signed(WM), name=f"decay{k}")
         step = Signal(signed(p.grad_bits - SIGMA_FRAC + 1), name=f"step{k}")
@@ -218,7 +234,7 @@ class UpdateLanes(wiring.Component):
                      prng.step.eq(halp["step_prng"])]
         return Mux(halp["stochastic"], prng.next[32 - HALP_FRAC:], 1 << (HALP_FRAC - 1))
 
-    def _halp_lane(self, m, k, acc, model_out, grad_out, valid, halp):
+    def _halp_lane(self, m, k, acc, model_out, valid, halp):
         """Lane ``k``'s HALP inner-loop update, from the accumulator: the rounded
         step, z - step, clamp to b bits (the comparisons, then the choice), the
         shift, a + (z' << sh), each in its own cycle; drives the lane's outputs.
@@ -226,11 +242,12 @@ class UpdateLanes(wiring.Component):
         WM, grad_bits = self.params.model_bits, self.params.grad_bits
         fine = self._prng(m, k, halp)
         z_min, z_max, inner = halp["z_min"], halp["z_max"], halp["inner"]
-        # the anchor and offset words arrive at MODEL_AT (into flip-flops first,
-        # deep_pipeline), with the accumulator, and then travel beside its results
-        deep = self.params.deep_pipeline
-        offset = lane_input(m, self.offset[k], deep, f"offset{k}")
-        anchor = lane_input(m, self.anchor[k], deep, f"anchor{k}")
+        # the offset word arrives at MODEL_AT, with the accumulator, and the anchor
+        # word at ANCHOR_AT, when the shifted offset is ready (both into flip-flops
+        # first with deep_pipeline)
+        deep = int(self.params.deep_pipeline)
+        offset = delayed(m, self.offset[k], deep, f"offset{k}")
+        anchor = delayed(m, self.anchor[k], deep, f"anchor{k}")
         step = Signal(signed(grad_bits - HALP_FRAC + 1), name=f"halp_step{k}")
         zdiff = Signal(signed(max(OFFSET_BITS, grad_bits - HALP_FRAC) + 2), name=f"zdiff{k}")
         above, below = Signal(name=f"above{k}"), Signal(name=f"below{k}")
@@ -239,14 +256,13 @@ class UpdateLanes(wiring.Component):
         zshift = Signal(signed(OFFSET_BITS + OFFSET_SHIFT_MAX), name=f"zshift{k}")
         wsum = Signal(signed(max(WM, OFFSET_BITS + OFFSET_SHIFT_MAX) + 1), name=f"wsum{k}")
         offset5 = delayed(m, offset, 1, f"offset5_{k}")
-        anchor8 = delayed(m, anchor, 5, f"anchor8_{k}")
         m.d.sync += [
             step.eq((acc + fine) >> HALP_FRAC),
             zdiff.eq(offset5 - step),
             zd.eq(zdiff), above.eq(zdiff > z_max), below.eq(zdiff < z_min),
             znew.eq(Mux(above, z_max, Mux(below, z_min, zd))),
             zshift.eq(znew << halp["sh"]),
-            wsum.eq(anchor8 + zshift),
+            wsum.eq(anchor + zshift),
         ]
         z9 = delayed(m, znew, 2, f"z9_{k}")
         halp_word, halp_clipped = saturate(m, wsum, WM, f"halp_model{k}")
@@ -254,22 +270,8 @@ class UpdateLanes(wiring.Component):
         m.d.sync += [
             self.model_out[k].eq(Mux(inner, halp_word,
                                      delayed(m, model_out, HALP_EXTRA - 1, f"sgd_model{k}_"))),
-            self.grad_out[k].eq(delayed(m, grad_out, HALP_EXTRA - 1, f"sgd_grad{k}_")),
             self.offset_out[k].eq(z9),
             halp_ovf.eq(valid[-1] & inner & halp_clipped),
         ]
         return halp_ovf
 
-
-def lane_input(m, value, registered: bool, name: str):
-    """``value``, through a register if ``registered``."""
-    return delayed(m, value, int(registered), name)
-
-
-def delayed(m, value, cycles: int, name: str):
-    """``value`` through ``cycles`` registers."""
-    for i in range(cycles):
-        reg = Signal.like(value, name=f"{name}d{i}")
-        m.d.sync += reg.eq(value)
-        value = reg
-    return value

@@ -3,14 +3,16 @@
 For every ``sigma`` the loss queues, :class:`UpdatePass` pops the sample's
 ``n`` beats of ``q2`` from the sample FIFO, one a cycle, and feeds them with
 ``sigma`` to :class:`~ziphalp.hw.update.UpdateLanes`. The lanes want the
-gradient word ``GRAD_AT`` cycles after a beat, the model (and HALP) words
-``MODEL_AT`` cycles after it, and give results ``latency`` cycles after it; so
-the pass carries each beat's place (first bank and word, active banks, last
-beat, batch end) down a delay line and shows it at those three points, where
-the engine addresses the banks.
+gradient word ``GRAD_AT`` cycles after a beat, the model (and HALP offset) words
+``MODEL_AT`` cycles after it and the HALP anchor word ``ANCHOR_AT`` cycles after
+it, and give the new gradient word ``grad_latency`` and the new model word
+``latency`` cycles after it; so the pass carries each beat's place (first bank
+and word, active banks, last beat, batch end) down a delay line and shows it at
+those points, a cycle ahead of where the engine addresses the banks (the engine
+registers the addresses).
 
 Two passes start at least ``1 + latency - GRAD_AT`` cycles apart, so a pass
-never reads a gradient word the previous pass has not written yet.
+never reads a gradient or model word the previous pass has not written yet.
 """
 
 from amaranth import Module, Signal, signed
@@ -18,6 +20,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .banks import BeatCursor
+from .delay import delay_line
 from .params import LEVEL, EngineParams
 
 __all__ = ["UpdatePass", "sample_entry"]
@@ -31,7 +34,8 @@ def sample_entry(p: EngineParams) -> data.StructLayout:
 
 def place_layout(p: EngineParams) -> data.StructLayout:
     """Where a beat of a pass sits, and what it is."""
-    return data.StructLayout({"bank": range(p.lanes), "addr": range(p.bank_depth + 1),
+    return data.StructLayout({"valid": 1, "bank": range(p.lanes),
+                              "addr": range(p.bank_depth + 1),
                               "active": p.lanes, "last": 1, "end": 1,
                               "copy": range(p.model_copies)})
 
@@ -42,8 +46,10 @@ class UpdatePass(wiring.Component):
     Parameters
     ----------
     params : EngineParams
-    grad_at, model_at, latency : int
+    grad_at, model_at, grad_latency, latency : int
         The update lanes' operand and result timing (``UpdateLanes``).
+    anchor_at : int or None
+        HALP builds: when the update lanes want the anchor word.
 
     Attributes
     ----------
@@ -63,14 +69,18 @@ class UpdatePass(wiring.Component):
         Feature beats per sample minus one; values per beat ``K``.
     sigma, levels, valid, end : Out
         The update lanes' cycle-0 operands.
-    grad_at, model_at : Out(place_layout(params))
-        The place of the beat whose gradient (model) words are to be read now: they
-        arrive ``grad_at`` (``model_at``) cycles after its ``valid``.
+    grad_ahead, model_ahead, anchor_ahead : Out(place_layout(params))
+        The place of the beat whose gradient (model, anchor) words are to be read
+        a cycle from now: they arrive ``grad_at`` (``model_at``, ``anchor_at``)
+        cycles after its ``valid``. (The engine computes the address into a
+        register, which the block RAM reads a cycle later.) ``anchor_ahead`` only
+        with ``anchor_at``.
     write_at : Out(place_layout(params))
-        The place of the beat whose results are on the update lanes' outputs.
-    grad_ahead, model_ahead, write_ahead : Out(place_layout(params))
-        ``grad_at``, ``model_at`` and ``write_at`` a cycle ahead, for addresses
-        computed into registers.
+        The place of the beat whose model word is on the update lanes' outputs.
+    write_ahead : Out(place_layout(params))
+        ``write_at`` a cycle ahead.
+    grad_write_at, grad_write_ahead : Out(place_layout(params))
+        The same for the gradient word (``grad_latency``).
     written : In(1)
         The update lanes' ``valid_out``.
     pass_start, pass_done, model_write, update_done : Out(1)
@@ -78,10 +88,14 @@ class UpdatePass(wiring.Component):
         writes a beat of model words; it writes its last.
     """
 
-    def __init__(self, params: EngineParams, *, grad_at: int, model_at: int, latency: int):
-        assert grad_at >= 2 and model_at >= 2
+    def __init__(self, params: EngineParams, *, grad_at: int, model_at: int,
+                 grad_latency: int, latency: int, anchor_at: int | None = None):
+        assert 2 <= grad_at <= grad_latency <= latency and 2 <= model_at <= latency
+        assert anchor_at is None or 2 <= anchor_at <= latency
         self.params = params
-        self.grad_at_cycle, self.model_at_cycle, self.latency = grad_at, model_at, latency
+        self.grad_at_cycle, self.model_at_cycle, self.anchor_at_cycle = (grad_at, model_at,
+                                                                         anchor_at)
+        self.grad_latency, self.latency = grad_latency, latency
         p = params
         self._cursor = BeatCursor(p.lanes, p.bank_depth)
         place = place_layout(p)
@@ -93,8 +107,10 @@ class UpdatePass(wiring.Component):
             "sigma": Out(signed(p.sigma.bits)),
             "levels": Out(data.ArrayLayout(signed(LEVEL.bits), p.lanes)),
             "valid": Out(1), "end": Out(1),
-            "grad_at": Out(place), "model_at": Out(place), "write_at": Out(place),
-            "grad_ahead": Out(place), "model_ahead": Out(place), "write_ahead": Out(place),
+            **({"anchor_ahead": Out(place)} if anchor_at is not None else {}),
+            "grad_ahead": Out(place), "model_ahead": Out(place),
+            "write_at": Out(place), "write_ahead": Out(place),
+            "grad_write_at": Out(place), "grad_write_ahead": Out(place),
             "written": In(1),
             "pass_start": Out(1), "pass_done": Out(1),
             "model_write": Out(1), "update_done": Out(1),
@@ -134,22 +150,23 @@ class UpdatePass(wiring.Component):
 
         # cycle 0 of the update lanes is one cycle after the pop; the beat's place
         # follows down a delay line
-        trail = [Signal(place_layout(p), name=f"trail{i}") for i in range(self.latency + 1)]
-        m.d.sync += [trail[0].bank.eq(cursor.bank), trail[0].addr.eq(cursor.addr),
-                     trail[0].active.eq(self.samples.payload.active),
-                     trail[0].last.eq(issue_last), trail[0].end.eq(end),
-                     trail[0].copy.eq(copy)]
-        m.d.sync += [trail[i + 1].eq(trail[i]) for i in range(self.latency)]
+        place = Signal(place_layout(p))
+        m.d.sync += [place.valid.eq(issue), place.bank.eq(cursor.bank),
+                     place.addr.eq(cursor.addr), place.active.eq(self.samples.payload.active),
+                     place.last.eq(issue_last), place.end.eq(end), place.copy.eq(copy)]
+        trail = delay_line(m, place, self.latency, "trail")    # trail[i]: cycle i
         m.d.sync += [self.levels.eq(self.samples.payload.q2), self.valid.eq(issue)]
+        if self.anchor_at_cycle is not None:
+            m.d.comb += self.anchor_ahead.eq(trail[self.anchor_at_cycle - 2])
         write_at = trail[self.latency]
         m.d.comb += [
-            self.end.eq(trail[0].end),
-            self.grad_at.eq(trail[self.grad_at_cycle - 1]),
-            self.model_at.eq(trail[self.model_at_cycle - 1]),
-            self.write_at.eq(write_at),
+            self.end.eq(place.end),
             self.grad_ahead.eq(trail[self.grad_at_cycle - 2]),
             self.model_ahead.eq(trail[self.model_at_cycle - 2]),
+            self.write_at.eq(write_at),
             self.write_ahead.eq(trail[self.latency - 1]),
+            self.grad_write_at.eq(trail[self.grad_latency]),
+            self.grad_write_ahead.eq(trail[self.grad_latency - 1]),
             self.pass_done.eq(self.written & write_at.last),
             self.model_write.eq(self.written & write_at.end),
             self.update_done.eq(self.written & write_at.last & write_at.end),

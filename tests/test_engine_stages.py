@@ -355,8 +355,10 @@ def test_update_pass_sequences_the_beats(p, rotate):
     lanes' operand points on time; passes start far enough apart; with model copies
     rotating, the ``i``-th batch-ending pass after ``start`` writes copy ``base + i +
     1``, else copy ``base``."""
-    lat, grad_at, model_at = UpdateLanes.latency_of(p), UpdateLanes.GRAD_AT, UpdateLanes.MODEL_AT
-    dut = UpdatePass(p, grad_at=grad_at, model_at=model_at, latency=lat)
+    lat, grad_lat = UpdateLanes.latency_of(p), UpdateLanes.grad_latency_of(p)
+    grad_at, model_at, anchor_at = UpdateLanes.GRAD_AT, UpdateLanes.MODEL_AT, UpdateLanes.ANCHOR_AT
+    dut = UpdatePass(p, grad_at=grad_at, model_at=model_at, grad_latency=grad_lat, latency=lat,
+                     anchor_at=anchor_at if p.halp else None)
     rng = np.random.default_rng(9)
     n, K = 3, p.lanes
     entry = sample_entry(p)
@@ -397,18 +399,27 @@ def test_update_pass_sequences_the_beats(p, rotate):
                 levels.append(([ctx.get(dut.levels[i]) for i in range(p.lanes)],
                                ctx.get(dut.sigma), ctx.get(dut.end)))
                 places[cycle] = len(levels) - 1
-            # the words' addresses go out a cycle before the words are due
-            for point, at in (("grad", grad_at), ("model", model_at)):
-                if cycle - (at - 1) in places:
-                    j = places[cycle - (at - 1)]
-                    place = getattr(dut, f"{point}_at")
+            # the places of the words to be read show two cycles before the words
+            # are due (the engine registers the address, the RAM reads a cycle
+            # later), those of the results to be written a cycle before them and
+            # when they are out
+            points = [(dut.grad_ahead, grad_at - 2), (dut.model_ahead, model_at - 2),
+                      (dut.write_ahead, lat - 1), (dut.write_at, lat),
+                      (dut.grad_write_ahead, grad_lat - 1), (dut.grad_write_at, grad_lat)]
+            if p.halp:
+                points.append((dut.anchor_ahead, anchor_at - 2))
+            for place, at in points:
+                if cycle - at in places:
+                    j = places[cycle - at]
+                    assert ctx.get(place.valid)
                     assert (ctx.get(place.bank), ctx.get(place.addr)) == \
                         (j % n * K % p.lanes, j % n * K // p.lanes)
                     assert ctx.get(place.last) == (j % n == n - 1)
-            if cycle - lat in places:
-                j = places[cycle - lat]
-                assert ctx.get(dut.write_at.copy) == \
-                    (base + rotate * (1 + ends_before[j // n])) % p.model_copies
+                    assert ctx.get(place.end) == passes[j // n][1]
+                    assert ctx.get(place.copy) == \
+                        (base + rotate * (1 + ends_before[j // n])) % p.model_copies
+                else:
+                    assert not ctx.get(place.valid)
             await ctx.tick()
             cycle += 1
         assert len(starts) == len(passes)

@@ -202,10 +202,13 @@ def test_update_lanes(p, l2_shift):
                     ctx.set(dut.grad[k], int(grad[g, k]))
                 if 0 <= w < n:
                     ctx.set(dut.model[k], int(model[w, k]))
+            j = t - dut.grad_latency                # gradient words out now
+            if 0 <= j < n:
+                for k in range(p.lanes):
+                    assert ctx.get(dut.grad_out[k]) == int(new_grad[j, k])
             if ctx.get(dut.valid_out):
                 j = t - dut.latency
                 for k in range(p.lanes):
-                    assert ctx.get(dut.grad_out[k]) == int(new_grad[j, k])
                     if end[j]:
                         assert ctx.get(dut.model_out[k]) == int(new_model[j, k])
                 seen += 1
