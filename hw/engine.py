@@ -31,8 +31,9 @@ the bit-exact model)::
   label into ``sigma`` (and whether the sample ends a batch).
 * **Stage 2**, for each ``sigma``: :class:`UpdatePass` pops the sample's beats
   and :class:`UpdateLanes` accumulates ``sigma * q2`` into the gradient and, at
-  a batch end, updates the model, writing back ``UpdateLanes.latency`` cycles
-  later.
+  a batch end, updates the model; the gradient words go back
+  ``UpdateLanes.grad_latency`` cycles after their beat, the model words
+  ``UpdateLanes.latency`` cycles after it.
 * **Hazards** (:class:`SampleScheduler`): the model is read-only inside a
   batch; after a batch end, feature beat ``j`` of later samples enters only once
   its model words are written, so results never depend on bubbles.
