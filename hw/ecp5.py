@@ -259,6 +259,15 @@ class ECP5PLL(ClockGenerator):
         m.d.comb += self.clk.eq(clkop)
         return m
 
+    def distribute(self, m: Module, net: Signal, name: str) -> Signal:
+        """``net`` through a ``DCCA`` onto one of the primary clock networks, which
+        reach every slice's clock, clock-enable and set/reset inputs. nextpnr only
+        promotes clocks by itself; the reset, routed through the fabric to the tens
+        of thousands of flip-flops of the ULX3S build, limited its clock."""
+        out = Signal(name=f"{name}_global")
+        m.submodules[f"{name}_dcca"] = Instance("DCCA", i_CLKI=net, i_CE=Const(1), o_CLKO=out)
+        return out
+
 
 #: The ECP5's 18x18 multiplier (two to a DSP slice), as ``synth_ecp5`` maps
 #: products to it (Yosys' ``mul2dsp``: 18x18 blocks, an operand under 2 bits

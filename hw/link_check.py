@@ -1,7 +1,7 @@
 """The link's judge of a received request: its status, reply length and command.
 
-:class:`LinkCheck` decides, in three register steps, whether the executor
-(:mod:`ziphalp.hw.link_executor`) acts on a request. CONFIGURE's checks are
+:class:`LinkCheck` decides, in three register steps (four for RUN), whether the
+executor (:mod:`ziphalp.hw.link_executor`) acts on a request. CONFIGURE's checks are
 derived from :data:`ziphalp.hw.protocol.CONFIGURE`: each field within its
 range for this build, the build's options (a field a build lacks the option for
 must hold its default), the reserved mode bits zero, and a HALP phase only with
@@ -71,8 +71,10 @@ class LinkCheck(Component):
     (LENGTH), argument ranges and reserved fields (ARGUMENT), state (STATE).
     Three register steps keep the paths short: facts about the request (one
     comparison or sum each), then per-command verdicts, then the status by
-    priority. The outputs are valid :attr:`CYCLES` cycles after the inputs
-    settle (the request is held meanwhile).
+    priority. RUN's state (the loaded data covers its samples) takes a product
+    over two steps of facts, so its verdict comes a step later. The outputs are
+    valid :attr:`CYCLES` cycles after the inputs settle (the request is held
+    meanwhile).
 
     Parameters
     ----------
@@ -101,8 +103,9 @@ class LinkCheck(Component):
         A STATUS request asks to clear after reading.
     """
 
-    #: Cycles from the request to a valid verdict (the register steps).
-    CYCLES = 3
+    #: Cycles from the request to a valid verdict (the register steps, and one for
+    #: RUN's product of samples and rows, whose state fact takes two steps).
+    CYCLES = 4
 
     def __init__(self, params: EngineParams):
         self.params = params
@@ -252,13 +255,16 @@ class LinkCheck(Component):
         return facts
 
     def _run_state(self, step):
-        """Step 1 of RUN's state: the loaded data covers ``samples`` samples of the
+        """Steps 1 and 2 of RUN's state: the loaded data covers ``samples`` samples of the
         configured ``d`` (``d - 1`` stored with ``bias``; codes, labels, the whole
         sampler table)."""
         p = self.params
         if not p.resident:
             return Const(1)
-        rows = (self.features - self.args.run.bias[0] + p.lanes - 1) >> clog2(p.lanes)
+        # rows a sample in step 1 and their product in step 2: this check's state
+        # verdict is a step late (CYCLES covers it)
+        rows = step((self.features - self.args.run.bias[0] + p.lanes - 1) >> clog2(p.lanes),
+                    "rows_a_sample")
         needed = step(self.args.run.samples * rows, "rows_needed")
         loaded = self.loaded
         labels = step(loaded.labels << clog2(p.beat_bits // 16), "labels_loaded")

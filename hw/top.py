@@ -32,6 +32,7 @@ from amaranth.hdl import (
     Module,
     ResetSignal,
     Signal,
+    Value,
 )
 from amaranth.lib import io, wiring
 from amaranth.lib.cdc import FFSynchronizer
@@ -114,6 +115,13 @@ class ClockGenerator(wiring.Component):
     def settings(self) -> dict:
         """The generator's settings, for ``report.json``."""
         return {"f_out_hz": self.f_out_hz}
+
+    def distribute(self, m: Module, net: Signal, name: str) -> Value:
+        """``net``, a register's output with a fan-out across the die (the reset),
+        as its loads are to see it. A family with a global network for such nets
+        adds the buffer to ``m`` and returns its output; by default ``net`` is
+        returned as it is."""
+        return net
 
 
 class ResetHold(wiring.Component):
@@ -262,8 +270,13 @@ class BoardTop(Elaboratable):
             m.submodules.button = button
             m.d.comb += reset_hold.restart.eq(button.i)
 
+        # the reset reaches every register of the design: it leaves a flip-flop of
+        # its own for the family's distribution (a global network on ECP5)
+        reset = Signal(init=1)
+        m.d.por += reset.eq(~reset_hold.ready)
         m.domains.sync = ClockDomain("sync")
-        m.d.comb += [ClockSignal("sync").eq(clk), ResetSignal("sync").eq(~reset_hold.ready)]
+        m.d.comb += [ClockSignal("sync").eq(clk),
+                     ResetSignal("sync").eq(self.clock.distribute(m, reset, "reset"))]
         return reset_hold.ready
 
     def _uart(self, m: Module, platform, core) -> None:
