@@ -191,7 +191,8 @@ class ResidentSource(wiring.Component):
         first = {**common, "f0": range(p.max_features + L), "slot": range(p.beat_bits // 16)}
         s1 = Signal(data.StructLayout(first), name="s1")
         s1r = Signal(data.StructLayout({**first, "codes": data.ArrayLayout(CODE_BITS, L),
-                                        "labels": p.beat_bits}), name="s1r")
+                                        "labels": p.beat_bits, "bias_at": L, "on": L}),
+                     name="s1r")
         s2 = Signal(data.StructLayout({**common, "on": L, "label": LABEL.bits,
                                        "codes": data.ArrayLayout(CODE_BITS, L)}), name="s2")
         s3 = Signal(data.StructLayout({**common, "on": L, "label": LABEL.bits}), name="s3")
@@ -288,11 +289,18 @@ class ResidentSource(wiring.Component):
 
     def _latch(self, m, mems, s1, s1r):
         """The code columns' and the label memory's words into flip-flops (nothing but
-        a register follows a block RAM's output), beside the beat's S1 register."""
+        a register follows a block RAM's output), beside the beat's S1 register; which
+        fields are in use and which is the bias feature, from the beat's first feature."""
+        L = self.params.lanes
+        last = Signal.like(self.features)          # static while the store runs
+        m.d.sync += last.eq(self.features - 1)
         m.d.sync += [s1r.valid.eq(s1.valid), s1r.feature.eq(s1.feature),
                      s1r.flush.eq(s1.flush), s1r.index.eq(s1.index), s1r.f0.eq(s1.f0),
                      s1r.slot.eq(s1.slot), s1r.labels.eq(mems["labels"].data),
-                     *(s1r.codes[c].eq(port.data) for c, port in enumerate(mems["codes"]))]
+                     *(s1r.codes[c].eq(port.data) for c, port in enumerate(mems["codes"])),
+                     s1r.bias_at.eq(Cat(self.bias & (s1.f0 + i == last) for i in range(L))),
+                     s1r.on.eq(Cat((s1.f0 + i < self.features) & (i < self._per_beat_reg)
+                                   for i in range(L)))]
 
     def _rotate(self, m, s1, s2):
         """The codes in field order (the bias feature's made), the fields in use and
@@ -304,12 +312,10 @@ class ResidentSource(wiring.Component):
         slots = rotate(codes, (-s1.f0)[:lane_bits])
         one = CODE_ZERO + CODE_SCALE                # the bias feature's code
         for i in range(L):
-            is_bias = self.bias & (s1.f0 + i == self.features - 1)
-            m.d.sync += s2.codes[i].eq(Mux(is_bias, one, slots[i]))
-        on = Cat((s1.f0 + i < self.features) & (i < self._per_beat_reg) for i in range(L))
+            m.d.sync += s2.codes[i].eq(Mux(s1.bias_at[i], one, slots[i]))
         label = s1.labels.word_select(s1.slot, 16)
         m.d.sync += [s2.valid.eq(s1.valid), s2.feature.eq(s1.feature), s2.flush.eq(s1.flush),
-                     s2.index.eq(s1.index), s2.on.eq(on), s2.label.eq(label)]
+                     s2.index.eq(s1.index), s2.on.eq(s1.on), s2.label.eq(label)]
 
     def _lookup(self, m, mems, s2, s3):
         for i, port in enumerate(mems["tables"]):
