@@ -1,6 +1,6 @@
 """The link's judge of a received request: its status, reply length and command.
 
-:class:`LinkCheck` decides, in three register steps (four for RUN), whether the
+:class:`LinkCheck` decides, in three register steps (four for RUN and LOAD_DATA), whether the
 executor (:mod:`ziphalp.hw.link_executor`) acts on a request. CONFIGURE's checks are
 derived from :data:`ziphalp.hw.protocol.CONFIGURE`: each field within its
 range for this build, the build's options (a field a build lacks the option for
@@ -71,8 +71,9 @@ class LinkCheck(Component):
     (LENGTH), argument ranges and reserved fields (ARGUMENT), state (STATE).
     Three register steps keep the paths short: facts about the request (one
     comparison or sum each), then per-command verdicts, then the status by
-    priority. RUN's state (the loaded data covers its samples) takes a product
-    over two steps of facts, so its verdict comes a step later. The outputs are
+    priority. RUN's state (the loaded data covers its samples) and LOAD_DATA's
+    arguments (inside the region) take two steps of facts, so their verdicts
+    come a step later. The outputs are
     valid :attr:`CYCLES` cycles after the inputs settle (the request is held
     meanwhile).
 
@@ -104,7 +105,7 @@ class LinkCheck(Component):
     """
 
     #: Cycles from the request to a valid verdict (the register steps, and one for
-    #: RUN's product of samples and rows, whose state fact takes two steps).
+    #: the facts of RUN and LOAD_DATA that take two steps).
     CYCLES = 4
 
     def __init__(self, params: EngineParams):
@@ -218,12 +219,12 @@ class LinkCheck(Component):
         return facts
 
     def _resident_facts(self, step) -> dict:
-        """Step 1 of LOAD_DATA (a region of the build, inside it, no gap after its
-        loaded length), RUN (``samples`` in range, ``first`` and ``stride`` below
+        """Steps 1 and 2 of LOAD_DATA (a region of the build, inside it, no gap after its
+        loaded length), step 1 of RUN (``samples`` in range, ``first`` and ``stride`` below
         it) and REPLAY (``count`` not 0)."""
         p, header, run = self.params, self.args.data, self.args.run
-        # the beats and the start in step-1 registers, the comparisons over them (the
-        # verdict registers them in step 2)
+        # the beats and the start in step-1 registers, each region's comparisons over
+        # them in step-2 registers, their verdict in step 3 (CYCLES covers it, as RUN's)
         beats = step(self.length[clog2(p.beat_bits // 8):]
                      - DATA_HEADER.size // (p.beat_bits // 8), "data_beats")
         # a start beyond every region fails on its high bits: the sums stay narrow
@@ -233,11 +234,11 @@ class LinkCheck(Component):
         region_at = step(header.region, "data_region")
         region_ok, end_ok, gap_ok = [], [], []
         for region in regions(p):
+            name = region.name.lower()
             here = region_at == region
-            loaded = self.loaded[region.name.lower()]
             region_ok.append(here)
-            end_ok.append(~here | (start + beats <= region.beats(p)))
-            gap_ok.append(~here | (start <= loaded))
+            end_ok.append(step(~here | (start + beats <= region.beats(p)), f"data_end_ok_{name}"))
+            gap_ok.append(step(~here | (start <= self.loaded[name]), f"data_gap_ok_{name}"))
         halp_most = p.halp_samples if p.halp else p.resident_samples
         facts = {
             Command.LOAD_DATA: (Cat(*region_ok).any() & Cat(*end_ok).all()
