@@ -160,6 +160,10 @@ class InnerLoopPrep(wiring.Component):
         m.d.comb += msb.eq(leading_one(norm2))
         msb_r = Signal.like(msb)
         zero = Signal()
+        # the mantissa's shift in two halves (a cycle each): by the high bits of msb,
+        # keeping only the bits the low shift can reach, then by the low bits
+        low = 3
+        coarse = Signal(LOG_FRAC + (1 << low))
         mant = Signal(LOG_FRAC)
         x = Signal(signed(len(norm2).bit_length() + LOG_FRAC + SCALE_LOG_BITS + 2))
         rounded = Signal(signed(len(x)))
@@ -169,13 +173,15 @@ class InnerLoopPrep(wiring.Component):
                 with m.Case(0):
                     m.d.sync += [msb_r.eq(msb), zero.eq(norm2 == 0)]
                 with m.Case(1):
-                    m.d.sync += mant.eq(((norm2 << LOG_FRAC) >> msb_r)[:LOG_FRAC])
+                    m.d.sync += coarse.eq((norm2 << LOG_FRAC) >> (msb_r[low:] << low))
                 with m.Case(2):
+                    m.d.sync += mant.eq(coarse >> msb_r[:low])
+                with m.Case(3):
                     m.d.sync += x.eq((msb_r << LOG_FRAC) + mant - (HALP_FRAC << (LOG_FRAC + 1))
                                      - 2 * self.scale_log)
-                with m.Case(3):
-                    m.d.sync += rounded.eq((x + (1 << LOG_FRAC)) >> (LOG_FRAC + 1))
                 with m.Case(4):
+                    m.d.sync += rounded.eq((x + (1 << LOG_FRAC)) >> (LOG_FRAC + 1))
+                with m.Case(5):
                     m.d.sync += [
                         self.offset_shift.eq(Mux(zero | (rounded < 0), 0,
                                                  Mux(rounded > OFFSET_SHIFT_MAX,

@@ -124,7 +124,8 @@ class UpdatePass(wiring.Component):
         word = Signal(range(p.max_beats))
         end = Signal()
         gap = Signal(range(self.latency + 1))
-        start = ~active & ~self.hold & self.sigmas.valid & (gap == 0)
+        gap_over = Signal(init=1)                     # gap == 0, in a register
+        start = ~active & ~self.hold & self.sigmas.valid & gap_over
         m.d.comb += [self.pass_start.eq(start), self.sigmas.ready.eq(start)]
         copy = Signal(range(p.model_copies))        # this pass's model copy
         target = Signal(range(p.model_copies))      # the next batch end's
@@ -134,11 +135,11 @@ class UpdatePass(wiring.Component):
             m.d.sync += target.eq(target + 1)
         with m.If(start):
             m.d.sync += [active.eq(1), word.eq(0), copy.eq(target),
-                         gap.eq(1 + self.latency - self.grad_at_cycle),
+                         gap.eq(1 + self.latency - self.grad_at_cycle), gap_over.eq(0),
                          self.sigma.eq(self.sigmas.payload[:p.sigma.bits]),
                          end.eq(self.sigmas.payload[-1])]
-        with m.Elif(gap != 0):
-            m.d.sync += gap.eq(gap - 1)
+        with m.Elif(~gap_over):
+            m.d.sync += [gap.eq(gap - 1), gap_over.eq(gap == 1)]
         issue = active                                # pop beat `word` of the pass
         issue_last = active & (word == self.last_word)
         with m.If(issue):
