@@ -33,7 +33,8 @@ class ClearPass(wiring.Component):
     word_valid : Out(1)
         ``busy`` and ``word`` is a bank word (below ``bank_depth``).
     late_word, late_valid : Out
-        ``word`` and ``word_valid`` one cycle later (for writes that follow a read).
+        ``word`` and ``word_valid`` two cycles later, for writes of the words read:
+        a cycle for the block RAM's read, a cycle for a register.
     done : Out(1)
         The sweep's last cycle.
     last_word : Out(range(max_beats)); last_mask : Out(lanes)
@@ -60,7 +61,9 @@ class ClearPass(wiring.Component):
         base = Signal(range(p.max_beats * p.lanes + p.lanes + 1))   # first feature of `word`
         m.d.comb += [self.word_valid.eq(self.busy & (self.word < p.bank_depth)),
                      self.done.eq(~self.start & self.busy & (self.word == self.cycles - 1))]
-        m.d.sync += [self.late_word.eq(self.word), self.late_valid.eq(self.word_valid)]
+        word1, valid1 = Signal.like(self.word), Signal()
+        m.d.sync += [word1.eq(self.word), valid1.eq(self.word_valid),
+                     self.late_word.eq(word1), self.late_valid.eq(valid1)]
         with m.If(self.start):
             m.d.sync += [self.busy.eq(1), self.word.eq(0), base.eq(0)]
         with m.Elif(self.busy):
@@ -90,7 +93,8 @@ class CopyFill(wiring.Component):
     word : Out(range(bank_depth))
         While ``busy``, the word of copy ``base`` to read (every bank).
     write : Out(1); write_word : Out(range(bank_depth)); write_copy : Out(range(model_copies))
-        One cycle later: write the words read into ``write_copy``.
+        Two cycles later (a cycle for the block RAM's read, a cycle for a
+        register): write the words read into ``write_copy``.
     """
 
     def __init__(self, params: EngineParams):
@@ -106,8 +110,9 @@ class CopyFill(wiring.Component):
         m = Module()
         p = self.params
         other = Signal(range(p.model_copies))          # the copy after `base` being filled
-        m.d.sync += [self.write.eq(self.busy), self.write_word.eq(self.word),
-                     self.write_copy.eq(self.base + other)]
+        read, word, copy = Signal(), Signal.like(self.word), Signal.like(self.write_copy)
+        m.d.sync += [read.eq(self.busy), word.eq(self.word), copy.eq(self.base + other),
+                     self.write.eq(read), self.write_word.eq(word), self.write_copy.eq(copy)]
         with m.If(self.start):
             m.d.sync += [self.busy.eq(1), self.word.eq(0), other.eq(1)]
         with m.Elif(self.busy):

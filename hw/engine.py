@@ -368,6 +368,12 @@ class SGDEngine(wiring.Component):
         """Model (and HALP anchor and offset) writes: the link, the clear pass, updates."""
         p, ctrl, clear, ps, upd = self.params, self.ctrl, self._clear, self._pass, self._update
         model = self._model
+        # HALP: the model words the clear pass (re-centring) and the copy fill read,
+        # registered before they are written (a block RAM's output feeds no other
+        # block RAM directly)
+        held = [Signal(signed(p.model_bits), name=f"model_held{b}") for b in range(p.lanes)]
+        if p.halp:
+            m.d.sync += [held[b].eq(model.update.data[b]) for b in range(p.lanes)]
         for b in range(p.lanes):
             wb_addr = self._addr["wb"][b]
             wb_model = ps.model_write & ps.write_at.active[b]
@@ -381,7 +387,7 @@ class SGDEngine(wiring.Component):
                 with m.Elif(fill.write):
                     m.d.comb += [model.write.addr[b].eq(self._model_address(fill.write_word,
                                                                             fill.write_copy)),
-                                 model.write.data[b].eq(model.update.data[b]),
+                                 model.write.data[b].eq(held[b]),
                                  model.write.en[b].eq(1)]
             with m.Else():
                 m.d.comb += [model.write.addr[b].eq(self._model_address(wb_addr,
@@ -392,9 +398,9 @@ class SGDEngine(wiring.Component):
                 continue
             anchor, offset = self._anchor, self._offset
             # re-centre (full pass): a = w, z = 0; the anchor copy trails the model
-            # read by a cycle; the inner loop writes z'
+            # read by two cycles; the inner loop writes z'
             m.d.comb += [anchor.write.addr[b].eq(clear.late_word),
-                         anchor.write.data[b].eq(model.update.data[b]),
+                         anchor.write.data[b].eq(held[b]),
                          anchor.write.en[b].eq(clear.late_valid & self._full)]
             with m.If(clear.busy):
                 m.d.comb += [offset.write.addr[b].eq(clear.word), offset.write.data[b].eq(0),

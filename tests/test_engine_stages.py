@@ -183,7 +183,7 @@ def test_clear_pass_derives_the_sample_geometry(p):
 @pytest.mark.parametrize("p", HALP, ids=ids)
 def test_copy_fill_writes_every_other_copy(p):
     """Every word of every copy but ``base`` is written once, from the same word of
-    ``base``, one cycle after it is read."""
+    ``base``, two cycles after it is read."""
     dut = CopyFill(p)
     base = 5 % p.model_copies
 
@@ -196,7 +196,7 @@ def test_copy_fill_writes_every_other_copy(p):
         for _ in range(p.model_copies * p.bank_depth + 10):
             if ctx.get(dut.write):
                 writes.append((ctx.get(dut.write_copy), ctx.get(dut.write_word)))
-                assert writes[-1][1] == reads[-1]         # the word read the cycle before
+                assert writes[-1][1] == reads[-2]         # the word read two cycles before
             reads.append(ctx.get(dut.word) if ctx.get(dut.busy) else None)
             await ctx.tick()
         assert not ctx.get(dut.busy)
