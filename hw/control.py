@@ -27,7 +27,8 @@ configuration    one member per field of ``protocol.CONFIGURE``, of the same nam
 ``model_*``      random access to the model, only while ``idle``: ``model_read``
                  returns the weight of feature ``model_word * lanes + model_lane``
                  (word ``model_word`` of bank ``model_lane``) in ``model_rdata``
-                 on the next cycle; ``model_write`` writes ``model_wdata`` there.
+                 two cycles later (``model_word`` and ``model_lane`` held);
+                 ``model_write`` writes ``model_wdata`` there.
 ``level_*``      ``level_write`` writes level ``level_index`` (``LEVEL`` word
                  ``level_data``) into the level table, only while ``idle``.
 ``overflow``     sticky: a model update saturated. ``clipped``: sticky, a scaled

@@ -266,7 +266,8 @@ class SGDEngine(wiring.Component):
                 self._dot_addr[b]))
         lane_sel = Signal.like(ctrl.model_lane)
         m.d.sync += lane_sel.eq(ctrl.model_lane)
-        m.d.comb += ctrl.model_rdata.eq(Array(model.dot.data[b] for b in range(p.lanes))[lane_sel])
+        # the lane's word registered: the block RAMs' outputs go to no distant logic
+        m.d.sync += ctrl.model_rdata.eq(Array(model.dot.data[b] for b in range(p.lanes))[lane_sel])
         q1 = rotate(dec.q1, ready.bank)
         pushed = Signal(sample_entry(p))
         m.d.comb += [dot.levels[b].eq(q1[b]) for b in range(p.lanes)]

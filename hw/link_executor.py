@@ -414,7 +414,9 @@ class LinkExecutor(Component):
         with m.State("FETCH"):
             with m.If(eng.idle):
                 m.d.comb += eng.model_read.eq(1)
-                m.next = "LATCH"
+                m.next = "FETCHED"
+        with m.State("FETCHED"):                # the word comes two cycles after the read
+            m.next = "LATCH"
         with m.State("LATCH"):
             m.d.sync += x.weight.eq(eng.model_rdata.as_signed())   # sign-extended to int32
             m.next = "READ"

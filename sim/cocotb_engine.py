@@ -131,6 +131,7 @@ class EngineDriver:
             d.ctrl__model_read.value = 1
             await self.tick()
             d.ctrl__model_read.value = 0
+            await self.tick()                   # the word comes two cycles after the read
             await ReadOnly()
             out.append(d.ctrl__model_rdata.value.to_signed())
             await self.tick()
