@@ -45,8 +45,9 @@ the bit-exact model)::
   ``sh`` and ``gamma``; then the inner loop is SGD in mini-batches on ``z``.
 
 Steady state: one beat per cycle while a batch fills (``n + 1`` cycles a
-sample, the label beat included, once ``n`` is at least ``UpdateLanes.latency -
-GRAD_AT``); a sample that ends a batch costs ``n`` cycles plus the fixed
+sample, the label beat included, once ``n`` is at least
+``UpdateLanes.grad_latency - GRAD_AT``, or ``UpdateLanes.latency - GRAD_AT``
+with delayed gradients); a sample that ends a batch costs ``n`` cycles plus the fixed
 :attr:`SGDEngine.batch_end_gap`, whatever ``d``. Preparing HALP's inner loop
 takes about ``max_features + bank_depth`` cycles.
 This module holds no protocol logic; ``ziphalp.hw.link`` drives it.
@@ -162,6 +163,10 @@ class SGDEngine(wiring.Component):
             m.d.sync += [self._full.eq(ctrl.phase == Phase.FULL),
                          self._inner.eq(ctrl.phase == Phase.INNER)]
         self._offset_shift = self._prep.offset_shift if p.halp else 0
+        # delayed gradients run (the inner loop with a staleness), registered
+        self._delayed = Signal()
+        if p.model_copies > 1:
+            m.d.sync += self._delayed.eq((ctrl.phase == Phase.INNER) & (ctrl.stale != 0))
         # the model copy that holds the newest model (builds with model copies: the
         # inner loop's updates each write the next copy)
         self._current = Signal(range(p.model_copies))
@@ -300,6 +305,7 @@ class SGDEngine(wiring.Component):
             ps.samples.valid.eq(samples.r_rdy), ps.samples.payload.eq(samples.r_data),
             samples.r_en.eq(ps.samples.ready),
             ps.hold.eq(self._preparing), ps.last_word.eq(self._clear.last_word),
+            ps.delayed.eq(self._delayed),
             ps.start.eq(ctrl.start), ps.base.eq(self._current), ps.rotate.eq(self._inner_now),
             ps.per_beat.eq(self._decoder.per_beat), ps.written.eq(upd.valid_out),
             upd.sigma.eq(ps.sigma), upd.levels.eq(ps.levels), upd.end.eq(ps.end),

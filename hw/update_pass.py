@@ -11,11 +11,16 @@ and word, active banks, last beat, batch end) down a delay line and shows it at
 those points, a cycle ahead of where the engine addresses the banks (the engine
 registers the addresses).
 
-Two passes start at least ``1 + latency - GRAD_AT`` cycles apart, so a pass
-never reads a gradient or model word the previous pass has not written yet.
+Two passes start at least ``2 + grad_latency - GRAD_AT`` cycles apart, so a pass
+never reads a gradient word the previous pass has not written yet. With delayed
+gradients (``stale``) a pass may follow a batch-ending one as closely, and then
+it must also see that pass's model words (and the model copy it made the
+newest): passes start ``2 + latency - GRAD_AT`` cycles apart. Without them the
+scheduler holds a batch end's next sample until its update is written, so the
+model needs no gap here (the two are equal but in HALP builds).
 """
 
-from amaranth import Module, Signal, signed
+from amaranth import Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -60,6 +65,8 @@ class UpdatePass(wiring.Component):
         ``sigma`` follows all its beats).
     hold : In(1)
         Start no pass (the engine is clearing or preparing).
+    delayed : In(1)
+        Delayed gradients run (held): the longer gap between passes.
     start : In(1); base : In(range(model_copies)); rotate : In(1)
         Builds with model copies: the engine restarts, and the model is in copy
         ``base``; with ``rotate`` (held), the ``i``-th batch-ending pass after
@@ -102,7 +109,8 @@ class UpdatePass(wiring.Component):
         super().__init__({
             "sigmas": In(stream.Signature(p.sigma.bits + 1)),
             "samples": In(stream.Signature(sample_entry(p))),
-            "hold": In(1), "start": In(1), "base": In(range(p.model_copies)), "rotate": In(1),
+            "hold": In(1), "delayed": In(1),
+            "start": In(1), "base": In(range(p.model_copies)), "rotate": In(1),
             "last_word": In(range(p.max_beats)), "per_beat": In(range(p.lanes + 1)),
             "sigma": Out(signed(p.sigma.bits)),
             "levels": Out(data.ArrayLayout(signed(LEVEL.bits), p.lanes)),
@@ -135,7 +143,9 @@ class UpdatePass(wiring.Component):
             m.d.sync += target.eq(target + 1)
         with m.If(start):
             m.d.sync += [active.eq(1), word.eq(0), copy.eq(target),
-                         gap.eq(1 + self.latency - self.grad_at_cycle), gap_over.eq(0),
+                         gap.eq(Mux(self.delayed, 1 + self.latency - self.grad_at_cycle,
+                                    1 + self.grad_latency - self.grad_at_cycle)),
+                         gap_over.eq(0),
                          self.sigma.eq(self.sigmas.payload[:p.sigma.bits]),
                          end.eq(self.sigmas.payload[-1])]
         with m.Elif(~gap_over):

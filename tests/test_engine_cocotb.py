@@ -195,7 +195,8 @@ def check_cycles(r: dict, params: EngineParams, gap: int) -> None:
     its full rate, a loose bound for the shortest samples.
 
     A beat is offered every cycle. With ``n = ceil(d / K)`` feature beats a sample,
-    ``n >= UpdateLanes.latency - UpdateLanes.GRAD_AT`` (the engine's steady state)
+    ``n >= UpdateLanes.grad_latency - UpdateLanes.GRAD_AT`` (the engine's steady state
+    without delayed gradients)
     the engine takes one a cycle: each sample's label beat and its ``n`` feature
     beats, except that after a sample that ends a batch the next sample's first
     feature beat waits ``batch_end_gap`` cycles for the updated model (its label
@@ -210,7 +211,7 @@ def check_cycles(r: dict, params: EngineParams, gap: int) -> None:
     case = r["case"]
     n = params.beats_for(case["features"], case["k"], case["double"])
     samples, ends = len(r["ends"]), r["ends"]
-    if n < UpdateLanes.latency_of(params) - UpdateLanes.GRAD_AT:
+    if n < UpdateLanes.grad_latency_of(params) - UpdateLanes.GRAD_AT:
         bound = samples * (n + gap) + gap + 1
         assert r["cycles"] <= bound, (
             f"{r['cycles']} cycles for {samples} samples exceeds samples * (ceil(d/K) + "

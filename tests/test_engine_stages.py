@@ -352,7 +352,8 @@ def test_scheduler_batches_and_hazard(p, stale, rotate):
                          ids=lambda x: ids(x) if isinstance(x, EngineParams) else str(x))
 def test_update_pass_sequences_the_beats(p, rotate):
     """Each ``sigma`` pops its sample's beats in order; their places reach the update
-    lanes' operand points on time; passes start far enough apart; with model copies
+    lanes' operand points on time; passes start far enough apart (further with
+    delayed gradients) and no further; with model copies
     rotating, the ``i``-th batch-ending pass after ``start`` writes copy ``base + i +
     1``, else copy ``base``."""
     lat, grad_lat = UpdateLanes.latency_of(p), UpdateLanes.grad_latency_of(p)
@@ -375,6 +376,7 @@ def test_update_pass_sequences_the_beats(p, rotate):
         ctx.set(dut.per_beat, K)
         ctx.set(dut.base, base)
         ctx.set(dut.rotate, rotate)
+        ctx.set(dut.delayed, rotate)
         ctx.set(dut.start, 1)
         await ctx.tick()
         ctx.set(dut.start, 0)
@@ -423,7 +425,11 @@ def test_update_pass_sequences_the_beats(p, rotate):
             await ctx.tick()
             cycle += 1
         assert len(starts) == len(passes)
-        assert all(b - a >= 1 + lat - grad_at for a, b in zip(starts, starts[1:], strict=False))
+        # passes wait for the last one's gradient writes (a read in the cycle after
+        # the write), and with delayed gradients for its model writes; the beats
+        # ready, they start no later
+        gap = 2 + (lat if rotate else grad_lat) - grad_at
+        assert all(b - a == max(n + 1, gap) for a, b in zip(starts, starts[1:], strict=False))
         assert [lv for lv, _, _ in levels] == flat
         assert [(s, e) for _, s, e in levels] == [passes[j // n] for j in range(len(flat))]
 
