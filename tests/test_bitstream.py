@@ -610,6 +610,8 @@ ULX3S_REDUCED = dict(lanes=4, beat_bits=32, max_features=64, max_batch=8, frame_
 def _check_ulx3s(report: dict, out, params: EngineParams | None = None) -> None:
     util = report["utilisation"]
     assert util["EHXPLLL"]["used"] == 1
+    # two primary clock networks: the clock's, and the reset's (ECP5PLL.distribute)
+    assert util["DCCA"]["used"] == 2
     assert util["TRELLIS_COMB"]["used"] > 0 and util["DP16KD"]["used"] > 0
     assert report["bitstream"] == "ziphalp.bit"
     assert report["pll"]["clkop_div"] * report["clock_hz"] == report["pll"]["f_vco_hz"]
