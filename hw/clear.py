@@ -13,6 +13,7 @@ from amaranth import Cat, Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from .delay import delayed
 from .params import EngineParams
 
 __all__ = ["ClearPass", "CopyFill"]
@@ -61,9 +62,8 @@ class ClearPass(wiring.Component):
         base = Signal(range(p.max_beats * p.lanes + p.lanes + 1))   # first feature of `word`
         m.d.comb += [self.word_valid.eq(self.busy & (self.word < p.bank_depth)),
                      self.done.eq(~self.start & self.busy & (self.word == self.cycles - 1))]
-        word1, valid1 = Signal.like(self.word), Signal()
-        m.d.sync += [word1.eq(self.word), valid1.eq(self.word_valid),
-                     self.late_word.eq(word1), self.late_valid.eq(valid1)]
+        m.d.comb += [self.late_word.eq(delayed(m, self.word, 2, "late_word")),
+                     self.late_valid.eq(delayed(m, self.word_valid, 2, "late_valid"))]
         with m.If(self.start):
             m.d.sync += [self.busy.eq(1), self.word.eq(0), base.eq(0)]
         with m.Elif(self.busy):
@@ -110,9 +110,10 @@ class CopyFill(wiring.Component):
         m = Module()
         p = self.params
         other = Signal(range(p.model_copies))          # the copy after `base` being filled
-        read, word, copy = Signal(), Signal.like(self.word), Signal.like(self.write_copy)
-        m.d.sync += [read.eq(self.busy), word.eq(self.word), copy.eq(self.base + other),
-                     self.write.eq(read), self.write_word.eq(word), self.write_copy.eq(copy)]
+        m.d.comb += [self.write.eq(delayed(m, self.busy, 2, "write")),
+                     self.write_word.eq(delayed(m, self.word, 2, "write_word")),
+                     self.write_copy.eq(delayed(m, (self.base + other)[:len(self.write_copy)],
+                                                2, "write_copy"))]
         with m.If(self.start):
             m.d.sync += [self.busy.eq(1), self.word.eq(0), other.eq(1)]
         with m.Elif(self.busy):

@@ -307,7 +307,7 @@ class SGDEngine(wiring.Component):
             ps.hold.eq(self._preparing), ps.last_word.eq(self._clear.last_word),
             ps.delayed.eq(self._delayed),
             ps.start.eq(ctrl.start), ps.base.eq(self._current), ps.rotate.eq(self._inner_now),
-            ps.per_beat.eq(self._decoder.per_beat), ps.written.eq(upd.valid_out),
+            ps.per_beat.eq(self._decoder.per_beat),
             upd.sigma.eq(ps.sigma), upd.levels.eq(ps.levels), upd.end.eq(ps.end),
             upd.valid.eq(ps.valid), upd.l2_shift.eq(ctrl.l2_shift),
             upd.grad.eq(self._grad.read.data), upd.model.eq(self._model.update.data),

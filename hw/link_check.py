@@ -1,11 +1,12 @@
 """The link's judge of a received request: its status, reply length and command.
 
-:class:`LinkCheck` decides, in three register steps (four for RUN and LOAD_DATA), whether the
-executor (:mod:`ziphalp.hw.link_executor`) acts on a request. CONFIGURE's checks are
-derived from :data:`ziphalp.hw.protocol.CONFIGURE`: each field within its
-range for this build, the build's options (a field a build lacks the option for
-must hold its default), the reserved mode bits zero, and a HALP phase only with
-a loss of ``HALP_LOSSES``. It changes nothing.
+:class:`LinkCheck` decides, in three register steps (four for RUN and
+LOAD_DATA), whether the executor (:mod:`ziphalp.hw.link_executor`) acts on a
+request. CONFIGURE's checks are derived from
+:data:`ziphalp.hw.protocol.CONFIGURE`: each field within its range for this
+build, the build's options (a field a build lacks the option for must hold its
+default), the reserved mode bits zero, and a HALP phase only with a loss of
+``HALP_LOSSES``. It changes nothing.
 """
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value
@@ -73,9 +74,8 @@ class LinkCheck(Component):
     comparison or sum each), then per-command verdicts, then the status by
     priority. RUN's state (the loaded data covers its samples) and LOAD_DATA's
     arguments (inside the region) take two steps of facts, so their verdicts
-    come a step later. The outputs are
-    valid :attr:`CYCLES` cycles after the inputs settle (the request is held
-    meanwhile).
+    come a step later. The outputs are valid :attr:`CYCLES` cycles after the
+    inputs settle (the request is held meanwhile).
 
     Parameters
     ----------

@@ -88,8 +88,6 @@ class UpdatePass(wiring.Component):
         ``write_at`` a cycle ahead.
     grad_write_at, grad_write_ahead : Out(place_layout(params))
         The same for the gradient word (``grad_latency``).
-    written : In(1)
-        The update lanes' ``valid_out``.
     pass_start, pass_done, model_write, update_done : Out(1)
         A pass starts; a pass's last beat is written back; a batch-ending pass
         writes a beat of model words; it writes its last.
@@ -119,7 +117,6 @@ class UpdatePass(wiring.Component):
             "grad_ahead": Out(place), "model_ahead": Out(place),
             "write_at": Out(place), "write_ahead": Out(place),
             "grad_write_at": Out(place), "grad_write_ahead": Out(place),
-            "written": In(1),
             "pass_start": Out(1), "pass_done": Out(1),
             "model_write": Out(1), "update_done": Out(1),
         })
@@ -166,20 +163,20 @@ class UpdatePass(wiring.Component):
                      place.addr.eq(cursor.addr), place.active.eq(self.samples.payload.active),
                      place.last.eq(issue_last), place.end.eq(end), place.copy.eq(copy)]
         trail = delay_line(m, place, self.latency, "trail")    # trail[i]: cycle i
-        m.d.sync += [self.levels.eq(self.samples.payload.q2), self.valid.eq(issue)]
+        m.d.sync += self.levels.eq(self.samples.payload.q2)
         if self.anchor_at_cycle is not None:
             m.d.comb += self.anchor_ahead.eq(trail[self.anchor_at_cycle - 2])
         write_at = trail[self.latency]
         m.d.comb += [
-            self.end.eq(place.end),
+            self.valid.eq(place.valid), self.end.eq(place.end),
             self.grad_ahead.eq(trail[self.grad_at_cycle - 2]),
             self.model_ahead.eq(trail[self.model_at_cycle - 2]),
             self.write_at.eq(write_at),
             self.write_ahead.eq(trail[self.latency - 1]),
             self.grad_write_at.eq(trail[self.grad_latency]),
             self.grad_write_ahead.eq(trail[self.grad_latency - 1]),
-            self.pass_done.eq(self.written & write_at.last),
-            self.model_write.eq(self.written & write_at.end),
-            self.update_done.eq(self.written & write_at.last & write_at.end),
+            self.pass_done.eq(write_at.valid & write_at.last),
+            self.model_write.eq(write_at.valid & write_at.end),
+            self.update_done.eq(write_at.valid & write_at.last & write_at.end),
         ]
         return m
