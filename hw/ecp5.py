@@ -305,7 +305,11 @@ ECP5 = Family(
     # nextpnr's router2: on a 16-lane ULX3S engine router1 had routed under a third
     # of the 181k arcs after 15 minutes, router2 had every arc routed with 2% of the
     # wires still overused after 25 (neither finished; the design is congested).
-    overrides=CLASSIC_ABC | {"nextpnr_opts": "--router router2"},
+    # nextpnr's static (electrostatic) placer: on the full 8-lane engine the default
+    # analytic placer (HeAP) packed the logic into two thirds of the die and router2
+    # did not converge from its placements (4,500 overused wires at best); from the
+    # static placer's, router2 starts lower and falls faster (README, "ULX3S").
+    overrides=CLASSIC_ABC | {"nextpnr_opts": "--placer static --router router2"},
     dsp=MULT18X18D,
     summary={"LUT": "TRELLIS_COMB", "FF": "TRELLIS_FF", "DSP": "MULT18X18D",
              "BRAM": "DP16KD", "IO": "TRELLIS_IO", "PLL": "EHXPLLL"},

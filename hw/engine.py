@@ -163,10 +163,12 @@ class SGDEngine(wiring.Component):
             m.d.sync += [self._full.eq(ctrl.phase == Phase.FULL),
                          self._inner.eq(ctrl.phase == Phase.INNER)]
         self._offset_shift = self._prep.offset_shift if p.halp else 0
-        # delayed gradients run (the inner loop with a staleness), registered
-        self._delayed = Signal()
+        # the staleness in force (the inner loop's, else 0), registered; delayed
+        # gradients run when it is not 0
+        self._stale = Signal(range(p.max_stale + 1)) if p.model_copies > 1 else Signal()
         if p.model_copies > 1:
-            m.d.sync += self._delayed.eq((ctrl.phase == Phase.INNER) & (ctrl.stale != 0))
+            m.d.sync += self._stale.eq(Mux(ctrl.phase == Phase.INNER, ctrl.stale, 0))
+        self._delayed = self._stale != 0
         # the model copy that holds the newest model (builds with model copies: the
         # inner loop's updates each write the next copy)
         self._current = Signal(range(p.model_copies))
@@ -203,7 +205,7 @@ class SGDEngine(wiring.Component):
             sched.model_written.eq(self._pass.model_write),
             sched.update_done.eq(self._pass.update_done), sched.base.eq(self._current),
             # the scheduler uses these from the cycle after `start` on
-            *([sched.stale.eq(Mux(self._inner, ctrl.stale, 0)),
+            *([sched.stale.eq(self._stale),
                sched.rotate.eq(self._inner)]
               if p.model_copies > 1 else []),
             dec.k.eq(ctrl.k), dec.double.eq(ctrl.double),

@@ -5,21 +5,23 @@ full pass. :class:`InnerLoopPrep` then, as ``ziphalp.hw.params`` ("HALP mode")
 writes out and :func:`ziphalp.hw.params.halp_shift` and the golden model
 compute:
 
-1. ``S = sum_f G_f**2``, exact, one word of one bank per cycle through one pipelined
-   squarer;
+1. ``S = sum_f G_f**2``, exact, one value a cycle through one pipelined squarer
+   (each word is read once and its lanes leave a shift chain one a cycle);
 2. the offset shift ``sh`` from ``S`` and ``scale_log`` in five steps (the
    leading one of ``S``, the bits below it, the log-domain rule, rounding, the
    clamp to ``0..OFFSET_SHIFT_MAX``): the offset grid ``2**(sh - model.frac)``;
-3. ``gamma_f = round_shift(G_f, sh + shift)``, a word of every bank per cycle,
-   for the engine to write into the gamma banks while it clears ``G``.
+3. ``gamma_f = round_shift(G_f, sh + shift)``, one value a cycle through one
+   shifter, gathered again into a word of every bank for the engine to write into
+   the gamma banks while it clears ``G``.
 
 It reads the gradient through the engine's port and writes nothing itself.
 """
 
-from amaranth import Array, Cat, Const, Module, Mux, Signal, signed
+from amaranth import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
+from .delay import delayed
 from .params import (
     HALP_FRAC,
     LOG_FRAC,
@@ -56,7 +58,7 @@ def leading_one(value):
 
 
 class InnerLoopPrep(wiring.Component):
-    """``S``, then ``sh``, then ``gamma``; about ``bank_depth * (lanes + 1)`` cycles.
+    """``S``, then ``sh``, then ``gamma``; about ``2 * bank_depth * lanes`` cycles.
 
     Attributes
     ----------
@@ -93,20 +95,50 @@ class InnerLoopPrep(wiring.Component):
         m = Module()
         p = self.params
         self._norming, self._deciding, self._scaling = Signal(), Signal(), Signal()
-        self._count = Signal(range(p.bank_depth * p.lanes + 8))
+        self._count = Signal(range(p.bank_depth * p.lanes + p.lanes + 16))
         self._norm2 = Signal(2 * p.grad_bits + clog2(p.bank_depth * p.lanes))
         m.d.comb += [self.busy.eq(self._norming | self._deciding | self._scaling),
                      self.reading.eq(self._norming | self._scaling)]
-        self._norm(m)
+        lane, lane_valid, issue = self._stream(m)
+        self._norm(m, lane, lane_valid)
         self._decide(m)
-        self._scale(m)
+        self._scale(m, lane, issue)
         with m.If(self.start):
             m.d.sync += [self._norming.eq(1), self._count.eq(0), self._norm2.eq(0)]
         return m
 
-    def _norm(self, m):
-        """``S``: address, select a lane, take ``|g|``, square it, accumulate (six
-        cycles behind the address).
+    def _stream(self, m):
+        """The gradient words as a stream of lane values, one a cycle, for both reading
+        steps: word ``count // lanes`` is read once every ``lanes`` cycles into a
+        chain of registers that shifts by a lane each cycle, so that lane ``k`` of the
+        word is at the chain's head ``2 + k`` cycles after its read. Returns the head,
+        its valid bit and the read strobe.
+
+        One value a cycle through one datapath (one squarer, one shifter) instead of a
+        shifter per lane: the per-lane shifters and the lane multiplexer before the
+        squarer, each fed from every bank's output, were most of the routing demand
+        around the gradient banks in the full ULX3S build."""
+        p, count = self.params, self._count
+        lane_bits = (p.lanes - 1).bit_length()
+        total = p.bank_depth * p.lanes
+        issue = Signal()
+        m.d.comb += [issue.eq((self._norming | self._scaling) & (count < total)
+                              & (count[:lane_bits] == 0)),
+                     self.word.eq(count >> lane_bits)]
+        load = Signal()
+        m.d.sync += load.eq(issue)                 # the words arrive a cycle after the read
+        chain = [Signal(signed(p.grad_bits), name=f"stream{k}") for k in range(p.lanes)]
+        valid = Signal(p.lanes)
+        with m.If(load):
+            m.d.sync += [*(c.eq(self.grad[k]) for k, c in enumerate(chain)),
+                         valid.eq(-1)]
+        with m.Else():
+            m.d.sync += [*(c.eq(n) for c, n in zip(chain, chain[1:], strict=False)),
+                         valid.eq(valid >> 1)]
+        return chain[0], valid[0], issue
+
+    def _norm(self, m, lane, lane_valid):
+        """``S``: each lane value off the stream, ``|g|``, its square, accumulated.
 
         The square of a whole gradient word in one cycle was the ECP5 engine's
         longest path (81 logic levels through the multipliers' adders), and halves of
@@ -118,9 +150,6 @@ class InnerLoopPrep(wiring.Component):
         limbs at the ULX3S's 54-bit gradient: three cross terms)."""
         p, count, norm2 = self.params, self._count, self._norm2
         total = p.bank_depth * p.lanes
-        lane_bits = (p.lanes - 1).bit_length()
-        lane1 = Signal(range(p.lanes))
-        g2 = Signal(signed(p.grad_bits))
         mag = Signal(p.grad_bits)
         LIMB = 18
         limbs = [mag[i:i + LIMB] for i in range(0, p.grad_bits, LIMB)]
@@ -129,13 +158,11 @@ class InnerLoopPrep(wiring.Component):
                  for i in range(len(limbs)) for j in range(i + 1, len(limbs))}
         sums = [Signal(2 * p.grad_bits + 1, name=f"norm_sum{i}") for i in range(2)]
         sq = Signal(2 * p.grad_bits)
-        # a valid bit per register step: lane, word, |g|, products, two sums, square
-        valid = [Signal(name=f"norm_valid{i}") for i in range(6)]
-        m.d.comb += self.word.eq(Mux(self._norming, count >> lane_bits, count))
-        m.d.sync += [lane1.eq(count[:lane_bits] if lane_bits else 0),
-                     valid[0].eq(self._norming & (count < total)),
-                     g2.eq(Array(self.grad)[lane1]),
-                     mag.eq(Mux(g2 < 0, -g2, g2)),
+        # a valid bit per register step: the stream's head, |g|, products, two sums,
+        # square
+        valid = [Signal(name=f"norm_valid{i}") for i in range(5)]
+        m.d.comb += valid[0].eq(lane_valid & self._norming)
+        m.d.sync += [mag.eq(Mux(lane < 0, -lane, lane)),
                      *(sq_i.eq(a * a) for sq_i, a in zip(squares, limbs, strict=True)),
                      *(x.eq(limbs[i] * limbs[j]) for (i, j), x in cross.items()),
                      *(valid[i + 1].eq(valid[i]) for i in range(len(valid) - 1))]
@@ -149,7 +176,9 @@ class InnerLoopPrep(wiring.Component):
             m.d.sync += norm2.eq(norm2 + sq)
         with m.If(self._norming):
             m.d.sync += count.eq(count + 1)
-            with m.If(count == total + len(valid)):
+            # the last word's last lane is at the stream's head a lane after its read
+            # and a word's lanes later, then four register steps to `sq`
+            with m.If(count == total + p.lanes + len(valid) + 1):
                 m.d.sync += [self._norming.eq(0), self._deciding.eq(1), count.eq(0)]
 
     def _decide(self, m):
@@ -189,35 +218,37 @@ class InnerLoopPrep(wiring.Component):
                         self._deciding.eq(0), self._scaling.eq(1), count.eq(0),
                     ]
 
-    def _scale(self, m):
-        """``gamma``: read a word of every bank, round-shift it, hand it on."""
+    def _scale(self, m, lane, issue):
+        """``gamma``: each lane value off the stream round-shifted, and gathered into
+        a word of every bank again."""
         p, count = self.params, self._count
+        total = p.bank_depth * p.lanes
         amount = Signal(range(OFFSET_SHIFT_MAX + SHIFT_MAX + 1))
         less = Signal.like(amount)
         m.d.sync += [amount.eq(self.offset_shift + self.shift),
                      less.eq(self.offset_shift + self.shift - 1)]
-        # the word read (a cycle after its address), registered; shifted by the high
-        # bits of `less`, then by the low ones; rounded: four register steps, so the
-        # block RAM's output, each half of the wide shift and the add get a cycle
-        # (they were the ECP5 engine's longest path in one)
-        steps = 4
-        valid = [Signal(name=f"scale_valid{i}") for i in range(steps)]
-        words = [Signal.like(self.gamma_word, name=f"scale_word{i}") for i in range(steps)]
-        m.d.sync += [valid[0].eq(self._scaling & (count < p.bank_depth)), words[0].eq(count),
-                     *(valid[i + 1].eq(valid[i]) for i in range(steps - 1)),
-                     *(words[i + 1].eq(words[i]) for i in range(steps - 1)),
-                     self.gamma_write.eq(valid[-1]), self.gamma_word.eq(words[-1])]
+        # shifted by the high bits of `less`, then by the low ones, then rounded, a
+        # register step each (each half of the wide shift and the add were the ECP5
+        # engine's longest path in one); the results enter a chain that shifts by a
+        # lane each cycle, so that the word's lanes are all in place `lanes` cycles
+        # after its first
         low = 3                                   # the second shift's bits
-        for b in range(p.lanes):
-            g1 = Signal(signed(p.grad_bits), name=f"scale_g1_{b}")
-            g2 = Signal(signed(p.grad_bits), name=f"scale_g2_{b}")
-            g3 = Signal(signed(p.grad_bits), name=f"scale_g3_{b}")
-            coarse = Signal(signed(p.grad_bits), name=f"scale_coarse{b}")
-            shifted = Signal(signed(p.grad_bits), name=f"scale_shifted{b}")
-            m.d.sync += [g1.eq(self.grad[b]), g2.eq(g1), g3.eq(g2),
-                         coarse.eq(g1 >> (less[low:] << low)), shifted.eq(coarse >> less[:low]),
-                         self.gamma[b].eq(Mux(amount == 0, g3, (shifted + 1) >> 1))]
+        g1, g2 = Signal(signed(p.grad_bits)), Signal(signed(p.grad_bits))
+        coarse = Signal(signed(p.grad_bits))
+        shifted = Signal(signed(p.grad_bits))
+        m.d.sync += [g1.eq(lane), g2.eq(g1),
+                     coarse.eq(lane >> (less[low:] << low)), shifted.eq(coarse >> less[:low])]
+        result = Mux(amount == 0, g2, (shifted + 1) >> 1)
+        out = [self.gamma[b] for b in range(p.lanes)]
+        m.d.sync += [*(o.eq(n) for o, n in zip(out, out[1:], strict=False)), out[-1].eq(result)]
+        # a word read at cycle T: lane k at the head at T + 2 + k, its result in the
+        # chain's last place at T + 5 + k, the whole word in place at T + 4 + lanes
+        latency = 4 + p.lanes
+        scale_issue = Signal()
+        m.d.comb += scale_issue.eq(issue & self._scaling)
+        m.d.comb += [self.gamma_write.eq(delayed(m, scale_issue, latency, "gamma_write")),
+                     self.gamma_word.eq(delayed(m, self.word, latency, "gamma_word"))]
         with m.If(self._scaling):
             m.d.sync += count.eq(count + 1)
-            with m.If(count == p.bank_depth + steps):
+            with m.If(count == total + latency):
                 m.d.sync += self._scaling.eq(0)

@@ -67,11 +67,11 @@ class UpdateLanes(wiring.Component):
         The word's model, ``MODEL_AT`` cycles after ``valid``.
     grad_out : Out(lanes x signed(params.grad_bits))
         The word's new gradient, ``grad_latency`` cycles after ``valid``.
-    model_out : Out(lanes x signed(model_bits)), with ``valid_out``
+    model_out : Out(lanes x signed(model_bits))
         The updated model word, ``latency`` cycles after ``valid``; the engine
-        writes it only when the pass ends a batch.
+        writes it only when the pass ends a batch (the update pass's trail says when).
     overflow : Out(1)
-        High with ``valid_out`` when a model lane saturated (only at a batch end).
+        High with ``model_out`` when a model lane saturated (only at a batch end).
     inner, stochastic, offset_bits, offset_shift, seed, reseed : In
         HALP builds: the inner loop runs (held), its rounding, ``b``, ``sh`` and
         the PRNG seed, loaded into every lane's generator by the ``reseed`` strobe.
@@ -96,13 +96,12 @@ class UpdateLanes(wiring.Component):
 
     @staticmethod
     def latency_of(params: EngineParams) -> int:
-        """Cycles from ``valid`` to ``valid_out`` (and ``model_out``) in a build with
-        ``params``."""
+        """Cycles from ``valid`` to ``model_out`` in a build with ``params``."""
         return UpdateLanes.grad_latency_of(params) + (HALP_EXTRA if params.halp else 0)
 
     def __init__(self, params: EngineParams):
         self.params = params
-        #: cycles from ``valid`` to ``valid_out``
+        #: cycles from ``valid`` to ``model_out``
         self.latency = self.latency_of(params)
         #: cycles from ``valid`` to ``grad_out``
         self.grad_latency = self.grad_latency_of(params)
@@ -126,7 +125,6 @@ class UpdateLanes(wiring.Component):
             "grad_out": Out(data.ArrayLayout(signed(params.grad_bits), K)),
             "model_out": Out(data.ArrayLayout(signed(params.model_bits), K)),
             "overflow": Out(1),
-            "valid_out": Out(1),
         })
 
     def elaborate(self, platform):
@@ -155,7 +153,6 @@ class UpdateLanes(wiring.Component):
         if p.halp:      # the SGD flag waits for the HALP results
             overflow = delayed(m, overflow, HALP_EXTRA, "sgd_overflow") | Cat(*halp_overflow).any()
         m.d.comb += self.overflow.eq(overflow)
-        m.d.sync += self.valid_out.eq(valid[-1])
         return m
 
     def _halp_settings(self, m, valid) -> dict:

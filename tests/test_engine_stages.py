@@ -245,7 +245,7 @@ def test_inner_loop_prep_matches_golden(p):
             await ctx.tick()
             ctx.set(dut.start, 0)
             gamma = {}
-            for _ in range(p.bank_depth * (p.lanes + 2) + 20):
+            for _ in range(2 * p.bank_depth * p.lanes + 60):
                 if ctx.get(dut.gamma_write):
                     gamma[ctx.get(dut.gamma_word)] = [ctx.get(dut.gamma[b])
                                                       for b in range(p.lanes)]
