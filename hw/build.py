@@ -31,7 +31,8 @@ output folder gets ``report.json``::
                        "from": "<cell>.<port>", "to": "<cell>.<port>",
                        "logic_steps": 12, "sources": ["dot.py:61", ...]},
      "params": {...}, "build_id": "0x1234abcd",
-     "clock_hz": 33000000, "baud": 3000000, "pll": {"primitive": "SB_PLL40_PAD", ...},
+     "clock_hz": 33000000, "baud": 3000000, "seed": null,
+     "pll": {"primitive": "SB_PLL40_PAD", ...},
      "uart_divisor": 11,
      "dsp": {"cells": 8, "undefined_inputs": 0, "unregistered": 0, "expected": 8,
              "rtl_multipliers": [...], "driver_conflicts": 0,
@@ -126,6 +127,10 @@ def build(target: BuildTarget, out: Path, *, params: EngineParams | None = None,
         If the design cannot be made or a tool fails.
     """
     params = target.params if params is None else params
+    # the board's seed is the one its own design routes from; other parameters get
+    # nextpnr's default
+    if seed is None and params == target.params:
+        seed = target.seed
     try:
         top = target.top(params, baud)
     except (ValueError, ImportError) as exc:
@@ -175,6 +180,7 @@ def build(target: BuildTarget, out: Path, *, params: EngineParams | None = None,
         "build_id": f"0x{built.build_id:08x}",
         "clock_hz": built.clock_hz,
         "baud": baud,
+        "seed": seed,
     }
     if getattr(top, "clock", None) is not None:
         report["pll"] = top.clock.settings()
@@ -319,7 +325,9 @@ def _parser() -> argparse.ArgumentParser:
                              "(repeatable)")
     parser.add_argument("--baud", type=int, default=3_000_000,
                         help="UART bit rate (default: %(default)s)")
-    parser.add_argument("--seed", type=int, help="placement seed for nextpnr")
+    parser.add_argument("--seed", type=int,
+                        help="placement seed for nextpnr (default: for a board's own parameters "
+                             "the seed it names, ulx3s 2; else nextpnr's)")
     parser.add_argument("--allow-timing-fail", action="store_true",
                         help="exit 0 even if the achieved Fmax is below the clock")
     parser.add_argument("--verbose", "-v", action="store_true",

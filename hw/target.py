@@ -106,6 +106,11 @@ class BuildTarget:
         Default engine parameters.
     family : Family
         The board's FPGA family.
+    seed : int or None
+        nextpnr's placement seed for builds of the board's own parameters (None, and
+        for any other parameters: nextpnr's default). Whether a congested design
+        routes depends on its placement; a board whose design routes only from some
+        seeds names one that does.
     """
 
     name: str
@@ -114,3 +119,4 @@ class BuildTarget:
     top: Callable[[EngineParams, int], Any]
     params: EngineParams
     family: Family
+    seed: int | None = None

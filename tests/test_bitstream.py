@@ -542,6 +542,10 @@ def _check_report(report: dict, board: str, device: str, limits: dict[str, int],
     # Parameters and build id are those of the engine built.
     assert report["params"] == {k: getattr(params, k) for k in report["params"]}
     assert report["build_id"] == f"0x{params.build_id:08x}"
+    # the placement seed: the board's for its own design (ulx3s names the one its
+    # full design routes from), nextpnr's default for any other
+    own = params == hwbuild.TARGETS[board].params
+    assert report["seed"] == (hwbuild.TARGETS[board].seed if own else None)
 
     # Utilisation: the device limits and what the design must contain.
     util = report["utilisation"]
