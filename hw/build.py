@@ -66,6 +66,7 @@ from typing import Any
 
 from . import icebreaker, ulx3s
 from .params import EngineParams
+from .replica import KEEP_REPLICAS
 from .target import BuildTarget, HardMultiplier
 from .toolchain import (
     BuildError,
@@ -102,9 +103,11 @@ def _overrides(target: BuildTarget, seed: int | None, verbose: bool) -> dict[str
     overrides: dict[str, Any] = dict(family.overrides)
     overrides[family.pnr_opts_override] = " ".join(
         [overrides.get(family.pnr_opts_override, ""), *pnr_opts]).strip()
-    # Dump the multipliers of the flattened design for the DSP check, then restore it.
+    # Keep the per-lane copies of settings apart (ziphalp.hw.replica). Dump the
+    # multipliers of the flattened design for the DSP check, then restore it.
     overrides["script_after_read"] = "\n".join([
         overrides.get("script_after_read", ""),
+        KEEP_REPLICAS,
         f"design -save {NAME}_rtl",
         f"hierarchy -top {NAME}", "proc", "flatten", "opt_expr", "opt_clean",
         "wreduce t:$mul", "opt_clean",

@@ -42,6 +42,7 @@ from .params import (
     EngineParams,
 )
 from .prng import PRNGLane
+from .replica import replicas
 from .saturate import saturate
 
 __all__ = ["UpdateLanes"]
@@ -134,15 +135,17 @@ class UpdateLanes(wiring.Component):
         end = Signal(self.latency - 1)
         m.d.sync += [valid.eq(Cat(self.valid, valid)), end.eq(Cat(self.end, end))]
         halp = self._halp_settings(m, valid) if p.halp else None
-        # the decay shift is static while samples flow: register its decode
-        l2_on = Signal()
-        l2_shift = Signal.like(self.l2_shift)
+        # the decay shift is static while samples flow: register it and its decode,
+        # a copy per lane (ziphalp.hw.replica)
+        K = p.lanes
+        l2_on, l2_shift = [Signal()] * K, [Signal.like(self.l2_shift)] * K
         if p.l2_decay:
-            m.d.sync += [l2_on.eq(self.l2_shift != 0), l2_shift.eq(self.l2_shift)]
+            l2_on = replicas(m, self.l2_shift != 0, K, "l2_on")
+            l2_shift = replicas(m, self.l2_shift, K, "l2_shift")
         sgd_overflow, halp_overflow = [], []
         for k in range(p.lanes):
-            acc, model_out, grad_out, ovf = self._sgd_lane(m, k, valid, end, l2_on, l2_shift,
-                                                           halp)
+            acc, model_out, grad_out, ovf = self._sgd_lane(m, k, valid, end, l2_on[k],
+                                                           l2_shift[k], halp)
             sgd_overflow.append(ovf)
             m.d.comb += self.grad_out[k].eq(grad_out)
             if not p.halp:
@@ -156,22 +159,23 @@ class UpdateLanes(wiring.Component):
         return m
 
     def _halp_settings(self, m, valid) -> dict:
-        """HALP: the registered run-time settings and the run-time bounds of ``z``."""
-        inner, stochastic = Signal(), Signal()
+        """HALP: the registered run-time settings and the run-time bounds of ``z``,
+        each a list with a register per lane (``ziphalp.hw.replica``)."""
+        K = self.params.lanes
         z_min = Signal(signed(OFFSET_BITS + 1))
         z_max = Signal(signed(OFFSET_BITS + 1))
-        sh = Signal.like(self.offset_shift)
-        m.d.sync += [inner.eq(self.inner), stochastic.eq(self.stochastic),
-                     sh.eq(self.offset_shift)]
         with m.Switch(self.offset_bits):
             for b in range(2, OFFSET_BITS + 1):
                 with m.Case(b):
-                    m.d.sync += [z_max.eq((1 << (b - 1)) - 1), z_min.eq(-(1 << (b - 1)))]
+                    m.d.comb += [z_max.eq((1 << (b - 1)) - 1), z_min.eq(-(1 << (b - 1)))]
+        inner = replicas(m, self.inner, K, "inner")
         # every lane's PRNG steps for every beat of the inner loop when its
         # accumulator is ready (MODEL_AT)
-        return {"inner": inner, "stochastic": stochastic, "z_min": z_min, "z_max": z_max,
-                "sh": sh,
-                "step_prng": valid[self.MODEL_AT - 1 + self.params.deep_pipeline] & inner}
+        at = self.MODEL_AT - 1 + self.params.deep_pipeline
+        return {"inner": inner, "stochastic": replicas(m, self.stochastic, K, "stochastic"),
+                "z_min": replicas(m, z_min, K, "z_min"), "z_max": replicas(m, z_max, K, "z_max"),
+                "sh": replicas(m, self.offset_shift, K, "sh"),
+                "step_prng": [valid[at] & inner[k] for k in range(K)]}
 
     def _sgd_lane(self, m, k, valid, end, l2_on, l2_shift, halp):
         """Lane ``k``'s gradient accumulation and SGD model update. Returns the
@@ -179,7 +183,9 @@ class UpdateLanes(wiring.Component):
         p, WM = self.params, self.params.model_bits
         # the SGD results are ready grad_latency cycles after `valid`
         deep = int(p.deep_pipeline)
-        last_valid, last_end = valid[PRODUCT_LATENCY + 3 + deep], end[PRODUCT_LATENCY + 3 + deep]
+        last = PRODUCT_LATENCY + 3 + deep
+        # the batch end clears the whole gradient word: a copy of its flag per lane
+        last_valid, last_end = valid[last], replicas(m, end[last - 1], 1, f"last_end{k}_")[0]
         # DSP products of sigma x code, PRODUCT_LATENCY cycles later
         terms = product_terms(m, self.sigma, self.levels[k], name=f"upd{k}")
         # the product (cycle GRAD_AT)
@@ -193,7 +199,7 @@ class UpdateLanes(wiring.Component):
         acc = Signal(signed(p.grad_bits), name=f"acc{k}")
         if p.halp:
             gamma = delayed(m, self.gamma[k], deep, f"gamma{k}")
-            m.d.sync += acc.eq(grad + prod + Mux(halp["inner"], gamma, 0))
+            m.d.sync += acc.eq(grad + prod + Mux(halp["inner"][k], gamma, 0))
         else:
             m.d.sync += acc.eq(grad + prod)
         # the model word arrives at MODEL_AT (into a flip-flop first, deep_pipeline);
@@ -228,8 +234,8 @@ class UpdateLanes(wiring.Component):
         """Lane ``k``'s xorshift32; returns the rounding term ``r`` (``HALP_FRAC`` bits)."""
         m.submodules[f"prng{k}"] = prng = PRNGLane(k)
         m.d.comb += [prng.seed.eq(self.seed), prng.reseed.eq(self.reseed),
-                     prng.step.eq(halp["step_prng"])]
-        return Mux(halp["stochastic"], prng.next[32 - HALP_FRAC:], 1 << (HALP_FRAC - 1))
+                     prng.step.eq(halp["step_prng"][k])]
+        return Mux(halp["stochastic"][k], prng.next[32 - HALP_FRAC:], 1 << (HALP_FRAC - 1))
 
     def _halp_lane(self, m, k, acc, model_out, valid, halp):
         """Lane ``k``'s HALP inner-loop update, from the accumulator: the rounded
@@ -238,7 +244,7 @@ class UpdateLanes(wiring.Component):
         Returns its overflow."""
         WM, grad_bits = self.params.model_bits, self.params.grad_bits
         fine = self._prng(m, k, halp)
-        z_min, z_max, inner = halp["z_min"], halp["z_max"], halp["inner"]
+        z_min, z_max, inner = halp["z_min"][k], halp["z_max"][k], halp["inner"][k]
         # the offset word arrives at MODEL_AT, with the accumulator, and the anchor
         # word at ANCHOR_AT, when the shifted offset is ready (both into flip-flops
         # first with deep_pipeline)
@@ -258,7 +264,7 @@ class UpdateLanes(wiring.Component):
             zdiff.eq(offset5 - step),
             zd.eq(zdiff), above.eq(zdiff > z_max), below.eq(zdiff < z_min),
             znew.eq(Mux(above, z_max, Mux(below, z_min, zd))),
-            zshift.eq(znew << halp["sh"]),
+            zshift.eq(znew << halp["sh"][k]),
             wsum.eq(anchor + zshift),
         ]
         z9 = delayed(m, znew, 2, f"z9_{k}")

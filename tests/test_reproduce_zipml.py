@@ -74,6 +74,7 @@ def _numbers(value, path=""):
 
 # --- the quick reproduction ------------------------------------------------------------
 
+@pytest.mark.slow     # collected early: its worker runs the reproduction, the others go on
 def test_document_structure(quick):
     _, doc, stdout = quick
     assert set(doc) == SECTIONS

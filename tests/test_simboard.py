@@ -319,13 +319,22 @@ def test_design_without_streams(tmp_path):
 
 # --- the board core ----------------------------------------------------------------
 
-def test_simulated_board_identifies():
-    pytest.importorskip("ziphalp.hw.core", reason="the board core is not there yet")
+#: The simulated boards the suite trains on, largest first.
+PRESETS = ("sim-ulx3s", "sim", "sim-icebreaker-replay")
+
+
+@pytest.mark.prebuild
+@pytest.mark.parametrize("name", PRESETS)
+def test_simulated_board_identifies(name):
+    """Each preset's simulated board builds, answers IDENTIFY with its own parameters
+    and is then found in the cache. Collected before everything else (``prebuild``):
+    one worker compiles the ULX3S board (minutes of C++) while the other builds
+    bitstreams, and the many tests that train on these boards find them built."""
     from ziphalp.hw.params import BOARD_PARAMS
     from ziphalp.hw.protocol import Command, Identity, encode_reply, encode_request
     from ziphalp.sim.board import simulated_board
 
-    params = BOARD_PARAMS["sim"]
+    params = BOARD_PARAMS[name]
     with simulated_board(params) as board:
         with serial.serial_for_url(board.url, timeout=10) as ser:
             ser.write(encode_request(Command.IDENTIFY))
@@ -334,7 +343,8 @@ def test_simulated_board_identifies():
             rest = read_exactly(ser, length + 2)
     payload = rest[:length]
     assert head + rest == encode_reply(Command.IDENTIFY, 0, payload)
-    assert Identity.unpack(payload).build_id == params.build_id
+    identity = Identity.unpack(payload)
+    assert identity.build_id == params.build_id and identity.params() == params
     # The second time the key hits the cache: no elaboration, no compilation.
     again = simulated_board(params).build()
     assert again.path == board.binary.path and not again.built

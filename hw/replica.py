@@ -1,0 +1,31 @@
+"""Replicated registers: a setting every lane reads, in a register per lane.
+
+A setting that all lanes read (the HALP clamp bounds, the offset shift, the phase,
+the decay shift, a batch end) is, registered once, one flip-flop per bit whose net
+spans every lane's logic: on the 8-lane ULX3S engine the clamp bound ``z_max``
+alone spent 13 ns in routing, the longest path of the build. A register per lane,
+loaded from the same value in the same cycle, keeps each net within its lane and
+changes no timing. Synthesis merges identical flip-flops (Yosys' ``opt_merge``)
+unless they are marked ``keep``, so the registers made here carry the wire
+attribute :data:`REPLICA`, and the build flow runs :data:`KEEP_REPLICAS` after
+reading the design (``ziphalp.hw.build``).
+"""
+
+from amaranth import Signal
+
+__all__ = ["KEEP_REPLICAS", "REPLICA", "replicas"]
+
+#: Wire attribute of a replicated register's output.
+REPLICA = "ziphalp_replica"
+
+#: Yosys command: mark ``keep`` the flip-flops that drive replica wires (the cells on
+#: those wires through a ``Q`` port), so that ``opt_merge`` leaves them apart.
+KEEP_REPLICAS = f"setattr -set keep 1 a:{REPLICA} %ci1:+[Q]"
+
+
+def replicas(m, value, copies: int, name: str) -> list[Signal]:
+    """``copies`` registers, each loaded with ``value`` every cycle (so each is
+    ``value`` one cycle ago), named ``{name}{i}``."""
+    regs = [Signal.like(value, name=f"{name}{i}", attrs={REPLICA: 1}) for i in range(copies)]
+    m.d.sync += [reg.eq(value) for reg in regs]
+    return regs
