@@ -595,8 +595,8 @@ def test_icebreaker_bitstream(tmp_path):
 
 @pytest.mark.bitstream
 @pytest.mark.skipif(os.environ.get("ZIPHALP_BUILD_ULX3S") != "1",
-                    reason="the ULX3S place and route takes far longer than the test "
-                           "suite allows; set ZIPHALP_BUILD_ULX3S=1 to run it")
+                    reason="the ULX3S place and route (9 minutes of a core) does not fit "
+                           "the suite's budget; set ZIPHALP_BUILD_ULX3S=1 to run it")
 def test_ulx3s_bitstream(tmp_path):
     """Build the ULX3S bitstream and check its report (one build, all checks)."""
     out = tmp_path / "ulx3s"
