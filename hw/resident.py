@@ -33,6 +33,7 @@ back-pressure never stalls the pipeline.
 
 from functools import reduce
 from operator import or_
+from types import SimpleNamespace
 
 from amaranth import Cat, Module, Mux, Signal
 from amaranth.lib import data, fifo, memory, stream, wiring
@@ -65,6 +66,29 @@ FIFO_DEPTH = 16
 STAGES = 6
 #: Cycles from ``start`` to the run's first issue (the geometry's products).
 LAUNCH = 1
+
+
+#: The store's memories are written only while the link loads (its ``DATA_LOAD``
+#: state) and read only while it runs (``RUN``), never both at once: what a read
+#: returns when it meets a write to its word does not matter.
+NO_RW_CHECK = {"no_rw_check": 1}
+
+
+def _read_port(m, mem, name: str) -> SimpleNamespace:
+    """A read port of ``mem`` whose ``data`` follows ``addr`` by a cycle, as
+    ``mem.read_port()``'s does, made as a combinational read and a register.
+
+    Yosys folds the register into the block RAM and, doing so, reads the memory's
+    ``no_rw_check``: the collision result is left undefined. A synchronous read port
+    is mapped as it stands, the attribute unread, with read-before-write emulated
+    around the block RAM (a registered copy of the write address, data and enable,
+    a comparison and a multiplexer per read): on the ULX3S that copy of the load
+    address was a net across all 32 code block RAMs, the build's longest path. The
+    gradient and model banks (``ziphalp.hw.banks``) read the same way."""
+    port = mem.read_port(domain="comb")
+    data = Signal.like(port.data, name=f"{name}_data", reset_less=True)
+    m.d.sync += data.eq(port.data)
+    return SimpleNamespace(addr=port.addr, data=data)
 
 
 class ResidentSource(wiring.Component):
@@ -147,13 +171,14 @@ class ResidentSource(wiring.Component):
 
     def _memories(self, m):
         """The code columns, the label words and the sampler copies, with their load
-        ports; returns their read ports."""
+        ports; returns their read ports (:func:`_read_port`)."""
         p, L, W = self.params, self.params.lanes, self.params.beat_bits
         columns_per_beat = W // 8
         writing = {region: self.write & (self.region == region) for region in Region}
         reads = {"codes": [], "tables": []}
         for c in range(L):
-            mem = memory.Memory(shape=CODE_BITS, depth=p.resident_rows, init=[])
+            mem = memory.Memory(shape=CODE_BITS, depth=p.resident_rows, init=[],
+                                attrs=NO_RW_CHECK)
             m.submodules[f"codes{c}"] = mem
             wr = mem.write_port()
             group = c // columns_per_beat
@@ -161,13 +186,13 @@ class ResidentSource(wiring.Component):
                          wr.data.eq(self.data.word_select(c % columns_per_beat, 8)),
                          wr.en.eq(writing[Region.CODES]
                                   & (self.addr % p.beats_per_row == group))]
-            reads["codes"].append(mem.read_port())
-        mem = memory.Memory(shape=W, depth=Region.LABELS.beats(p), init=[])
+            reads["codes"].append(_read_port(m, mem, f"codes{c}"))
+        mem = memory.Memory(shape=W, depth=Region.LABELS.beats(p), init=[], attrs=NO_RW_CHECK)
         m.submodules.labels = mem
         wr = mem.write_port()
         m.d.comb += [wr.addr.eq(self.addr), wr.data.eq(self.data),
                      wr.en.eq(writing[Region.LABELS])]
-        reads["labels"] = mem.read_port()
+        reads["labels"] = _read_port(m, mem, "labels")
         # a sampler beat carries W // 32 entries, written one a cycle
         per_beat = W // 32
         sub = Signal(range(per_beat))
@@ -175,13 +200,14 @@ class ResidentSource(wiring.Component):
         with m.If(writing[Region.SAMPLER]):
             m.d.sync += sub.eq(Mux(sub == per_beat - 1, 0, sub + 1))
         for i in range(L):
-            mem = memory.Memory(shape=self.entry_bits, depth=SAMPLER_ENTRIES, init=[])
+            mem = memory.Memory(shape=self.entry_bits, depth=SAMPLER_ENTRIES, init=[],
+                                attrs=NO_RW_CHECK)
             m.submodules[f"sampler{i}"] = mem
             wr = mem.write_port()
             m.d.comb += [wr.addr.eq(self.addr * per_beat + sub),
                          wr.data.eq(self.data.word_select(sub, 32)[:self.entry_bits]),
                          wr.en.eq(writing[Region.SAMPLER])]
-            reads["tables"].append(mem.read_port())
+            reads["tables"].append(_read_port(m, mem, f"sampler{i}"))
         return reads
 
     def _stage_signals(self):

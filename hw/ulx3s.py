@@ -89,7 +89,7 @@ TARGET = BuildTarget(
     # The same parameters the simulated board sim-ulx3s runs.
     params=BOARD_PARAMS["ulx3s"],
     family=ECP5,
-    # The full design routes from this placement seed (57.5 MHz, no overuse after 56
+    # The full design routes from this placement seed (67.2 MHz, no overuse after 34
     # router2 iterations); on an earlier netlist nextpnr's default seed left router2
     # stuck at about 400 overused wires (README, "ULX3S").
     # Builds with other parameters keep nextpnr's default.
