@@ -31,7 +31,7 @@ output folder gets ``report.json``::
                        "from": "<cell>.<port>", "to": "<cell>.<port>",
                        "logic_steps": 12, "sources": ["dot.py:61", ...]},
      "params": {...}, "build_id": "0x1234abcd",
-     "clock_hz": 33000000, "baud": 3000000, "seed": null,
+     "clock_hz": 33000000, "baud": 3000000, "seed": null, "failed_seeds": [],
      "pll": {"primitive": "SB_PLL40_PAD", ...},
      "uart_divisor": 11,
      "dsp": {"cells": 8, "undefined_inputs": 0, "unregistered": 0, "expected": 8,
@@ -88,6 +88,12 @@ NAME = "ziphalp"
 NEXTPNR_REPORT = f"{NAME}.nextpnr.json"
 #: Multipliers of the elaborated design, dumped by Yosys before synthesis.
 MUL_DUMP = f"{NAME}.mul.il"
+#: The nextpnr error that another placement can avoid: the router found no path for
+#: an arc. On the ULX3S it is the reset's arc into its global buffer (a ``DCCA``,
+#: ``ziphalp.hw.ecp5``), which only a few fabric wires reach, from some placements.
+ROUTE_FAILURE = "Failed to route arc"
+#: Placement seeds a build tries, one after another, while routing fails that way.
+SEED_TRIES = 3
 
 #: The boards this module builds for, by command-line name.
 TARGETS: dict[str, BuildTarget] = {t.name: t for t in (icebreaker.TARGET, ulx3s.TARGET,
@@ -117,6 +123,42 @@ def _overrides(target: BuildTarget, seed: int | None, verbose: bool) -> dict[str
     if verbose:
         overrides["verbose"] = True
     return overrides
+
+
+def next_seed(seed: int | None, error: str, tried: int) -> int | None:
+    """The seed to try after ``seed`` failed with ``error`` (``tried`` seeds so far,
+    this one included), or None to give up: only routing failures (:data:`ROUTE_FAILURE`)
+    are retried, up to :data:`SEED_TRIES` seeds. nextpnr's own seed is 1."""
+    if ROUTE_FAILURE not in error or tried >= SEED_TRIES:
+        return None
+    return (1 if seed is None else seed) + 1
+
+
+def _place_and_route(target: BuildTarget, top, out: Path, seed: int | None,
+                     env: dict[str, str], verbose: bool) -> tuple[int | None, list]:
+    """Run the platform's build of ``top`` in ``out``, from ``seed`` and then, while
+    routing fails (:func:`next_seed`), from the next seeds. Returns the seed that
+    built and the seeds that failed."""
+    failed: list[int | None] = []
+    while True:
+        try:
+            # a platform prepares one build: a fresh one for each seed
+            plan = target.platform().build(top, name=NAME, build_dir=str(out),
+                                           do_build=False,
+                                           **_overrides(target, seed, verbose))
+            plan.execute_local(str(out), env=env)
+            return seed, failed
+        except subprocess.CalledProcessError:
+            detail = first_error(out / f"{NAME}.tim") or first_error(out / f"{NAME}.rpt")
+            retry = next_seed(seed, detail, len(failed) + 1)
+            if retry is None:
+                raise BuildError(f"toolchain failed for {target.name}"
+                                 + (f": {detail}" if detail else "")
+                                 + f" (logs in {out})") from None
+            print(f"note: seed {seed}: {detail}; placing again with seed {retry}",
+                  file=sys.stderr)
+            failed.append(seed)
+            seed = retry
 
 
 def build(target: BuildTarget, out: Path, *, params: EngineParams | None = None,
@@ -151,15 +193,7 @@ def build(target: BuildTarget, out: Path, *, params: EngineParams | None = None,
         (out / stale).unlink(missing_ok=True)
 
     start = time.monotonic()
-    try:
-        plan = platform.build(top, name=NAME, build_dir=str(out), do_build=False,
-                              **_overrides(target, seed, verbose))
-        plan.execute_local(str(out), env=env)
-    except subprocess.CalledProcessError:
-        detail = first_error(out / f"{NAME}.tim") or first_error(out / f"{NAME}.rpt")
-        raise BuildError(f"toolchain failed for {target.name}"
-                         + (f": {detail}" if detail else "")
-                         + f" (logs in {out})") from None
+    seed, failed_seeds = _place_and_route(target, top, out, seed, env, verbose)
     seconds = time.monotonic() - start
 
     utilisation, clocks, pseudo = read_nextpnr_report(out / NEXTPNR_REPORT)
@@ -184,6 +218,7 @@ def build(target: BuildTarget, out: Path, *, params: EngineParams | None = None,
         "clock_hz": built.clock_hz,
         "baud": baud,
         "seed": seed,
+        "failed_seeds": failed_seeds,
     }
     if getattr(top, "clock", None) is not None:
         report["pll"] = top.clock.settings()
@@ -330,7 +365,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="UART bit rate (default: %(default)s)")
     parser.add_argument("--seed", type=int,
                         help="placement seed for nextpnr (default: for a board's own parameters "
-                             "the seed it names, ulx3s 2; else nextpnr's)")
+                             "the seed it names, ulx3s 3; else nextpnr's); if the router finds no "
+                             f"path for an arc, the next seeds are tried, {SEED_TRIES} in all")
     parser.add_argument("--allow-timing-fail", action="store_true",
                         help="exit 0 even if the achieved Fmax is below the clock")
     parser.add_argument("--verbose", "-v", action="store_true",

@@ -24,6 +24,8 @@ configuration    one member per field of ``protocol.CONFIGURE``, of the same nam
                  meanwhile.
 ``idle``         nothing accepted is still being processed and no clear is
                  running (a sample still waiting for beats counts as idle).
+                 Registered: low in the cycle after ``start`` or a beat taken,
+                 high a cycle after the engine has drained.
 ``model_*``      random access to the model, only while ``idle``: ``model_read``
                  returns the weight of feature ``model_word * lanes + model_lane``
                  (word ``model_word`` of bank ``model_lane``) in ``model_rdata``

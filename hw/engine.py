@@ -422,9 +422,14 @@ class SGDEngine(wiring.Component):
     def _status(self, m):
         """Strobes, sticky flags and ``idle`` for the link."""
         ctrl, ps = self.ctrl, self._pass
-        m.d.comb += [ctrl.sample_done.eq(ps.pass_done), ctrl.update_done.eq(ps.update_done),
-                     ctrl.idle.eq(~self._preparing & self._scheduler.drained
-                                  & self._slice.empty)]
+        m.d.comb += [ctrl.sample_done.eq(ps.pass_done), ctrl.update_done.eq(ps.update_done)]
+        # `idle` leaves from a register: the link's model and level writes wait on it,
+        # and its logic before their multiplexers was the longest path of a ULX3S
+        # build. A cycle late is still right, as only `start` and a beat make the
+        # engine busy: the register is low the cycle after either.
+        beat = ctrl.beats.valid & ctrl.beats.ready
+        m.d.sync += ctrl.idle.eq(~self._preparing & self._scheduler.drained & self._slice.empty
+                                 & ~ctrl.start & ~beat)
         with m.If(ctrl.clear_flags):
             m.d.sync += [ctrl.overflow.eq(0), ctrl.clipped.eq(0)]
         with m.Else():

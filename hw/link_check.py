@@ -72,9 +72,9 @@ class LinkCheck(Component):
     (LENGTH), argument ranges and reserved fields (ARGUMENT), state (STATE).
     Three register steps keep the paths short: facts about the request (one
     comparison or sum each), then per-command verdicts, then the status by
-    priority. RUN's state (the loaded data covers its samples) and LOAD_DATA's
-    arguments (inside the region) take two steps of facts, so their verdicts
-    come a step later. The outputs are valid :attr:`CYCLES` cycles after the
+    priority. RUN's state (the loaded data covers its samples) takes two steps
+    of facts and LOAD_DATA's arguments (inside the region) three, so their
+    verdicts come later. The outputs are valid :attr:`CYCLES` cycles after the
     inputs settle (the request is held meanwhile).
 
     Parameters
@@ -104,9 +104,9 @@ class LinkCheck(Component):
         A STATUS request asks to clear after reading.
     """
 
-    #: Cycles from the request to a valid verdict (the register steps, and one for
-    #: the facts of RUN and LOAD_DATA that take two steps).
-    CYCLES = 4
+    #: Cycles from the request to a valid verdict: the three register steps, and two
+    #: for the facts that take more steps (RUN's state two, LOAD_DATA's end three).
+    CYCLES = 5
 
     def __init__(self, params: EngineParams):
         self.params = params
@@ -219,12 +219,14 @@ class LinkCheck(Component):
         return facts
 
     def _resident_facts(self, step) -> dict:
-        """Steps 1 and 2 of LOAD_DATA (a region of the build, inside it, no gap after its
+        """Steps 1 to 3 of LOAD_DATA (a region of the build, inside it, no gap after its
         loaded length), step 1 of RUN (``samples`` in range, ``first`` and ``stride`` below
         it) and REPLAY (``count`` not 0)."""
         p, header, run = self.params, self.args.data, self.args.run
         # the beats and the start in step-1 registers, each region's comparisons over
-        # them in step-2 registers, their verdict in step 3 (CYCLES covers it, as RUN's)
+        # them in step-2 registers, but the end's: its sum in step 2, its comparisons in
+        # step 3 (an adder and a comparator in one step were the longest path of a
+        # 4-lane ECP5 build); their verdict in step 4 (CYCLES covers it)
         beats = step(self.length[clog2(p.beat_bits // 8):]
                      - DATA_HEADER.size // (p.beat_bits // 8), "data_beats")
         # a start beyond every region fails on its high bits: the sums stay narrow
@@ -232,12 +234,15 @@ class LinkCheck(Component):
         start = step(header.start[:low], "data_start")
         high = step(header.start[low:] == 0, "data_start_high")
         region_at = step(header.region, "data_region")
+        end = step(start + beats, "data_end")
+        region_late = step(region_at, "data_region_late")
         region_ok, end_ok, gap_ok = [], [], []
         for region in regions(p):
             name = region.name.lower()
             here = region_at == region
             region_ok.append(here)
-            end_ok.append(step(~here | (start + beats <= region.beats(p)), f"data_end_ok_{name}"))
+            end_ok.append(step((region_late != region) | (end <= region.beats(p)),
+                               f"data_end_ok_{name}"))
             gap_ok.append(step(~here | (start <= self.loaded[name]), f"data_gap_ok_{name}"))
         halp_most = p.halp_samples if p.halp else p.resident_samples
         facts = {

@@ -2,7 +2,7 @@
 
 :class:`LinkExecutor` runs one state machine whose states are grouped by
 command family, one method each: taking and dispatching a request
-(:meth:`~LinkExecutor._request_states`, which also drives CONFIGURE's fields),
+(:meth:`~LinkExecutor._request_states`; CONFIGURE's fields load a cycle later),
 the engine's start and the beat stream (:meth:`~LinkExecutor._engine_states`),
 the model port (:meth:`~LinkExecutor._model_states`), the level table
 (:meth:`~LinkExecutor._level_states`), the data stores' loads, runs and replays
@@ -123,6 +123,7 @@ class LinkExecutor(Component):
             check=check, counters=counters, sender=sender,
             is_cmd={cmd: check.is_cmd[cmd.name.lower()] for cmd in Command},
             configured=Signal(),
+            load_config=Signal(),               # CONFIGURE's fields load this cycle
             clear_after=Signal(),               # clear counters and flags once replied
             status=Signal(Status),
             reply_len=Signal(16),
@@ -155,6 +156,7 @@ class LinkExecutor(Component):
         self._buffer_cursor(m, x)
         self._count_events(m, x)
         source = self._reply_sources(m, x)
+        self._load_configuration(m, x)
         with m.FSM() as fsm:
             self._request_states(m, x)
             self._engine_states(m, x)
@@ -290,13 +292,25 @@ class LinkExecutor(Component):
         with m.Else():
             m.d.sync += x.lane.eq(x.lane + 1)
 
+    def _load_configuration(self, m, x):
+        """CONFIGURE's fields into the engine's configuration members, in the cycle
+        after DISPATCH accepted it. Their enable is the flip-flop ``load_config``
+        alone: the members reach across the engine, and the request check's logic
+        before their enables was the longest path of a 4-lane ECP5 build."""
+        args = self.req.args
+        m.d.sync += x.load_config.eq(0)         # DISPATCH sets it (a later statement)
+        with m.If(x.load_config):
+            m.d.sync += [getattr(self.engine, field.name).eq(
+                             field_value(args.configure, CONFIGURE, field.name))
+                         for field in CONFIGURE.fields]
+
     # --- states, by command family -----------------------------------------------------
 
     def _request_states(self, m, x):
         """IDLE, CHECK (the verdict settles; positions are prepared meanwhile) and
         DISPATCH: the reply's status and length, the frame counters, CONFIGURE's
-        fields into the engine, and the command family's first state."""
-        p, req, eng, is_cmd, check = self.params, self.req, self.engine, x.is_cmd, x.check
+        load (:meth:`_load_configuration`), and the command family's first state."""
+        p, req, is_cmd, check = self.params, self.req, x.is_cmd, x.check
         args = req.args
         with m.State("IDLE"):
             m.d.comb += x.sender.restart.eq(1)
@@ -343,10 +357,7 @@ class LinkExecutor(Component):
             # a retry whose reply has no payload: answered OK, not executed again
             with m.If(check.accepted & ~(x.repeated & (check.payload_len == 0))):
                 with m.If(is_cmd[Command.CONFIGURE]):
-                    m.d.sync += [getattr(eng, field.name).eq(
-                                     field_value(args.configure, CONFIGURE, field.name))
-                                 for field in CONFIGURE.fields]
-                    m.d.sync += x.configured.eq(1)
+                    m.d.sync += [x.load_config.eq(1), x.configured.eq(1)]
                     m.next = "CONFIGURE"
                 with m.If(is_cmd[Command.LOAD_MODEL] | is_cmd[Command.READ_MODEL]):
                     m.next = "SEEK"
@@ -366,10 +377,13 @@ class LinkExecutor(Component):
                         m.next = "REPLAY_START"
 
     def _engine_states(self, m, x):
-        """CONFIGURE: the engine's start strobe; STREAM: the frame's beats replayed into
+        """CONFIGURE: the fields load (:meth:`_load_configuration`); START: the engine's
+        start strobe, with the new fields; STREAM: the frame's beats replayed into
         the engine (the last one flushing for STREAM_FLUSH); SETTLE: until it is idle."""
         eng = self.engine
         with m.State("CONFIGURE"):
+            m.next = "START"
+        with m.State("START"):
             m.d.comb += eng.start.eq(1)
             m.next = "SETTLE"
         with m.State("STREAM"):

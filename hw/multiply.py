@@ -18,6 +18,8 @@ Hand-written because no Amaranth library splits products for a DSP.
 
 from amaranth import Signal, signed
 
+from .replica import REPLICA
+
 __all__ = ["LATENCY", "SLICE", "product_terms", "term_count"]
 
 #: Width of one DSP operand.
@@ -32,7 +34,7 @@ def term_count(a_bits: int) -> int:
     return slices + (slices > 1)
 
 
-def product_terms(m, a, b, name: str) -> list:
+def product_terms(m, a, b, name: str, *, shared_a: bool = False) -> list:
     """Registered terms summing to ``a * b``.
 
     Parameters
@@ -44,6 +46,11 @@ def product_terms(m, a, b, name: str) -> list:
         Signed, at most :data:`SLICE` bits.
     name : str
         Prefix for the product registers.
+    shared_a : bool
+        ``a`` is one value that other calls multiply too (a factor common to
+        every lane): its registers are marked as replicas (``ziphalp.hw.replica``),
+        so that synthesis keeps a copy beside each call's multipliers instead of
+        merging them into one that reaches them all.
 
     Returns
     -------
@@ -63,7 +70,8 @@ def product_terms(m, a, b, name: str) -> list:
         piece = a[lo:hi]
         if hi < a_bits:                      # unsigned slice: flip the top bit to go signed
             piece = piece ^ (1 << (SLICE - 1))
-        a_reg = Signal(signed(hi - lo), name=f"{name}_a{lo}", reset_less=True)
+        a_reg = Signal(signed(hi - lo), name=f"{name}_a{lo}", reset_less=True,
+                       attrs={REPLICA: 1} if shared_a else {})
         prod = Signal(signed(hi - lo + b_bits), name=f"{name}_p{lo}", reset_less=True,
                       attrs={"keep": 1})
         m.d.sync += [a_reg.eq(piece.as_signed()), prod.eq(a_reg * b_reg)]

@@ -91,6 +91,13 @@ def _read_port(m, mem, name: str) -> SimpleNamespace:
     return SimpleNamespace(addr=port.addr, data=data)
 
 
+def _registered(m, value, name: str) -> Signal:
+    """``value`` a cycle late, in a register named ``name``."""
+    reg = Signal.like(value, name=name)
+    m.d.sync += reg.eq(value)
+    return reg
+
+
 class ResidentSource(wiring.Component):
     """The resident store and its run sequencer (module docstring).
 
@@ -110,7 +117,8 @@ class ResidentSource(wiring.Component):
         A run has beats still to emit.
     write : In(1); region : In(Region); addr : In(range(...)); data : In(beat_bits)
         Write beat ``addr`` of ``region``; ``write_ready`` says it is taken this
-        cycle (a sampler beat takes one cycle per entry).
+        cycle (a sampler beat takes one cycle per entry). With ``deep_pipeline``
+        the memories are written a cycle later.
     beats : Out(stream.Signature(beat_layout(params)))
         The beats of the run, the last one flushing.
     """
@@ -175,6 +183,21 @@ class ResidentSource(wiring.Component):
         p, L, W = self.params, self.params.lanes, self.params.beat_bits
         columns_per_beat = W // 8
         writing = {region: self.write & (self.region == region) for region in Region}
+        # a sampler beat carries W // 32 entries, written one a cycle
+        per_beat = W // 32
+        sub = Signal(range(per_beat))
+        m.d.comb += self.write_ready.eq((self.region != Region.SAMPLER) | (sub == per_beat - 1))
+        with m.If(writing[Region.SAMPLER]):
+            m.d.sync += sub.eq(Mux(sub == per_beat - 1, 0, sub + 1))
+        addr, data = self.addr, self.data
+        if p.deep_pipeline:
+            # the loaded beat comes from the link's frame buffer, a block RAM whose
+            # output is timed unregistered (EngineParams.deep_pipeline): the writes go
+            # through flip-flops and land a cycle later (loads and runs never meet)
+            addr, data, sub = (_registered(m, value, name) for value, name in
+                               ((addr, "load_addr"), (data, "load_data"), (sub, "load_sub")))
+            writing = {region: _registered(m, en, f"load_{region.name.lower()}")
+                       for region, en in writing.items()}
         reads = {"codes": [], "tables": []}
         for c in range(L):
             mem = memory.Memory(shape=CODE_BITS, depth=p.resident_rows, init=[],
@@ -182,30 +205,22 @@ class ResidentSource(wiring.Component):
             m.submodules[f"codes{c}"] = mem
             wr = mem.write_port()
             group = c // columns_per_beat
-            m.d.comb += [wr.addr.eq(self.addr // p.beats_per_row),
-                         wr.data.eq(self.data.word_select(c % columns_per_beat, 8)),
-                         wr.en.eq(writing[Region.CODES]
-                                  & (self.addr % p.beats_per_row == group))]
+            m.d.comb += [wr.addr.eq(addr // p.beats_per_row),
+                         wr.data.eq(data.word_select(c % columns_per_beat, 8)),
+                         wr.en.eq(writing[Region.CODES] & (addr % p.beats_per_row == group))]
             reads["codes"].append(_read_port(m, mem, f"codes{c}"))
         mem = memory.Memory(shape=W, depth=Region.LABELS.beats(p), init=[], attrs=NO_RW_CHECK)
         m.submodules.labels = mem
         wr = mem.write_port()
-        m.d.comb += [wr.addr.eq(self.addr), wr.data.eq(self.data),
-                     wr.en.eq(writing[Region.LABELS])]
+        m.d.comb += [wr.addr.eq(addr), wr.data.eq(data), wr.en.eq(writing[Region.LABELS])]
         reads["labels"] = _read_port(m, mem, "labels")
-        # a sampler beat carries W // 32 entries, written one a cycle
-        per_beat = W // 32
-        sub = Signal(range(per_beat))
-        m.d.comb += self.write_ready.eq((self.region != Region.SAMPLER) | (sub == per_beat - 1))
-        with m.If(writing[Region.SAMPLER]):
-            m.d.sync += sub.eq(Mux(sub == per_beat - 1, 0, sub + 1))
         for i in range(L):
             mem = memory.Memory(shape=self.entry_bits, depth=SAMPLER_ENTRIES, init=[],
                                 attrs=NO_RW_CHECK)
             m.submodules[f"sampler{i}"] = mem
             wr = mem.write_port()
-            m.d.comb += [wr.addr.eq(self.addr * per_beat + sub),
-                         wr.data.eq(self.data.word_select(sub, 32)[:self.entry_bits]),
+            m.d.comb += [wr.addr.eq(addr * per_beat + sub),
+                         wr.data.eq(data.word_select(sub, 32)[:self.entry_bits]),
                          wr.en.eq(writing[Region.SAMPLER])]
             reads["tables"].append(_read_port(m, mem, f"sampler{i}"))
         return reads

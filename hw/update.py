@@ -76,6 +76,9 @@ class UpdateLanes(wiring.Component):
     inner, stochastic, offset_bits, offset_shift, seed, reseed : In
         HALP builds: the inner loop runs (held), its rounding, ``b``, ``sh`` and
         the PRNG seed, loaded into every lane's generator by the ``reseed`` strobe.
+        ``b`` reaches the clamp through two registers: it must be held
+        from two cycles before the first ``valid`` on (the engine holds every
+        setting from ``start`` on, long before data reach the lanes).
     offset : In(lanes x signed(OFFSET_BITS)); anchor : In(lanes x signed(model_bits))
         HALP builds: the word's ``z``, ``MODEL_AT`` cycles after ``valid``, and
         ``a``, ``ANCHOR_AT`` cycles after it.
@@ -162,18 +165,21 @@ class UpdateLanes(wiring.Component):
         """HALP: the registered run-time settings and the run-time bounds of ``z``,
         each a list with a register per lane (``ziphalp.hw.replica``)."""
         K = self.params.lanes
-        z_min = Signal(signed(OFFSET_BITS + 1))
-        z_max = Signal(signed(OFFSET_BITS + 1))
-        with m.Switch(self.offset_bits):
-            for b in range(2, OFFSET_BITS + 1):
-                with m.Case(b):
-                    m.d.comb += [z_max.eq((1 << (b - 1)) - 1), z_min.eq(-(1 << (b - 1)))]
+        # the clamp bounds: the offset width copied into each lane, then decoded
+        # there into the lane's own bound registers (two stages: used with data only)
+        z_min = [Signal(signed(OFFSET_BITS + 1), name=f"z_min{k}") for k in range(K)]
+        z_max = [Signal(signed(OFFSET_BITS + 1), name=f"z_max{k}") for k in range(K)]
+        for k, bits in enumerate(replicas(m, self.offset_bits, K, "offset_bits")):
+            with m.Switch(bits):
+                for b in range(2, OFFSET_BITS + 1):
+                    with m.Case(b):
+                        m.d.sync += [z_max[k].eq((1 << (b - 1)) - 1), z_min[k].eq(-(1 << (b - 1)))]
         inner = replicas(m, self.inner, K, "inner")
         # every lane's PRNG steps for every beat of the inner loop when its
         # accumulator is ready (MODEL_AT)
         at = self.MODEL_AT - 1 + self.params.deep_pipeline
         return {"inner": inner, "stochastic": replicas(m, self.stochastic, K, "stochastic"),
-                "z_min": replicas(m, z_min, K, "z_min"), "z_max": replicas(m, z_max, K, "z_max"),
+                "z_min": z_min, "z_max": z_max,
                 "sh": replicas(m, self.offset_shift, K, "sh"),
                 "step_prng": [valid[at] & inner[k] for k in range(K)]}
 
@@ -187,7 +193,9 @@ class UpdateLanes(wiring.Component):
         # the batch end clears the whole gradient word: a copy of its flag per lane
         last_valid, last_end = valid[last], replicas(m, end[last - 1], 1, f"last_end{k}_")[0]
         # DSP products of sigma x code, PRODUCT_LATENCY cycles later
-        terms = product_terms(m, self.sigma, self.levels[k], name=f"upd{k}")
+        # (sigma is every lane's factor: with deep_pipeline, a copy of it per lane)
+        terms = product_terms(m, self.sigma, self.levels[k], name=f"upd{k}",
+                              shared_a=p.deep_pipeline)
         # the product (cycle GRAD_AT)
         prod = Signal(signed(p.product_bits), name=f"prod{k}")
         m.d.sync += prod.eq(sum(terms))

@@ -406,6 +406,70 @@ def test_cli_help():
     assert "ulx3s" in result.stdout
 
 
+@pytest.mark.parametrize("seed, error, tried, retry", [
+    (2, "ERROR: Failed to route arc 0.0 of net 'reset', from X67/Y2/Q0_SLICE to "
+        "X0/Y0/G_CLKI_TDCC0.", 1, 3),
+    (None, "ERROR: Failed to route arc 3.1 of net 'x'.", 1, 2),      # nextpnr's seed is 1
+    (4, "ERROR: Failed to route arc 3.1 of net 'x'.", hwbuild.SEED_TRIES - 1, 5),
+    (5, "ERROR: Failed to route arc 3.1 of net 'x'.", hwbuild.SEED_TRIES, None),  # gives up
+    (2, "ERROR: Max frequency for clock 'clk': 40.00 MHz (FAIL at 48.00 MHz)", 1, None),
+    (2, "ERROR: Unable to place cell 'x'", 1, None),
+    (2, "", 1, None),
+])
+def test_next_seed(seed, error, tried, retry):
+    """A build places again from the next seed only when routing found no path."""
+    assert hwbuild.next_seed(seed, error, tried) == retry
+
+
+class _FakePlan:
+    """A build plan whose run fails, writing the nextpnr log line ``errors[0]``,
+    while ``errors`` holds lines, then succeeds."""
+
+    def __init__(self, out, errors, seeds, opts):
+        self.out, self.errors, self.seeds, self.opts = out, errors, seeds, opts
+
+    def execute_local(self, root, env):
+        seed = re.search(r"--seed (\d+)", self.opts)
+        self.seeds.append(int(seed.group(1)) if seed else None)
+        if self.errors:
+            (self.out / f"{hwbuild.NAME}.tim").write_text(f"Info: x\n{self.errors.pop(0)}\n")
+            raise subprocess.CalledProcessError(1, "nextpnr")
+
+
+class _FakePlatform:
+    prepared = 0
+
+    def __init__(self, plan_args):
+        self.plan_args = plan_args
+
+    def build(self, top, *, name, build_dir, do_build, **overrides):
+        assert not self.prepared, "a platform prepares one build"
+        self.prepared = 1
+        return _FakePlan(*self.plan_args, overrides[ICE40.pnr_opts_override])
+
+
+@pytest.mark.parametrize("seed, errors, seeds, failed", [
+    (None, [], [None], []),
+    (2, ["ERROR: Failed to route arc 0.0 of net 'reset'."], [2, 3], [2]),
+    (None, ["ERROR: Failed to route arc 1.0 of net 'a'."] * 2, [None, 2, 3], [None, 2]),
+    (2, ["ERROR: Failed to route arc 0.0 of net 'reset'."] * 3, [2, 3, 4], "gives up"),
+    (2, ["ERROR: Max frequency for clock 'clk': 1.00 MHz (FAIL at 48.00 MHz)"], [2], "gives up"),
+])
+def test_place_and_route_retries_routing_failures(tmp_path, seed, errors, seeds, failed):
+    """Each seed runs on a fresh platform; only routing failures move to the next seed,
+    at most SEED_TRIES seeds; the seed that built and the failed ones are returned."""
+    tried, left = [], list(errors)
+    target = dataclasses.replace(hwbuild.TARGETS["icebreaker"],
+                                 platform=lambda: _FakePlatform((tmp_path, left, tried)))
+    if failed == "gives up":
+        with pytest.raises(hwbuild.BuildError, match=re.escape(errors[-1])):
+            hwbuild._place_and_route(target, None, tmp_path, seed, {}, False)
+    else:
+        assert hwbuild._place_and_route(target, None, tmp_path, seed, {}, False) == \
+            (seeds[-1], failed)
+    assert tried == seeds
+
+
 def _fake_report(achieved):
     return {
         "board": "icebreaker", "device": "iCE40UP5K-SG48", "build_id": "0x0",
@@ -544,8 +608,12 @@ def _check_report(report: dict, board: str, device: str, limits: dict[str, int],
     assert report["build_id"] == f"0x{params.build_id:08x}"
     # the placement seed: the board's for its own design (ulx3s names the one its
     # full design routes from), nextpnr's default for any other
+    # (or, when routing failed from it, the next ones: the failed ones are listed)
     own = params == hwbuild.TARGETS[board].params
-    assert report["seed"] == (hwbuild.TARGETS[board].seed if own else None)
+    first = hwbuild.TARGETS[board].seed if own else None
+    failed = len(report["failed_seeds"])
+    assert report["failed_seeds"] == [first, *((first or 1) + i for i in range(1, failed))][:failed]
+    assert report["seed"] == (first if not failed else (first or 1) + failed)
 
     # Utilisation: the device limits and what the design must contain.
     util = report["utilisation"]

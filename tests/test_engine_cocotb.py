@@ -209,8 +209,9 @@ def check_cycles(r: dict, params: EngineParams, gap: int) -> None:
     ``samples * (n + 1) + (batch ends before the last sample) * (gap - 1)``, and
     one cycle more per sample fails it. After the last beat the engine drains in
     ``gap + n - 1`` cycles if that sample ends a batch (its update pass, then the
-    update), in no more otherwise. Shorter samples are bound by the update pass,
-    not the input: they are only held to ``ceil(d/K) + gap`` cycles each.
+    update), in no more otherwise; ``idle``, registered, says so a cycle later.
+    Shorter samples are bound by the update pass, not the input: they are only held
+    to ``ceil(d/K) + gap`` cycles each.
     """
     case = r["case"]
     n = params.beats_for(case["features"], case["k"], case["double"])
@@ -225,7 +226,7 @@ def check_cycles(r: dict, params: EngineParams, gap: int) -> None:
     assert r["span"] == expected, (
         f"{r['span']} cycles from the first beat to the last, expected {samples} * "
         f"({n} + 1) + {sum(ends[:-1])} batch ends * ({gap} - 1) = {expected} for {case}")
-    drain = r["cycles"] - r["span"]
+    drain = r["cycles"] - r["span"] - 1          # idle is a cycle late (its register)
     if ends[-1]:
         assert drain == gap + n - 1, f"{drain} cycles to drain, not {gap} + {n} - 1 for {case}"
     else:
