@@ -40,8 +40,8 @@ class DotProduct(wiring.Component):
     @staticmethod
     def latency_of(params: EngineParams) -> int:
         """Cycles from a beat on the inputs to ``done`` in a build with ``params``."""
-        return PRODUCT_LATENCY + 1 + AdderTree.latency_of(params.lanes
-                                                          * term_count(params.model_bits))
+        return (params.deep_pipeline + PRODUCT_LATENCY + 1
+                + AdderTree.latency_of(params.lanes * term_count(params.model_bits)))
 
     def __init__(self, params: EngineParams, tag_bits: int):
         self.params = params
@@ -66,10 +66,20 @@ class DotProduct(wiring.Component):
         p = self.params
         m.submodules.tree = tree = self._tree
 
+        # With deep_pipeline, a register stage first: the model words come from the
+        # banks' block RAMs and the multipliers sit in rows of their own, and the
+        # multipliers' operand registers were placed up to 30 tiles from them (the
+        # longest path of a full ULX3S build: 6.8 ns of routing into a multiplier)
+        weights, levels = self.weights, self.levels
+        if p.deep_pipeline:
+            weights, levels = Signal.like(weights, name="weights_in"), \
+                Signal.like(levels, name="levels_in")
+            m.d.sync += [weights.eq(self.weights), levels.eq(self.levels)]
+
         # Stage 1: each lane's product as registered DSP-sized terms (see multiply.py).
         terms = []
         for k in range(p.lanes):
-            terms += product_terms(m, self.weights[k], self.levels[k], name=f"lane{k}")
+            terms += product_terms(m, weights[k], levels[k], name=f"lane{k}")
         for i, term in enumerate(terms):
             m.d.comb += tree.inputs[i].eq(term)
 
@@ -79,7 +89,7 @@ class DotProduct(wiring.Component):
         ctl = Signal(ctl_layout)
         m.d.comb += [ctl.valid.eq(self.valid), ctl.first.eq(self.first),
                      ctl.last.eq(self.last), ctl.tag.eq(self.tag)]
-        for i in range(PRODUCT_LATENCY + tree.latency):
+        for i in range(p.deep_pipeline + PRODUCT_LATENCY + tree.latency):
             nxt = Signal(ctl_layout, name=f"ctl_tree{i}")
             m.d.sync += nxt.eq(ctl)
             ctl = nxt

@@ -89,7 +89,7 @@ TARGET = BuildTarget(
     # The same parameters the simulated board sim-ulx3s runs.
     params=BOARD_PARAMS["ulx3s"],
     family=ECP5,
-    # The full design routes from this placement seed (74.3 MHz, no overuse after 60
+    # The full design routes from this placement seed (78.0 MHz, no overuse after 55
     # router2 iterations). Seed 2, this board's seed before, leaves the reset's arc
     # into its global buffer unroutable on this netlist; on an earlier one nextpnr's
     # default seed left router2 stuck at about 400 overused wires (README, "ULX3S").

@@ -5,6 +5,8 @@ cycle by cycle at its stated latency, with the exact integer result computed
 here or by the golden model's own helpers (``round_shift``, ``saturate``).
 """
 
+import dataclasses
+
 import numpy as np
 import pytest
 from amaranth import Module, Signal, signed
@@ -82,9 +84,11 @@ def test_product_terms(a_bits, b_bits):
     run(m, bench)
 
 
-@pytest.mark.parametrize("p", PARAMS)
+@pytest.mark.parametrize("p", PARAMS + [dataclasses.replace(PARAMS[1], deep_pipeline=True)])
 def test_dot_product(p):
     dut = DotProduct(p, tag_bits=4)
+    assert dut.latency == DotProduct.latency_of(dataclasses.replace(p, deep_pipeline=False)) \
+        + p.deep_pipeline
     rng = np.random.default_rng(p.lanes)
     samples = []
     for _ in range(12):
