@@ -13,6 +13,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from .adder_tree import AdderTree
+from .delay import delayed
 from .multiply import LATENCY as PRODUCT_LATENCY
 from .multiply import product_terms, term_count
 from .params import LEVEL, EngineParams
@@ -70,11 +71,8 @@ class DotProduct(wiring.Component):
         # banks' block RAMs and the multipliers sit in rows of their own, and the
         # multipliers' operand registers were placed up to 30 tiles from them (the
         # longest path of a full ULX3S build: 6.8 ns of routing into a multiplier)
-        weights, levels = self.weights, self.levels
-        if p.deep_pipeline:
-            weights, levels = Signal.like(weights, name="weights_in"), \
-                Signal.like(levels, name="levels_in")
-            m.d.sync += [weights.eq(self.weights), levels.eq(self.levels)]
+        weights = delayed(m, self.weights, p.deep_pipeline, "weights_in")
+        levels = delayed(m, self.levels, p.deep_pipeline, "levels_in")
 
         # Stage 1: each lane's product as registered DSP-sized terms (see multiply.py).
         terms = []

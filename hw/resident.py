@@ -42,6 +42,7 @@ from amaranth.lib.wiring import In, Out
 from .banks import rotate
 from .control import beat_layout
 from .decode import modes
+from .delay import delayed
 from .params import (
     CODE_BITS,
     CODE_SCALE,
@@ -90,13 +91,6 @@ def _read_port(m, mem, name: str) -> SimpleNamespace:
     data = Signal.like(port.data, name=f"{name}_data", reset_less=True)
     m.d.sync += data.eq(port.data)
     return SimpleNamespace(addr=port.addr, data=data)
-
-
-def _registered(m, value, name: str) -> Signal:
-    """``value`` a cycle late, in a register named ``name``."""
-    reg = Signal.like(value, name=name)
-    m.d.sync += reg.eq(value)
-    return reg
 
 
 class ResidentSource(wiring.Component):
@@ -195,9 +189,9 @@ class ResidentSource(wiring.Component):
             # the loaded beat comes from the link's frame buffer, a block RAM whose
             # output is timed unregistered (EngineParams.deep_pipeline): the writes go
             # through flip-flops and land a cycle later (loads and runs never meet)
-            addr, data, sub = (_registered(m, value, name) for value, name in
+            addr, data, sub = (delayed(m, value, 1, name) for value, name in
                                ((addr, "load_addr"), (data, "load_data"), (sub, "load_sub")))
-            writing = {region: _registered(m, en, f"load_{region.name.lower()}")
+            writing = {region: delayed(m, en, 1, f"load_{region.name.lower()}")
                        for region, en in writing.items()}
         reads = {"codes": [], "tables": []}
         for c in range(L):
