@@ -25,9 +25,9 @@ class ClearPass(wiring.Component):
     Attributes
     ----------
     start : In(1)
-        Begin the sweep (the configuration is held from the cycle before).
+        Begin the sweep.
     features : In(range(max_features + 1)); per_beat : In(range(lanes + 1))
-        ``d`` and ``K``.
+        ``d`` (read in the ``start`` cycle) and ``K`` (held while ``busy``).
     busy : Out(1)
         The sweep runs; ``word`` is the bank word it is at.
     word : Out(range(cycles))
@@ -60,17 +60,22 @@ class ClearPass(wiring.Component):
         m = Module()
         p = self.params
         base = Signal(range(p.max_beats * p.lanes + p.lanes + 1))   # first feature of `word`
+        # `d` in a register of the pass's own, loaded at `start`: the link's
+        # configuration registers sit across the die, and `features` into the
+        # last-beat mask was a ULX3S build's longest path
+        features = Signal.like(self.features)
         m.d.comb += [self.word_valid.eq(self.busy & (self.word < p.bank_depth)),
                      self.done.eq(~self.start & self.busy & (self.word == self.cycles - 1))]
         m.d.comb += [self.late_word.eq(delayed(m, self.word, 2, "late_word")),
                      self.late_valid.eq(delayed(m, self.word_valid, 2, "late_valid"))]
         with m.If(self.start):
-            m.d.sync += [self.busy.eq(1), self.word.eq(0), base.eq(0)]
+            m.d.sync += [self.busy.eq(1), self.word.eq(0), base.eq(0),
+                         features.eq(self.features)]
         with m.Elif(self.busy):
-            with m.If(base < self.features):
+            with m.If(base < features):
                 m.d.sync += [
                     self.last_word.eq(self.word),
-                    self.last_mask.eq(Cat(base + i < self.features for i in range(p.lanes))),
+                    self.last_mask.eq(Cat(base + i < features for i in range(p.lanes))),
                 ]
             m.d.sync += [self.word.eq(self.word + 1), base.eq(base + self.per_beat)]
             with m.If(self.done):

@@ -29,10 +29,12 @@ configuration    one member per field of ``protocol.CONFIGURE``, of the same nam
 ``model_*``      random access to the model, only while ``idle``: ``model_read``
                  returns the weight of feature ``model_word * lanes + model_lane``
                  (word ``model_word`` of bank ``model_lane``) in ``model_rdata``
-                 two cycles later (``model_word`` and ``model_lane`` held);
-                 ``model_write`` writes ``model_wdata`` there.
+                 :data:`MODEL_READ_LATENCY` cycles later (``model_word`` and
+                 ``model_lane`` held); ``model_write`` writes ``model_wdata``
+                 there, and ``idle`` is low in the next cycle, while it lands.
 ``level_*``      ``level_write`` writes level ``level_index`` (``LEVEL`` word
-                 ``level_data``) into the level table, only while ``idle``.
+                 ``level_data``) into the level table, only while ``idle`` (low
+                 in the next cycle, as for a model write).
 ``overflow``     sticky: a model update saturated. ``clipped``: sticky, a scaled
                  residual saturated. ``clear_flags`` clears both.
 ``sample_done``  one-cycle strobe per sample fully processed;
@@ -46,7 +48,11 @@ from amaranth.lib.wiring import In, Out, Signature
 from .params import LEVEL, EngineParams
 from .protocol import CONFIGURE, Field
 
-__all__ = ["beat_layout", "config_shape", "control_signature"]
+__all__ = ["MODEL_READ_LATENCY", "beat_layout", "config_shape", "control_signature"]
+
+#: Cycles from ``model_read`` to its word in ``model_rdata``: the request's register,
+#: the block RAM's read, then the word of the bank's group of four and the lane's.
+MODEL_READ_LATENCY = 4
 
 
 def beat_layout(p: EngineParams) -> data.StructLayout:

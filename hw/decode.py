@@ -25,6 +25,7 @@ from amaranth import Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
 
+from .delay import delayed
 from .params import LEVEL, EngineParams, field_bits
 
 __all__ = ["FieldDecoder", "LevelTable", "BeatDecoder", "modes"]
@@ -102,8 +103,9 @@ class FieldDecoder(wiring.Component):
 
 class LevelTable(wiring.Component):
     """Each lane's copy of the level table, and its two samples (one cycle; with
-    ``deep_pipeline`` two: the table's read, then the choice into flip-flops, so
-    that nothing but a register follows a block RAM's output).
+    ``deep_pipeline`` three: the table's read, its word held in flip-flops, then
+    the choice into flip-flops, so that nothing but a register follows a block
+    RAM's output, and that register lies next to it).
 
     Lane ``i``'s copy is sized for the largest ``k`` the lane serves
     (``EngineParams.lane_max_k``); entry ``j`` holds ``l_j`` (lo) and ``l_{j+1}``
@@ -116,7 +118,7 @@ class LevelTable(wiring.Component):
     j : In(lanes x max_k); up1, up2, on : In(lanes)
         The fields from :class:`FieldDecoder`.
     q1, q2 : Out(lanes x signed(LEVEL.bits)); active : Out(lanes)
-        One cycle later (two, ``deep_pipeline``): ``q = l_{j + up}`` (0 on lanes
+        One cycle later (three, ``deep_pipeline``): ``q = l_{j + up}`` (0 on lanes
         that hold no feature), and ``on``.
     """
 
@@ -134,9 +136,11 @@ class LevelTable(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         p = self.params
-        up1, up2, active = Signal(p.lanes), Signal(p.lanes), Signal(p.lanes)
+        # the fields wait for the table's read (and, deep_pipeline, its held copy)
+        held = 1 + p.deep_pipeline
+        up1, up2, active = (delayed(m, value, held, name) for value, name in
+                            ((self.up1, "up1"), (self.up2, "up2"), (self.on, "on")))
         out = "sync" if p.deep_pipeline else "comb"
-        m.d.sync += [up1.eq(self.up1), up2.eq(self.up2), active.eq(self.on)]
         m.d[out] += self.active.eq(active)
         for i in range(p.lanes):
             depth = 1 << p.lane_max_k(i)
@@ -153,7 +157,9 @@ class LevelTable(wiring.Component):
                              read.addr.eq(self.j[i])]
                 word = Signal(signed(LEVEL.bits), name=f"{name}_data{i}")
                 m.d.sync += word.eq(read.data)
-                pair.append(word)
+                # deep_pipeline: the word again in a flip-flop before any logic (the
+                # register above becomes the block RAM's own output)
+                pair.append(delayed(m, word, p.deep_pipeline, f"{name}_held{i}"))
             lo, hi = pair
             m.d[out] += [self.q1[i].eq(Mux(active[i], Mux(up1[i], hi, lo), 0)),
                          self.q2[i].eq(Mux(active[i], Mux(up2[i], hi, lo), 0))]
@@ -176,8 +182,8 @@ class BeatDecoder(wiring.Component):
     @staticmethod
     def latency_of(params: EngineParams) -> int:
         """Cycles from a beat to its lane values: the field register, the table's
-        read (and, ``deep_pipeline``, the choice's register)."""
-        return 2 + params.deep_pipeline
+        read (and, ``deep_pipeline``, the word's copy and the choice's register)."""
+        return 2 + 2 * params.deep_pipeline
 
     def __init__(self, params: EngineParams):
         self.params = params

@@ -53,6 +53,8 @@ takes about ``max_features + bank_depth`` cycles.
 This module holds no protocol logic; ``ziphalp.hw.link`` drives it.
 """
 
+from types import SimpleNamespace
+
 from amaranth import Array, Cat, Module, Mux, ResetInserter, Signal, signed
 from amaranth.lib import data, fifo, wiring
 from amaranth.lib.wiring import In
@@ -65,6 +67,7 @@ from .dot import DotProduct
 from .halp_prep import InnerLoopPrep
 from .loss import ScaledError
 from .params import LABEL, OFFSET_BITS, SAMPLE_INDEX_BITS, EngineParams, Phase
+from .replica import replicas
 from .scheduler import SampleScheduler, inflight_limit
 from .skid import RegisterSlice
 from .update import UpdateLanes
@@ -180,6 +183,7 @@ class SGDEngine(wiring.Component):
         self._preparing = Signal()
         m.d.sync += self._preparing.eq(
             ctrl.start | self._clear.busy | (self._prep.busy | self._fill.busy if p.halp else 0))
+        self._link_requests(m)
         self._input(m, samples)
         self._addresses(m)
         self._stage1(m, samples, sigmas)
@@ -188,6 +192,36 @@ class SGDEngine(wiring.Component):
         self._model_writes(m)
         self._status(m)
         return m
+
+    def _link_requests(self, m):
+        """The link's model and level requests, each into registers before it reaches a
+        memory: they come from the link's state machine across the die, and the write
+        enables run into the model block RAMs' addresses. A write lands, and a read's
+        address is applied, a cycle after the request (hence ``MODEL_READ_LATENCY``);
+        the selects and enables are a register per bank."""
+        p, ctrl = self.params, self.ctrl
+        lk = self._link = SimpleNamespace()
+        lk.read = replicas(m, ctrl.model_read, p.lanes, "link_read")
+        lk.write = replicas(m, ctrl.model_write, p.lanes, "link_write")
+        lk.en = [Signal(name=f"link_en{b}") for b in range(p.lanes)]
+        m.d.sync += [en.eq(ctrl.model_write & (ctrl.model_lane == b))
+                     for b, en in enumerate(lk.en)]
+        lk.addr = Signal(self._model_addr_shape(), name="link_addr")
+        lk.wdata = Signal.like(ctrl.model_wdata, name="link_wdata")
+        lk.lane = Signal(max(3, len(ctrl.model_lane)), name="link_lane")
+        lk.level_write = Signal(name="link_level_write")
+        lk.level_index = Signal.like(ctrl.level_index, name="link_level_index")
+        lk.level_data = Signal.like(ctrl.level_data, name="link_level_data")
+        m.d.sync += [lk.addr.eq(self._model_address(ctrl.model_word, self._current)),
+                     lk.wdata.eq(ctrl.model_wdata), lk.lane.eq(ctrl.model_lane),
+                     lk.level_write.eq(ctrl.level_write), lk.level_index.eq(ctrl.level_index),
+                     lk.level_data.eq(ctrl.level_data)]
+
+    def _model_addr_shape(self) -> range:
+        """A model bank address (a word, and the copy in builds with model copies)."""
+        p = self.params
+        return range(p.model_copies << self._word_bits if p.model_copies > 1
+                     else p.bank_depth + 1)
 
     def _input(self, m, samples):
         """Beats into the register slice, the scheduler and the decoder; the clear pass."""
@@ -211,8 +245,9 @@ class SGDEngine(wiring.Component):
             dec.k.eq(ctrl.k), dec.double.eq(ctrl.double),
             dec.data.eq(self._slice.o.payload.data), dec.last.eq(sched.last_beat),
             dec.last_mask.eq(clear.last_mask),
-            dec.level_write.eq(ctrl.level_write), dec.level_index.eq(ctrl.level_index),
-            dec.level_data.eq(ctrl.level_data),
+            dec.level_write.eq(self._link.level_write),
+            dec.level_index.eq(self._link.level_index),
+            dec.level_data.eq(self._link.level_data),
             clear.start.eq(ctrl.start), clear.features.eq(ctrl.features),
             clear.per_beat.eq(dec.per_beat),
         ]
@@ -244,8 +279,7 @@ class SGDEngine(wiring.Component):
                 reg = Signal(range(p.bank_depth + 1), name=f"{name}_addr{b}")
                 m.d.sync += reg.eq(word_address(b, place.bank, place.addr))
                 self._addr[name].append(reg)
-            dot = Signal(range(p.model_copies << self._word_bits if p.model_copies > 1
-                               else p.bank_depth + 1), name=f"dot_addr{b}")
+            dot = Signal(self._model_addr_shape(), name=f"dot_addr{b}")
             m.d.sync += dot.eq(self._model_address(word_address(b, early.bank, early.addr),
                                                    early.copy))
             self._dot_addr.append(dot)
@@ -268,13 +302,19 @@ class SGDEngine(wiring.Component):
         # `_addresses`); the link reads the model through the same port while the engine
         # is idle
         for b in range(p.lanes):
-            m.d.comb += model.dot.addr[b].eq(Mux(
-                ctrl.model_read, self._model_address(ctrl.model_word, self._current),
-                self._dot_addr[b]))
-        lane_sel = Signal.like(ctrl.model_lane)
-        m.d.sync += lane_sel.eq(ctrl.model_lane)
-        # the lane's word registered: the block RAMs' outputs go to no distant logic
-        m.d.sync += ctrl.model_rdata.eq(Array(model.dot.data[b] for b in range(p.lanes))[lane_sel])
+            m.d.comb += model.dot.addr[b].eq(Mux(self._link.read[b], self._link.addr,
+                                                 self._dot_addr[b]))
+        # the lane's word in two steps, each into a register: a word of every group
+        # of up to four banks, then the group's (the banks span the die)
+        lk = self._link
+        groups = [Array(model.dot.data[b] for b in range(g, min(g + 4, p.lanes)))
+                  for g in range(0, p.lanes, 4)]
+        picked = [Signal(signed(p.model_bits), name=f"link_group{i}")
+                  for i in range(len(groups))]
+        m.d.sync += [reg.eq(group[lk.lane[:2]]) for reg, group in zip(picked, groups,
+                                                                        strict=True)]
+        m.d.sync += ctrl.model_rdata.eq(Array(picked)[lk.lane[2:]] if len(picked) > 1
+                                        else picked[0])
         q1 = rotate(dec.q1, ready.bank)
         pushed = Signal(sample_entry(p))
         m.d.comb += [dot.levels[b].eq(q1[b]) for b in range(p.lanes)]
@@ -375,7 +415,7 @@ class SGDEngine(wiring.Component):
 
     def _model_writes(self, m):
         """Model (and HALP anchor and offset) writes: the link, the clear pass, updates."""
-        p, ctrl, clear, ps, upd = self.params, self.ctrl, self._clear, self._pass, self._update
+        p, clear, ps, upd = self.params, self._clear, self._pass, self._update
         model = self._model
         # HALP: the model words the clear pass (re-centring) and the copy fill read,
         # registered before they are written (a block RAM's output feeds no other
@@ -386,11 +426,10 @@ class SGDEngine(wiring.Component):
         for b in range(p.lanes):
             wb_addr = self._addr["wb"][b]
             wb_model = ps.model_write & ps.write_at.active[b]
-            with m.If(ctrl.model_write):
-                m.d.comb += [model.write.addr[b].eq(self._model_address(ctrl.model_word,
-                                                                        self._current)),
-                             model.write.data[b].eq(ctrl.model_wdata),
-                             model.write.en[b].eq(ctrl.model_lane == b)]
+            with m.If(self._link.write[b]):
+                m.d.comb += [model.write.addr[b].eq(self._link.addr),
+                             model.write.data[b].eq(self._link.wdata),
+                             model.write.en[b].eq(self._link.en[b])]
             if p.halp:
                 fill = self._fill
                 with m.Elif(fill.write):
@@ -429,7 +468,7 @@ class SGDEngine(wiring.Component):
         # engine busy: the register is low the cycle after either.
         beat = ctrl.beats.valid & ctrl.beats.ready
         m.d.sync += ctrl.idle.eq(~self._preparing & self._scheduler.drained & self._slice.empty
-                                 & ~ctrl.start & ~beat)
+                                 & ~ctrl.start & ~beat & ~ctrl.model_write & ~ctrl.level_write)
         with m.If(ctrl.clear_flags):
             m.d.sync += [ctrl.overflow.eq(0), ctrl.clipped.eq(0)]
         with m.Else():

@@ -279,26 +279,32 @@ class ResidentSource(wiring.Component):
         m.d.sync += one_beat.eq(per_beat >= self.features)
         # the feature beat's first row, base + f0 // lanes, and f0 % lanes, kept with
         # the walk: every column's row is then ready in a register of its own (below)
+        # (with `row + 1` and `row + 2` in registers beside it, so that no sum lies
+        # between the walk's state and the columns' rows)
         row, f0_low = Signal(row_bits), Signal(lane_bits)
+        row1, row2 = Signal(row_bits), Signal(row_bits)
         row_next, f0_low_next = Signal(row_bits), Signal(lane_bits)
         m.d.comb += [row_next.eq(row), f0_low_next.eq(f0_low)]
-        m.d.sync += [row.eq(row_next), f0_low.eq(f0_low_next)]
+        m.d.sync += [row.eq(row_next), row1.eq(row_next + 1), row2.eq(row_next + 2),
+                     f0_low.eq(f0_low_next)]
+        # label word of the sample; code rows of the feature beat: column c reads one
+        # row further when it holds a feature after the row's wrap. Each column's row
+        # leaves from its own register, loaded with the next beat's row: the sums
+        # between the walk's registers and the 32 code block RAMs of the ULX3S were
+        # its longest path, then the sums into these registers
+        labels_per_word = p.beat_bits // 16
+        m.d.comb += mems["labels"].addr.eq(index >> clog2(labels_per_word))
+        column_rows = []
+        for c, port in enumerate(mems["codes"]):
+            column_row = Signal.like(port.addr, name=f"code_row{c}", attrs={REPLICA: 1})
+            m.d.comb += port.addr.eq(column_row)
+            column_rows.append(column_row)
         with m.If(self._launch):
             m.d.sync += [running.eq(1), remaining.eq(self.count), index.eq(first),
                          base.eq(first_rows), label_next.eq(1), f0.eq(0),
                          final.eq(self.count == 1)]
             m.d.comb += [row_next.eq(first_rows), f0_low_next.eq(0)]
-        # label word of the sample; code rows of the feature beat: column c reads one
-        # row further when it holds a feature after the row's wrap. Each column's row
-        # leaves from its own register, loaded from the next beat's rows (the sums
-        # between the walk's registers and the 32 code block RAMs of the ULX3S were
-        # its longest path)
-        labels_per_word = p.beat_bits // 16
-        m.d.comb += mems["labels"].addr.eq(index >> clog2(labels_per_word))
-        for c, port in enumerate(mems["codes"]):
-            column_row = Signal.like(port.addr, name=f"code_row{c}", attrs={REPLICA: 1})
-            m.d.sync += column_row.eq(row_next + (c < f0_low_next))
-            m.d.comb += port.addr.eq(column_row)
+            m.d.sync += [column_row.eq(first_rows) for column_row in column_rows]
         m.d.sync += s1.valid.eq(issue)
         with m.If(issue):
             m.d.sync += [s1.feature.eq(~label_next), s1.f0.eq(f0), s1.index.eq(index),
@@ -307,13 +313,17 @@ class ResidentSource(wiring.Component):
             with m.If(label_next):
                 m.d.sync += [label_next.eq(0), f0.eq(0), last_beat.eq(one_beat)]
                 m.d.comb += [row_next.eq(base), f0_low_next.eq(0)]
+                m.d.sync += [column_row.eq(base) for column_row in column_rows]
             with m.Elif(~last_beat):
                 m.d.sync += [f0.eq(f0 + per_beat),
                              last_beat.eq(f0 + (per_beat << 1) >= self.features)]
                 # per_beat <= lanes: the row moves on by at most one
                 low = f0_low + per_beat
-                m.d.comb += [row_next.eq(row + low[lane_bits:].any()),
-                             f0_low_next.eq(low[:lane_bits])]
+                carry, low_next = low[lane_bits:].any(), low[:lane_bits]
+                m.d.comb += [row_next.eq(Mux(carry, row1, row)), f0_low_next.eq(low_next)]
+                m.d.sync += [column_row.eq(Mux(carry, Mux(c < low_next, row2, row1),
+                                               Mux(c < low_next, row1, row)))
+                             for c, column_row in enumerate(column_rows)]
             with m.Else():                     # the sample's last beat: walk on
                 m.d.sync += [label_next.eq(1), remaining.eq(remaining - 1),
                              final.eq(remaining == 2),

@@ -28,6 +28,7 @@ import cocotb
 import numpy as np
 from cocotb.clock import Clock
 from cocotb.triggers import ReadOnly, RisingEdge, Timer
+from ziphalp.hw.control import MODEL_READ_LATENCY
 from ziphalp.hw.params import LABEL, EngineParams, Phase, field_bits
 from ziphalp.hw.protocol import CONFIGURE, Configure
 from ziphalp.sim.golden import GoldenEngine
@@ -131,7 +132,8 @@ class EngineDriver:
             d.ctrl__model_read.value = 1
             await self.tick()
             d.ctrl__model_read.value = 0
-            await self.tick()                   # the word comes two cycles after the read
+            for _ in range(MODEL_READ_LATENCY - 1):     # the word comes that many cycles
+                await self.tick()                       # after the read
             await ReadOnly()
             out.append(d.ctrl__model_rdata.value.to_signed())
             await self.tick()

@@ -96,7 +96,7 @@ def test_identity_reports_halp(connect):
         identity = board.identify()
         assert identity.options & protocol.Options.HALP and identity.halp_samples == 4096
         assert board.halp_samples == 4096
-        assert identity.update_gap == 43                 # 8 lanes, deep_pipeline
+        assert identity.update_gap == 44                 # 8 lanes, deep_pipeline
         assert identity.options & protocol.Options.DEEP_PIPELINE
         assert board.params == BOARD_PARAMS["ulx3s"]
     connect(FakeBoard(BOARD_PARAMS["sim"]))

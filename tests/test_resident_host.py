@@ -346,7 +346,7 @@ def test_run_waits_for_a_long_run(monkeypatch):
         board.load_data(Region.LABELS, label_words(np.arange(5, dtype=np.int16), ULX3S))
         board.configure(3, 2, 10, k=2)
         assert board._run_seconds(10 ** 6) == pytest.approx(
-            10 ** 6 * (1 + 1 + 43) / ULX3S.clock_hz)       # update gap 43 at 8 lanes
+            10 ** 6 * (1 + 1 + 44) / ULX3S.clock_hz)       # update gap 44 at 8 lanes
         board.run(7, 0, 1, 5, 3)
         assert fake.board.runs
         fake.empty = 10 ** 9                                   # a board that never answers
