@@ -30,6 +30,8 @@ output folder gets ``report.json``::
      "critical_path": {"clock": "<net>", "delay_ns": 27.1, "by_type_ns": {...},
                        "from": "<cell>.<port>", "to": "<cell>.<port>",
                        "logic_steps": 12, "sources": ["dot.py:61", ...]},
+     "slow_endpoints": [{"cell": "core.engine.dot.acc", "arrival_ns": 26.8,
+                         "endpoints": 32}, ...],
      "params": {...}, "build_id": "0x1234abcd",
      "clock_hz": 33000000, "baud": 3000000, "seed": null, "failed_seeds": [],
      "pll": {"primitive": "SB_PLL40_PAD", ...},
@@ -42,7 +44,9 @@ output folder gets ``report.json``::
 
 Utilisation and Fmax are those of nextpnr's JSON report (``--report``);
 ``fmax_mhz`` is the clock with the least margin, ``critical_path`` that clock's
-worst register-to-register path. The command exits with status 1
+worst register-to-register path, ``slow_endpoints`` the registers and memories
+where that clock's paths of at least 80% of the worst end (nextpnr's detailed
+timing, :func:`~ziphalp.hw.toolchain.read_slow_endpoints`). The command exits with status 1
 and a one-line message if timing is not met (unless ``--allow-timing-fail``) or a
 tool fails, and with status 2 on a usage error such as an unknown board.
 
@@ -77,6 +81,7 @@ from .toolchain import (
     read_critical_path,
     read_multipliers,
     read_nextpnr_report,
+    read_slow_endpoints,
     setup_tools,
     worst_clock,
 )
@@ -103,7 +108,7 @@ TARGETS: dict[str, BuildTarget] = {t.name: t for t in (icebreaker.TARGET, ulx3s.
 def _overrides(target: BuildTarget, seed: int | None, verbose: bool) -> dict[str, Any]:
     """Platform build overrides: the family's, the nextpnr report and the multiplier dump."""
     family = target.family
-    pnr_opts = ["--report", NEXTPNR_REPORT, "--timing-allow-fail"]
+    pnr_opts = ["--report", NEXTPNR_REPORT, "--detailed-timing-report", "--timing-allow-fail"]
     if seed is not None:
         pnr_opts += ["--seed", str(seed)]
     overrides: dict[str, Any] = dict(family.overrides)
@@ -213,6 +218,8 @@ def build(target: BuildTarget, out: Path, *, params: EngineParams | None = None,
             c["achieved"] >= c["constraint"] for c in clocks.values()),
         "critical_path": (None if worst_net is None
                           else read_critical_path(out / NEXTPNR_REPORT, worst_net)),
+        "slow_endpoints": ([] if worst_net is None
+                           else read_slow_endpoints(out / NEXTPNR_REPORT, worst_net)),
         "params": dataclasses.asdict(built),
         "build_id": f"0x{built.build_id:08x}",
         "clock_hz": built.clock_hz,
@@ -307,6 +314,11 @@ def summary(target: BuildTarget, report: dict, out: Path) -> str:
         kinds = ", ".join(f"{kind} {ns:.1f}" for kind, ns in path["by_type_ns"].items())
         lines.append(f"  path   {path['delay_ns']:.1f} ns ({kinds}), {path['logic_steps']} "
                      f"logic steps: {path['from']} -> {path['to']}")
+    slow = report.get("slow_endpoints") or []
+    if slow:
+        names = ", ".join(f"{g['cell']} {g['arrival_ns']:.1f}" for g in slow[:3])
+        lines.append(f"  slow   {sum(g['endpoints'] for g in slow)} endpoints in "
+                     f"{len(slow)} places within 80% of it, e.g. {names}")
     for label, cell in target.family.summary.items():
         u = report["utilisation"].get(cell)
         if u and u["available"]:

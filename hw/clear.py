@@ -27,7 +27,8 @@ class ClearPass(wiring.Component):
     start : In(1)
         Begin the sweep.
     features : In(range(max_features + 1)); per_beat : In(range(lanes + 1))
-        ``d`` (read in the ``start`` cycle) and ``K`` (held while ``busy``).
+        ``d`` (read in the ``start`` cycle, held with ``deep_pipeline``) and ``K``
+        (held while ``busy``).
     busy : Out(1)
         The sweep runs; ``word`` is the bank word it is at.
     word : Out(range(cycles))
@@ -60,17 +61,18 @@ class ClearPass(wiring.Component):
         m = Module()
         p = self.params
         base = Signal(range(p.max_beats * p.lanes + p.lanes + 1))   # first feature of `word`
-        # `d` in a register of the pass's own, loaded at `start`: the link's
-        # configuration registers sit across the die, and `features` into the
-        # last-beat mask was a ULX3S build's longest path
-        features = Signal.like(self.features)
+        # deep_pipeline: `d` in a register of the pass's own, loaded at `start` (the
+        # link's configuration registers sit across the die, and `features` into the
+        # last-beat mask was a ULX3S build's longest path)
+        features = Signal.like(self.features) if p.deep_pipeline else self.features
         m.d.comb += [self.word_valid.eq(self.busy & (self.word < p.bank_depth)),
                      self.done.eq(~self.start & self.busy & (self.word == self.cycles - 1))]
         m.d.comb += [self.late_word.eq(delayed(m, self.word, 2, "late_word")),
                      self.late_valid.eq(delayed(m, self.word_valid, 2, "late_valid"))]
         with m.If(self.start):
-            m.d.sync += [self.busy.eq(1), self.word.eq(0), base.eq(0),
-                         features.eq(self.features)]
+            m.d.sync += [self.busy.eq(1), self.word.eq(0), base.eq(0)]
+            if p.deep_pipeline:
+                m.d.sync += features.eq(self.features)
         with m.Elif(self.busy):
             with m.If(base < features):
                 m.d.sync += [

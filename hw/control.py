@@ -29,9 +29,10 @@ configuration    one member per field of ``protocol.CONFIGURE``, of the same nam
 ``model_*``      random access to the model, only while ``idle``: ``model_read``
                  returns the weight of feature ``model_word * lanes + model_lane``
                  (word ``model_word`` of bank ``model_lane``) in ``model_rdata``
-                 :data:`MODEL_READ_LATENCY` cycles later (``model_word`` and
+                 :func:`model_read_latency` cycles later (``model_word`` and
                  ``model_lane`` held); ``model_write`` writes ``model_wdata``
-                 there, and ``idle`` is low in the next cycle, while it lands.
+                 there, and ``idle`` is low in the next cycle (deep_pipeline: while
+                 it lands).
 ``level_*``      ``level_write`` writes level ``level_index`` (``LEVEL`` word
                  ``level_data``) into the level table, only while ``idle`` (low
                  in the next cycle, as for a model write).
@@ -48,11 +49,15 @@ from amaranth.lib.wiring import In, Out, Signature
 from .params import LEVEL, EngineParams
 from .protocol import CONFIGURE, Field
 
-__all__ = ["MODEL_READ_LATENCY", "beat_layout", "config_shape", "control_signature"]
+__all__ = ["beat_layout", "config_shape", "control_signature", "model_read_latency"]
 
-#: Cycles from ``model_read`` to its word in ``model_rdata``: the request's register,
-#: the block RAM's read, then the word of the bank's group of four and the lane's.
-MODEL_READ_LATENCY = 4
+
+
+def model_read_latency(p: EngineParams) -> int:
+    """Cycles from ``model_read`` to its word in ``model_rdata``: the block RAM's read
+    and the lane's word; with ``deep_pipeline`` also the request's register and the
+    word of the bank's group of four before the lane's."""
+    return 4 if p.deep_pipeline else 2
 
 
 def beat_layout(p: EngineParams) -> data.StructLayout:

@@ -184,6 +184,12 @@ class SGDEngine(wiring.Component):
         m.d.sync += self._preparing.eq(
             ctrl.start | self._clear.busy | (self._prep.busy | self._fill.busy if p.halp else 0))
         self._link_requests(m)
+        # the clear pass's `busy` (deep_pipeline: from a register per bank): it selects
+        # what the gradient and offset banks' write ports take, and those banks span
+        # the die
+        clear = self._clear
+        self._clearing = (replicas(m, clear.start | (clear.busy & ~clear.done), p.lanes,
+                                   "clearing") if p.deep_pipeline else [clear.busy] * p.lanes)
         self._input(m, samples)
         self._addresses(m)
         self._stage1(m, samples, sigmas)
@@ -194,13 +200,27 @@ class SGDEngine(wiring.Component):
         return m
 
     def _link_requests(self, m):
-        """The link's model and level requests, each into registers before it reaches a
-        memory: they come from the link's state machine across the die, and the write
-        enables run into the model block RAMs' addresses. A write lands, and a read's
-        address is applied, a cycle after the request (hence ``MODEL_READ_LATENCY``);
-        the selects and enables are a register per bank."""
+        """The link's model and level requests as the memories see them.
+
+        With ``deep_pipeline`` each goes into registers first: the requests come from
+        the link's state machine across the die, and a write enable runs into the
+        model block RAMs' addresses. A write then lands, and a read's address is
+        applied, a cycle after the request (:func:`~ziphalp.hw.control.model_read_latency`);
+        the selects and enables are a register per bank. Without, the memories see
+        the link's signals themselves (the iCEBreaker has no logic cells to spare)."""
         p, ctrl = self.params, self.ctrl
         lk = self._link = SimpleNamespace()
+        # the lane whose word a read returns, for the read's multiplexers
+        lk.lane = Signal(max(3, len(ctrl.model_lane)), name="link_lane")
+        m.d.sync += lk.lane.eq(ctrl.model_lane)
+        address = self._model_address(ctrl.model_word, self._current)
+        if not p.deep_pipeline:
+            lk.read, lk.write = [ctrl.model_read] * p.lanes, [ctrl.model_write] * p.lanes
+            lk.en = [ctrl.model_lane == b for b in range(p.lanes)]
+            lk.addr, lk.wdata = address, ctrl.model_wdata
+            lk.level_write, lk.level_index, lk.level_data = (
+                ctrl.level_write, ctrl.level_index, ctrl.level_data)
+            return
         lk.read = replicas(m, ctrl.model_read, p.lanes, "link_read")
         lk.write = replicas(m, ctrl.model_write, p.lanes, "link_write")
         lk.en = [Signal(name=f"link_en{b}") for b in range(p.lanes)]
@@ -208,12 +228,10 @@ class SGDEngine(wiring.Component):
                      for b, en in enumerate(lk.en)]
         lk.addr = Signal(self._model_addr_shape(), name="link_addr")
         lk.wdata = Signal.like(ctrl.model_wdata, name="link_wdata")
-        lk.lane = Signal(max(3, len(ctrl.model_lane)), name="link_lane")
         lk.level_write = Signal(name="link_level_write")
         lk.level_index = Signal.like(ctrl.level_index, name="link_level_index")
         lk.level_data = Signal.like(ctrl.level_data, name="link_level_data")
-        m.d.sync += [lk.addr.eq(self._model_address(ctrl.model_word, self._current)),
-                     lk.wdata.eq(ctrl.model_wdata), lk.lane.eq(ctrl.model_lane),
+        m.d.sync += [lk.addr.eq(address), lk.wdata.eq(ctrl.model_wdata),
                      lk.level_write.eq(ctrl.level_write), lk.level_index.eq(ctrl.level_index),
                      lk.level_data.eq(ctrl.level_data)]
 
@@ -304,17 +322,21 @@ class SGDEngine(wiring.Component):
         for b in range(p.lanes):
             m.d.comb += model.dot.addr[b].eq(Mux(self._link.read[b], self._link.addr,
                                                  self._dot_addr[b]))
-        # the lane's word in two steps, each into a register: a word of every group
-        # of up to four banks, then the group's (the banks span the die)
+        # the lane's word, registered; deep_pipeline: in two steps, each into a
+        # register, a word of every group of up to four banks, then the group's (the
+        # banks span the die)
         lk = self._link
-        groups = [Array(model.dot.data[b] for b in range(g, min(g + 4, p.lanes)))
-                  for g in range(0, p.lanes, 4)]
-        picked = [Signal(signed(p.model_bits), name=f"link_group{i}")
-                  for i in range(len(groups))]
-        m.d.sync += [reg.eq(group[lk.lane[:2]]) for reg, group in zip(picked, groups,
-                                                                        strict=True)]
-        m.d.sync += ctrl.model_rdata.eq(Array(picked)[lk.lane[2:]] if len(picked) > 1
-                                        else picked[0])
+        if p.deep_pipeline:
+            groups = [Array(model.dot.data[b] for b in range(g, min(g + 4, p.lanes)))
+                      for g in range(0, p.lanes, 4)]
+            picked = [Signal(signed(p.model_bits), name=f"link_group{i}")
+                      for i in range(len(groups))]
+            m.d.sync += [reg.eq(group[lk.lane[:2]])
+                         for reg, group in zip(picked, groups, strict=True)]
+            m.d.sync += ctrl.model_rdata.eq(Array(picked)[lk.lane[2:]])
+        else:
+            m.d.sync += ctrl.model_rdata.eq(
+                Array(model.dot.data[b] for b in range(p.lanes))[lk.lane])
         q1 = rotate(dec.q1, ready.bank)
         pushed = Signal(sample_entry(p))
         m.d.comb += [dot.levels[b].eq(q1[b]) for b in range(p.lanes)]
@@ -395,11 +417,11 @@ class SGDEngine(wiring.Component):
         """Gradient (and HALP gamma) writes: the clear pass, gamma, the update lanes."""
         p, clear, ps, upd, grad = self.params, self._clear, self._pass, self._update, self._grad
         for b in range(p.lanes):
-            with m.If(clear.busy):                # the inner loop keeps G for gamma
+            with m.If(self._clearing[b]):         # the inner loop keeps G for gamma
                 m.d.comb += [grad.write.addr[b].eq(clear.word), grad.write.data[b].eq(0),
                              grad.write.en[b].eq(clear.word_valid & ~self._inner)]
-            if p.halp:
-                with m.Elif(self._prep.gamma_write):   # G becomes gamma; the inner loop starts at 0
+            if p.halp:                            # G becomes gamma; the inner loop starts at 0
+                with m.Elif(self._prep.gamma_write_bank[b]):
                     m.d.comb += [grad.write.addr[b].eq(self._prep.gamma_word),
                                  grad.write.data[b].eq(0), grad.write.en[b].eq(1)]
             with m.Else():
@@ -450,7 +472,7 @@ class SGDEngine(wiring.Component):
             m.d.comb += [anchor.write.addr[b].eq(clear.late_word),
                          anchor.write.data[b].eq(held[b]),
                          anchor.write.en[b].eq(clear.late_valid & self._full)]
-            with m.If(clear.busy):
+            with m.If(self._clearing[b]):
                 m.d.comb += [offset.write.addr[b].eq(clear.word), offset.write.data[b].eq(0),
                              offset.write.en[b].eq(clear.word_valid & self._full)]
             with m.Else():

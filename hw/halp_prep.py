@@ -21,7 +21,7 @@ from amaranth import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from .delay import delayed
+from .delay import delay_line, delayed
 from .params import (
     HALP_FRAC,
     LOG_FRAC,
@@ -31,6 +31,7 @@ from .params import (
     EngineParams,
     clog2,
 )
+from .replica import replicas
 
 __all__ = ["InnerLoopPrep", "leading_one"]
 
@@ -76,6 +77,9 @@ class InnerLoopPrep(wiring.Component):
     gamma : Out(lanes x signed(grad_bits)); gamma_word : Out; gamma_write : Out(1)
         Step 3: write ``gamma`` to word ``gamma_word`` of every bank (and clear ``G``
         there) while ``gamma_write``.
+    gamma_write_bank : Out(lanes)
+        ``gamma_write`` from a register per bank (the write-port selects of banks
+        spread over the die).
     """
 
     def __init__(self, params: EngineParams):
@@ -89,6 +93,7 @@ class InnerLoopPrep(wiring.Component):
             "offset_shift": Out(range(OFFSET_SHIFT_MAX + 1)),
             "gamma": Out(data.ArrayLayout(signed(p.grad_bits), p.lanes)),
             "gamma_word": Out(range(p.bank_depth + 1)), "gamma_write": Out(1),
+            "gamma_write_bank": Out(p.lanes),
         })
 
     def elaborate(self, platform):
@@ -246,8 +251,11 @@ class InnerLoopPrep(wiring.Component):
         latency = 4 + p.lanes
         scale_issue = Signal()
         m.d.comb += scale_issue.eq(issue & self._scaling)
-        m.d.comb += [self.gamma_write.eq(delayed(m, scale_issue, latency, "gamma_write")),
+        gamma_write = delay_line(m, scale_issue, latency, "gamma_write")
+        m.d.comb += [self.gamma_write.eq(gamma_write[-1]),
                      self.gamma_word.eq(delayed(m, self.word, latency, "gamma_word"))]
+        m.d.comb += self.gamma_write_bank.eq(Cat(replicas(m, gamma_write[-2], p.lanes,
+                                                          "gamma_write_bank")))
         with m.If(self._scaling):
             m.d.sync += count.eq(count + 1)
             with m.If(count == total + latency):

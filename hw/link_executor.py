@@ -25,7 +25,7 @@ from amaranth.lib.memory import ReadPort
 from amaranth.lib.wiring import Component, In, Out
 from amaranth.utils import ceil_log2
 
-from .control import MODEL_READ_LATENCY, control_signature
+from .control import control_signature, model_read_latency
 from .engine import SGDEngine
 from .link_check import LinkCheck, loaded_layout
 from .link_messages import (
@@ -183,7 +183,7 @@ class LinkExecutor(Component):
         x.final = Signal()                      # the current weight is the last
         x.weight = Signal(8 * WEIGHT_BYTES)     # LOAD: assembled from bytes; READ: sent as bytes
         x.weight_byte = Signal(range(WEIGHT_BYTES))
-        x.fetch_wait = Signal(range(MODEL_READ_LATENCY))   # READ: cycles left to the word
+        x.fetch_wait = Signal(range(model_read_latency(p)))   # READ: cycles to wait
         x.level = Signal(range(p.levels_max))   # LOAD_LEVELS: index of the current level
         x.levels_left = Signal(range(p.levels_max + 1))     # including the current one
         x.level_final = Signal()                # the current level is the last
@@ -426,14 +426,21 @@ class LinkExecutor(Component):
             m.next = "LOAD"
             with m.If(x.final):
                 m.next = "HEADER"
+        # the word comes model_read_latency cycles after the read: FETCHED waits all
+        # but the first and the last of them
+        wait = model_read_latency(p) - 2
         with m.State("FETCH"):
             with m.If(eng.idle):
                 m.d.comb += eng.model_read.eq(1)
-                m.d.sync += x.fetch_wait.eq(MODEL_READ_LATENCY - 2)
+                if wait:
+                    m.d.sync += x.fetch_wait.eq(wait)
                 m.next = "FETCHED"
-        with m.State("FETCHED"):                # the word comes MODEL_READ_LATENCY cycles
-            m.d.sync += x.fetch_wait.eq(x.fetch_wait - 1)       # after the read
-            with m.If(x.fetch_wait == 0):
+        with m.State("FETCHED"):
+            if wait:
+                m.d.sync += x.fetch_wait.eq(x.fetch_wait - 1)
+                with m.If(x.fetch_wait == 0):
+                    m.next = "LATCH"
+            else:
                 m.next = "LATCH"
         with m.State("LATCH"):
             m.d.sync += x.weight.eq(eng.model_rdata.as_signed())   # sign-extended to int32

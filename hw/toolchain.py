@@ -32,6 +32,7 @@ __all__ = [
     "read_critical_path",
     "read_multipliers",
     "read_nextpnr_report",
+    "read_slow_endpoints",
     "setup_tools",
     "worst_clock",
 ]
@@ -158,6 +159,54 @@ def read_critical_path(path: Path, net: str) -> dict | None:
         "logic_steps": sum(step.get("type") == "logic" for step in steps),
         "sources": sources,
     }
+
+
+#: Endpoints slower than this share of the slowest go into :func:`read_slow_endpoints`.
+SLOW_SHARE = 0.8
+
+# A mapped cell's name is its register's or memory's name, a number Yosys gave it,
+# then what the mapping added (`..._TRELLIS_FF_Q_7`, `..._SB_DFFE_Q`).
+_CELL_SUFFIX = re.compile(r"_(TRELLIS|SB|ICESTORM)_.*$")
+_CELL_NUMBER = re.compile(r"\$\d+")
+
+
+def read_slow_endpoints(path: Path, net: str, *, groups: int = 20) -> list[dict]:
+    """Where the slowest paths of clock ``net`` end, from nextpnr's ``--report`` JSON
+    with ``--detailed-timing-report``: every endpoint (flip-flop or memory input)
+    whose arrival time (setup not counted) is above :data:`SLOW_SHARE` of the
+    slowest, grouped by the register or memory it belongs to.
+
+    Returns up to ``groups`` groups, slowest first, each ``{"cell": <name>,
+    "arrival_ns": <its slowest endpoint>, "endpoints": <how many are that slow>}``.
+    The critical path shows one path; these show how many places are nearly as
+    slow, and which. An empty list if the report has no detailed timing.
+    """
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise BuildError(f"cannot read nextpnr report {path}: {exc}") from None
+    edge = f"posedge {net}"
+    arrivals = []
+    for timing in data.get("detailed_net_timings", []):
+        if timing.get("event") != edge:
+            continue
+        for endpoint in timing.get("endpoints", []):
+            if endpoint.get("event") == edge:
+                delay = endpoint.get("delay", 0.0)
+                arrivals.append((float(max(delay) if isinstance(delay, list) else delay),
+                                 endpoint.get("cell", "?")))
+    if not arrivals:
+        return []
+    floor = SLOW_SHARE * max(arrival for arrival, _ in arrivals)
+    slow: dict[str, dict] = {}
+    for arrival, cell in arrivals:
+        if arrival < floor:
+            continue
+        name = _CELL_NUMBER.sub("", _CELL_SUFFIX.sub("", cell))
+        group = slow.setdefault(name, {"cell": name, "arrival_ns": 0.0, "endpoints": 0})
+        group["arrival_ns"] = max(group["arrival_ns"], round(arrival, 3))
+        group["endpoints"] += 1
+    return sorted(slow.values(), key=lambda g: (-g["arrival_ns"], g["cell"]))[:groups]
 
 
 def worst_clock(clocks: dict) -> dict | None:

@@ -28,7 +28,7 @@ import cocotb
 import numpy as np
 from cocotb.clock import Clock
 from cocotb.triggers import ReadOnly, RisingEdge, Timer
-from ziphalp.hw.control import MODEL_READ_LATENCY
+from ziphalp.hw.control import model_read_latency
 from ziphalp.hw.params import LABEL, EngineParams, Phase, field_bits
 from ziphalp.hw.protocol import CONFIGURE, Configure
 from ziphalp.sim.golden import GoldenEngine
@@ -132,7 +132,7 @@ class EngineDriver:
             d.ctrl__model_read.value = 1
             await self.tick()
             d.ctrl__model_read.value = 0
-            for _ in range(MODEL_READ_LATENCY - 1):     # the word comes that many cycles
+            for _ in range(model_read_latency(self.p) - 1):     # the word comes that many cycles
                 await self.tick()                       # after the read
             await ReadOnly()
             out.append(d.ctrl__model_rdata.value.to_signed())

@@ -545,6 +545,30 @@ def test_read_critical_path(tmp_path):
     assert toolchain.read_critical_path(report, "other") is None
 
 
+def test_read_slow_endpoints(tmp_path):
+    def net(event, *endpoints):
+        return {"event": event, "endpoints": [
+            {"cell": cell, "port": "DI", "event": event, "delay": [1.0, delay]}
+            for cell, delay in endpoints]}
+
+    clk = "posedge $glbnet$clk"
+    report = tmp_path / "nextpnr.json"
+    report.write_text(json.dumps({"detailed_net_timings": [
+        net(clk, ("core.clear$294.last_word_TRELLIS_FF_Q_7", 12.5),
+            ("core.clear$294.last_word_TRELLIS_FF_Q_4", 11.0),
+            ("core.dot.acc_TRELLIS_FF_Q", 9.0)),           # below 80% of 12.5: left out
+        net(clk, ("core.model$299.bank3.0.0", 10.25)),
+        net("posedge other", ("core.slow_TRELLIS_FF_Q", 30.0)),   # another clock
+    ]}))
+    assert toolchain.read_slow_endpoints(report, "$glbnet$clk") == [
+        {"cell": "core.clear.last_word", "arrival_ns": 12.5, "endpoints": 2},
+        {"cell": "core.model.bank3.0.0", "arrival_ns": 10.25, "endpoints": 1}]
+    assert toolchain.read_slow_endpoints(report, "$glbnet$clk", groups=1) == [
+        {"cell": "core.clear.last_word", "arrival_ns": 12.5, "endpoints": 2}]
+    report.write_text(json.dumps({"critical_paths": []}))   # no detailed timing
+    assert toolchain.read_slow_endpoints(report, "$glbnet$clk") == []
+
+
 def _mac16(clk, **params):
     return {"type": "SB_MAC16", "parameters": params,
             "connections": {"CLK": clk, "A": [2, 3], "B": [4, "x"]}}
@@ -635,6 +659,13 @@ def _check_report(report: dict, board: str, device: str, limits: dict[str, int],
     path = report["critical_path"]
     assert report["clocks"][path["clock"]] == report["fmax_mhz"]
     assert path["delay_ns"] > 0 and path["logic_steps"] > 0
+    # ... and where the paths nearly as slow end (arrival times, setup not counted,
+    # so the slowest is not always the critical path's end), none below 80% of the
+    # slowest
+    slow = report["slow_endpoints"]
+    assert slow and slow[0]["arrival_ns"] >= 0.8 * path["delay_ns"]
+    assert all(g["arrival_ns"] >= 0.8 * slow[0]["arrival_ns"] and g["endpoints"] >= 1
+               for g in slow)
 
     # Timing, last: the clock's Fmax, and no multiply left out of the analysis.
     problems = []
