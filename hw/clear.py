@@ -9,12 +9,13 @@ gradients), :class:`CopyFill` makes every copy of the model equal at the start o
 an inner loop. Neither writes a memory itself.
 """
 
-from amaranth import Cat, Module, Signal
+from amaranth import Cat, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from .delay import delayed
 from .params import EngineParams
+from .replica import replicas
 
 __all__ = ["ClearPass", "CopyFill"]
 
@@ -39,6 +40,10 @@ class ClearPass(wiring.Component):
         a cycle for the block RAM's read, a cycle for a register.
     done : Out(1)
         The sweep's last cycle.
+    bank_busy, bank_valid : Out(lanes)
+        ``busy`` and ``word_valid`` for each bank's write port: with
+        ``deep_pipeline`` each from a register of its own (they select and enable
+        the writes of banks that span the die), else the same signals.
     last_word : Out(range(max_beats)); last_mask : Out(lanes)
         Feature beats of a sample minus one, and the lanes its last beat uses;
         valid once the sweep is done.
@@ -54,6 +59,7 @@ class ClearPass(wiring.Component):
             "busy": Out(1), "word": Out(range(self.cycles)), "word_valid": Out(1),
             "late_word": Out(range(self.cycles)), "late_valid": Out(1),
             "done": Out(1),
+            "bank_busy": Out(params.lanes), "bank_valid": Out(params.lanes),
             "last_word": Out(range(params.max_beats)), "last_mask": Out(params.lanes),
         })
 
@@ -69,6 +75,15 @@ class ClearPass(wiring.Component):
                      self.done.eq(~self.start & self.busy & (self.word == self.cycles - 1))]
         m.d.comb += [self.late_word.eq(delayed(m, self.word, 2, "late_word")),
                      self.late_valid.eq(delayed(m, self.word_valid, 2, "late_valid"))]
+        if p.deep_pipeline:
+            busy_next = self.start | (self.busy & ~self.done)
+            word_next = Mux(self.start, 0, self.word + 1)
+            valid_next = busy_next & (word_next < p.bank_depth)
+            m.d.comb += [self.bank_busy.eq(Cat(replicas(m, busy_next, p.lanes, "bank_busy"))),
+                         self.bank_valid.eq(Cat(replicas(m, valid_next, p.lanes, "bank_valid")))]
+        else:
+            m.d.comb += [self.bank_busy.eq(self.busy.replicate(p.lanes)),
+                         self.bank_valid.eq(self.word_valid.replicate(p.lanes))]
         with m.If(self.start):
             m.d.sync += [self.busy.eq(1), self.word.eq(0), base.eq(0)]
             if p.deep_pipeline:

@@ -184,12 +184,6 @@ class SGDEngine(wiring.Component):
         m.d.sync += self._preparing.eq(
             ctrl.start | self._clear.busy | (self._prep.busy | self._fill.busy if p.halp else 0))
         self._link_requests(m)
-        # the clear pass's `busy` (deep_pipeline: from a register per bank): it selects
-        # what the gradient and offset banks' write ports take, and those banks span
-        # the die
-        clear = self._clear
-        self._clearing = (replicas(m, clear.start | (clear.busy & ~clear.done), p.lanes,
-                                   "clearing") if p.deep_pipeline else [clear.busy] * p.lanes)
         self._input(m, samples)
         self._addresses(m)
         self._stage1(m, samples, sigmas)
@@ -401,9 +395,9 @@ class SGDEngine(wiring.Component):
                 # the clear pass reads the model to re-centre the anchor on it, the
                 # copy fill to copy it; the updates read it (SGD) from the newest copy
                 self._model.update.addr[b].eq(self._model_address(
-                    Mux(self._fill.busy, self._fill.word, Mux(self._clear.busy, self._clear.word,
-                                                              model_addr))
-                    if p.halp else Mux(self._clear.busy, self._clear.word, model_addr),
+                    Mux(self._fill.busy, self._fill.word,
+                        Mux(self._clear.bank_busy[b], self._clear.word, model_addr))
+                    if p.halp else Mux(self._clear.bank_busy[b], self._clear.word, model_addr),
                     self._current)),
             ]
 
@@ -417,9 +411,9 @@ class SGDEngine(wiring.Component):
         """Gradient (and HALP gamma) writes: the clear pass, gamma, the update lanes."""
         p, clear, ps, upd, grad = self.params, self._clear, self._pass, self._update, self._grad
         for b in range(p.lanes):
-            with m.If(self._clearing[b]):         # the inner loop keeps G for gamma
+            with m.If(clear.bank_busy[b]):        # the inner loop keeps G for gamma
                 m.d.comb += [grad.write.addr[b].eq(clear.word), grad.write.data[b].eq(0),
-                             grad.write.en[b].eq(clear.word_valid & ~self._inner)]
+                             grad.write.en[b].eq(clear.bank_valid[b] & ~self._inner)]
             if p.halp:                            # G becomes gamma; the inner loop starts at 0
                 with m.Elif(self._prep.gamma_write_bank[b]):
                     m.d.comb += [grad.write.addr[b].eq(self._prep.gamma_word),
@@ -472,9 +466,9 @@ class SGDEngine(wiring.Component):
             m.d.comb += [anchor.write.addr[b].eq(clear.late_word),
                          anchor.write.data[b].eq(held[b]),
                          anchor.write.en[b].eq(clear.late_valid & self._full)]
-            with m.If(self._clearing[b]):
+            with m.If(clear.bank_busy[b]):
                 m.d.comb += [offset.write.addr[b].eq(clear.word), offset.write.data[b].eq(0),
-                             offset.write.en[b].eq(clear.word_valid & self._full)]
+                             offset.write.en[b].eq(clear.bank_valid[b] & self._full)]
             with m.Else():
                 m.d.comb += [offset.write.addr[b].eq(wb_addr),
                              offset.write.data[b].eq(upd.offset_out[b]),
