@@ -55,9 +55,9 @@ __all__ = ["beat_layout", "config_shape", "control_signature", "model_read_laten
 
 def model_read_latency(p: EngineParams) -> int:
     """Cycles from ``model_read`` to its word in ``model_rdata``: the block RAM's read
-    and the lane's word; with ``deep_pipeline`` also the request's register and the
-    word of the bank's group of four before the lane's."""
-    return 4 if p.deep_pipeline else 2
+    and the lane's word; with ``deep_pipeline`` also the request's register, the
+    words held in flip-flops and the word of the bank's group of four."""
+    return 5 if p.deep_pipeline else 2
 
 
 def beat_layout(p: EngineParams) -> data.StructLayout:

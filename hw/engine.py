@@ -63,6 +63,7 @@ from .banks import Banks, rotate, word_address
 from .clear import ClearPass, CopyFill
 from .control import beat_layout, control_signature
 from .decode import BeatDecoder
+from .delay import delayed
 from .dot import DotProduct
 from .halp_prep import InnerLoopPrep
 from .loss import ScaledError
@@ -316,13 +317,14 @@ class SGDEngine(wiring.Component):
         for b in range(p.lanes):
             m.d.comb += model.dot.addr[b].eq(Mux(self._link.read[b], self._link.addr,
                                                  self._dot_addr[b]))
-        # the lane's word, registered; deep_pipeline: in two steps, each into a
-        # register, a word of every group of up to four banks, then the group's (the
-        # banks span the die)
+        # the lane's word, registered; deep_pipeline: the words first held in
+        # flip-flops (the same as the dot product's input stage, which synthesis
+        # merges with them), then in two steps, each into a register, a word of
+        # every group of up to four banks and the group's (the banks span the die)
         lk = self._link
         if p.deep_pipeline:
-            groups = [Array(model.dot.data[b] for b in range(g, min(g + 4, p.lanes)))
-                      for g in range(0, p.lanes, 4)]
+            held = [delayed(m, model.dot.data[b], 1, f"link_held{b}") for b in range(p.lanes)]
+            groups = [Array(held[g:g + 4]) for g in range(0, p.lanes, 4)]
             picked = [Signal(signed(p.model_bits), name=f"link_group{i}")
                       for i in range(len(groups))]
             m.d.sync += [reg.eq(group[lk.lane[:2]])

@@ -280,13 +280,21 @@ class ResidentSource(wiring.Component):
         # the feature beat's first row, base + f0 // lanes, and f0 % lanes, kept with
         # the walk: every column's row is then ready in a register of its own (below)
         # (with `row + 1` and `row + 2` in registers beside it, so that no sum lies
-        # between the walk's state and the columns' rows)
+        # between the walk's state and the columns' rows; each of the three's next
+        # value is a register or a register's sum, chosen last)
         row, f0_low = Signal(row_bits), Signal(lane_bits)
         row1, row2 = Signal(row_bits), Signal(row_bits)
         row_next, f0_low_next = Signal(row_bits), Signal(lane_bits)
-        m.d.comb += [row_next.eq(row), f0_low_next.eq(f0_low)]
-        m.d.sync += [row.eq(row_next), row1.eq(row_next + 1), row2.eq(row_next + 2),
+        row1_next, row2_next = Signal(row_bits), Signal(row_bits)
+        m.d.comb += [row_next.eq(row), row1_next.eq(row1), row2_next.eq(row2),
+                     f0_low_next.eq(f0_low)]
+        m.d.sync += [row.eq(row_next), row1.eq(row1_next), row2.eq(row2_next),
                      f0_low.eq(f0_low_next)]
+
+        def rows_from(first_row):
+            return [row_next.eq(first_row), row1_next.eq(first_row + 1),
+                    row2_next.eq(first_row + 2), f0_low_next.eq(0)]
+
         # label word of the sample; code rows of the feature beat: column c reads one
         # row further when it holds a feature after the row's wrap. Each column's row
         # leaves from its own register, loaded with the next beat's row: the sums
@@ -303,7 +311,7 @@ class ResidentSource(wiring.Component):
             m.d.sync += [running.eq(1), remaining.eq(self.count), index.eq(first),
                          base.eq(first_rows), label_next.eq(1), f0.eq(0),
                          final.eq(self.count == 1)]
-            m.d.comb += [row_next.eq(first_rows), f0_low_next.eq(0)]
+            m.d.comb += rows_from(first_rows)
             m.d.sync += [column_row.eq(first_rows) for column_row in column_rows]
         m.d.sync += s1.valid.eq(issue)
         with m.If(issue):
@@ -312,7 +320,7 @@ class ResidentSource(wiring.Component):
                          s1.flush.eq(~label_next & last_beat & final)]
             with m.If(label_next):
                 m.d.sync += [label_next.eq(0), f0.eq(0), last_beat.eq(one_beat)]
-                m.d.comb += [row_next.eq(base), f0_low_next.eq(0)]
+                m.d.comb += rows_from(base)
                 m.d.sync += [column_row.eq(base) for column_row in column_rows]
             with m.Elif(~last_beat):
                 m.d.sync += [f0.eq(f0 + per_beat),
@@ -320,7 +328,10 @@ class ResidentSource(wiring.Component):
                 # per_beat <= lanes: the row moves on by at most one
                 low = f0_low + per_beat
                 carry, low_next = low[lane_bits:].any(), low[:lane_bits]
-                m.d.comb += [row_next.eq(Mux(carry, row1, row)), f0_low_next.eq(low_next)]
+                m.d.comb += [row_next.eq(Mux(carry, row1, row)),
+                             row1_next.eq(Mux(carry, row2, row1)),
+                             row2_next.eq(Mux(carry, row2 + 1, row2)),
+                             f0_low_next.eq(low_next)]
                 m.d.sync += [column_row.eq(Mux(carry, Mux(c < low_next, row2, row1),
                                                Mux(c < low_next, row1, row)))
                              for c, column_row in enumerate(column_rows)]
