@@ -205,8 +205,10 @@ class SGDEngine(wiring.Component):
         the link's signals themselves (the iCEBreaker has no logic cells to spare)."""
         p, ctrl = self.params, self.ctrl
         lk = self._link = SimpleNamespace()
-        # the lane whose word a read returns, for the read's multiplexers
-        lk.lane = Signal(max(3, len(ctrl.model_lane)), name="link_lane")
+        # the lane whose word a read returns, for the read's multiplexers (at least
+        # three bits with deep_pipeline: a bank in its group of four, then the group)
+        lk.lane = Signal(max(3, len(ctrl.model_lane)) if p.deep_pipeline
+                         else len(ctrl.model_lane), name="link_lane")
         m.d.sync += lk.lane.eq(ctrl.model_lane)
         address = self._model_address(ctrl.model_word, self._current)
         if not p.deep_pipeline:

@@ -89,10 +89,11 @@ TARGET = BuildTarget(
     # The same parameters the simulated board sim-ulx3s runs.
     params=BOARD_PARAMS["ulx3s"],
     family=ECP5,
-    # The full design routes from this placement seed (78.0 MHz, no overuse after 55
-    # router2 iterations). Seed 2, this board's seed before, leaves the reset's arc
-    # into its global buffer unroutable on this netlist; on an earlier one nextpnr's
-    # default seed left router2 stuck at about 400 overused wires (README, "ULX3S").
+    # The full design routes from this placement seed (84.9 MHz, no overuse after 58
+    # router2 iterations; seed 4 gave 67.7 MHz on the revision before). Seed 2, this
+    # board's seed before, leaves the reset's arc into its global buffer unroutable
+    # on this netlist; on an earlier one nextpnr's default seed left router2 stuck
+    # at about 400 overused wires (README, "ULX3S").
     # A build whose routing fails that way tries the next seeds (ziphalp.hw.build).
     # Builds with other parameters keep nextpnr's default.
     seed=3,
