@@ -78,8 +78,8 @@ class InnerLoopPrep(wiring.Component):
         Step 3: write ``gamma`` to word ``gamma_word`` of every bank (and clear ``G``
         there) while ``gamma_write``.
     gamma_write_bank : Out(lanes)
-        ``gamma_write`` from a register per bank (the write-port selects of banks
-        spread over the die).
+        ``gamma_write`` for each bank's write-port select; with ``deep_pipeline``
+        from a register per bank (the banks spread over the die).
     """
 
     def __init__(self, params: EngineParams):
@@ -254,8 +254,9 @@ class InnerLoopPrep(wiring.Component):
         gamma_write = delay_line(m, scale_issue, latency, "gamma_write")
         m.d.comb += [self.gamma_write.eq(gamma_write[-1]),
                      self.gamma_word.eq(delayed(m, self.word, latency, "gamma_word"))]
-        m.d.comb += self.gamma_write_bank.eq(Cat(replicas(m, gamma_write[-2], p.lanes,
-                                                          "gamma_write_bank")))
+        m.d.comb += self.gamma_write_bank.eq(
+            Cat(replicas(m, gamma_write[-2], p.lanes, "gamma_write_bank")) if p.deep_pipeline
+            else gamma_write[-1].replicate(p.lanes))
         with m.If(self._scaling):
             m.d.sync += count.eq(count + 1)
             with m.If(count == total + latency):
