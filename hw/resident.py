@@ -277,23 +277,19 @@ class ResidentSource(wiring.Component):
         # is the run's last, kept in registers beside `f0` and `remaining`
         last_beat, final, one_beat = Signal(), Signal(), Signal()
         m.d.sync += one_beat.eq(per_beat >= self.features)
-        # the feature beat's first row, base + f0 // lanes, and f0 % lanes, kept with
-        # the walk: every column's row is then ready in a register of its own (below)
+        # the feature beat's first row, base + f0 // lanes, kept with the walk: every
+        # column's row is then ready in a register of its own (below)
         # (with `row + 1` and `row + 2` in registers beside it, so that no sum lies
         # between the walk's state and the columns' rows; each of the three's next
         # value is a register or a register's sum, chosen last)
-        row, f0_low = Signal(row_bits), Signal(lane_bits)
-        row1, row2 = Signal(row_bits), Signal(row_bits)
-        row_next, f0_low_next = Signal(row_bits), Signal(lane_bits)
-        row1_next, row2_next = Signal(row_bits), Signal(row_bits)
-        m.d.comb += [row_next.eq(row), row1_next.eq(row1), row2_next.eq(row2),
-                     f0_low_next.eq(f0_low)]
-        m.d.sync += [row.eq(row_next), row1.eq(row1_next), row2.eq(row2_next),
-                     f0_low.eq(f0_low_next)]
+        row, row1, row2 = Signal(row_bits), Signal(row_bits), Signal(row_bits)
+        row_next, row1_next, row2_next = Signal(row_bits), Signal(row_bits), Signal(row_bits)
+        m.d.comb += [row_next.eq(row), row1_next.eq(row1), row2_next.eq(row2)]
+        m.d.sync += [row.eq(row_next), row1.eq(row1_next), row2.eq(row2_next)]
 
         def rows_from(first_row):
             return [row_next.eq(first_row), row1_next.eq(first_row + 1),
-                    row2_next.eq(first_row + 2), f0_low_next.eq(0)]
+                    row2_next.eq(first_row + 2)]
 
         # label word of the sample; code rows of the feature beat: column c reads one
         # row further when it holds a feature after the row's wrap. Each column's row
@@ -326,12 +322,11 @@ class ResidentSource(wiring.Component):
                 m.d.sync += [f0.eq(f0 + per_beat),
                              last_beat.eq(f0 + (per_beat << 1) >= self.features)]
                 # per_beat <= lanes: the row moves on by at most one
-                low = f0_low + per_beat
+                low = f0[:lane_bits] + per_beat
                 carry, low_next = low[lane_bits:].any(), low[:lane_bits]
                 m.d.comb += [row_next.eq(Mux(carry, row1, row)),
                              row1_next.eq(Mux(carry, row2, row1)),
-                             row2_next.eq(Mux(carry, row2 + 1, row2)),
-                             f0_low_next.eq(low_next)]
+                             row2_next.eq(Mux(carry, row2 + 1, row2))]
                 m.d.sync += [column_row.eq(Mux(carry, Mux(c < low_next, row2, row1),
                                                Mux(c < low_next, row1, row)))
                              for c, column_row in enumerate(column_rows)]
