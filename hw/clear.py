@@ -15,7 +15,7 @@ from amaranth.lib.wiring import In, Out
 
 from .delay import delayed
 from .params import EngineParams
-from .replica import replicas
+from .replica import copies
 
 __all__ = ["ClearPass", "CopyFill"]
 
@@ -75,15 +75,14 @@ class ClearPass(wiring.Component):
                      self.done.eq(~self.start & self.busy & (self.word == self.cycles - 1))]
         m.d.comb += [self.late_word.eq(delayed(m, self.word, 2, "late_word")),
                      self.late_valid.eq(delayed(m, self.word_valid, 2, "late_valid"))]
-        if p.deep_pipeline:
-            busy_next = self.start | (self.busy & ~self.done)
-            word_next = Mux(self.start, 0, self.word + 1)
-            valid_next = busy_next & (word_next < p.bank_depth)
-            m.d.comb += [self.bank_busy.eq(Cat(replicas(m, busy_next, p.lanes, "bank_busy"))),
-                         self.bank_valid.eq(Cat(replicas(m, valid_next, p.lanes, "bank_valid")))]
-        else:
-            m.d.comb += [self.bank_busy.eq(self.busy.replicate(p.lanes)),
-                         self.bank_valid.eq(self.word_valid.replicate(p.lanes))]
+        busy_next = self.start | (self.busy & ~self.done)
+        valid_next = busy_next & (Mux(self.start, 0, self.word + 1) < p.bank_depth)
+        m.d.comb += [
+            self.bank_busy.eq(copies(m, self.busy, busy_next, p.lanes, "bank_busy",
+                                     registered=p.deep_pipeline)),
+            self.bank_valid.eq(copies(m, self.word_valid, valid_next, p.lanes, "bank_valid",
+                                      registered=p.deep_pipeline)),
+        ]
         with m.If(self.start):
             m.d.sync += [self.busy.eq(1), self.word.eq(0), base.eq(0)]
             if p.deep_pipeline:

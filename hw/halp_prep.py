@@ -31,7 +31,7 @@ from .params import (
     EngineParams,
     clog2,
 )
-from .replica import replicas
+from .replica import copies
 
 __all__ = ["InnerLoopPrep", "leading_one"]
 
@@ -254,9 +254,9 @@ class InnerLoopPrep(wiring.Component):
         gamma_write = delay_line(m, scale_issue, latency, "gamma_write")
         m.d.comb += [self.gamma_write.eq(gamma_write[-1]),
                      self.gamma_word.eq(delayed(m, self.word, latency, "gamma_word"))]
-        m.d.comb += self.gamma_write_bank.eq(
-            Cat(replicas(m, gamma_write[-2], p.lanes, "gamma_write_bank")) if p.deep_pipeline
-            else gamma_write[-1].replicate(p.lanes))
+        m.d.comb += self.gamma_write_bank.eq(copies(m, gamma_write[-1], gamma_write[-2],
+                                                     p.lanes, "gamma_write_bank",
+                                                     registered=p.deep_pipeline))
         with m.If(self._scaling):
             m.d.sync += count.eq(count + 1)
             with m.If(count == total + latency):

@@ -11,9 +11,9 @@ attribute :data:`REPLICA`, and the build flow runs :data:`KEEP_REPLICAS` after
 reading the design (``ziphalp.hw.build``).
 """
 
-from amaranth import Signal
+from amaranth import Cat, Signal
 
-__all__ = ["KEEP_REPLICAS", "REPLICA", "replicas"]
+__all__ = ["KEEP_REPLICAS", "REPLICA", "copies", "replicas"]
 
 #: Wire attribute of a replicated register's output.
 REPLICA = "ziphalp_replica"
@@ -29,3 +29,12 @@ def replicas(m, value, copies: int, name: str) -> list[Signal]:
     regs = [Signal.like(value, name=f"{name}{i}", attrs={REPLICA: 1}) for i in range(copies)]
     m.d.sync += [reg.eq(value) for reg in regs]
     return regs
+
+
+def copies(m, value, value_next, count: int, name: str, *, registered: bool):
+    """``count`` copies of the 1-bit ``value``, as a vector: with ``registered`` each
+    a register of its own loaded from ``value_next`` (what ``value`` will be in
+    the next cycle, so that every copy equals ``value``), else ``value`` itself."""
+    if registered:
+        return Cat(replicas(m, value_next, count, name))
+    return value.replicate(count)
