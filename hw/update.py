@@ -215,15 +215,22 @@ class UpdateLanes(wiring.Component):
         model = delayed(m, self.model[k], deep, f"model{k}")
         held = Signal(signed(WM), name=f"held{k}")
         decay = Signal(signed(WM), name=f"decay{k}")
-        step = Signal(signed(p.grad_bits - SIGMA_FRAC + 1), name=f"step{k}")
+        # The rounded step matters only within +-2**(WM + 1): a larger one saturates
+        # the model word whatever the model and its decay, on the side of its sign.
+        # So it is rounded from the accumulator's low bits and replaced by
+        # +-2**(WM + 1) when the top bits are not all the sign (shorter carry chains).
+        keep = min(p.grad_bits, SIGMA_FRAC + WM + 2)
+        rounded = (acc[:keep].as_signed() + (1 << (SIGMA_FRAC - 1))) >> SIGMA_FRAC
+        if keep < p.grad_bits:
+            top, far = acc[keep - 1:], 1 << (WM + 1)
+            rounded = Mux(top.all() | ~top.any(), rounded, Mux(acc[-1], -far, far))
+        step = Signal(signed(keep - SIGMA_FRAC + 1), name=f"step{k}")
         acc5 = Signal(signed(p.grad_bits), name=f"acc5_{k}")
-        m.d.sync += [held.eq(model),
-                     step.eq((acc + (1 << (SIGMA_FRAC - 1))) >> SIGMA_FRAC),
-                     acc5.eq(acc)]
+        m.d.sync += [held.eq(model), step.eq(rounded), acc5.eq(acc)]
         if p.l2_decay:
             m.d.sync += decay.eq(Mux(l2_on, model >> l2_shift, 0))
         # apply the decay and the rounded step
-        new = Signal(signed(max(WM + 1, p.grad_bits - SIGMA_FRAC + 1) + 1), name=f"new{k}")
+        new = Signal(signed(max(WM + 1, len(step)) + 1), name=f"new{k}")
         acc6 = Signal(signed(p.grad_bits), name=f"acc6_{k}")
         m.d.sync += [new.eq(held - decay - step), acc6.eq(acc5)]
         # saturate; at a batch end the gradient restarts from zero
@@ -259,8 +266,20 @@ class UpdateLanes(wiring.Component):
         deep = int(self.params.deep_pipeline)
         offset = delayed(m, self.offset[k], deep, f"offset{k}")
         anchor = delayed(m, self.anchor[k], deep, f"anchor{k}")
-        step = Signal(signed(grad_bits - HALP_FRAC + 1), name=f"halp_step{k}")
-        zdiff = Signal(signed(max(OFFSET_BITS, grad_bits - HALP_FRAC) + 2), name=f"zdiff{k}")
+        # The step (acc + r) >> HALP_FRAC matters only while it is within
+        # +-2**(OFFSET_BITS + 1): any step beyond that puts z - step past every bound,
+        # on the side its sign says. So the adder, the difference and the
+        # comparisons are OFFSET_BITS + 4 bits wide, not the accumulator's width
+        # (long carry chains limit the clock): ``fits`` says whether the
+        # accumulator's top bits are all its sign; if not, the difference is
+        # +-2**(OFFSET_BITS + 1), beyond every bound.
+        keep = min(grad_bits, HALP_FRAC + OFFSET_BITS + 2)
+        top = acc[keep - 1:]
+        fits, negative = Signal(name=f"step_fits{k}"), Signal(name=f"step_neg{k}")
+        step = Signal(signed(keep - HALP_FRAC + 1), name=f"halp_step{k}")
+        far = 1 << (OFFSET_BITS + 1)
+        zdiff = Signal(signed(max(OFFSET_BITS, keep - HALP_FRAC + 1, OFFSET_BITS + 2) + 1),
+                       name=f"zdiff{k}")
         above, below = Signal(name=f"above{k}"), Signal(name=f"below{k}")
         zd = Signal.like(zdiff, name=f"zd{k}")
         znew = Signal(signed(OFFSET_BITS), name=f"znew{k}")
@@ -268,8 +287,9 @@ class UpdateLanes(wiring.Component):
         wsum = Signal(signed(max(WM, OFFSET_BITS + OFFSET_SHIFT_MAX) + 1), name=f"wsum{k}")
         offset5 = delayed(m, offset, 1, f"offset5_{k}")
         m.d.sync += [
-            step.eq((acc + fine) >> HALP_FRAC),
-            zdiff.eq(offset5 - step),
+            step.eq((acc[:keep].as_signed() + fine) >> HALP_FRAC),
+            fits.eq(top.all() | ~top.any()), negative.eq(acc[-1]),
+            zdiff.eq(Mux(fits, offset5 - step, Mux(negative, far, -far))),
             zd.eq(zdiff), above.eq(zdiff > z_max), below.eq(zdiff < z_min),
             znew.eq(Mux(above, z_max, Mux(below, z_min, zd))),
             zshift.eq(znew << halp["sh"][k]),

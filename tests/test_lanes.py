@@ -15,7 +15,17 @@ from ziphalp.hw.adder_tree import AdderTree
 from ziphalp.hw.dot import DotProduct
 from ziphalp.hw.loss import BASE_SHIFT, ScaledError
 from ziphalp.hw.multiply import LATENCY, product_terms
-from ziphalp.hw.params import COST_FRAC, LABEL, LEVEL, SIGMA_FRAC, EngineParams, Loss
+from ziphalp.hw.params import (
+    BOARD_PARAMS,
+    COST_FRAC,
+    HALP_FRAC,
+    LABEL,
+    LEVEL,
+    OFFSET_BITS,
+    SIGMA_FRAC,
+    EngineParams,
+    Loss,
+)
 from ziphalp.hw.update import UpdateLanes
 from ziphalp.sim.golden import loss_derivative, round_shift, saturate
 
@@ -24,6 +34,11 @@ PARAMS = [EngineParams(beat_bits=16, lanes=2, max_features=64, max_batch=8),
                        model_frac=16, frame_bytes=1000),
           EngineParams(beat_bits=16, lanes=2, max_features=64, max_batch=8,
                        class_costs=False, l2_decay=False)]
+#: The ULX3S engine's options (HALP, deep pipeline) on four lanes: a gradient word
+#: wider than the update's shortened step (``grad_bits`` 46 > model_bits + 8).
+ULX3S_LANES = dataclasses.replace(BOARD_PARAMS["ulx3s"], lanes=4, beat_bits=32,
+                                  max_features=40, max_batch=4, halp_samples=16,
+                                  resident_rows=0, resident_samples=0)
 
 
 def run(dut, bench):
@@ -36,6 +51,13 @@ def run(dut, bench):
 
 def rand_signed(rng, bits, size=None):
     return rng.integers(-(1 << (bits - 1)), 1 << (bits - 1), size=size)
+
+
+def rand_magnitudes(rng, bits, size):
+    """Signed values of every magnitude up to ``bits`` bits (log-uniform), so that
+    small, middling and full-range words all occur."""
+    scale = rng.integers(0, bits, size=size)
+    return rand_signed(rng, bits, size) >> scale
 
 
 @pytest.mark.parametrize("width,count", [(8, 1), (12, 2), (40, 5), (24, 8)])
@@ -170,7 +192,7 @@ def test_scaled_error(p, loss):
     run(dut, bench)
 
 
-@pytest.mark.parametrize("p,l2_shift", [(p, s) for p in PARAMS
+@pytest.mark.parametrize("p,l2_shift", [(p, s) for p in [*PARAMS, ULX3S_LANES]
                                         for s in ([0, 1, 7, 31] if p.l2_decay else [0])])
 def test_update_lanes(p, l2_shift):
     dut = UpdateLanes(p)
@@ -178,7 +200,7 @@ def test_update_lanes(p, l2_shift):
     n = 50
     sigma = rand_signed(rng, p.sigma.bits, n)
     codes = rand_signed(rng, LEVEL.bits, (n, p.lanes))
-    grad = rand_signed(rng, p.grad_bits - 2, (n, p.lanes))
+    grad = rand_magnitudes(rng, p.grad_bits - 2, (n, p.lanes))
     model = rand_signed(rng, p.model_bits, (n, p.lanes))
     end = rng.random(n) < 0.5
     acc = grad + sigma[:, None] * codes
@@ -215,6 +237,72 @@ def test_update_lanes(p, l2_shift):
                 for k in range(p.lanes):
                     if end[j]:
                         assert ctx.get(dut.model_out[k]) == int(new_model[j, k])
+                seen += 1
+            await ctx.tick()
+        assert seen == n
+
+    run(dut, bench)
+
+
+@pytest.mark.parametrize("bits,shift", [(16, 0), (8, 5), (2, 11)])
+def test_update_lanes_halp_inner(bits, shift):
+    """HALP's inner-loop update of the ULX3S lanes: ``acc = g + gamma + sigma * q2``,
+    ``z' = clamp(z - ((acc + r) >> HALP_FRAC))`` to ``bits`` bits, ``w' = sat(a + (z' <<
+    shift))``, over accumulators of every magnitude (the lanes shorten the step's
+    adder and comparisons; a step beyond the offset's reach must clamp all the same)."""
+    p = ULX3S_LANES
+    dut = UpdateLanes(p)
+    rng = np.random.default_rng(bits + shift)
+    n, K = 60, p.lanes
+    sigma = rand_magnitudes(rng, p.sigma.bits, n)
+    codes = rand_signed(rng, LEVEL.bits, (n, K))
+    grad = rand_magnitudes(rng, p.grad_bits - 2, (n, K))
+    gamma = rand_magnitudes(rng, p.grad_bits - 2, (n, K))
+    low, high = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    offset = rng.integers(low, high + 1, (n, K))
+    anchor = rand_signed(rng, p.model_bits, (n, K))
+    end = rng.random(n) < 0.7
+    acc = grad + gamma + sigma[:, None] * codes
+    z = np.clip(offset - ((acc + (1 << (HALP_FRAC - 1))) >> HALP_FRAC), low, high)
+    new_model, _ = saturate(anchor + (z << shift), p.model_bits)
+    new_grad = np.where(end[:, None], 0, acc)
+    # the steps reach past the offset's range both ways, and stay within it
+    step = (acc + (1 << (HALP_FRAC - 1))) >> HALP_FRAC
+    assert (step > 1 << (OFFSET_BITS + 1)).any() and (step < -(1 << (OFFSET_BITS + 1))).any()
+    assert (abs(step) < 1 << bits).any()
+
+    async def bench(ctx):
+        ctx.set(dut.inner, 1)
+        ctx.set(dut.offset_bits, bits)
+        ctx.set(dut.offset_shift, shift)
+        for _ in range(3):                      # the settings' registers
+            await ctx.tick()
+        seen = 0
+        for t in range(n + dut.latency + 1):
+            ctx.set(dut.valid, t < n)
+            if t < n:
+                ctx.set(dut.sigma, int(sigma[t]))
+                ctx.set(dut.end, bool(end[t]))
+                for k in range(K):
+                    ctx.set(dut.levels[k], int(codes[t, k]))
+            g, w, a = t - dut.GRAD_AT, t - dut.MODEL_AT, t - dut.ANCHOR_AT
+            for k in range(K):
+                if 0 <= g < n:
+                    ctx.set(dut.grad[k], int(grad[g, k]))
+                    ctx.set(dut.gamma[k], int(gamma[g, k]))
+                if 0 <= w < n:
+                    ctx.set(dut.offset[k], int(offset[w, k]))
+                if 0 <= a < n:
+                    ctx.set(dut.anchor[k], int(anchor[a, k]))
+            j = t - dut.grad_latency
+            if 0 <= j < n:
+                for k in range(K):
+                    assert ctx.get(dut.grad_out[k]) == int(new_grad[j, k]), (j, k)
+            j = t - dut.latency
+            if 0 <= j < n:
+                for k in range(K):
+                    assert ctx.get(dut.offset_out[k]) == int(z[j, k]), (j, k, int(acc[j, k]))
+                    assert ctx.get(dut.model_out[k]) == int(new_model[j, k]), (j, k)
                 seen += 1
             await ctx.tick()
         assert seen == n
