@@ -3,7 +3,8 @@
 // This harness is written by hand for ziphalp: no package provides a CXXRTL driver
 // that bridges a byte stream to a socket. `ziphalp.sim.board` generates the design
 // (`simboard_design.cc`, namespace `cxxrtl_design`, top module `top`) next to a copy
-// of this file and compiles both as one translation unit.
+// of this file and compiles both as one translation unit, with SIMBOARD_FLAT defined
+// when the design was flattened.
 //
 // The design has two byte streams (amaranth.lib.stream, 8-bit payload):
 //   rx: bytes into the board   (p_rx____valid, p_rx____payload in; p_rx____ready out)
@@ -91,16 +92,21 @@ inline bool settle(design_t &top) {
 // statically, for a flattened design without combinational feedback -- the only
 // effect of commit() would be to remember the clock level for edge detection. That
 // is done directly (`prev_p_clk` is the generated edge detector's state), which
-// skips a pass over every register: about 20% of the run time. Returns true if any
-// state changed.
+// skips a pass over every register: about 20% of the run time. A design kept
+// hierarchical (compiled without SIMBOARD_FLAT) is simply settled: each of its
+// modules detects the clock's edges itself. Returns true if any state changed.
 inline bool falling_edge(design_t &top) {
 	top.p_clk.set<bool>(false);
+#ifdef SIMBOARD_FLAT
 	if (top.design_t::eval()) {
 		top.prev_p_clk = top.p_clk;
 		return false;
 	}
 	bool changed = top.design_t::commit();
 	return settle(top) || changed;
+#else
+	return settle(top);
+#endif
 }
 
 volatile std::sig_atomic_t stop_requested = 0;

@@ -22,6 +22,8 @@ from ziphalp.sim.board import (
     SimBoardError,
     SimulatedBoard,
     build_simboard,
+    eval_lines,
+    generate_cxxrtl,
 )
 
 #: Conservative lower bound of the simulation speed of the echo design (it runs at
@@ -85,8 +87,9 @@ def read_exactly(ser: serial.Serial, n: int) -> bytes:
 
 # --- talking to the board ----------------------------------------------------------
 
-def test_echo_bytes():
-    with SimulatedBoard(Echo, key="tests/echo") as board:
+@pytest.mark.parametrize("flatten", [None, False], ids=["flat", "hierarchical"])
+def test_echo_bytes(flatten):
+    with SimulatedBoard(Echo, key="tests/echo", flatten=flatten) as board:
         assert board.url.startswith("socket://127.0.0.1:")
         with serial.serial_for_url(board.url, timeout=10) as ser:
             ser.write(b"hello")
@@ -104,6 +107,21 @@ def test_echo_bytes():
     assert board.returncode == 0
     assert not board.terminated
     assert board.rx_bytes == board.tx_bytes == 5 + 256 + 1 + 2 + 17 + 1000
+
+
+def test_flatten_by_eval_length(monkeypatch):
+    """A design is flattened unless its flattened ``eval`` is longer than
+    ``FLATTEN_EVAL_LINES``; ``flatten`` decides it outright."""
+    from ziphalp.sim import board as simboard
+
+    flat = generate_cxxrtl(Echo())
+    hierarchical = generate_cxxrtl(Echo(), flatten=False)
+    assert 0 < eval_lines(flat) <= simboard.FLATTEN_EVAL_LINES
+    # the FIFO is a module of its own only in the hierarchical design
+    assert "struct p_top_2e_fifo" in hierarchical and "struct p_top_2e_fifo" not in flat
+    monkeypatch.setattr(simboard, "FLATTEN_EVAL_LINES", eval_lines(flat) - 1)
+    assert generate_cxxrtl(Echo()) == hierarchical
+    assert generate_cxxrtl(Echo(), flatten=True) == flat
 
 
 def test_large_transfer_is_lossless_and_in_order():
