@@ -497,8 +497,8 @@ def test_ecp5_netlist_matches_golden(tmp_path):
     from ziphalp.hw.params import BOARD_PARAMS
     from ziphalp.hw.replica import KEEP_REPLICAS
 
-    params = dataclasses.replace(BOARD_PARAMS["ulx3s"], lanes=4, max_features=40,
-                                 max_batch=4, halp_samples=16,
+    params = dataclasses.replace(BOARD_PARAMS["ulx3s"], lanes=4, max_features=24,
+                                 max_batch=4, halp_samples=8,
                                  resident_rows=0, resident_samples=0)
     engine = SGDEngine(params)
     (tmp_path / "engine.il").write_text(rtlil.convert(engine, name="engine"))
