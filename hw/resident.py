@@ -25,8 +25,9 @@ a register follows a block RAM's output), S2 rotates the codes into fields (the
 label word is picked), S3 looks them up in the sampler table (so that no path
 runs from one block RAM's output into another's address), S4 holds the table's
 answers and each lane's xorshift32 output (the lane steps per feature beat), S5
-draws and packs the fields for the run-time ``(k, double)``, S6 holds the beat
-for the output FIFO. A beat is issued only when
+draws and packs the fields for the run-time ``(k, double)`` (with
+``deep_pipeline`` the draws are registered first, S4d, and packed a cycle later),
+S6 holds the beat for the output FIFO. A beat is issued only when
 the FIFO has room for it and every beat in flight, so the engine's
 back-pressure never stalls the pipeline.
 """
@@ -57,15 +58,19 @@ from .params import (
 )
 from .prng import PRNGLane
 from .protocol import Region
-from .replica import REPLICA
+from .replica import REPLICA, replicas
 
-__all__ = ["ResidentSource", "FIFO_DEPTH", "LAUNCH", "STAGES"]
+__all__ = ["ResidentSource", "FIFO_DEPTH", "LAUNCH", "stages"]
 
 #: Beats the output FIFO holds (the beats in flight, one issued on a registered
 #: room, and a margin).
 FIFO_DEPTH = 16
-#: Pipeline stages between issue and the FIFO.
-STAGES = 6
+
+
+def stages(params: EngineParams) -> int:
+    """Pipeline stages between issue and the FIFO (S4d too with ``deep_pipeline``)."""
+    return 6 + params.deep_pipeline
+
 #: Cycles from ``start`` to the run's first issue (the geometry's products).
 LAUNCH = 1
 
@@ -113,7 +118,7 @@ class ResidentSource(wiring.Component):
     write : In(1); region : In(Region); addr : In(range(...)); data : In(beat_bits)
         Write beat ``addr`` of ``region``; ``write_ready`` says it is taken this
         cycle (a sampler beat takes one cycle per entry). With ``deep_pipeline``
-        the memories are written a cycle later.
+        the memories are written two cycles later.
     beats : Out(stream.Signature(beat_layout(params)))
         The beats of the run, the last one flushing.
     """
@@ -164,9 +169,9 @@ class ResidentSource(wiring.Component):
         self._rotate(m, stage[2], stage[3])
         self._lookup(m, mems, stage[3], stage[4])
         self._hold(m, mems, stage[4], stage[5])
-        self._draw(m, stage[5], stage[6])
-        m.d.comb += [out.w_data.eq(Cat(stage[6].data, stage[6].flush)),
-                     out.w_en.eq(stage[6].valid),
+        self._draw(m, *stage[5:])
+        m.d.comb += [out.w_data.eq(Cat(stage[-1].data, stage[-1].flush)),
+                     out.w_en.eq(stage[-1].valid),
                      self.busy.eq(self._launch | running | (inflight != 0) | out.r_rdy)]
         return m
 
@@ -185,38 +190,45 @@ class ResidentSource(wiring.Component):
         with m.If(writing[Region.SAMPLER]):
             m.d.sync += sub.eq(Mux(sub == per_beat - 1, 0, sub + 1))
         addr, data = self.addr, self.data
-        if p.deep_pipeline:
+        deep = p.deep_pipeline
+        if deep:
             # the loaded beat comes from the link's frame buffer, a block RAM whose
             # output is timed unregistered (EngineParams.deep_pipeline): the writes go
-            # through flip-flops and land a cycle later (loads and runs never meet)
+            # through flip-flops, then each memory's address, data and enable through
+            # registers of its own beside it (one net across the die from the first
+            # to every memory was the longest path of a ULX3S build); they land two
+            # cycles later (loads and runs never meet)
             addr, data, sub = (delayed(m, value, 1, name) for value, name in
                                ((addr, "load_addr"), (data, "load_data"), (sub, "load_sub")))
             writing = {region: delayed(m, en, 1, f"load_{region.name.lower()}")
                        for region, en in writing.items()}
+
+        def write(mem, name, wr_addr, wr_data, wr_en):
+            wr = mem.write_port()
+            m.d.comb += [wr.addr.eq(delayed(m, wr_addr, deep, f"{name}_waddr")),
+                         wr.data.eq(delayed(m, wr_data, deep, f"{name}_wdata")),
+                         wr.en.eq(delayed(m, wr_en, deep, f"{name}_wen"))]
+
         reads = {"codes": [], "tables": []}
         for c in range(L):
             mem = memory.Memory(shape=CODE_BITS, depth=p.resident_rows, init=[],
                                 attrs=NO_RW_CHECK)
             m.submodules[f"codes{c}"] = mem
-            wr = mem.write_port()
             group = c // columns_per_beat
-            m.d.comb += [wr.addr.eq(addr // p.beats_per_row),
-                         wr.data.eq(data.word_select(c % columns_per_beat, 8)),
-                         wr.en.eq(writing[Region.CODES] & (addr % p.beats_per_row == group))]
+            write(mem, f"codes{c}", addr // p.beats_per_row,
+                  data.word_select(c % columns_per_beat, 8),
+                  writing[Region.CODES] & (addr % p.beats_per_row == group))
             reads["codes"].append(_read_port(m, mem, f"codes{c}"))
         mem = memory.Memory(shape=W, depth=Region.LABELS.beats(p), init=[], attrs=NO_RW_CHECK)
         m.submodules.labels = mem
-        wr = mem.write_port()
-        m.d.comb += [wr.addr.eq(addr), wr.data.eq(data), wr.en.eq(writing[Region.LABELS])]
+        write(mem, "labels", addr, data, writing[Region.LABELS])
         reads["labels"] = _read_port(m, mem, "labels")
         for i in range(L):
             mem = memory.Memory(shape=self.entry_bits, depth=SAMPLER_ENTRIES, init=[],
                                 attrs=NO_RW_CHECK)
             m.submodules[f"sampler{i}"] = mem
-            wr = mem.write_port()
-            m.d.comb += [wr.addr.eq(addr * per_beat + sub),
-                         wr.data.eq(data.word_select(sub, 32)[:self.entry_bits]),
-                         wr.en.eq(writing[Region.SAMPLER])]
+            write(mem, f"sampler{i}", addr * per_beat + sub,
+                  data.word_select(sub, 32)[:self.entry_bits], writing[Region.SAMPLER])
             reads["tables"].append(_read_port(m, mem, f"sampler{i}"))
         return reads
 
@@ -237,7 +249,12 @@ class ResidentSource(wiring.Component):
                                        "draw": data.ArrayLayout(32, L)}), name="s4")
         s5 = Signal(data.StructLayout({"valid": 1, "flush": 1, "data": p.beat_bits}),
                     name="s5")
-        return [None, s1, s1r, s2, s3, s4, s5]
+        if not p.deep_pipeline:
+            return [None, s1, s1r, s2, s3, s4, s5]
+        s4d = Signal(data.StructLayout({**common, "on": L, "label": LABEL.bits,
+                                        "j": data.ArrayLayout(8, L), "up1": L, "up2": L}),
+                     name="s4d")
+        return [None, s1, s1r, s2, s3, s4, s4d, s5]
 
     # --- S0: the walk and the beat sequence ----------------------------------------------
 
@@ -395,23 +412,45 @@ class ResidentSource(wiring.Component):
 
     def _hold(self, m, mems, s3, s4):
         step = s3.valid & s3.feature
+        # with deep_pipeline each lane is reseeded from a register of its own a cycle
+        # after `start` (`start` reached 32 flip-flops in each of the lanes across the
+        # die); the first beat steps the lanes cycles later
+        reseed = (replicas(m, self.start, len(mems["tables"]), "reseed")
+                  if self.params.deep_pipeline else [self.start] * len(mems["tables"]))
         for i, port in enumerate(mems["tables"]):
             m.submodules[f"lane{i}"] = lane = PRNGLane(i)
-            m.d.comb += [lane.seed.eq(self.seed), lane.reseed.eq(self.start),
+            m.d.comb += [lane.seed.eq(self.seed), lane.reseed.eq(reseed[i]),
                          lane.step.eq(step)]
             m.d.sync += [s4.entry[i].eq(port.data), s4.draw[i].eq(lane.next)]
         m.d.sync += [s4.valid.eq(s3.valid), s4.feature.eq(s3.feature), s4.flush.eq(s3.flush),
                      s4.index.eq(s3.index), s4.on.eq(s3.on), s4.label.eq(s3.label)]
 
-    def _draw(self, m, s4, s5):
+    def _draw(self, m, s4, *after):
+        """S5: each lane's draws against its threshold, and the fields packed for the
+        run-time mode into ``s5`` (``after``'s last). With ``deep_pipeline`` the
+        comparisons go into a register of their own (``after``'s first, S4d), and
+        the packing follows a cycle later (the two together were a long path)."""
         p = self.params
-        fields = {mode: [] for mode in modes(p)}
+        s5 = after[-1]
+        drawn = []
         for i in range(p.lanes):
             entry, draw = s4.entry[i], s4.draw[i]
             j, t = entry[:8], entry[8:]
             up1 = Signal(name=f"up1_{i}")
             up2 = Signal(name=f"up2_{i}")
             m.d.comb += [up1.eq(draw[:16] < t), up2.eq(draw[16:] < t)]
+            drawn.append((j, up1, up2))
+        if len(after) == 2:
+            s4d = after[0]
+            m.d.sync += [s4d.valid.eq(s4.valid), s4d.feature.eq(s4.feature),
+                         s4d.flush.eq(s4.flush), s4d.index.eq(s4.index), s4d.on.eq(s4.on),
+                         s4d.label.eq(s4.label)]
+            for i, (j, up1, up2) in enumerate(drawn):
+                m.d.sync += [s4d.j[i].eq(j), s4d.up1[i].eq(up1), s4d.up2[i].eq(up2)]
+            drawn = [(s4d.j[i], s4d.up1[i], s4d.up2[i]) for i in range(p.lanes)]
+            s4 = s4d
+        fields = {mode: [] for mode in modes(p)}
+        for i, (j, up1, up2) in enumerate(drawn):
             for k, double in modes(p):
                 if i < p.values_per_beat(k, double):
                     field = Cat(j[:k], up1, up2) if double else Cat(j[:k], up1)

@@ -16,7 +16,7 @@ import shutil
 import numpy as np
 import pytest
 from test_resident_source import PARAMS, golden_runs, random_runs, store_image
-from ziphalp.hw.resident import LAUNCH, STAGES
+from ziphalp.hw.resident import LAUNCH, stages
 
 pytestmark = pytest.mark.skipif(shutil.which("iverilog") is None,
                                 reason="Icarus Verilog (iverilog) is not installed")
@@ -55,5 +55,5 @@ def test_resident_verilog_matches_golden(build, tmp_path):
         assert [int(b) for b in result["beats"]] == want, f"run {i}: {runs[i]}"
         assert result["flushes"] == [0] * (len(want) - 1) + [1]
         if i % 2 == 0:
-            bound = len(want) + LAUNCH + STAGES + 2
+            bound = len(want) + LAUNCH + stages(p) + 2
             assert result["cycles"] <= bound, (result["cycles"], len(want))

@@ -12,7 +12,7 @@ import pytest
 from amaranth.sim import Simulator
 from ziphalp.hw.params import EngineParams, Phase
 from ziphalp.hw.protocol import Region
-from ziphalp.hw.resident import FIFO_DEPTH, LAUNCH, STAGES, ResidentSource
+from ziphalp.hw.resident import FIFO_DEPTH, LAUNCH, ResidentSource, stages
 from ziphalp.sim.golden import GoldenEngine
 
 PARAMS = [
@@ -20,8 +20,12 @@ PARAMS = [
                  resident_rows=96, resident_samples=40),
     EngineParams(beat_bits=64, lanes=16, max_features=70, max_batch=4, halp_samples=16,
                  model_bits=24, model_frac=16, resident_rows=64, resident_samples=24),
+    # the ULX3S's register stages: loads through registers beside each memory, the
+    # lanes reseeded from registers, the draws registered before the packing
+    EngineParams(beat_bits=64, lanes=8, max_features=50, max_batch=4, halp_samples=16,
+                 resident_rows=64, resident_samples=24, deep_pipeline=True),
 ]
-ids = lambda p: f"w{p.beat_bits}l{p.lanes}"                     # noqa: E731
+ids = lambda p: f"w{p.beat_bits}l{p.lanes}{'d' if p.deep_pipeline else ''}"   # noqa: E731
 
 
 def store_image(p: EngineParams, rng) -> dict[Region, bytes]:
@@ -111,10 +115,10 @@ def test_resident_source_matches_golden(p):
             assert got == want, f"run {number}: {config} {run}"
             assert flushes == [0] * (len(want) - 1) + [1]
             if full_rate:                           # a beat a cycle after the pipeline fills
-                assert cycles <= len(want) + LAUNCH + STAGES + 2, (cycles, len(want))
+                assert cycles <= len(want) + LAUNCH + stages(p) + 2, (cycles, len(want))
 
     sim = Simulator(dut)
     sim.add_clock(1e-6)
     sim.add_testbench(bench)
     sim.run()
-    assert FIFO_DEPTH > STAGES
+    assert FIFO_DEPTH > stages(p)
