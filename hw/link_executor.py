@@ -25,7 +25,7 @@ from amaranth.lib.memory import ReadPort
 from amaranth.lib.wiring import Component, In, Out
 from amaranth.utils import ceil_log2
 
-from .control import control_signature, model_read_latency
+from .control import beat_layout, control_signature, model_read_latency
 from .engine import SGDEngine
 from .link_check import LinkCheck, loaded_layout
 from .link_messages import (
@@ -55,6 +55,7 @@ from .protocol import (
 )
 from .replay import ReplaySource
 from .resident import ResidentSource
+from .skid import RegisterSlice
 
 __all__ = ["LinkExecutor", "saturate"]
 
@@ -130,7 +131,6 @@ class LinkExecutor(Component):
             no_payload=Signal(),                # reply_len == 0
             checking=Signal(range(self.CHECK_CYCLES)),
             index=Signal(range(max(REPLY_HEADER_BYTES, IDENTIFY.size, STATUS.size))),
-            replaying=Signal(),                 # STREAM: beats go to the engine
             from_store=Signal(),                # RUN: the resident store feeds the engine
             from_replay=Signal(),               # REPLAY: the replay store feeds the engine
             last_seq=Signal(8),                 # seq and cmd of the last request accepted
@@ -204,7 +204,17 @@ class LinkExecutor(Component):
         x.rd_addr = Signal(range(buffer_depth(p) + 1))
         rd_addr_next = Signal.like(x.rd_addr)
         x.rd_lane = Signal(bytes_per_beat)      # LOAD: one-hot byte lane of the next byte
-        x.rd_byte = reduce(or_, (self.buf.data.word_select(i, 8) & x.rd_lane[i].replicate(8)
+        # LOAD's bytes: with deep_pipeline from a register holding the buffer's word
+        # (the block RAM's output into the byte multiplexer and the weight's shift was
+        # the longest path of a ULX3S build), which holds the old word for the cycle
+        # after the cursor moves on (`rd_stale`: LOAD waits)
+        word = self.buf.data
+        x.rd_stale = Const(0)
+        if p.deep_pipeline:
+            word = Signal.like(self.buf.data, name="buf_word")
+            x.rd_stale = Signal()
+            m.d.sync += [word.eq(self.buf.data), x.rd_stale.eq(0)]
+        x.rd_byte = reduce(or_, (word.word_select(i, 8) & x.rd_lane[i].replicate(8)
                                  for i in range(bytes_per_beat)))
         x.rd_restart = Signal()                 # move the cursor to the payload's start
         x.rd_advance = Signal()                 # move the cursor to the next beat
@@ -220,6 +230,16 @@ class LinkExecutor(Component):
         ]
         data = self.buf.data
         flush = x.is_cmd[Command.STREAM_FLUSH] & x.at_last
+        x.frame_slice = None
+        if p.deep_pipeline:
+            # STREAM's beats go through a register slice here, beside the frame
+            # buffer, and from its registers to the engine (the block RAM's output
+            # across the die into the engine's own slice was a long path)
+            m.submodules.frame_slice = x.frame_slice = fs = RegisterSlice(beat_layout(p))
+            m.d.comb += [fs.i.payload.data.eq(data), fs.i.payload.flush.eq(flush),
+                         fs.o.ready.eq(eng.beats.ready),
+                         eng.beats.valid.eq(fs.o.valid)]    # RUN and REPLAY drive it too
+            data, flush = fs.o.payload.data, fs.o.payload.flush
         for source, active in ((getattr(x, "resident", None), x.from_store),
                                (getattr(x, "replay", None), x.from_replay)):
             if source is not None:
@@ -232,7 +252,9 @@ class LinkExecutor(Component):
         """What the STATUS counters count (the frames are counted at dispatch)."""
         eng, counters = self.engine, x.counters
         m.d.comb += [
-            counters.busy.eq(x.replaying | x.from_store | x.from_replay | ~eng.idle),
+            # busy or fed: a beat offered (a STREAM's, from the frame slice with
+            # deep_pipeline), or a store running
+            counters.busy.eq(eng.beats.valid | x.from_store | x.from_replay | ~eng.idle),
             counters.sample.eq(eng.sample_done),
             counters.update.eq(eng.update_done),
             counters.beat.eq(eng.beats.valid & eng.beats.ready),
@@ -277,13 +299,16 @@ class LinkExecutor(Component):
                 m.next = next_state
 
     def _shift_in_byte(self, m, x):
-        """Shift the frame buffer's next byte into the top of ``weight``."""
+        """Shift the frame buffer's next byte into the top of ``weight`` (the caller
+        waits while ``rd_stale``)."""
         m.d.sync += [
             x.weight.eq(Cat(x.weight[8:], x.rd_byte)),
             x.weight_byte.eq(x.weight_byte + 1),
             x.rd_lane.eq(x.rd_lane.rotate_left(1)),
         ]
         m.d.comb += x.rd_advance.eq(x.rd_lane[-1])
+        if self.params.deep_pipeline:
+            m.d.sync += x.rd_stale.eq(x.rd_lane[-1])
 
     def _next_feature(self, m, x):
         """Step the model position to the next weight."""
@@ -387,15 +412,16 @@ class LinkExecutor(Component):
         with m.State("START"):
             m.d.comb += eng.start.eq(1)
             m.next = "SETTLE"
+        fs = x.frame_slice
         with m.State("STREAM"):
-            m.d.comb += [x.replaying.eq(1), eng.beats.valid.eq(1),
-                         x.rd_advance.eq(eng.beats.ready)]
-            with m.If(eng.beats.ready):
+            into = eng.beats if fs is None else fs.i
+            m.d.comb += [into.valid.eq(1), x.rd_advance.eq(into.ready)]
+            with m.If(into.ready):
                 m.d.sync += x.at_last.eq(x.rd_addr == x.before_last)
                 with m.If(x.at_last):
                     m.next = "SETTLE"
         with m.State("SETTLE"):
-            with m.If(eng.idle):
+            with m.If(eng.idle & (1 if fs is None else fs.empty)):
                 m.next = "HEADER"
 
     def _model_states(self, m, x):
@@ -414,9 +440,10 @@ class LinkExecutor(Component):
                 with m.Else():
                     m.next = "HEADER"
         with m.State("LOAD"):
-            self._shift_in_byte(m, x)
-            with m.If(x.weight_byte == WEIGHT_BYTES - 1):
-                m.next = "WRITE"
+            with m.If(~x.rd_stale):
+                self._shift_in_byte(m, x)
+                with m.If(x.weight_byte == WEIGHT_BYTES - 1):
+                    m.next = "WRITE"
         with m.State("WRITE"):
             with m.If(eng.idle):
                 m.d.comb += eng.model_write.eq(1)
@@ -459,9 +486,10 @@ class LinkExecutor(Component):
         """LOAD_LEVELS: each level assembled from two bytes and written, in order."""
         eng = self.engine
         with m.State("LEVEL_LOAD"):             # two bytes into the top of `weight`
-            self._shift_in_byte(m, x)
-            with m.If(x.weight_byte[0]):
-                m.next = "LEVEL_WRITE"
+            with m.If(~x.rd_stale):
+                self._shift_in_byte(m, x)
+                with m.If(x.weight_byte[0]):
+                    m.next = "LEVEL_WRITE"
         with m.State("LEVEL_WRITE"):
             with m.If(eng.idle):
                 m.d.comb += eng.level_write.eq(1)

@@ -51,13 +51,17 @@ PARAMS = {
     "w32": EngineParams(beat_bits=32, lanes=4, max_k=4, max_features=20, max_batch=4,
                         frame_bytes=64),
     # 3-byte beats (the LOAD header and levels end mid-beat), 2 lanes, 20-bit model (LOAD
-    # saturates), the largest level table fills the frame buffer
+    # saturates), the largest level table fills the frame buffer; the register stages
+    # (LOAD waits a cycle for the word after the frame buffer when a weight or a
+    # level spans two beats)
     "w24": EngineParams(beat_bits=24, lanes=2, max_k=5, max_features=9, max_batch=3,
-                        model_bits=20, model_frac=12, frame_bytes=66),
+                        model_bits=20, model_frac=12, frame_bytes=66, deep_pipeline=True),
     # 8-byte beats, 8 lanes but 7 values a beat at k = max_k with double sampling, 32-bit
-    # model, HALP
+    # model, HALP, the ULX3S's register stages (the engine's link requests, LOAD's
+    # bytes from a register after the frame buffer)
     "w64": EngineParams(beat_bits=64, lanes=8, max_k=7, max_features=17, max_batch=5,
-                        model_bits=32, model_frac=28, frame_bytes=264, halp_samples=32),
+                        model_bits=32, model_frac=28, frame_bytes=264, halp_samples=32,
+                        deep_pipeline=True),
 }
 LEVEL_RANGE = (LEVEL.min_int, LEVEL.max_int + 1)
 
