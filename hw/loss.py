@@ -231,9 +231,13 @@ class ScaledError(wiring.Component):
         cache_wr = cache.write_port()
         cached = Signal(signed(self._width), name="cached")
         if p.deep_pipeline:
+            # the read's register is the block RAM's own: the flip-flop after it takes
+            # its word as it is, and the inner loop's choice follows the flip-flop
+            # (before it, it was a long path of a ULX3S build)
             read = Signal(signed(p.residual_bits), name="cache_read")
             m.d.comb += cache_rd.addr.eq(index[e - 2])
-            m.d.sync += [read.eq(cache_rd.data), cached.eq(Mux(inner, read, 0))]
+            m.d.sync += [read.eq(cache_rd.data), cached.eq(read)]
+            cached = Mux(inner, cached, 0)
         else:
             m.d.comb += cache_rd.addr.eq(index[e - 1])
             m.d.sync += cached.eq(Mux(inner, cache_rd.data, 0))
