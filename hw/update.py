@@ -178,7 +178,15 @@ class UpdateLanes(wiring.Component):
         # every lane's PRNG steps for every beat of the inner loop when its
         # accumulator is ready (MODEL_AT)
         at = self.MODEL_AT - 1 + self.params.deep_pipeline
+        # each lane's generator is seeded from registers of its own with deep_pipeline
+        # (the seed's register reached the lanes' start-state adders across the die),
+        # a cycle later: the first beat steps them many cycles after `reseed`
+        seed, reseed = [self.seed] * K, [self.reseed] * K
+        if self.params.deep_pipeline:
+            seed = replicas(m, self.seed, K, "prng_seed")
+            reseed = replicas(m, self.reseed, K, "prng_reseed")
         return {"inner": inner, "stochastic": replicas(m, self.stochastic, K, "stochastic"),
+                "seed": seed, "reseed": reseed,
                 "z_min": z_min, "z_max": z_max,
                 "sh": replicas(m, self.offset_shift, K, "sh"),
                 "step_prng": [valid[at] & inner[k] for k in range(K)]}
@@ -248,7 +256,7 @@ class UpdateLanes(wiring.Component):
     def _prng(self, m, k, halp):
         """Lane ``k``'s xorshift32; returns the rounding term ``r`` (``HALP_FRAC`` bits)."""
         m.submodules[f"prng{k}"] = prng = PRNGLane(k)
-        m.d.comb += [prng.seed.eq(self.seed), prng.reseed.eq(self.reseed),
+        m.d.comb += [prng.seed.eq(halp["seed"][k]), prng.reseed.eq(halp["reseed"][k]),
                      prng.step.eq(halp["step_prng"][k])]
         return Mux(halp["stochastic"][k], prng.next[32 - HALP_FRAC:], 1 << (HALP_FRAC - 1))
 
