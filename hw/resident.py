@@ -412,14 +412,17 @@ class ResidentSource(wiring.Component):
 
     def _hold(self, m, mems, s3, s4):
         step = s3.valid & s3.feature
-        # with deep_pipeline each lane is reseeded from a register of its own a cycle
-        # after `start` (`start` reached 32 flip-flops in each of the lanes across the
-        # die); the first beat steps the lanes cycles later
-        reseed = (replicas(m, self.start, len(mems["tables"]), "reseed")
-                  if self.params.deep_pipeline else [self.start] * len(mems["tables"]))
+        # with deep_pipeline each lane is reseeded a cycle after `start`, from seed and
+        # reseed registers of its own (`start` reached 32 flip-flops in each of the
+        # lanes across the die, the seed their start-state adders); the first beat
+        # steps the lanes cycles later
+        L = len(mems["tables"])
+        seed, reseed = [self.seed] * L, [self.start] * L
+        if self.params.deep_pipeline:
+            seed, reseed = replicas(m, self.seed, L, "seed"), replicas(m, self.start, L, "reseed")
         for i, port in enumerate(mems["tables"]):
             m.submodules[f"lane{i}"] = lane = PRNGLane(i)
-            m.d.comb += [lane.seed.eq(self.seed), lane.reseed.eq(reseed[i]),
+            m.d.comb += [lane.seed.eq(seed[i]), lane.reseed.eq(reseed[i]),
                          lane.step.eq(step)]
             m.d.sync += [s4.entry[i].eq(port.data), s4.draw[i].eq(lane.next)]
         m.d.sync += [s4.valid.eq(s3.valid), s4.feature.eq(s3.feature), s4.flush.eq(s3.flush),
