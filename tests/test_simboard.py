@@ -346,7 +346,7 @@ PRESETS = ("sim-ulx3s", "sim", "sim-icebreaker-replay")
 def test_simulated_board_identifies(name):
     """Each preset's simulated board builds, answers IDENTIFY with its own parameters
     and is then found in the cache. Collected before everything else (``prebuild``):
-    one worker compiles the ULX3S board (minutes of C++) while the other builds
+    one worker compiles the ULX3S board (over a minute of C++) while the other builds
     bitstreams, and the many tests that train on these boards find them built."""
     from ziphalp.hw.params import BOARD_PARAMS
     from ziphalp.hw.protocol import Command, Identity, encode_reply, encode_request
