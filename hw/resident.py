@@ -203,11 +203,21 @@ class ResidentSource(wiring.Component):
             writing = {region: delayed(m, en, 1, f"load_{region.name.lower()}")
                        for region, en in writing.items()}
 
+        def held(value, name):
+            # with deep_pipeline, in a register of this memory's own: a replica
+            # (ziphalp.hw.replica), or synthesis merges it with another memory's
+            # equal one and the merged net spans the die again
+            if not deep:
+                return value
+            reg = Signal.like(value, name=name, attrs={REPLICA: 1})
+            m.d.sync += reg.eq(value)
+            return reg
+
         def write(mem, name, wr_addr, wr_data, wr_en):
             wr = mem.write_port()
-            m.d.comb += [wr.addr.eq(delayed(m, wr_addr, deep, f"{name}_waddr")),
-                         wr.data.eq(delayed(m, wr_data, deep, f"{name}_wdata")),
-                         wr.en.eq(delayed(m, wr_en, deep, f"{name}_wen"))]
+            m.d.comb += [wr.addr.eq(held(wr_addr, f"{name}_waddr")),
+                         wr.data.eq(held(wr_data, f"{name}_wdata")),
+                         wr.en.eq(held(wr_en, f"{name}_wen"))]
 
         reads = {"codes": [], "tables": []}
         for c in range(L):
