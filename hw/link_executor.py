@@ -55,18 +55,10 @@ from .protocol import (
 )
 from .replay import ReplaySource
 from .resident import ResidentSource
+from .saturate import saturated
 from .skid import RegisterSlice
 
-__all__ = ["LinkExecutor", "saturate"]
-
-
-def saturate(value, bits):
-    """``value`` (signed) clamped to ``bits`` bits, or sign-extended if it is narrower."""
-    if len(value) <= bits:
-        return value
-    top, sign = value[bits - 1:], value[-1]
-    fits = top.all() | ~top.any()
-    return Mux(fits, value[:bits], Cat((~sign).replicate(bits - 1), sign)).as_signed()
+__all__ = ["LinkExecutor"]
 
 
 class LinkExecutor(Component):
@@ -190,7 +182,7 @@ class LinkExecutor(Component):
         m.d.comb += [
             eng.model_word.eq(x.word),
             eng.model_lane.eq(x.lane),
-            eng.model_wdata.eq(saturate(x.weight.as_signed(), p.model_bits)),
+            eng.model_wdata.eq(saturated(x.weight.as_signed(), p.model_bits)),
             # an int16 assembled from two bytes sits in the top half (checked to fit)
             eng.level_index.eq(x.level),
             eng.level_data.eq(x.weight[8 * (WEIGHT_BYTES - LEVEL_BYTES):][:LEVEL.bits]),

@@ -13,7 +13,7 @@ reading the design (``ziphalp.hw.build``).
 
 from amaranth import Cat, Signal
 
-__all__ = ["KEEP_REPLICAS", "REPLICA", "copies", "replicas"]
+__all__ = ["KEEP_REPLICAS", "REPLICA", "copies", "replica", "replicas"]
 
 #: Wire attribute of a replicated register's output.
 REPLICA = "ziphalp_replica"
@@ -23,12 +23,21 @@ REPLICA = "ziphalp_replica"
 KEEP_REPLICAS = f"setattr -set keep 1 a:{REPLICA} %ci1:+[Q]"
 
 
-def replicas(m, value, copies: int, name: str) -> list[Signal]:
+def replica(m, value, name: str) -> Signal:
+    """A register loaded with ``value`` every cycle (``value`` one cycle ago), named
+    ``name``, that synthesis keeps apart from its equals."""
+    reg = Signal.like(value, name=name, attrs={REPLICA: 1})
+    m.d.sync += reg.eq(value)
+    return reg
+
+
+def replicas(m, value, copies: int, name: str, *, registered: bool = True) -> list:
     """``copies`` registers, each loaded with ``value`` every cycle (so each is
-    ``value`` one cycle ago), named ``{name}{i}``."""
-    regs = [Signal.like(value, name=f"{name}{i}", attrs={REPLICA: 1}) for i in range(copies)]
-    m.d.sync += [reg.eq(value) for reg in regs]
-    return regs
+    ``value`` one cycle ago), named ``{name}{i}``; without ``registered``, ``value``
+    itself ``copies`` times."""
+    if not registered:
+        return [value] * copies
+    return [replica(m, value, f"{name}{i}") for i in range(copies)]
 
 
 def copies(m, value, value_next, count: int, name: str, *, registered: bool):

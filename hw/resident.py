@@ -58,7 +58,7 @@ from .params import (
 )
 from .prng import PRNGLane
 from .protocol import Region
-from .replica import REPLICA, replicas
+from .replica import REPLICA, replica, replicas
 
 __all__ = ["ResidentSource", "FIFO_DEPTH", "LAUNCH", "stages"]
 
@@ -207,11 +207,7 @@ class ResidentSource(wiring.Component):
             # with deep_pipeline, in a register of this memory's own: a replica
             # (ziphalp.hw.replica), or synthesis merges it with another memory's
             # equal one and the merged net spans the die again
-            if not deep:
-                return value
-            reg = Signal.like(value, name=name, attrs={REPLICA: 1})
-            m.d.sync += reg.eq(value)
-            return reg
+            return replica(m, value, name) if deep else value
 
         def write(mem, name, wr_addr, wr_data, wr_en):
             wr = mem.write_port()
@@ -426,10 +422,9 @@ class ResidentSource(wiring.Component):
         # reseed registers of its own (`start` reached 32 flip-flops in each of the
         # lanes across the die, the seed their start-state adders); the first beat
         # steps the lanes cycles later
-        L = len(mems["tables"])
-        seed, reseed = [self.seed] * L, [self.start] * L
-        if self.params.deep_pipeline:
-            seed, reseed = replicas(m, self.seed, L, "seed"), replicas(m, self.start, L, "reseed")
+        L, deep = len(mems["tables"]), self.params.deep_pipeline
+        seed = replicas(m, self.seed, L, "seed", registered=deep)
+        reseed = replicas(m, self.start, L, "reseed", registered=deep)
         for i, port in enumerate(mems["tables"]):
             m.submodules[f"lane{i}"] = lane = PRNGLane(i)
             m.d.comb += [lane.seed.eq(seed[i]), lane.reseed.eq(reseed[i]),

@@ -42,8 +42,8 @@ from .params import (
     EngineParams,
 )
 from .prng import PRNGLane
-from .replica import replicas
-from .saturate import saturate
+from .replica import replica, replicas
+from .saturate import fits, saturate
 
 __all__ = ["UpdateLanes"]
 
@@ -181,10 +181,9 @@ class UpdateLanes(wiring.Component):
         # each lane's generator is seeded from registers of its own with deep_pipeline
         # (the seed's register reached the lanes' start-state adders across the die),
         # a cycle later: the first beat steps them many cycles after `reseed`
-        seed, reseed = [self.seed] * K, [self.reseed] * K
-        if self.params.deep_pipeline:
-            seed = replicas(m, self.seed, K, "prng_seed")
-            reseed = replicas(m, self.reseed, K, "prng_reseed")
+        deep = self.params.deep_pipeline
+        seed = replicas(m, self.seed, K, "prng_seed", registered=deep)
+        reseed = replicas(m, self.reseed, K, "prng_reseed", registered=deep)
         return {"inner": inner, "stochastic": replicas(m, self.stochastic, K, "stochastic"),
                 "seed": seed, "reseed": reseed,
                 "z_min": z_min, "z_max": z_max,
@@ -199,7 +198,7 @@ class UpdateLanes(wiring.Component):
         deep = int(p.deep_pipeline)
         last = PRODUCT_LATENCY + 3 + deep
         # the batch end clears the whole gradient word: a copy of its flag per lane
-        last_valid, last_end = valid[last], replicas(m, end[last - 1], 1, f"last_end{k}_")[0]
+        last_valid, last_end = valid[last], replica(m, end[last - 1], f"last_end{k}_0")
         # DSP products of sigma x code, PRODUCT_LATENCY cycles later
         # (sigma is every lane's factor: with deep_pipeline, a copy of it per lane)
         terms = product_terms(m, self.sigma, self.levels[k], name=f"upd{k}",
@@ -230,8 +229,8 @@ class UpdateLanes(wiring.Component):
         keep = min(p.grad_bits, SIGMA_FRAC + WM + 2)
         rounded = (acc[:keep].as_signed() + (1 << (SIGMA_FRAC - 1))) >> SIGMA_FRAC
         if keep < p.grad_bits:
-            top, far = acc[keep - 1:], 1 << (WM + 1)
-            rounded = Mux(top.all() | ~top.any(), rounded, Mux(acc[-1], -far, far))
+            far = 1 << (WM + 1)
+            rounded = Mux(fits(acc, keep), rounded, Mux(acc[-1], -far, far))
         step = Signal(signed(keep - SIGMA_FRAC + 1), name=f"step{k}")
         acc5 = Signal(signed(p.grad_bits), name=f"acc5_{k}")
         m.d.sync += [held.eq(model), step.eq(rounded), acc5.eq(acc)]
@@ -278,12 +277,11 @@ class UpdateLanes(wiring.Component):
         # +-2**(OFFSET_BITS + 1): any step beyond that puts z - step past every bound,
         # on the side its sign says. So the adder, the difference and the
         # comparisons are OFFSET_BITS + 4 bits wide, not the accumulator's width
-        # (long carry chains limit the clock): ``fits`` says whether the
+        # (long carry chains limit the clock): ``in_reach`` says whether the
         # accumulator's top bits are all its sign; if not, the difference is
         # +-2**(OFFSET_BITS + 1), beyond every bound.
         keep = min(grad_bits, HALP_FRAC + OFFSET_BITS + 2)
-        top = acc[keep - 1:]
-        fits, negative = Signal(name=f"step_fits{k}"), Signal(name=f"step_neg{k}")
+        in_reach, negative = Signal(name=f"step_fits{k}"), Signal(name=f"step_neg{k}")
         step = Signal(signed(keep - HALP_FRAC + 1), name=f"halp_step{k}")
         far = 1 << (OFFSET_BITS + 1)
         zdiff = Signal(signed(max(OFFSET_BITS, keep - HALP_FRAC + 1, OFFSET_BITS + 2) + 1),
@@ -296,8 +294,8 @@ class UpdateLanes(wiring.Component):
         offset5 = delayed(m, offset, 1, f"offset5_{k}")
         m.d.sync += [
             step.eq((acc[:keep].as_signed() + fine) >> HALP_FRAC),
-            fits.eq(top.all() | ~top.any()), negative.eq(acc[-1]),
-            zdiff.eq(Mux(fits, offset5 - step, Mux(negative, far, -far))),
+            in_reach.eq(fits(acc, keep)), negative.eq(acc[-1]),
+            zdiff.eq(Mux(in_reach, offset5 - step, Mux(negative, far, -far))),
             zd.eq(zdiff), above.eq(zdiff > z_max), below.eq(zdiff < z_min),
             znew.eq(Mux(above, z_max, Mux(below, z_min, zd))),
             zshift.eq(znew << halp["sh"][k]),
