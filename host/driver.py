@@ -40,6 +40,8 @@ On a clean line every request is as large as the frame.
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import struct
 import time
 from collections.abc import Callable, Sequence
@@ -48,6 +50,7 @@ from typing import Self
 
 import numpy as np
 import serial
+from serial.urlhandler import protocol_socket
 from ziphalp.hw import protocol
 from ziphalp.hw.params import LEVEL, EngineParams
 from ziphalp.hw.protocol import Command, Status
@@ -150,8 +153,23 @@ class Board:
         self.close()
 
     def close(self) -> None:
-        """Close the port."""
-        self._port.close()
+        """Close the port.
+
+        A ``socket://`` port (the simulated board, the fault proxy) is shut here:
+        pyserial's own ``close`` of one ends with a 0.3 s sleep, left for servers
+        that need time before a quick reconnect. Every simulated board serves one
+        session, and a grid search or the estimator checks open and close hundreds.
+        """
+        port = self._port
+        if isinstance(port, protocol_socket.Serial) and port.is_open:
+            # (pyserial's own attributes: the socket, and the flag its close() reads)
+            sock, port._socket = port._socket, None
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+            port.is_open = False
+        port.close()
 
     # --- commands --------------------------------------------------------------------
 

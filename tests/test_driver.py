@@ -10,6 +10,7 @@ import re
 import socket
 import struct
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -467,6 +468,32 @@ def test_socket_url_and_silent_board():
                            r"\(waited 0.3 s\), twice$"):
             board.status()
     server.join(timeout=5)
+    listener.close()
+
+
+def test_socket_port_closes_at_once(monkeypatch):
+    """Closing a socket:// port shuts the connection (the board sees its end) without
+    pyserial's 0.3 s sleep, which every fit of a grid search would pay."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    ended = threading.Event()
+
+    def serve():
+        connection, _ = listener.accept()
+        with connection:
+            while connection.recv(4096):
+                pass
+        ended.set()
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    board = Board(f"socket://127.0.0.1:{listener.getsockname()[1]}", timeout=0.3)
+    slept = []
+    monkeypatch.setattr(time, "sleep", slept.append)
+    board.close()
+    monkeypatch.undo()
+    assert slept == []
+    assert ended.wait(timeout=5)
+    board.close()                       # a second close does nothing
     listener.close()
 
 
