@@ -122,7 +122,7 @@ def _overrides(target: BuildTarget, seed: int | None, verbose: bool) -> dict[str
         f"design -save {NAME}_rtl",
         f"hierarchy -top {NAME}", "proc", "flatten", "opt_expr", "opt_clean",
         "wreduce t:$mul", "opt_clean",
-        f"dump -o {MUL_DUMP} t:$mul",
+        f"dump -o {MUL_DUMP} t:$mul" + (f" t:{family.dsp.cell}" if family.dsp else ""),
         f"design -load {NAME}_rtl",
     ]).strip()
     if verbose:
@@ -269,10 +269,10 @@ def synthesis_cells(target: BuildTarget, out: Path, *,
 
 def _dsp_report(hard: HardMultiplier, out: Path, pseudo: dict) -> dict:
     """The ``dsp`` entry of the report, with its ``timing_caveats`` and ``notes``."""
-    muls = read_multipliers(out / MUL_DUMP)
+    muls = read_multipliers(out / MUL_DUMP, hard.cell)
     dsp = check_dsp_cells(out / f"{NAME}.json", hard) | {
         "rtl_multipliers": [
-            {k: m[k] for k in ("name", "a_width", "b_width", "y_width", "a_signed",
+            {k: m[k] for k in ("name", "instance", "a_width", "b_width", "y_width", "a_signed",
                                "b_signed", "const_a", "const_b") if k in m}
             for m in muls],
         "expected": expected_dsps(muls, hard),

@@ -77,7 +77,8 @@ class DotProduct(wiring.Component):
         # Stage 1: each lane's product as registered DSP-sized terms (see multiply.py).
         terms = []
         for k in range(p.lanes):
-            terms += product_terms(m, weights[k], levels[k], name=f"lane{k}")
+            terms += product_terms(m, weights[k], levels[k], name=f"lane{k}",
+                                   platform=platform)
         for i, term in enumerate(terms):
             m.d.comb += tree.inputs[i].eq(term)
 

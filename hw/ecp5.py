@@ -18,13 +18,14 @@ import dataclasses
 from dataclasses import dataclass
 from fractions import Fraction
 
-from amaranth.hdl import Const, Instance, Module, Signal
+from amaranth.hdl import ClockSignal, Const, Instance, Module, Signal, signed
 from amaranth.lib import io
 
 from .target import Family, HardMultiplier
 from .top import ClockGenerator
 
-__all__ = ["CLASSIC_ABC", "ECP5", "MULT18X18D", "ECP5PLL", "ECP5PLLConfig", "ecp5_pll"]
+__all__ = ["CLASSIC_ABC", "ECP5", "MULT18X18D", "ECP5PLL", "ECP5PLLConfig", "ecp5_pll",
+           "registered_multiply"]
 
 # ECP5 sysCLOCK PLL operating ranges (Hz), from the family data sheet.
 _F_IN = (8_000_000, 400_000_000)
@@ -272,8 +273,51 @@ class ECP5PLL(ClockGenerator):
 #: The ECP5's 18x18 multiplier (two to a DSP slice), as ``synth_ecp5`` maps
 #: products to it (Yosys' ``mul2dsp``: 18x18 blocks, an operand under 2 bits
 #: stays in logic). Yosys leaves the block's registers unused; nextpnr-ecp5 times
-#: its multiply as a combinational path, so no block is left out of Fmax.
+#: its multiply as a combinational path, so no block is left out of Fmax. The
+#: products of :func:`ziphalp.hw.multiply.product_terms` are instead instantiated
+#: with their registers (:func:`registered_multiply`).
 MULT18X18D = HardMultiplier(cell="MULT18X18D", max_width=18, min_width=2, min_y=1)
+
+#: Operand width of one ``MULT18X18D``.
+MULT_WIDTH = 18
+
+
+def registered_multiply(m: Module, a, b, name: str) -> Signal:
+    """``a * b`` (signed, each at most :data:`MULT_WIDTH` bits) in one ``MULT18X18D``
+    with its input and output registers: the product two cycles after the operands,
+    as :func:`ziphalp.hw.multiply.product_terms` wants it.
+
+    Yosys maps a product to the block without its registers, and the operand and
+    product flip-flops of ``product_terms`` then sit in the fabric around it: on the
+    ULX3S build the way into the block and out of it took 11.8 ns (7.3 of them
+    routing), the slowest paths of the design. With the registers inside, those
+    paths end and start at the block, and the multiply runs between its own
+    registers (nextpnr times the block as registered: setup into it, clock to
+    output out of it). The registers have no reset, as ``product_terms``' have none.
+    """
+    if len(a) > MULT_WIDTH or len(b) > MULT_WIDTH:
+        raise ValueError(f"a {len(a)} x {len(b)}-bit product does not fit a MULT18X18D")
+    width = len(a) + len(b)
+    a18, b18 = Signal(MULT_WIDTH, name=f"{name}_a"), Signal(MULT_WIDTH, name=f"{name}_b")
+    p36 = Signal(2 * MULT_WIDTH, name=f"{name}_p")
+    m.d.comb += [a18.eq(a.as_signed()), b18.eq(b.as_signed())]     # sign-extended
+    registers = {f"p_REG_{r}_{s}": v for r in ("INPUTA", "INPUTB", "OUTPUT")
+                 for s, v in (("CLK", "CLK0"), ("CE", "CE0"), ("RST", "RST0"))}
+    m.submodules[f"{name}_mult"] = Instance(
+        "MULT18X18D",
+        **registers,
+        p_REG_INPUTC_CLK="NONE", p_REG_PIPELINE_CLK="NONE",
+        p_GSR="DISABLED", p_RESETMODE="SYNC",
+        **{f"i_A{i}": a18[i] for i in range(MULT_WIDTH)},
+        **{f"i_B{i}": b18[i] for i in range(MULT_WIDTH)},
+        **{f"i_C{i}": Const(0) for i in range(MULT_WIDTH)},
+        i_SIGNEDA=Const(1), i_SIGNEDB=Const(1), i_SOURCEA=Const(0), i_SOURCEB=Const(0),
+        i_CLK0=ClockSignal(), i_CE0=Const(1), i_RST0=Const(0),
+        **{f"o_P{i}": p36[i] for i in range(2 * MULT_WIDTH)},
+    )
+    product = Signal(signed(width), name=f"{name}_prod")
+    m.d.comb += product.eq(p36[:width])
+    return product
 
 #: LUT mapping with Yosys' classic ``abc`` instead of ``synth_ecp5``'s ``abc9``: on the
 #: 32-lane ULX3S engine, Yosys 0.70's ``abc9`` fails an assertion while it

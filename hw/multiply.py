@@ -13,7 +13,11 @@ cycles after ``a`` and ``b``; the caller adds them (usually in an adder tree).
 Both the operands and the products sit in reset-less registers, which Yosys moves
 into the SB_MAC16 (input registers and pipeline register): the multiply then
 runs between two registers inside the block, where the timing analysis sees it.
-Hand-written because no Amaranth library splits products for a DSP.
+Yosys does not do that for the ECP5's MULT18X18D, so a platform may offer its own
+registered multiplier (``platform.registered_multiply(m, a, b, name)``, the ULX3S
+platform's is :func:`ziphalp.hw.ecp5.registered_multiply`): the block with its
+operand and product registers, the same two cycles deep. Hand-written because no
+Amaranth library splits products for a DSP.
 """
 
 from amaranth import Signal, signed
@@ -34,7 +38,7 @@ def term_count(a_bits: int) -> int:
     return slices + (slices > 1)
 
 
-def product_terms(m, a, b, name: str, *, shared_a: bool = False) -> list:
+def product_terms(m, a, b, name: str, *, shared_a: bool = False, platform=None) -> list:
     """Registered terms summing to ``a * b``.
 
     Parameters
@@ -51,6 +55,10 @@ def product_terms(m, a, b, name: str, *, shared_a: bool = False) -> list:
         every lane): its registers are marked as replicas (``ziphalp.hw.replica``),
         so that synthesis keeps a copy beside each call's multipliers instead of
         merging them into one that reaches them all.
+    platform : Platform or None
+        The elaborating platform; when it has ``registered_multiply``, each piece's
+        product is made by it (operands and product registered in the hard block)
+        instead of flip-flops around a ``*``.
 
     Returns
     -------
@@ -63,6 +71,7 @@ def product_terms(m, a, b, name: str, *, shared_a: bool = False) -> list:
     a_bits, b_bits = len(a), len(b)
     b_reg = Signal(signed(b_bits), name=f"{name}_b", reset_less=True)
     m.d.sync += b_reg.eq(b)
+    hard = getattr(platform, "registered_multiply", None)
     terms = []
     lo = 0
     while lo < a_bits:
@@ -70,11 +79,14 @@ def product_terms(m, a, b, name: str, *, shared_a: bool = False) -> list:
         piece = a[lo:hi]
         if hi < a_bits:                      # unsigned slice: flip the top bit to go signed
             piece = piece ^ (1 << (SLICE - 1))
-        a_reg = Signal(signed(hi - lo), name=f"{name}_a{lo}", reset_less=True,
-                       attrs={REPLICA: 1} if shared_a else {})
-        prod = Signal(signed(hi - lo + b_bits), name=f"{name}_p{lo}", reset_less=True,
-                      attrs={"keep": 1})
-        m.d.sync += [a_reg.eq(piece.as_signed()), prod.eq(a_reg * b_reg)]
+        if hard is not None:
+            prod = hard(m, piece.as_signed(), b, f"{name}_p{lo}")
+        else:
+            a_reg = Signal(signed(hi - lo), name=f"{name}_a{lo}", reset_less=True,
+                           attrs={REPLICA: 1} if shared_a else {})
+            prod = Signal(signed(hi - lo + b_bits), name=f"{name}_p{lo}", reset_less=True,
+                          attrs={"keep": 1})
+            m.d.sync += [a_reg.eq(piece.as_signed()), prod.eq(a_reg * b_reg)]
         terms.append(prod << lo if lo else prod)
         lo = hi
     if a_bits > SLICE:

@@ -32,28 +32,44 @@ class PRNGLane(wiring.Component):
     state : Out(32)
         The current state.
     next : Out(32)
-        The state after one step (combinational): what a draw in a ``step`` cycle
-        uses.
+        The state after one step: what a draw in a ``step`` cycle uses. Computed
+        from ``state`` (three shift-and-xor levels), or, with ``registered_next``,
+        a register kept one step ahead of ``state`` (the same value in every cycle,
+        ready at the start of it: the HALP lanes add it to the step).
     """
 
-    def __init__(self, lane: int):
+    def __init__(self, lane: int, *, registered_next: bool = False):
         self.lane = lane
+        self.registered_next = registered_next
         super().__init__({"seed": In(32), "reseed": In(1), "step": In(1),
                           "state": Out(32), "next": Out(32)})
+
+    @staticmethod
+    def step_of(x):
+        """One xorshift32 step of ``x`` (32 bits), as logic."""
+        x1 = x ^ (x << 13)[:32]
+        x2 = x1 ^ (x1 >> 17)
+        return x2 ^ (x2 << 5)[:32]
 
     def elaborate(self, platform):
         m = Module()
         state = self.state
-        x1 = state ^ (state << 13)[:32]
-        x2 = x1 ^ (x1 >> 17)
         offset = ((self.lane + 1) * PRNG_GOLDEN) & 0xFFFFFFFF
         start = Signal(32)
-        m.d.comb += self.next.eq(x2 ^ (x2 << 5)[:32])
         # the sum is 0 exactly when the seed is -offset: compared beside the adder
         m.d.sync += start.eq(Mux(self.seed == (-offset & 0xFFFFFFFF), PRNG_ZERO_SEED,
                                  (self.seed + offset)[:32]))
         load = Signal()
         m.d.sync += load.eq(self.reseed)
+        if self.registered_next:
+            ahead = Signal(32, name="ahead")
+            m.d.comb += self.next.eq(ahead)
+            with m.If(load):
+                m.d.sync += ahead.eq(self.step_of(start))
+            with m.Elif(self.step):
+                m.d.sync += ahead.eq(self.step_of(ahead))
+        else:
+            m.d.comb += self.next.eq(self.step_of(state))
         with m.If(load):
             m.d.sync += state.eq(start)
         with m.Elif(self.step):

@@ -221,8 +221,10 @@ def worst_clock(clocks: dict) -> dict | None:
 _RTLIL_CONST = re.compile(r"^-?\d+'[01xzm-]*$|^-?\d+$")
 
 
-def read_multipliers(path: Path) -> list[dict]:
-    """The ``$mul`` cells of the flattened design, from a Yosys ``dump`` of them."""
+def read_multipliers(path: Path, hard_cell: str | None = None) -> list[dict]:
+    """The ``$mul`` cells of the flattened design, from a Yosys ``dump`` of them, and
+    the hard multipliers the design instantiates itself (cells of type ``hard_cell``:
+    ``{"name": ..., "instance": hard_cell}``)."""
     if not path.exists():
         return []
     muls: list[dict] = []
@@ -232,9 +234,12 @@ def read_multipliers(path: Path) -> list[dict]:
         if not words:
             continue
         if words[0] == "cell" and len(words) >= 3:
-            cell = {"name": words[2]} if words[1] == "$mul" else None
-            if cell is not None:
+            cell = None
+            if words[1] == "$mul":
+                cell = {"name": words[2]}
                 muls.append(cell)
+            elif hard_cell is not None and words[1].lstrip("\\") == hard_cell:
+                muls.append({"name": words[2], "instance": hard_cell})
         elif cell is not None and words[0] == "parameter" and len(words) >= 3:
             key = words[1].lstrip("\\").lower()
             if key in ("a_width", "b_width", "y_width", "a_signed", "b_signed"):
@@ -253,9 +258,13 @@ def expected_dsps(muls: list[dict], hard: HardMultiplier) -> int:
     An A x B product takes ``ceil(A / w) * ceil(B / w)`` blocks of width
     ``w = hard.max_width``; products narrower than the block's minimum widths
     stay in logic. Products by a constant are counted too (Yosys maps them alike).
+    A block the design instantiates itself (``"instance"``) counts one.
     """
     total = 0
     for mul in muls:
+        if mul.get("instance") == hard.cell:
+            total += 1
+            continue
         a, b, y = mul.get("a_width", 0), mul.get("b_width", 0), mul.get("y_width", 0)
         if min(a, b) < hard.min_width or y < hard.min_y:
             continue

@@ -20,7 +20,7 @@ parts; logic belongs in ``top.py`` (any board) or ``ecp5.py`` (any ECP5).
 
 from amaranth.hdl import Elaboratable
 
-from .ecp5 import ECP5, ECP5PLL
+from .ecp5 import ECP5, ECP5PLL, registered_multiply
 from .params import BOARD_PARAMS, EngineParams
 from .target import BuildTarget
 from .top import BoardPins, BoardTop
@@ -40,10 +40,14 @@ def ulx3s_platform():
     The board's platform asks for ``openFPGALoader`` before it builds, although
     only programming runs it; this one leaves it out, so that a bitstream builds
     with the YoWASP tools alone (``openFPGALoader -b ulx3s ziphalp.bit`` loads it).
+    It offers the ECP5's multiplier with its registers as ``registered_multiply``
+    (the engine's products, :mod:`ziphalp.hw.multiply`).
     """
     from amaranth_boards.ulx3s import ULX3S_85F_Platform
 
     class ULX3S85FBuildPlatform(ULX3S_85F_Platform):
+        registered_multiply = staticmethod(registered_multiply)
+
         @property
         def required_tools(self):
             return [tool for tool in super().required_tools if tool != "openFPGALoader"]

@@ -148,7 +148,7 @@ class UpdateLanes(wiring.Component):
         sgd_overflow, halp_overflow = [], []
         for k in range(p.lanes):
             acc, model_out, grad_out, ovf = self._sgd_lane(m, k, valid, end, l2_on[k],
-                                                           l2_shift[k], halp)
+                                                           l2_shift[k], halp, platform)
             sgd_overflow.append(ovf)
             m.d.comb += self.grad_out[k].eq(grad_out)
             if not p.halp:
@@ -190,7 +190,7 @@ class UpdateLanes(wiring.Component):
                 "sh": replicas(m, self.offset_shift, K, "sh"),
                 "step_prng": [valid[at] & inner[k] for k in range(K)]}
 
-    def _sgd_lane(self, m, k, valid, end, l2_on, l2_shift, halp):
+    def _sgd_lane(self, m, k, valid, end, l2_on, l2_shift, halp, platform):
         """Lane ``k``'s gradient accumulation and SGD model update. Returns the
         accumulator and the (registered) SGD model word, gradient word and overflow."""
         p, WM = self.params, self.params.model_bits
@@ -202,7 +202,7 @@ class UpdateLanes(wiring.Component):
         # DSP products of sigma x code, PRODUCT_LATENCY cycles later
         # (sigma is every lane's factor: with deep_pipeline, a copy of it per lane)
         terms = product_terms(m, self.sigma, self.levels[k], name=f"upd{k}",
-                              shared_a=p.deep_pipeline)
+                              shared_a=p.deep_pipeline, platform=platform)
         # the product (cycle GRAD_AT)
         prod = Signal(signed(p.product_bits), name=f"prod{k}")
         m.d.sync += prod.eq(sum(terms))
@@ -254,7 +254,10 @@ class UpdateLanes(wiring.Component):
 
     def _prng(self, m, k, halp):
         """Lane ``k``'s xorshift32; returns the rounding term ``r`` (``HALP_FRAC`` bits)."""
-        m.submodules[f"prng{k}"] = prng = PRNGLane(k)
+        # with deep_pipeline the draw is a register (the adder of the step had the
+        # generator's three xor levels in front of it: 11.7 ns on the ULX3S)
+        m.submodules[f"prng{k}"] = prng = PRNGLane(
+            k, registered_next=self.params.deep_pipeline)
         m.d.comb += [prng.seed.eq(halp["seed"][k]), prng.reseed.eq(halp["reseed"][k]),
                      prng.step.eq(halp["step_prng"][k])]
         return Mux(halp["stochastic"][k], prng.next[32 - HALP_FRAC:], 1 << (HALP_FRAC - 1))

@@ -503,14 +503,21 @@ def test_read_multipliers(tmp_path):
         "    parameter \\A_WIDTH 32\n    parameter \\B_WIDTH 8\n    parameter \\Y_WIDTH 40\n"
         "    connect \\A \\w\n    connect \\B \\c\n    connect \\Y $1\n  end\n"
         "  cell $mul $m1\n    parameter \\A_WIDTH 4\n    parameter \\B_WIDTH 4\n"
-        "    parameter \\Y_WIDTH 8\n    connect \\B 4'0011\n  end\n")
+        "    parameter \\Y_WIDTH 8\n    connect \\B 4'0011\n  end\n"
+        "  cell \\MULT18X18D \\upd0_p0_mult\n    parameter \\REG_OUTPUT_CLK \"CLK0\"\n"
+        "    connect \\A0 \\a [0]\n  end\n")
     muls = toolchain.read_multipliers(dump)
-    assert [m["name"] for m in muls] == ["$m0", "$m1"]
+    assert [m["name"] for m in muls] == ["$m0", "$m1"]       # instances only when asked
     assert muls[1]["const_b"] and "const_b" not in muls[0]
     # 32x8 splits into two 16x8 blocks; a 4x4 product with an 8-bit result stays in logic.
     assert toolchain.expected_dsps(muls, SB_MAC16) == 2
     # On the ECP5, 32x8 takes two 18x18 blocks and 4x4 one (no result-width minimum there).
     assert toolchain.expected_dsps(muls, MULT18X18D) == 3
+    # ... and a block the design instantiates itself is one more
+    muls = toolchain.read_multipliers(dump, "MULT18X18D")
+    assert muls[2] == {"name": "\\upd0_p0_mult", "instance": "MULT18X18D"}
+    assert toolchain.expected_dsps(muls, MULT18X18D) == 4
+    assert toolchain.expected_dsps(muls, SB_MAC16) == 2       # not another family's block
 
 
 def test_expected_dsps_ecp5():

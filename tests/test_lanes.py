@@ -22,12 +22,14 @@ from ziphalp.hw.params import (
     LABEL,
     LEVEL,
     OFFSET_BITS,
+    PRNG_GOLDEN,
     SIGMA_FRAC,
     EngineParams,
     Loss,
 )
+from ziphalp.hw.prng import PRNGLane
 from ziphalp.hw.update import UpdateLanes
-from ziphalp.sim.golden import loss_derivative, round_shift, saturate
+from ziphalp.sim.golden import loss_derivative, prng_seeds, round_shift, saturate, xorshift32
 
 PARAMS = [EngineParams(beat_bits=16, lanes=2, max_features=64, max_batch=8),
           EngineParams(beat_bits=40, lanes=4, max_features=300, max_batch=3, model_bits=24,
@@ -104,6 +106,41 @@ def test_product_terms(a_bits, b_bits):
             await ctx.tick()
 
     run(m, bench)
+
+
+@pytest.mark.parametrize("registered", [False, True], ids=["comb_next", "registered_next"])
+@pytest.mark.parametrize("lane", [0, 2])
+def test_prng_lane(lane, registered):
+    """A PRNG lane's ``state`` and ``next`` against the golden model's seeding and
+    xorshift32, cycle by cycle: reseeds (the zero-sum seed among them), steps in
+    random cycles, a reseed while stepping."""
+    dut = PRNGLane(lane, registered_next=registered)
+    rng = np.random.default_rng(lane)
+    zero_sum = (-(lane + 1) * PRNG_GOLDEN) % (1 << 32)   # start state 0: PRNG_ZERO_SEED
+
+    async def bench(ctx):
+        expected = None
+        for seed in [1, zero_sum, *rng.integers(0, 1 << 32, size=3).tolist()]:
+            ctx.set(dut.seed, seed)
+            ctx.set(dut.reseed, 1)
+            ctx.set(dut.step, int(rng.integers(2)))     # ignored while reseeding
+            await ctx.tick()
+            ctx.set(dut.reseed, 0)
+            ctx.set(dut.step, 0)
+            await ctx.tick()                            # the start state is computed
+            await ctx.tick()                            # ... and loaded
+            expected = int(prng_seeds(seed, lane + 1)[lane])
+            for _ in range(40):
+                assert ctx.get(dut.state) == expected
+                assert ctx.get(dut.next) == int(xorshift32(np.uint32(expected)))
+                step = int(rng.random() < 0.7)
+                ctx.set(dut.step, step)
+                await ctx.tick()
+                if step:
+                    expected = int(xorshift32(np.uint32(expected)))
+            ctx.set(dut.step, 0)
+
+    run(dut, bench)
 
 
 @pytest.mark.parametrize("p", PARAMS + [dataclasses.replace(PARAMS[1], deep_pipeline=True)])
