@@ -109,7 +109,15 @@ class InnerLoopPrep(wiring.Component):
         self._decide(m)
         self._scale(m, lane, issue)
         with m.If(self.start):
-            m.d.sync += [self._norming.eq(1), self._count.eq(0), self._norm2.eq(0)]
+            m.d.sync += [self._norming.eq(1), self._count.eq(0)]
+        # S restarts from zero a cycle after `start`, from a register of its own: the
+        # first square reaches it many cycles later, and the strobe, fanned out to
+        # S's hundred bits' set/reset inputs across the die, was a ULX3S build's
+        # longest path (12.5 ns from the engine's start register)
+        restart = Signal()
+        m.d.sync += restart.eq(self.start)
+        with m.If(restart):
+            m.d.sync += self._norm2.eq(0)
         return m
 
     def _stream(self, m):
