@@ -15,6 +15,7 @@ import serial
 from amaranth import Module, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
+from boards import CHECKS_HALP, CHECKS_HALP_BOARD
 from ziphalp.sim.bench_simboard import Echo, echo_transform
 from ziphalp.sim.board import (
     SimBinary,
@@ -338,12 +339,12 @@ def test_design_without_streams(tmp_path):
 # --- the board core ----------------------------------------------------------------
 
 #: The simulated boards the suite trains on, largest first.
-PRESETS = ("sim-ulx3s", "sim", "sim-icebreaker-replay")
+PRESETS = ("sim-ulx3s", "sim", "sim-icebreaker-replay", CHECKS_HALP_BOARD)
 
 
 @pytest.mark.prebuild
 @pytest.mark.parametrize("name", PRESETS)
-def test_simulated_board_identifies(name):
+def test_simulated_board_identifies(name, monkeypatch):
     """Each preset's simulated board builds, answers IDENTIFY with its own parameters
     and is then found in the cache. Collected before everything else (``prebuild``):
     one worker compiles the ULX3S board (over a minute of C++) while the other builds
@@ -352,6 +353,7 @@ def test_simulated_board_identifies(name):
     from ziphalp.hw.protocol import Command, Identity, encode_reply, encode_request
     from ziphalp.sim.board import simulated_board
 
+    monkeypatch.setitem(BOARD_PARAMS, CHECKS_HALP_BOARD, CHECKS_HALP)
     params = BOARD_PARAMS[name]
     with simulated_board(params) as board:
         with serial.serial_for_url(board.url, timeout=10) as ser:

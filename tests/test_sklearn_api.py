@@ -8,6 +8,7 @@ a sequential search: each fit owns its board and the board is deterministic).
 
 import numpy as np
 import pytest
+from boards import CHECKS_HALP, CHECKS_HALP_BOARD
 from sklearn.datasets import load_breast_cancer, load_diabetes
 from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.model_selection import GridSearchCV, KFold
@@ -15,13 +16,17 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 from ziphalp.host import HALPClassifier, HALPRegressor, ZipMLClassifier, ZipMLRegressor
+from ziphalp.hw.params import BOARD_PARAMS
 
 
-# HALP's checks run 8 outer iterations (not 30) to keep the suite short; the checks
-# are about the API, the bars below about the models.
+# HALP's checks run 8 outer iterations (not 30) on a small HALP engine
+# (tests/boards.py) to keep the suite short; the checks are about the API, the bars
+# below about the models (on sim-ulx3s).
 @parametrize_with_checks([ZipMLRegressor(), ZipMLClassifier(),
-                          HALPRegressor(epochs=8), HALPClassifier(epochs=8)])
-def test_sklearn_estimator_checks(estimator, check):
+                          HALPRegressor(epochs=8, board=CHECKS_HALP_BOARD),
+                          HALPClassifier(epochs=8, board=CHECKS_HALP_BOARD)])
+def test_sklearn_estimator_checks(estimator, check, monkeypatch):
+    monkeypatch.setitem(BOARD_PARAMS, CHECKS_HALP_BOARD, CHECKS_HALP)
     check(estimator)
 
 
