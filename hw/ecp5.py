@@ -5,7 +5,9 @@
   sysCLOCK PLL's ranges, and :class:`ECP5PLL` instantiates the PLL with them, as
   the :class:`ziphalp.hw.top.ClockGenerator` of an ECP5 board.
 - :data:`MULT18X18D` tells the build's DSP check how Yosys maps products to the
-  ECP5's 18x18 multipliers.
+  ECP5's 18x18 multipliers; :func:`registered_multiply` instantiates one with its
+  input and output registers (the engine's lane products, through the ULX3S
+  platform).
 - :data:`ECP5` is the family's entry for the build flow: YoWASP tools,
   ``synth_ecp5`` with the LUTs mapped by Yosys' classic ``abc``
   (:data:`CLASSIC_ABC`), the cells in the summary, the ``.bit`` bitstream.
