@@ -280,12 +280,9 @@ class ECP5PLL(ClockGenerator):
 #: with their registers (:func:`registered_multiply`).
 MULT18X18D = HardMultiplier(cell="MULT18X18D", max_width=18, min_width=2, min_y=1)
 
-#: Operand width of one ``MULT18X18D``.
-MULT_WIDTH = 18
-
 
 def registered_multiply(m: Module, a, b, name: str) -> Signal:
-    """``a * b`` (signed, each at most :data:`MULT_WIDTH` bits) in one ``MULT18X18D``
+    """``a * b`` (signed, each at most ``MULT18X18D.max_width`` bits) in one ``MULT18X18D``
     with its input and output registers: the product two cycles after the operands,
     as :func:`ziphalp.hw.multiply.product_terms` wants it.
 
@@ -297,11 +294,11 @@ def registered_multiply(m: Module, a, b, name: str) -> Signal:
     registers (nextpnr times the block as registered: setup into it, clock to
     output out of it). The registers have no reset, as ``product_terms``' have none.
     """
-    if len(a) > MULT_WIDTH or len(b) > MULT_WIDTH:
+    width = MULT18X18D.max_width
+    if len(a) > width or len(b) > width:
         raise ValueError(f"a {len(a)} x {len(b)}-bit product does not fit a MULT18X18D")
-    width = len(a) + len(b)
-    a18, b18 = Signal(MULT_WIDTH, name=f"{name}_a"), Signal(MULT_WIDTH, name=f"{name}_b")
-    p36 = Signal(2 * MULT_WIDTH, name=f"{name}_p")
+    a18, b18 = Signal(width, name=f"{name}_a"), Signal(width, name=f"{name}_b")
+    p36 = Signal(2 * width, name=f"{name}_p")
     m.d.comb += [a18.eq(a.as_signed()), b18.eq(b.as_signed())]     # sign-extended
     registers = {f"p_REG_{r}_{s}": v for r in ("INPUTA", "INPUTB", "OUTPUT")
                  for s, v in (("CLK", "CLK0"), ("CE", "CE0"), ("RST", "RST0"))}
@@ -310,16 +307,17 @@ def registered_multiply(m: Module, a, b, name: str) -> Signal:
         **registers,
         p_REG_INPUTC_CLK="NONE", p_REG_PIPELINE_CLK="NONE",
         p_GSR="DISABLED", p_RESETMODE="SYNC",
-        **{f"i_A{i}": a18[i] for i in range(MULT_WIDTH)},
-        **{f"i_B{i}": b18[i] for i in range(MULT_WIDTH)},
-        **{f"i_C{i}": Const(0) for i in range(MULT_WIDTH)},
+        **{f"i_A{i}": a18[i] for i in range(width)},
+        **{f"i_B{i}": b18[i] for i in range(width)},
+        **{f"i_C{i}": Const(0) for i in range(width)},
         i_SIGNEDA=Const(1), i_SIGNEDB=Const(1), i_SOURCEA=Const(0), i_SOURCEB=Const(0),
         i_CLK0=ClockSignal(), i_CE0=Const(1), i_RST0=Const(0),
-        **{f"o_P{i}": p36[i] for i in range(2 * MULT_WIDTH)},
+        **{f"o_P{i}": p36[i] for i in range(2 * width)},
     )
-    product = Signal(signed(width), name=f"{name}_prod")
-    m.d.comb += product.eq(p36[:width])
+    product = Signal(signed(len(a) + len(b)), name=f"{name}_prod")
+    m.d.comb += product.eq(p36[:len(product)])
     return product
+
 
 #: LUT mapping with Yosys' classic ``abc`` instead of ``synth_ecp5``'s ``abc9``: on the
 #: 32-lane ULX3S engine, Yosys 0.70's ``abc9`` fails an assertion while it
