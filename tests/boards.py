@@ -13,3 +13,8 @@ CHECKS_HALP_BOARD = "sim-halp-checks"
 CHECKS_HALP = dataclasses.replace(
     BOARD_PARAMS["sim-ulx3s"], beat_bits=32, lanes=2, max_features=64, max_batch=8,
     frame_bytes=1024, halp_samples=512, resident_rows=0, resident_samples=0)
+
+
+def add_checks_board(monkeypatch) -> None:
+    """Make :data:`CHECKS_HALP_BOARD` a board name for the rest of the test."""
+    monkeypatch.setitem(BOARD_PARAMS, CHECKS_HALP_BOARD, CHECKS_HALP)

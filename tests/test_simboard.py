@@ -15,7 +15,7 @@ import serial
 from amaranth import Module, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
-from boards import CHECKS_HALP, CHECKS_HALP_BOARD
+from boards import CHECKS_HALP_BOARD, add_checks_board
 from ziphalp.sim.bench_simboard import Echo, echo_transform
 from ziphalp.sim.board import (
     SimBinary,
@@ -353,7 +353,7 @@ def test_simulated_board_identifies(name, monkeypatch):
     from ziphalp.hw.protocol import Command, Identity, encode_reply, encode_request
     from ziphalp.sim.board import simulated_board
 
-    monkeypatch.setitem(BOARD_PARAMS, CHECKS_HALP_BOARD, CHECKS_HALP)
+    add_checks_board(monkeypatch)
     params = BOARD_PARAMS[name]
     with simulated_board(params) as board:
         with serial.serial_for_url(board.url, timeout=10) as ser:

@@ -8,7 +8,7 @@ a sequential search: each fit owns its board and the board is deterministic).
 
 import numpy as np
 import pytest
-from boards import CHECKS_HALP, CHECKS_HALP_BOARD
+from boards import CHECKS_HALP_BOARD, add_checks_board
 from sklearn.datasets import load_breast_cancer, load_diabetes
 from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.model_selection import GridSearchCV, KFold
@@ -16,7 +16,6 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 from ziphalp.host import HALPClassifier, HALPRegressor, ZipMLClassifier, ZipMLRegressor
-from ziphalp.hw.params import BOARD_PARAMS
 
 
 # HALP's checks run 8 outer iterations (not 30) on a small HALP engine
@@ -26,7 +25,7 @@ from ziphalp.hw.params import BOARD_PARAMS
                           HALPRegressor(epochs=8, board=CHECKS_HALP_BOARD),
                           HALPClassifier(epochs=8, board=CHECKS_HALP_BOARD)])
 def test_sklearn_estimator_checks(estimator, check, monkeypatch):
-    monkeypatch.setitem(BOARD_PARAMS, CHECKS_HALP_BOARD, CHECKS_HALP)
+    add_checks_board(monkeypatch)
     check(estimator)
 
 
