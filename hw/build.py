@@ -377,7 +377,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="UART bit rate (default: %(default)s)")
     parser.add_argument("--seed", type=int,
                         help="placement seed for nextpnr (default: for a board's own parameters "
-                             "the seed it names, ulx3s 3; else nextpnr's); if the router finds no "
+                             "the seed it names, ulx3s 4; else nextpnr's); if the router finds no "
                              f"path for an arc, the next seeds are tried, {SEED_TRIES} in all")
     parser.add_argument("--allow-timing-fail", action="store_true",
                         help="exit 0 even if the achieved Fmax is below the clock")

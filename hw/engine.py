@@ -441,8 +441,11 @@ class SGDEngine(wiring.Component):
         # registered before they are written (a block RAM's output feeds no other
         # block RAM directly)
         held = [Signal(signed(p.model_bits), name=f"model_held{b}") for b in range(p.lanes)]
+        full = [self._full] * p.lanes
         if p.halp:
             m.d.sync += [held[b].eq(model.update.data[b]) for b in range(p.lanes)]
+            if p.deep_pipeline:     # the phase, registered as `_full` is, per bank
+                full = replicas(m, self.ctrl.phase == Phase.FULL, p.lanes, "bank_full")
         for b in range(p.lanes):
             wb_addr = self._addr["wb"][b]
             wb_model = ps.model_write & ps.write_at.active[b]
@@ -466,13 +469,15 @@ class SGDEngine(wiring.Component):
                 continue
             anchor, offset = self._anchor, self._offset
             # re-centre (full pass): a = w, z = 0; the anchor copy trails the model
-            # read by two cycles; the inner loop writes z'
-            m.d.comb += [anchor.write.addr[b].eq(clear.late_word),
+            # read by two cycles; the inner loop writes z' (each bank's address,
+            # enable and phase from registers of its own with deep_pipeline)
+            m.d.comb += [anchor.write.addr[b].eq(clear.bank_late_word[b]),
                          anchor.write.data[b].eq(held[b]),
-                         anchor.write.en[b].eq(clear.late_valid & self._full)]
+                         anchor.write.en[b].eq(clear.bank_late_valid[b] & full[b])]
             with m.If(clear.bank_busy[b]):
-                m.d.comb += [offset.write.addr[b].eq(clear.word), offset.write.data[b].eq(0),
-                             offset.write.en[b].eq(clear.bank_valid[b] & self._full)]
+                m.d.comb += [offset.write.addr[b].eq(clear.bank_word[b]),
+                             offset.write.data[b].eq(0),
+                             offset.write.en[b].eq(clear.bank_valid[b] & full[b])]
             with m.Else():
                 m.d.comb += [offset.write.addr[b].eq(wb_addr),
                              offset.write.data[b].eq(upd.offset_out[b]),

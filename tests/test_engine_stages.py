@@ -156,6 +156,17 @@ def test_clear_pass_derives_the_sample_geometry(p):
     cases = [(int(rng.integers(1, p.max_features + 1)), int(rng.integers(1, p.max_k + 1)),
               int(rng.integers(2))) for _ in range(6)] + [(p.max_features, p.max_k, 1), (1, 1, 0)]
 
+    def check_bank_copies(ctx):
+        """Each bank's copies equal the shared signals (registers of their own with
+        deep_pipeline)."""
+        every = (1 << p.lanes) - 1
+        for name, shared in (("bank_busy", dut.busy), ("bank_valid", dut.word_valid),
+                             ("bank_late_valid", dut.late_valid)):
+            assert ctx.get(getattr(dut, name)) == every * ctx.get(shared), name
+        for b in range(p.lanes):
+            assert ctx.get(dut.bank_word[b]) == ctx.get(dut.word)
+            assert ctx.get(dut.bank_late_word[b]) == ctx.get(dut.late_word)
+
     async def bench(ctx):
         for d, k, double in cases:
             K = p.values_per_beat(k, double)
@@ -169,9 +180,13 @@ def test_clear_pass_derives_the_sample_geometry(p):
                 assert ctx.get(dut.word) == cycles
                 assert ctx.get(dut.word_valid) == (cycles < p.bank_depth)
                 assert ctx.get(dut.done) == (cycles == dut.cycles - 1)
+                check_bank_copies(ctx)
                 cycles += 1
                 await ctx.tick()
             assert cycles == dut.cycles
+            for _ in range(3):                  # the late words drain
+                check_bank_copies(ctx)
+                await ctx.tick()
             n = p.beats_for(d, k, double)
             assert ctx.get(dut.last_word) == n - 1
             assert ctx.get(dut.last_mask) == sum(1 << i for i in range(p.lanes)
