@@ -600,8 +600,9 @@ class EngineParams:
 #: Lanes are what the open place and route allows: 32 lanes need 100k LUT4 cells
 #: after synthesis, 119% of the device; 16 lanes fit (about 54k of 83k logic cells)
 #: but take 202 of the 208 DP16KD and router2 did not converge on them; 8 lanes
-#: route (``-P lanes=16`` still builds the wider engine). The clock is 45 MHz (25 MHz
-#: * 9 / 5; 15 cycles a UART bit at 3 Mbaud), which the routed 8-lane engine meets.
+#: route (``-P lanes=16`` still builds the wider engine). The clock is 60 MHz (25 MHz
+#: * 12 / 5; 20 cycles a UART bit at 3 Mbaud), which the routed 8-lane engine meets
+#: (it routed at 76 to 86 MHz; 45 MHz before).
 #: Resident data in the block RAM the 8-lane engine leaves: 8192 rows of 8 codes
 #: (64 KB, 32 DP16KD), 4096 labels, a sampler table per lane.
 #: "sim" runs the iCEBreaker's parameters, so what trains in simulation fits the
@@ -613,7 +614,7 @@ BOARD_PARAMS: dict[str, EngineParams] = {
                                class_costs=False, l2_decay=False),
     "ulx3s": EngineParams(beat_bits=64, lanes=8, max_k=8, max_features=1024,
                           max_batch=64, model_bits=32, model_frac=24, frame_bytes=8192,
-                          clock_hz=45_000_000, halp_samples=4096,
+                          clock_hz=60_000_000, halp_samples=4096,
                           resident_rows=8192, resident_samples=4096, deep_pipeline=True),
 }
 BOARD_PARAMS["icebreaker-replay"] = dataclasses.replace(

@@ -1,7 +1,7 @@
 """The ULX3S board (ECP5-85F, CABGA381): its pins, its platform and its parts.
 
 The 25 MHz oscillator on pin G2 feeds an ECP5 PLL (:class:`ziphalp.hw.ecp5.ECP5PLL`),
-which makes the engine clock: 45 MHz with the board's engine
+which makes the engine clock: 60 MHz with the board's engine
 (``BOARD_PARAMS["ulx3s"].clock_hz``). The rest is the generic
 :class:`ziphalp.hw.top.BoardTop`: the FT231X UART (resource ``"uart"``) into
 the board core, LED 0 lit once the design is out of reset, LED 1 showing UART

@@ -307,21 +307,21 @@ def _ecp5_pll_instance(clock: ECP5PLL) -> Instance:
 
 def test_ulx3s_top_clock_and_uart():
     top = ULX3STop(BOARD_PARAMS["ulx3s"])
-    assert top.params.clock_hz == 45_000_000 == top.clock.f_out_hz
+    assert top.params.clock_hz == 60_000_000 == top.clock.f_out_hz
     assert top.params == BOARD_PARAMS["ulx3s"]
-    # 3 Mbaud from 45 MHz: 15 cycles a bit, exact.
-    assert top.divisor == 15
+    # 3 Mbaud from 60 MHz: 20 cycles a bit, exact.
+    assert top.divisor == 20
     assert top.clock.settings() == {"primitive": "EHXPLLL", "f_in_hz": ULX3S_CLK_HZ,
-                                    "clki_div": 5, "clkfb_div": 9, "clkop_div": 13,
-                                    "f_vco_hz": 585_000_000, "f_out_hz": 45_000_000}
+                                    "clki_div": 5, "clkfb_div": 12, "clkop_div": 10,
+                                    "f_vco_hz": 600_000_000, "f_out_hz": 60_000_000}
     pll = _ecp5_pll_instance(top.clock)
     params = {name: getattr(value, "value", value) for name, value in pll.parameters.items()}
     assert {k: params[k] for k in ("CLKI_DIV", "CLKFB_DIV", "CLKOP_DIV", "CLKOP_CPHASE",
                                    "FEEDBK_PATH", "CLKOP_ENABLE")} == {
-        "CLKI_DIV": 5, "CLKFB_DIV": 9, "CLKOP_DIV": 13, "CLKOP_CPHASE": 12,
+        "CLKI_DIV": 5, "CLKFB_DIV": 12, "CLKOP_DIV": 10, "CLKOP_CPHASE": 9,
         "FEEDBK_PATH": "CLKOP", "CLKOP_ENABLE": "ENABLED"}
     assert pll.attrs["FREQUENCY_PIN_CLKI"] == "25"
-    assert pll.attrs["FREQUENCY_PIN_CLKOP"] == "45"
+    assert pll.attrs["FREQUENCY_PIN_CLKOP"] == "60"
     # The feedback is the primary output, which is also the clock.
     (clkfb, clkfb_dir), (clkop, clkop_dir) = pll.ports["CLKFB"], pll.ports["CLKOP"]
     assert (clkfb_dir, clkop_dir) == ("i", "o") and clkfb is clkop
@@ -349,7 +349,7 @@ def test_ulx3s_top_elaborates():
                      "led_0__io": "B2", "led_1__io": "C2", "button_fire_0__io": "R1"}
     # L3 (the FT231X's TXDEN, an FPGA input on the board) is never driven.
     assert "L3" not in sites.values()
-    assert 'FREQUENCY NET "clk" 45000000' in lpf
+    assert 'FREQUENCY NET "clk" 60000000' in lpf
     assert 'FREQUENCY PORT "clk25_0__io" 25000000' in lpf
 
 
@@ -384,7 +384,7 @@ def test_ulx3s_target():
     # The 8-lane engine with every option, as the simulated ULX3S runs it.
     params = target.params
     assert params == BOARD_PARAMS["ulx3s"] == BOARD_PARAMS["sim-ulx3s"]
-    assert (params.beat_bits, params.lanes, params.clock_hz) == (64, 8, 45_000_000)
+    assert (params.beat_bits, params.lanes, params.clock_hz) == (64, 8, 60_000_000)
     assert params.class_costs and params.l2_decay and params.halp and params.resident
     assert params.model_copies == MODEL_COPIES == 8
     platform = target.platform()
@@ -735,7 +735,7 @@ def _check_ulx3s(report: dict, out, params: EngineParams | None = None) -> None:
 def test_ulx3s_reduced_bitstream(tmp_path):
     """The whole ULX3S flow: the board's top level (PLL from the 25 MHz oscillator,
     the UART at 3 Mbaud, reset, LEDs) around the reduced engine, through Yosys,
-    nextpnr-ecp5 and ecppack, timing met at the board's 45 MHz. About six minutes
+    nextpnr-ecp5 and ecppack, timing met at the board's 60 MHz. About six minutes
     on one core; the full engine's place and route (``test_ulx3s_bitstream``)
     takes three times that and more."""
     params = dataclasses.replace(BOARD_PARAMS["ulx3s"], **ULX3S_REDUCED)
