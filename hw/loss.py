@@ -232,12 +232,13 @@ class ScaledError(wiring.Component):
         cached = Signal(signed(self._width), name="cached")
         if p.deep_pipeline:
             # the read's register is the block RAM's own: the flip-flop after it takes
-            # its word as it is, and the inner loop's choice follows the flip-flop
-            # (before it, it was a long path of a ULX3S build)
+            # the inner loop's choice of its word (before the block RAM's register, it
+            # was a long path of a ULX3S build; after the flip-flop, `inner` into
+            # `error` was the longest path of another). `inner` is held through a
+            # run, so choosing a cycle early is the same
             read = Signal(signed(p.residual_bits), name="cache_read")
             m.d.comb += cache_rd.addr.eq(index[e - 2])
-            m.d.sync += [read.eq(cache_rd.data), cached.eq(read)]
-            cached = Mux(inner, cached, 0)
+            m.d.sync += [read.eq(cache_rd.data), cached.eq(Mux(inner, read, 0))]
         else:
             m.d.comb += cache_rd.addr.eq(index[e - 1])
             m.d.sync += cached.eq(Mux(inner, cache_rd.data, 0))
