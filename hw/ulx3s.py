@@ -93,12 +93,11 @@ TARGET = BuildTarget(
     # The same parameters the simulated board sim-ulx3s runs.
     params=BOARD_PARAMS["ulx3s"],
     family=ECP5,
-    # The full design routes from this placement seed (76.2 MHz, no overuse after 49
-    # router2 iterations). Seed 3, the seed before, routed an earlier netlist at 84.9
-    # MHz, but left the reset's arc into its global buffer unroutable on the last one
-    # and router2 unconverged on this one; seed 2 left that arc unroutable before it,
-    # and on an earlier netlist nextpnr's default seed left router2 stuck at about 400
-    # overused wires (README, "ULX3S").
+    # The full design routes from this placement seed (84.3 MHz, no overuse after 61
+    # router2 iterations; seed 5 routes it too, at 84.9). Seed 3, the seed before,
+    # left the reset's arc into its global buffer unroutable on an earlier netlist and
+    # router2 unconverged on another; seed 2 and nextpnr's default seed failed on
+    # earlier ones in the same ways (README, "ULX3S").
     # A build whose routing fails that way tries the next seeds (ziphalp.hw.build).
     # Builds with other parameters keep nextpnr's default.
     seed=4,
