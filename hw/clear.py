@@ -13,7 +13,7 @@ from amaranth import Cat, Module, Mux, Signal
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from .delay import delay_line, delayed
+from .delay import delayed
 from .params import EngineParams
 from .replica import copies, replicas
 
@@ -80,32 +80,31 @@ class ClearPass(wiring.Component):
         features = Signal.like(self.features) if p.deep_pipeline else self.features
         m.d.comb += [self.word_valid.eq(self.busy & (self.word < p.bank_depth)),
                      self.done.eq(~self.start & self.busy & (self.word == self.cycles - 1))]
-        # `word` and `word_valid` a cycle and two cycles late
-        late_word = delay_line(m, self.word, 2, "late_word")
-        late_valid = delay_line(m, self.word_valid, 2, "late_valid")
-        m.d.comb += [self.late_word.eq(late_word[2]), self.late_valid.eq(late_valid[2])]
-        # what `busy` and `word` will be in the next cycle
+        m.d.comb += [self.late_word.eq(delayed(m, self.word, 2, "late_word")),
+                     self.late_valid.eq(delayed(m, self.word_valid, 2, "late_valid"))]
         busy_next = self.start | (self.busy & ~self.done)
-        word_next = Mux(self.start, 0, Mux(self.busy, self.word + 1, self.word))
-        valid_next = busy_next & (word_next < p.bank_depth)
-        deep = p.deep_pipeline
+        valid_next = busy_next & (Mux(self.start, 0, self.word + 1) < p.bank_depth)
         m.d.comb += [
             self.bank_busy.eq(copies(m, self.busy, busy_next, p.lanes, "bank_busy",
-                                     registered=deep)),
+                                     registered=p.deep_pipeline)),
             self.bank_valid.eq(copies(m, self.word_valid, valid_next, p.lanes, "bank_valid",
-                                      registered=deep)),
-            self.bank_late_valid.eq(copies(m, self.late_valid, late_valid[1], p.lanes,
-                                           "bank_late_valid", registered=deep)),
+                                      registered=p.deep_pipeline)),
         ]
-        # the per-bank words: registers loaded from the next word (so each equals
+        # the per-bank words: copies loaded from the next word (so each equals
         # `word`), and from the word a cycle late (so each equals `late_word`)
-        if deep:
+        if p.deep_pipeline:
+            word_next = Mux(self.start, 0, Mux(self.busy, self.word + 1, self.word))
             bank_word = replicas(m, word_next[:len(self.word)], p.lanes, "bank_word")
-            bank_late_word = replicas(m, late_word[1], p.lanes, "bank_late_word")
+            bank_late_word = replicas(m, delayed(m, self.word, 1, "late1_word"), p.lanes,
+                                      "bank_late_word")
+            bank_late_valid = replicas(m, delayed(m, self.word_valid, 1, "late1_valid"),
+                                       p.lanes, "bank_late_valid")
         else:
             bank_word, bank_late_word = [self.word] * p.lanes, [self.late_word] * p.lanes
+            bank_late_valid = [self.late_valid] * p.lanes
         m.d.comb += [*(self.bank_word[b].eq(w) for b, w in enumerate(bank_word)),
-                     *(self.bank_late_word[b].eq(w) for b, w in enumerate(bank_late_word))]
+                     *(self.bank_late_word[b].eq(w) for b, w in enumerate(bank_late_word)),
+                     self.bank_late_valid.eq(Cat(*bank_late_valid))]
         with m.If(self.start):
             m.d.sync += [self.busy.eq(1), self.word.eq(0), base.eq(0)]
             if p.deep_pipeline:

@@ -212,14 +212,16 @@ class UpdateLanes(wiring.Component):
         grad = delayed(m, self.grad[k], deep, f"grad{k}")
         prod = delayed(m, prod, deep, f"prod{k}_")
         acc = Signal(signed(p.grad_bits), name=f"acc{k}")
-        if p.halp:
-            # gamma, or 0 outside the inner loop; with deep_pipeline the choice goes
-            # into the word's flip-flop (`inner` is held through a run, so choosing a
-            # cycle early is the same), and the three-way add has no setting's
-            # multiplexer before it (a lane's `inner` into it was a ULX3S build's
-            # longest path, 13.9 ns)
-            gamma = delayed(m, Mux(halp["inner"][k], self.gamma[k], 0), deep, f"gamma{k}")
-            m.d.sync += acc.eq(grad + prod + gamma)
+        if p.halp and deep:
+            # gamma, or 0 outside the inner loop, chosen as the word goes into its
+            # flip-flop: `inner` is held through a run, so the choice a cycle early is
+            # the same, and the three-way add has no setting's multiplexer before it
+            # (a lane's `inner` into it was a ULX3S build's longest path, 13.9 ns)
+            gamma = Signal.like(self.gamma[k], name=f"gamma{k}_0")
+            m.d.sync += [gamma.eq(Mux(halp["inner"][k], self.gamma[k], 0)),
+                         acc.eq(grad + prod + gamma)]
+        elif p.halp:
+            m.d.sync += acc.eq(grad + prod + Mux(halp["inner"][k], self.gamma[k], 0))
         else:
             m.d.sync += acc.eq(grad + prod)
         # the model word arrives at MODEL_AT (into a flip-flop first, deep_pipeline);
